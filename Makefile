@@ -1,0 +1,54 @@
+# Distillery: every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp names the hash of pyproject.toml: `make setup` is a no-op until it changes.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+PROTOS := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: help setup protos run test lint bench down clean
+
+help:
+	@echo "make setup  - create .venv and install everything (idempotent)"
+	@echo "make run    - start the local stack and run the main job"
+	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make lint   - ruff, mypy, and a check that generated stubs match protos/"
+	@echo "make protos - regenerate the gRPC stubs from protos/"
+	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make down   - stop the local stack"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch first, from the CPU wheel: anything else would pull CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+protos: setup
+	$(BIN)/python -m distillery.protos_build
+
+run: setup
+	$(BIN)/distillery up
+	$(BIN)/python -m examples.main_job
+
+down: setup
+	$(BIN)/distillery down
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy services distillery
+	$(BIN)/python -m distillery.protos_build --check
+
+bench: setup
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

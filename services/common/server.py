@@ -1,0 +1,94 @@
+"""Server bootstrap shared by the four services.
+
+``start_server`` builds a grpc.aio server with, outermost first: OpenTelemetry
+tracing, error mapping and API-key authentication; adds grpc health checking and
+reflection; binds and starts it. ``serve_forever`` waits for SIGTERM/SIGINT,
+marks the server NOT_SERVING and stops it gracefully, then runs the cleanups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import auth, tracing
+from services.common.interceptors import AuthInterceptor, ErrorInterceptor
+
+log = logging.getLogger("distillery.server")
+
+Cleanup = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    service_names: list[str]
+    cleanups: list[Cleanup] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        for cleanup in reversed(self.cleanups):
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("cleanup failed during shutdown")
+
+
+async def start_server(
+    *,
+    address: str,
+    register: Callable[[grpc.aio.Server], list[str]],
+    resolve_key: auth.KeyResolver,
+    open_methods: Collection[str] = (),
+    cleanups: list[Cleanup] | None = None,
+) -> RunningServer:
+    """``register`` adds the servicers and returns their full service names."""
+    server = grpc.aio.server(
+        interceptors=[
+            tracing.server_interceptor(),  # type: ignore[list-item]
+            ErrorInterceptor(),
+            AuthInterceptor(resolve_key, open_methods),
+        ],
+        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+    )
+    names = register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind {address}: the address is in use or not local")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("listening on %s", f"{address.rsplit(':', 1)[0]}:{port}", extra={"fields": {"services": names}})
+    return RunningServer(server, port, health_servicer, names, list(cleanups or []))
+
+
+async def serve_forever(running: RunningServer, grace_s: float) -> None:
+    """Block until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.ensure_future(running.server.wait_for_termination())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down (grace %.1fs)", grace_s)
+    await running.stop(grace_s)
+    stopper.cancel()
+    log.info("stopped")
