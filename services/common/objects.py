@@ -1,0 +1,85 @@
+"""S3 through the ``minio`` client. Every key is prefixed by its tenant.
+
+The minio client is synchronous; async callers use ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import timedelta
+from typing import BinaryIO
+
+from minio import Minio
+from minio.error import S3Error
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.settings import S3Settings
+
+_SAFE_PART = re.compile(r"^[A-Za-z0-9._=-]+$")
+
+
+def tenant_key(tenant_id: str, *parts: str) -> str:
+    """``tenants/<tenant>/<part>/...``; parts are checked so no key escapes its tenant."""
+    for part in (tenant_id, *parts):
+        if not _SAFE_PART.match(part) or part in (".", ".."):
+            raise InvalidArgument(f"invalid object key part {part!r}")
+    return "/".join(("tenants", tenant_id, *parts))
+
+
+class ObjectStore:
+    def __init__(self, settings: S3Settings) -> None:
+        self.bucket = settings.bucket
+        self.client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.secure,
+            region=settings.region,
+        )
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            try:
+                self.client.make_bucket(self.bucket)
+            except S3Error as err:  # another service made it first
+                if err.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
+        self.client.put_object(self.bucket, key, stream, size, part_size=16 * 1024 * 1024)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            response = self.client.get_object(self.bucket, key)
+        except S3Error as err:
+            if err.code == "NoSuchKey":
+                raise NotFound(f"object {key} not found") from None
+            raise
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchObject"):
+                return False
+            raise
+
+    def delete_prefix(self, prefix: str) -> int:
+        names = [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
+        for name in names:
+            if name:
+                self.client.remove_object(self.bucket, name)
+        return len(names)
+
+    def presigned_put(self, key: str, expires: timedelta) -> str:
+        return self.client.presigned_put_object(self.bucket, key, expires=expires)

@@ -1,0 +1,116 @@
+"""Registered models: private to their tenant, each one slot of the allowance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from services.common.errors import InvalidArgument, NotFound
+from services.registry import quotas
+from services.registry.tenants import new_id
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    tenant_id: str
+    name: str
+    path: int
+    base_model: str
+    run_id: str
+    version: int
+    artifact_kind: int
+    artifact_uri: str
+    created_at: datetime
+    metrics: dict[str, float] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NewModel:
+    run_id: str
+    name: str
+    path: int
+    base_model: str
+    artifact_kind: int
+    artifact_uri: str
+    metrics: dict[str, float]
+    training_config: dict[str, Any]
+
+
+async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> Model:
+    """Add a model and commit its run's reservation (or take a free slot if it had none)."""
+    for name in ("run_id", "base_model", "artifact_uri"):
+        if not getattr(new, name):
+            raise InvalidArgument(f"{name} is required to register a model", field=name)
+    name = new.name or new.run_id
+    async with pool.connection() as conn, conn.transaction():
+        quota = await quotas.quota_in(conn, tenant_id, lock=True)
+        cur = await conn.execute(
+            "SELECT state FROM reservations WHERE run_id = %s AND tenant_id = %s", (new.run_id, tenant_id)
+        )
+        reservation = await cur.fetchone()
+        if reservation is None or reservation[0] != "reserved":
+            if quota.available <= 0:
+                raise quotas.full_error(quota)
+        cur = await conn.execute(
+            "SELECT coalesce(max(version), 0) + 1 FROM models WHERE tenant_id = %s AND name = %s", (tenant_id, name)
+        )
+        version_row = await cur.fetchone()
+        assert version_row is not None
+        await conn.execute(
+            "INSERT INTO reservations (run_id, tenant_id, state) VALUES (%s, %s, 'committed')"
+            " ON CONFLICT (run_id) DO UPDATE SET state = 'committed', updated_at = now()",
+            (new.run_id, tenant_id),
+        )
+        rows = conn.cursor(row_factory=class_row(Model))
+        await rows.execute(
+            "INSERT INTO models (id, tenant_id, name, path, base_model, run_id, version, artifact_kind,"
+            " artifact_uri, metrics, training_config) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " RETURNING *",
+            (new_id("mdl"), tenant_id, name, new.path, new.base_model, new.run_id, version_row[0],
+             new.artifact_kind, new.artifact_uri, Jsonb(new.metrics), Jsonb(new.training_config)),
+        )  # fmt: skip
+        model = await rows.fetchone()
+    assert model is not None
+    return model
+
+
+async def get(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Model))
+        await cur.execute("SELECT * FROM models WHERE id = %s AND tenant_id = %s", (model_id, tenant_id))
+        model = await cur.fetchone()
+    if model is None:
+        raise NotFound(f"model {model_id} not found")
+    return model
+
+
+async def list_page(pool: AsyncConnectionPool, tenant_id: str, size: int, after: str) -> tuple[list[Model], str]:
+    """Newest first; ``after`` is the id of the last model of the previous page."""
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Model))
+        await cur.execute(
+            "SELECT * FROM models WHERE tenant_id = %(t)s AND (%(after)s = '' OR (created_at, id) <"
+            " (SELECT created_at, id FROM models WHERE id = %(after)s AND tenant_id = %(t)s))"
+            " ORDER BY created_at DESC, id DESC LIMIT %(n)s",
+            {"t": tenant_id, "after": after, "n": size + 1},
+        )
+        found = await cur.fetchall()
+    return found[:size], (found[size - 1].id if len(found) > size else "")
+
+
+async def delete(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model:
+    """Remove the model's row (freeing its slot); the caller removes its artifacts."""
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Model))
+        await cur.execute("DELETE FROM models WHERE id = %s AND tenant_id = %s RETURNING *", (model_id, tenant_id))
+        model = await cur.fetchone()
+    if model is None:
+        raise NotFound(f"model {model_id} not found")
+    return model

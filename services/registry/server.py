@@ -1,0 +1,40 @@
+"""Wires the registry: database, S3, servicer and the common server runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.auth import CachedResolver, Caller
+from services.common.backends import open_backends
+from services.common.server import RunningServer, start_server
+from services.registry import tenants
+from services.registry.servicer import OPEN_METHODS, RegistryServicer
+from services.registry.settings import Settings
+
+SCHEMA = "registry"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def create(settings: Settings) -> RunningServer:
+    backends = await open_backends(settings.database_url, SCHEMA, MIGRATIONS, settings.s3)
+    pool = backends.pool
+
+    async def resolve(key: str) -> Caller:
+        return await tenants.authenticate(pool, key)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(pool, backends.store, settings.admin_token), server
+        )
+        return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]
+
+    return await start_server(
+        address=settings.server.grpc_address,
+        register=register,
+        resolve_key=CachedResolver(resolve, ttl_s=5.0),
+        open_methods=OPEN_METHODS,
+        cleanups=[pool.close],
+    )

@@ -1,0 +1,154 @@
+"""RegistryService: translates proto requests to calls of the domain modules and back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from psycopg_pool import AsyncConnectionPool
+
+from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common import auth
+from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unimplemented
+from services.common.objects import ObjectStore
+from services.common.protoconv import page_size, struct, timestamp
+from services.registry import models, quotas, snippets, tenants
+
+# Calls that do not take the caller's API key through the auth interceptor.
+OPEN_METHODS = frozenset(
+    f"/distillery.registry.v1.RegistryService/{name}"
+    for name in ("AuthenticateKey", "CreateTenant", "GetTenant", "CreateApiKey")
+)
+
+
+def tenant_pb(t: tenants.Tenant) -> registry_pb2.Tenant:
+    return registry_pb2.Tenant(
+        id=t.id, name=t.name, tier=t.tier, model_allowance=t.model_allowance, created_at=timestamp(t.created_at)
+    )
+
+
+def key_pb(k: tenants.ApiKey) -> registry_pb2.ApiKey:
+    return registry_pb2.ApiKey(
+        id=k.id, tenant_id=k.tenant_id, name=k.name, prefix=k.prefix,
+        created_at=timestamp(k.created_at), revoked_at=timestamp(k.revoked_at),
+    )  # fmt: skip
+
+
+def model_pb(m: models.Model) -> registry_pb2.Model:
+    return registry_pb2.Model(
+        id=m.id, tenant_id=m.tenant_id, name=m.name, path=m.path, base_model=m.base_model, run_id=m.run_id,
+        version=m.version, artifact_kind=m.artifact_kind, artifact_uri=m.artifact_uri, metrics=m.metrics,
+        training_config=struct(m.training_config), created_at=timestamp(m.created_at),
+    )  # fmt: skip
+
+
+def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
+    return registry_pb2.Quota(
+        tenant_id=q.tenant_id, tier=q.tier, allowance=q.allowance, used=q.used, reserved=q.reserved,
+        available=q.available,
+    )  # fmt: skip
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, admin_token: str) -> None:
+        self.pool = pool
+        self.store = store
+        self.admin_token = admin_token
+
+    def _is_admin(self, context: grpc.aio.ServicerContext) -> bool:
+        token = auth.bearer_token(context.invocation_metadata())
+        return bool(self.admin_token and token and auth.same_secret(token, self.admin_token))
+
+    def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
+        if not self._is_admin(context):
+            raise Unauthenticated("this call needs the registry's admin token (DISTILLERY_ADMIN_TOKEN)")
+
+    # --- tenants and keys ---
+
+    async def CreateTenant(self, request: Any, context: Any) -> registry_pb2.Tenant:
+        self._require_admin(context)
+        return tenant_pb(await tenants.create_tenant(self.pool, request.name, request.tier, request.model_allowance))
+
+    async def GetTenant(self, request: Any, context: Any) -> registry_pb2.Tenant:
+        self._require_admin(context)
+        return tenant_pb(await tenants.get_tenant(self.pool, request.id))
+
+    async def CreateApiKey(self, request: Any, context: Any) -> registry_pb2.CreateApiKeyResponse:
+        if not self._is_admin(context):
+            key = auth.bearer_token(context.invocation_metadata())
+            if key is None:
+                raise Unauthenticated("creating an API key needs an API key of the tenant or the admin token")
+            caller = await tenants.authenticate(self.pool, key)
+            if request.tenant_id and request.tenant_id != caller.tenant_id:
+                raise PermissionDenied("a tenant's key can only create keys for its own tenant")
+            request.tenant_id = caller.tenant_id
+        if not request.tenant_id:
+            raise InvalidArgument("tenant_id is required", field="tenant_id")
+        record, secret = await tenants.create_api_key(self.pool, request.tenant_id, request.name)
+        return registry_pb2.CreateApiKeyResponse(key=key_pb(record), secret=secret)
+
+    async def ListApiKeys(self, request: Any, context: Any) -> registry_pb2.ListApiKeysResponse:
+        found = await tenants.list_api_keys(self.pool, auth.current_caller().tenant_id)
+        return registry_pb2.ListApiKeysResponse(keys=[key_pb(k) for k in found])
+
+    async def RevokeApiKey(self, request: Any, context: Any) -> registry_pb2.RevokeApiKeyResponse:
+        record = await tenants.revoke_api_key(self.pool, auth.current_caller().tenant_id, request.id)
+        return registry_pb2.RevokeApiKeyResponse(key=key_pb(record))
+
+    async def AuthenticateKey(self, request: Any, context: Any) -> registry_pb2.AuthenticateKeyResponse:
+        caller = await tenants.authenticate(self.pool, request.api_key)
+        return registry_pb2.AuthenticateKeyResponse(tenant_id=caller.tenant_id, tier=caller.tier, key_id=caller.key_id)
+
+    async def WhoAmI(self, request: Any, context: Any) -> registry_pb2.Tenant:
+        return tenant_pb(await tenants.get_tenant(self.pool, auth.current_caller().tenant_id))
+
+    # --- quota ---
+
+    async def GetQuota(self, request: Any, context: Any) -> registry_pb2.Quota:
+        return quota_pb(await quotas.get_quota(self.pool, auth.current_caller().tenant_id))
+
+    async def ReserveQuota(self, request: Any, context: Any) -> registry_pb2.Reservation:
+        if not request.run_id:
+            raise InvalidArgument("run_id is required", field="run_id")
+        state = await quotas.reserve(self.pool, auth.current_caller().tenant_id, request.run_id)
+        return registry_pb2.Reservation(run_id=request.run_id, state=state)
+
+    async def ReleaseQuota(self, request: Any, context: Any) -> registry_pb2.Reservation:
+        state = await quotas.release(self.pool, auth.current_caller().tenant_id, request.run_id)
+        return registry_pb2.Reservation(run_id=request.run_id, state=state)
+
+    # --- models ---
+
+    async def RegisterModel(self, request: Any, context: Any) -> registry_pb2.Model:
+        new = models.NewModel(
+            run_id=request.run_id, name=request.name, path=request.path, base_model=request.base_model,
+            artifact_kind=request.artifact_kind, artifact_uri=request.artifact_uri, metrics=dict(request.metrics),
+            training_config=dict(request.training_config),
+        )  # fmt: skip
+        return model_pb(await models.register(self.pool, auth.current_caller().tenant_id, new))
+
+    async def GetModel(self, request: Any, context: Any) -> registry_pb2.Model:
+        return model_pb(await models.get(self.pool, auth.current_caller().tenant_id, request.id))
+
+    async def ListModels(self, request: Any, context: Any) -> registry_pb2.ListModelsResponse:
+        found, next_token = await models.list_page(
+            self.pool, auth.current_caller().tenant_id, page_size(request.page), request.page.page_token
+        )
+        return registry_pb2.ListModelsResponse(
+            models=[model_pb(m) for m in found], page={"next_page_token": next_token}
+        )
+
+    async def DeleteModel(self, request: Any, context: Any) -> registry_pb2.DeleteModelResponse:
+        model = await models.delete(self.pool, auth.current_caller().tenant_id, request.id)
+        if model.artifact_uri.startswith(f"tenants/{model.tenant_id}/"):
+            await asyncio.to_thread(self.store.delete_prefix, model.artifact_uri.rstrip("/") + "/")
+        return registry_pb2.DeleteModelResponse()
+
+    async def Generate(self, request: Any, context: Any) -> registry_pb2.GenerateResponse:
+        await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        raise Unimplemented("Generate arrives with the first training path (fine-tuning text); this version has no model runtime")
+
+    async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        return registry_pb2.Snippet(snippets=snippets.for_model(model.id, request.language))

@@ -1,0 +1,28 @@
+"""The registry's settings, read once from the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.settings import S3Settings, ServerSettings, database_url, env_str
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings
+    database_url: str
+    s3: S3Settings
+    # Token for tenant administration (CreateTenant, keys for any tenant); "" disables it.
+    admin_token: str
+
+    def __repr__(self) -> str:
+        return f"Settings(server={self.server!r}, s3={self.s3!r})"
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            server=ServerSettings.from_env(),
+            database_url=database_url(),
+            s3=S3Settings.from_env(),
+            admin_token=env_str("DISTILLERY_ADMIN_TOKEN", ""),
+        )

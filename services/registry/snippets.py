@@ -1,0 +1,31 @@
+"""API-ready request snippets for calling a model through Generate."""
+
+from __future__ import annotations
+
+from services.common.errors import InvalidArgument
+
+_GRPCURL = """grpcurl -plaintext -H "authorization: Bearer $DISTILLERY_API_KEY" \\
+  -d '{{"model_id": "{model_id}", "messages": [{{"role": "user", "content": "Hello"}}], "max_new_tokens": 128}}' \\
+  "$DISTILLERY_REGISTRY_ADDRESS" distillery.registry.v1.RegistryService/Generate"""
+
+_PYTHON = """from distillery.client import Client
+from distillery.registry.v1 import registry_pb2
+
+client = Client.from_environment()  # DISTILLERY_API_KEY, DISTILLERY_REGISTRY_ADDRESS
+reply = client.registry.Generate(registry_pb2.GenerateRequest(
+    model_id="{model_id}",
+    messages=[registry_pb2.ChatMessage(role="user", content="Hello")],
+    max_new_tokens=128,
+))
+print(reply.message.content)"""
+
+_CLI = """distillery models generate {model_id} "Hello\""""
+
+TEMPLATES = {"grpcurl": _GRPCURL, "python": _PYTHON, "cli": _CLI}
+
+
+def for_model(model_id: str, language: str = "") -> dict[str, str]:
+    if language and language not in TEMPLATES:
+        raise InvalidArgument(f"no snippet for {language!r}: use one of {', '.join(TEMPLATES)}", field="language")
+    chosen = [language] if language else list(TEMPLATES)
+    return {name: TEMPLATES[name].format(model_id=model_id) for name in chosen}

@@ -1,0 +1,32 @@
+"""Wires the teacher service: database, S3, key resolution through the registry, servicer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+
+from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
+from services.common.backends import open_backends, registry_keys
+from services.common.server import RunningServer, start_server
+from services.teacher.servicer import TeacherServicer
+from services.teacher.settings import Settings
+
+SCHEMA = "teacher"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+async def create(settings: Settings) -> RunningServer:
+    backends = await open_backends(settings.database_url, SCHEMA, MIGRATIONS, settings.s3)
+    registry, resolve_key = registry_keys(settings.registry_address, settings.server.rpc_timeout_s)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        teacher_pb2_grpc.add_TeacherServiceServicer_to_server(TeacherServicer(backends.pool), server)
+        return [teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name]
+
+    return await start_server(
+        address=settings.server.grpc_address,
+        register=register,
+        resolve_key=resolve_key,
+        cleanups=[backends.pool.close, registry.close],
+    )

@@ -1,0 +1,176 @@
+"""The run state machine, persisted in PostgreSQL.
+
+QUEUED -> VALIDATING -> GENERATING (distillation only) -> TRAINING -> EVALUATING
+-> REGISTERING -> SUCCEEDED, and from any non-final state FAILED or CANCELLED.
+Final states are absorbing. Every transition is written with an event, in one
+transaction, under the run row's lock.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common.errors import FailedPrecondition, NotFound
+
+FINAL = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
+_FORWARD = {
+    pb.RUN_STATE_QUEUED: {pb.RUN_STATE_VALIDATING},
+    pb.RUN_STATE_VALIDATING: {pb.RUN_STATE_GENERATING, pb.RUN_STATE_TRAINING},
+    pb.RUN_STATE_GENERATING: {pb.RUN_STATE_TRAINING},
+    pb.RUN_STATE_TRAINING: {pb.RUN_STATE_EVALUATING},
+    pb.RUN_STATE_EVALUATING: {pb.RUN_STATE_REGISTERING},
+    pb.RUN_STATE_REGISTERING: {pb.RUN_STATE_SUCCEEDED},
+}
+
+
+def allowed(source: int, target: int) -> bool:
+    if source in FINAL:
+        return False
+    return target in _FORWARD.get(source, set()) or target in (pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
+
+
+def state_name(state: int) -> str:
+    return pb.RunState.Name(state).removeprefix("RUN_STATE_")
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    tenant_id: str
+    idempotency_key: str
+    path: int
+    mode: int
+    state: int
+    request: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    model_id: str = ""
+    error: dict[str, str] | None = None
+    progress: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    run_id: str
+    sequence: int
+    at: datetime
+    event: dict[str, Any]
+
+
+def new_run_id() -> str:
+    return f"run_{secrets.token_hex(10)}"
+
+
+async def get(pool: AsyncConnectionPool, tenant_id: str, run_id: str) -> Run:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute("SELECT * FROM runs WHERE id = %s AND tenant_id = %s", (run_id, tenant_id))
+        run = await cur.fetchone()
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+async def list_page(pool: AsyncConnectionPool, tenant_id: str, state: int, size: int, after: str) -> tuple[list[Run], str]:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute(
+            "SELECT * FROM runs WHERE tenant_id = %(t)s AND (%(state)s = 0 OR state = %(state)s)"
+            " AND (%(after)s = '' OR (created_at, id) <"
+            " (SELECT created_at, id FROM runs WHERE tenant_id = %(t)s AND id = %(after)s))"
+            " ORDER BY created_at DESC, id DESC LIMIT %(n)s",
+            {"t": tenant_id, "state": state, "after": after, "n": size + 1},
+        )
+        found = await cur.fetchall()
+    return found[:size], (found[size - 1].id if len(found) > size else "")
+
+
+async def create(pool: AsyncConnectionPool, run: Run) -> tuple[Run, bool]:
+    """Insert a QUEUED run, or return the one made earlier with the same idempotency key."""
+    async with pool.connection() as conn, conn.transaction():
+        if run.idempotency_key:
+            cur = conn.cursor(row_factory=class_row(Run))
+            await cur.execute(
+                "SELECT * FROM runs WHERE tenant_id = %s AND idempotency_key = %s FOR UPDATE",
+                (run.tenant_id, run.idempotency_key),
+            )
+            earlier = await cur.fetchone()
+            if earlier is not None:
+                return earlier, False
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute(
+            "INSERT INTO runs (id, tenant_id, idempotency_key, path, mode, state, request)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING *",
+            (run.id, run.tenant_id, run.idempotency_key, run.path, run.mode, pb.RUN_STATE_QUEUED, Jsonb(run.request)),
+        )
+        created = await cur.fetchone()
+        if created is None:  # a concurrent create with the same key won the race
+            return await _by_key(conn, run.tenant_id, run.idempotency_key), False
+        await _append(conn, created.id, {"stateChange": {"toState": pb.RunState.Name(pb.RUN_STATE_QUEUED)}})
+    return created, True
+
+
+async def _by_key(conn: AsyncConnection, tenant_id: str, key: str) -> Run:
+    cur = conn.cursor(row_factory=class_row(Run))
+    await cur.execute("SELECT * FROM runs WHERE tenant_id = %s AND idempotency_key = %s", (tenant_id, key))
+    found = await cur.fetchone()
+    assert found is not None
+    return found
+
+
+async def _append(conn: AsyncConnection, run_id: str, event: dict[str, Any]) -> int:
+    cur = await conn.execute(
+        "INSERT INTO run_events (run_id, sequence, event) VALUES"
+        " (%s, (SELECT coalesce(max(sequence), 0) + 1 FROM run_events WHERE run_id = %s), %s) RETURNING sequence",
+        (run_id, run_id, Jsonb(event)),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def transition(
+    pool: AsyncConnectionPool, tenant_id: str, run_id: str, target: int, error: dict[str, str] | None = None
+) -> Run:
+    """Move a run to ``target``; FAILED_PRECONDITION when the state machine forbids it."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute("SELECT * FROM runs WHERE id = %s AND tenant_id = %s FOR UPDATE", (run_id, tenant_id))
+        run = await cur.fetchone()
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        if not allowed(run.state, target):
+            raise FailedPrecondition(
+                f"run {run_id} is {state_name(run.state)}; it cannot move to {state_name(target)}"
+                + (" (final states are absorbing)" if run.state in FINAL else "")
+            )
+        await cur.execute(
+            "UPDATE runs SET state = %s, error = %s, updated_at = now() WHERE id = %s RETURNING *",
+            (target, Jsonb(error) if error else None, run_id),
+        )
+        moved = await cur.fetchone()
+        change: dict[str, Any] = {"fromState": pb.RunState.Name(run.state), "toState": pb.RunState.Name(target)}
+        if error:
+            change["error"] = error
+        await _append(conn, run_id, {"stateChange": change})
+    assert moved is not None
+    return moved
+
+
+async def events_after(pool: AsyncConnectionPool, run_id: str, after: int) -> list[Event]:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Event))
+        await cur.execute(
+            "SELECT * FROM run_events WHERE run_id = %s AND sequence > %s ORDER BY sequence", (run_id, after)
+        )
+        return await cur.fetchall()

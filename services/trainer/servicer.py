@@ -1,0 +1,83 @@
+"""TrainerService: translates proto requests to calls of the domain modules and back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf import json_format
+from psycopg_pool import AsyncConnectionPool
+
+from distillery.trainer.v1 import trainer_pb2 as pb
+from distillery.trainer.v1 import trainer_pb2_grpc
+from services.common import auth
+from services.common.errors import Unimplemented
+from services.common.protoconv import page_size, timestamp
+from services.trainer import runs
+
+WATCH_POLL_S = 0.5
+
+
+def run_pb(run: runs.Run) -> pb.Run:
+    message = pb.Run(
+        id=run.id, path=run.path, mode=run.mode, state=run.state, model_id=run.model_id, metrics=run.metrics,
+        created_at=timestamp(run.created_at), updated_at=timestamp(run.updated_at),
+    )  # fmt: skip
+    json_format.ParseDict(run.request, message.request, ignore_unknown_fields=True)
+    message.dataset_id = message.request.dataset_id
+    message.eval_dataset_id = message.request.eval_dataset_id
+    message.student_model = message.request.student_model
+    message.teacher = message.request.teacher
+    json_format.ParseDict(run.progress, message.progress, ignore_unknown_fields=True)
+    if run.error:
+        json_format.ParseDict(run.error, message.error, ignore_unknown_fields=True)
+    return message
+
+
+def event_pb(event: runs.Event) -> pb.RunEvent:
+    message = pb.RunEvent(run_id=event.run_id, sequence=event.sequence, at=timestamp(event.at))
+    json_format.ParseDict(event.event, message, ignore_unknown_fields=True)
+    return message
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, pool: AsyncConnectionPool) -> None:
+        self.pool = pool
+
+    async def CreateRun(self, request: Any, context: Any) -> pb.Run:
+        raise Unimplemented(
+            "no training path is available in this version yet; fine-tuning text arrives next "
+            "(runs can already be listed, shown, watched and cancelled)"
+        )
+
+    async def GetRun(self, request: Any, context: Any) -> pb.Run:
+        return run_pb(await runs.get(self.pool, auth.current_caller().tenant_id, request.id))
+
+    async def ListRuns(self, request: Any, context: Any) -> pb.ListRunsResponse:
+        found, next_token = await runs.list_page(
+            self.pool, auth.current_caller().tenant_id, request.state, page_size(request.page), request.page.page_token
+        )
+        return pb.ListRunsResponse(runs=[run_pb(r) for r in found], page={"next_page_token": next_token})
+
+    async def CancelRun(self, request: Any, context: Any) -> pb.Run:
+        run = await runs.transition(self.pool, auth.current_caller().tenant_id, request.id, pb.RUN_STATE_CANCELLED)
+        return run_pb(run)
+
+    async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[pb.RunEvent]:
+        tenant_id = auth.current_caller().tenant_id
+        await runs.get(self.pool, tenant_id, request.id)  # NOT_FOUND before the stream starts
+        after = request.after_sequence
+        while True:
+            for event in await runs.events_after(self.pool, request.id, after):
+                after = event.sequence
+                yield event_pb(event)
+            if (await runs.get(self.pool, tenant_id, request.id)).state in runs.FINAL:
+                for event in await runs.events_after(self.pool, request.id, after):
+                    yield event_pb(event)
+                return
+            await asyncio.sleep(WATCH_POLL_S)
+
+    async def GetRunLogs(self, request: Any, context: Any) -> pb.GetRunLogsResponse:
+        await runs.get(self.pool, auth.current_caller().tenant_id, request.id)
+        raise Unimplemented("training logs arrive with the first training path")
