@@ -1,0 +1,109 @@
+"""distillery datasets: upload, validate, list, show."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
+from distillery.client import Client
+from distillery.ingest.v1 import ingest_pb2
+
+CHUNK = 1024 * 1024
+KINDS = {
+    "pairs": ingest_pb2.DATASET_KIND_PAIRS,
+    "inputs": ingest_pb2.DATASET_KIND_INPUTS,
+    "asr": ingest_pb2.DATASET_KIND_ASR,
+    "ocr": ingest_pb2.DATASET_KIND_OCR,
+    "tool_calls": ingest_pb2.DATASET_KIND_TOOL_CALLS,
+}
+FORMATS = {".jsonl": ingest_pb2.FILE_FORMAT_JSONL, ".csv": ingest_pb2.FILE_FORMAT_CSV}
+
+
+def kind_name(kind: int) -> str:
+    return ingest_pb2.DatasetKind.Name(kind).removeprefix("DATASET_KIND_").lower()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _messages(path: Path, kind: str, name: str, progress: Progress | None) -> Iterator[ingest_pb2.UploadDatasetRequest]:
+    size = path.stat().st_size
+    header = ingest_pb2.UploadHeader(
+        filename=path.name, kind=KINDS[kind], format=FORMATS.get(path.suffix.lower(), 0),
+        size_bytes=size, sha256=_sha256(path), display_name=name,
+    )  # fmt: skip
+    yield ingest_pb2.UploadDatasetRequest(header=header)
+    task = progress.add_task(f"uploading {path.name}", total=size) if progress else None
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            if progress is not None and task is not None:
+                progress.advance(task, len(block))
+            yield ingest_pb2.UploadDatasetRequest(chunk=ingest_pb2.Chunk(data=block))
+
+
+@click.group("datasets")
+def group() -> None:
+    """Upload, validate and inspect datasets."""
+
+
+@group.command("upload")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(list(KINDS)), required=True, help="What the file holds.")
+@click.option("--name", default="", help="A display name (default: the file name).")
+@json_option
+def upload(path: Path, kind: str, name: str, as_json: bool) -> None:
+    """Upload a dataset file; identical content reuses the earlier version."""
+    with rpc_errors():
+        client = Client.from_environment(timeout=3600)
+        if as_json:
+            reply = client.ingest.UploadDataset(_messages(path, kind, name, None))
+        else:
+            columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
+            with Progress(*columns, console=console, transient=True) as progress:
+                reply = client.ingest.UploadDataset(_messages(path, kind, name, progress))
+    if as_json:
+        print_json({**as_dict(reply.dataset), "reused": reply.reused})
+    else:
+        verb = "reused" if reply.reused else "uploaded"
+        console.print(f"{verb} [bold]{reply.dataset.id}[/bold] ({reply.dataset.size_bytes} bytes)")
+    if reply.HasField("report") and not reply.report.valid and reply.report.violations:
+        raise SystemExit(FAILED)
+
+
+@group.command("list")
+@click.option("--kind", type=click.Choice(list(KINDS)), default=None)
+@json_option
+def list_(kind: str | None, as_json: bool) -> None:
+    """List your datasets, newest first."""
+    with rpc_errors():
+        reply = Client.from_environment().ingest.ListDatasets(ingest_pb2.ListDatasetsRequest(kind=KINDS.get(kind or "", 0)))
+    if as_json:
+        print_json([as_dict(d) for d in reply.datasets])
+        return
+    rows = [(d.id, d.display_name, kind_name(d.kind), d.size_bytes, d.created_at.ToJsonString()) for d in reply.datasets]
+    print_table("Datasets", ["id", "name", "kind", "bytes", "created"], rows)
+
+
+@group.command("show")
+@click.argument("dataset_id")
+@json_option
+def show(dataset_id: str, as_json: bool) -> None:
+    """Show one dataset."""
+    with rpc_errors():
+        dataset = Client.from_environment().ingest.GetDataset(ingest_pb2.GetDatasetRequest(id=dataset_id))
+    if as_json:
+        print_json(dataset)
+        return
+    for key, value in as_dict(dataset).items():
+        if key != "report":
+            console.print(f"[bold]{key}[/bold]: {value}", highlight=False)

@@ -1,0 +1,37 @@
+"""`distillery`: the command line, grouped by noun. It talks to the services only over gRPC.
+
+Exit codes: 0 ok, 1 failed (validation, run, or a refused request), 2 usage error,
+3 a service unavailable.
+"""
+
+from __future__ import annotations
+
+import click
+
+from distillery.cli import datasets, keys, models, quota, runs, tools
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="distillery")
+def cli() -> None:
+    """Distillery: turn your data and a teacher model's behaviour into small models you own."""
+
+
+try:  # the local stack's commands
+    from distillery.cli.stack_commands import down, status, up
+
+    for command in (up, down, status):
+        cli.add_command(command)
+except ImportError:  # pragma: no cover - only while the stack module is being written
+    pass
+
+for group in (datasets.group, tools.group, keys.group, runs.group, models.group, quota.command):
+    cli.add_command(group)
+
+
+def main() -> None:
+    cli(prog_name="distillery")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""How the CLI prints: JSON for --json, tables for people, errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import click
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.table import Table
+
+# Exit codes of every command.
+OK, FAILED, USAGE, UNAVAILABLE = 0, 1, 2, 3
+
+console = Console()
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def print_json(value: Any) -> None:
+    if isinstance(value, Message):
+        value = as_dict(value)
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if not rows:
+        console.print(f"[dim]no {title.lower()}[/dim]")
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    console.print(table)
+
+
+def fail(message: str, code: int = FAILED, hint: str = "") -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}", highlight=False)
+    if hint:
+        errors.print(f"[dim]hint:[/dim] {hint}", highlight=False)
+    sys.exit(code)
+
+
+_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: "set DISTILLERY_API_KEY, or run `distillery up` to create a development key",
+    grpc.StatusCode.UNAVAILABLE: "is the stack up? `distillery status` shows each part",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the service did not answer in time; `distillery status` shows each part",
+}
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Turn gRPC errors into one clear line and the documented exit code."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        details = err.details() if hasattr(err, "details") else str(err)
+        exit_code = UNAVAILABLE if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) else FAILED
+        fail(f"{code.name.lower()}: {details}", exit_code, _HINTS.get(code, ""))
+    except LookupError as err:  # no address for a service
+        fail(str(err.args[0] if err.args else err), UNAVAILABLE)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(f)
