@@ -19,6 +19,7 @@ from distillery.ingest.v1 import ingest_pb2_grpc
 from distillery.registry.v1 import registry_pb2_grpc
 from distillery.teacher.v1 import teacher_pb2_grpc
 from distillery.trainer.v1 import trainer_pb2_grpc
+from services.common.tracing import traced_sync_channel
 
 SERVICES = ("registry", "ingest", "teacher", "trainer")
 DEFAULT_TIMEOUT_S = 30.0
@@ -89,11 +90,9 @@ class Client:
     """
 
     def __init__(self, addresses: dict[str, str], key: str | None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        from services.common.tracing import sync_client_interceptor
-
         self.addresses = addresses
         self._channels: dict[str, grpc.Channel] = {}
-        self._interceptors = [sync_client_interceptor(), _Metadata(key, timeout)]
+        self._metadata = _Metadata(key, timeout)
 
     @classmethod
     def from_environment(cls, timeout: float = DEFAULT_TIMEOUT_S) -> Client:
@@ -107,7 +106,8 @@ class Client:
                     f"no address for the {service} service: start the local stack with `distillery up`, "
                     f"or set DISTILLERY_{service.upper()}_ADDRESS"
                 )
-            self._channels[service] = grpc.intercept_channel(grpc.insecure_channel(address), *self._interceptors)
+            traced = traced_sync_channel(grpc.insecure_channel(address))
+            self._channels[service] = grpc.intercept_channel(traced, self._metadata)
         return self._channels[service]
 
     @property

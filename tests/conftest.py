@@ -1,0 +1,176 @@
+"""Fixtures: a real PostgreSQL and a real S3 server once per test session, and the four
+services as real gRPC servers on ephemeral ports of 127.0.0.1, in one background event loop.
+
+Tracing goes to an in-memory exporter for the whole session, so a test can read spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from distillery.client import Client
+from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from distillery.stack import servers
+from services.common.server import RunningServer
+from services.common.settings import S3Settings, ServerSettings
+from services.ingest import server as ingest_server
+from services.ingest.settings import Settings as IngestSettings
+from services.registry import server as registry_server
+from services.registry.settings import Settings as RegistrySettings
+from services.teacher import server as teacher_server
+from services.teacher.settings import Settings as TeacherSettings
+from services.trainer import server as trainer_server
+from services.trainer.settings import Settings as TrainerSettings
+
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
+
+T = TypeVar("T")
+
+
+def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="dst-test-", dir="/tmp") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(workdir: Path) -> Iterator[str]:
+    port, password = servers.free_port(), secrets.token_urlsafe(16)
+    proc = servers.start_postgres(workdir / "pg", port, password, workdir / "logs" / "postgres.log")
+    yield servers.postgres_url(port, password)
+    _stop(proc, signal.SIGINT)  # fast shutdown
+
+
+@pytest.fixture(scope="session")
+def s3_settings(workdir: Path) -> Iterator[S3Settings]:
+    ports = servers.S3Ports.pick()
+    access, secret = "test-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    proc = servers.start_s3(workdir / "s3", ports, access, secret, workdir / "logs" / "s3.log")
+    yield S3Settings(endpoint=f"127.0.0.1:{ports.s3}", access_key=access, secret_key=secret, bucket="test-bucket")
+    _stop(proc)
+
+
+class EventLoopThread:
+    """One asyncio loop in a daemon thread; ``run`` executes a coroutine on it and waits."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@dataclass
+class Services:
+    loop: EventLoopThread
+    admin_token: str
+    running: dict[str, RunningServer]
+    postgres_url: str
+    s3: S3Settings
+
+    def address(self, name: str) -> str:
+        return self.running[name].address
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        return {name: r.address for name, r in self.running.items()}
+
+
+def server_settings() -> ServerSettings:
+    return ServerSettings(grpc_address="127.0.0.1:0", rpc_timeout_s=5.0, shutdown_grace_s=1.0)
+
+
+async def start_services(postgres_url: str, s3: S3Settings, admin_token: str) -> dict[str, RunningServer]:
+    running = {"registry": await registry_server.create(RegistrySettings(server_settings(), postgres_url, s3, admin_token))}
+    registry = running["registry"].address
+    running["ingest"] = await ingest_server.create(
+        IngestSettings(server_settings(), postgres_url, s3, registry, max_upload_bytes=64 * 1024 * 1024)
+    )
+    running["teacher"] = await teacher_server.create(TeacherSettings(server_settings(), postgres_url, s3, registry, "", ""))
+    running["trainer"] = await trainer_server.create(
+        TrainerSettings(server_settings(), postgres_url, s3, registry, running["ingest"].address, running["teacher"].address, "")
+    )
+    return running
+
+
+@pytest.fixture(scope="session")
+def services(postgres_url: str, s3_settings: S3Settings) -> Iterator[Services]:
+    loop = EventLoopThread()
+    admin_token = "dat_" + secrets.token_urlsafe(30)
+    running = loop.run(start_services(postgres_url, s3_settings, admin_token))
+    yield Services(loop, admin_token, running, postgres_url, s3_settings)
+    for server in reversed(list(running.values())):
+        loop.run(server.stop(1.0))
+    loop.close()
+
+
+@dataclass
+class TenantKey:
+    tenant_id: str
+    api_key: str
+
+
+@pytest.fixture
+def make_tenant(services: Services) -> Callable[..., TenantKey]:
+    """Create a tenant (unique name) and an API key for it, through the admin token."""
+
+    def make(tier: int = registry_pb2.TIER_STANDARD, allowance: int = 0) -> TenantKey:
+        admin = [("authorization", f"Bearer {services.admin_token}")]
+        with grpc.insecure_channel(services.address("registry")) as channel:
+            stub = registry_pb2_grpc.RegistryServiceStub(channel)
+            tenant = stub.CreateTenant(
+                registry_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(5)}", tier=tier, model_allowance=allowance),
+                metadata=admin, timeout=10,
+            )  # fmt: skip
+            key = stub.CreateApiKey(registry_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="test"), metadata=admin, timeout=10)
+        return TenantKey(tenant.id, key.secret)
+
+    return make
+
+
+@pytest.fixture
+def client_for(services: Services) -> Iterator[Callable[[TenantKey | None], Client]]:
+    made: list[Client] = []
+
+    def make(tenant: TenantKey | None) -> Client:
+        client = Client(services.addresses, tenant.api_key if tenant else None, timeout=20)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
