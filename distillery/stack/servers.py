@@ -190,11 +190,14 @@ class S3Ports:
     volume_grpc: int
     filer: int
     filer_grpc: int
+    # The admin server runs even with -admin.ui=false (default ports 23646 and +10000).
+    admin: int
+    admin_grpc: int
 
     @classmethod
     def pick(cls) -> S3Ports:
         ports: set[int] = set()
-        while len(ports) < 8:
+        while len(ports) < len(cls.__dataclass_fields__):
             ports.add(free_port())
         return cls(*sorted(ports))
 
@@ -219,6 +222,7 @@ def start_s3(data_dir: Path, ports: S3Ports, access_key: str, secret_key: str, l
          f"-master.port={ports.master}", f"-master.port.grpc={ports.master_grpc}",
          f"-volume.port={ports.volume}", f"-volume.port.grpc={ports.volume_grpc}",
          f"-filer.port={ports.filer}", f"-filer.port.grpc={ports.filer_grpc}",
+         f"-admin.port={ports.admin}", f"-admin.port.grpc={ports.admin_grpc}",
          f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}"],
         log,
     )  # fmt: skip
