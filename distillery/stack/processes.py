@@ -3,7 +3,7 @@
 Every part of the stack is a child process in a session of its own, with its
 output in a log file. A part is recorded as ``(pid, create_time)`` so that a
 recycled pid is never taken for the part. Processes the stack spawns itself
-carry ``DISTILLERY_STACK_ID`` in their environment, which their own children
+carry ``DISTILLERY_STACK_ID`` and ``DISTILLERY_STACK_PART`` in their environment, which their own children
 (Ray's workers included) inherit: ``down`` finds them even when they have left
 the process tree or sit in process groups of their own.
 
@@ -27,6 +27,7 @@ from typing import IO
 import psutil
 
 STACK_ID_VARIABLE = "DISTILLERY_STACK_ID"
+STACK_PART_VARIABLE = "DISTILLERY_STACK_PART"
 
 
 @dataclass(frozen=True)
@@ -102,16 +103,29 @@ def tree(root: psutil.Process) -> list[psutil.Process]:
         return [root]
 
 
-def tagged_processes(stack_id: str) -> list[psutil.Process]:
-    """Every process whose environment carries this stack's id."""
-    found = []
+def tagged_processes(stack_id: str) -> dict[str, list[psutil.Process]]:
+    """Every process whose environment carries this stack's id, by the part it belongs to."""
+    found: dict[str, list[psutil.Process]] = {}
     me = os.getpid()
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         try:
-            if proc.environ().get(STACK_ID_VARIABLE) == stack_id:
-                found.append(proc)
+            env = proc.environ()
+            if env.get(STACK_ID_VARIABLE) == stack_id and proc.status() != psutil.STATUS_ZOMBIE:
+                found.setdefault(env.get(STACK_PART_VARIABLE, ""), []).append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def processes_with_argument(argument: str) -> list[psutil.Process]:
+    """Processes with ``argument`` on their command line (e.g. a server's data directory), with their trees."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if argument in proc.cmdline() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.extend(tree(proc))
         except psutil.Error:
             continue
     return found

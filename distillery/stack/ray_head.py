@@ -5,7 +5,7 @@ What this module takes care of, measured on Ray 2.60:
 - Token auth stays on. Ray turns it on for ``ray start`` only when
   ``RAY_AUTH_MODE=token`` is set (or a token exists in ~/.ray), and reads the
   token from ``RAY_AUTH_TOKEN_PATH``. Each stack keeps its own token in
-  ``$DISTILLERY_HOME/ray/auth_token`` (0600) and hands the same two variables to
+  ``$DISTILLERY_HOME/ray_token`` (0600) and hands the same two variables to
   the trainer: Ray's ``JobSubmissionClient`` then sends the token by itself.
 - 127.0.0.1 only. Ray replaces a loopback ``--node-ip-address`` with the
   machine's address and binds GCS and raylet on every address, unless

@@ -7,7 +7,8 @@ Everything lives under ``$DISTILLERY_HOME`` (``distillery.client.home()``):
     stack.lock        held by `up` and `down`, so two of them never race
     data/postgres     PostgreSQL's data directory
     data/s3           SeaweedFS's data
-    ray/              Ray's temp dir and the Ray token (ray/auth_token)
+    ray/              Ray's temp dir (in /tmp when this path is too long for Ray's sockets)
+    ray_token         the Ray head's auth token (0600), for the trainer and the Jobs API
     logs/<part>.log   each part's output
 
 ``up`` starts what is not running, in order: PostgreSQL, S3 and the Ray head
@@ -34,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from distillery.stack import health, ray_head
-from distillery.stack.processes import STACK_ID_VARIABLE, ProcessRef, StackLock, StopPlan, listening, spawn, stop
-from distillery.stack.processes import tagged_processes, tail, tree, unique
+from distillery.stack.processes import STACK_ID_VARIABLE, STACK_PART_VARIABLE, ProcessRef, StackLock, StopPlan, listening, spawn, stop
+from distillery.stack.processes import processes_with_argument, tagged_processes, tail, tree, unique
 from distillery.stack.servers import S3Ports, free_port, postgres_url, start_postgres, start_s3
 
 PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer")
@@ -44,6 +45,9 @@ BUCKET = "distillery"
 LOCK_TIMEOUT_S = 300.0
 SERVICE_START_TIMEOUT_S = 90.0
 RAY_START_TIMEOUT_S = 120.0
+# The first signal to a part's main process, and how long it gets before everyone left gets SIGTERM, then SIGKILL.
+# PostgreSQL: SIGINT = fast shutdown. Ray: SIGTERM to `ray start --block` drains and stops its processes (~4 s).
+STOP_SIGNALS = {"postgres": (signal.SIGINT, 20.0), "ray": (signal.SIGTERM, 15.0)}
 
 # (part, event, detail): events are "starting", "ready", "running" (kept), "restarting", "bootstrap".
 Progress = Callable[[str, str, str], None]
@@ -89,6 +93,11 @@ class LocalStack:
         self.credentials_path = home / "credentials.json"
         self.logs = home / "logs"
         self.lock = StackLock(home / "stack.lock")
+        self.postgres_data = home / "data" / "postgres"
+        self.s3_data = home / "data" / "s3"
+        self.ray_token = home / "ray_token"
+        # How to recognise a server of this stack that outlived its recorded pid (an `up` killed mid-start).
+        self.servers_by_argument = {"postgres": str(self.postgres_data), "s3": f"-dir={self.s3_data}"}
 
     # --- state ----------------------------------------------------------------
 
@@ -181,7 +190,7 @@ class LocalStack:
                 return False
             if status.pid is not None:  # alive but not answering: replace it
                 progress(name, "restarting", status.detail)
-                self._stop_parts(state, [name])
+            self._stop_parts(state, [name])  # and whatever it left behind when it died
             started.append(name)
             return True
 
@@ -229,7 +238,7 @@ class LocalStack:
         progress("postgres", "starting", f"127.0.0.1:{port}")
         log = self.logs / "postgres.log"
         try:
-            proc = start_postgres(self.home / "data" / "postgres", port, state["secrets"]["postgres_password"], log)
+            proc = start_postgres(self.postgres_data, port, state["secrets"]["postgres_password"], log)
         except (RuntimeError, TimeoutError) as err:
             raise StackError(f"PostgreSQL did not start: {err}\n{_log_excerpt(log)}") from None
         self._record(state, "postgres", proc.pid, address=f"127.0.0.1:{port}", ports={"postgres": port})
@@ -243,7 +252,7 @@ class LocalStack:
         keys = state["secrets"]
         log = self.logs / "s3.log"
         try:
-            proc = start_s3(self.home / "data" / "s3", S3Ports(**ports), keys["s3_access_key"], keys["s3_secret_key"], log)
+            proc = start_s3(self.s3_data, S3Ports(**ports), keys["s3_access_key"], keys["s3_secret_key"], log)
         except (RuntimeError, TimeoutError) as err:
             raise StackError(f"the S3 server did not start: {err}\n{_log_excerpt(log)}") from None
         address = f"127.0.0.1:{ports['s3']}"
@@ -258,9 +267,9 @@ class LocalStack:
         ports = ray_head.RayPorts.pick(fixed, avoid=taken)
         taken.update(ports.all())
         temp_dir = ray_head.temp_dir_for(self.home)
-        token_file = self.home / "ray" / "auth_token"
+        token_file = self.ray_token
         ray_head.ensure_token(token_file)
-        env = {**_base_env(state), **ray_head.head_env(ports, token_file)}
+        env = {**_base_env(state, "ray"), **ray_head.head_env(ports, token_file)}
         env.pop("RAY_ADDRESS", None)
         progress("ray", "starting", f"127.0.0.1:{ports.gcs}")
         object_store = int(os.environ.get("DISTILLERY_RAY_OBJECT_STORE_BYTES", ray_head.DEFAULT_OBJECT_STORE_BYTES))
@@ -315,7 +324,7 @@ class LocalStack:
         return all(state["parts"][n].get("config") == self._fingerprint(state, n, addresses) for n in SERVICES)
 
     def _spawn_service(self, state: dict[str, Any], name: str, addresses: dict[str, str], progress: Progress) -> None:
-        env = {**_base_env(state), **self._service_env(state, name, addresses)}
+        env = {**_base_env(state, name), **self._service_env(state, name, addresses)}
         progress(name, "starting", addresses[name])
         proc = spawn([sys.executable, "-m", f"services.{name}"], self.logs / f"{name}.log", env, cwd=_repo_root())
         port = int(addresses[name].rsplit(":", 1)[1])
@@ -369,36 +378,34 @@ class LocalStack:
             state = self.load()
             assert state is not None
             running = [name for name in PARTS if (ref := _ref(state["parts"].get(name, {}))) and ref.alive()]
-            strays = tagged_processes(state["stack_id"])
-            if not running and not strays:
+            if not running and not tagged_processes(state["stack_id"]):
                 return None
             result = DownResult(stopped=running)
             # Services first (they flush to PostgreSQL on the way out), PostgreSQL last.
             for group in (list(SERVICES), ["ray", "s3"], ["postgres"]):
-                result.survivors += self._stop_parts(state, group, strays if "ray" in group else [])
-            result.survivors += [f"pid {p.pid} ({p.name()})" for p in stop(
-                [StopPlan("strays", None, tagged_processes(state["stack_id"]), grace_s=3)])]  # fmt: skip
+                result.survivors += self._stop_parts(state, group)
+            leftovers = [proc for procs in tagged_processes(state["stack_id"]).values() for proc in procs]
+            result.survivors += [f"pid {p.pid} ({_name(p)})" for p in stop([StopPlan("leftovers", None, leftovers)])]
             ports = [port for part in state["parts"].values() for port in part.get("ports", {}).values()]
             result.listening = listening(ports)
-            self.save(state)
             return result
         finally:
             self.lock.release()
 
-    def _stop_parts(self, state: dict[str, Any], names: list[str], strays: list[Any] | None = None) -> list[str]:
+    def _stop_parts(self, state: dict[str, Any], names: list[str]) -> list[str]:
+        """Stop these parts: each one's process tree and every process tagged with its name."""
+        tagged = tagged_processes(state["stack_id"])  # found before any signal is sent
         plans = []
         for name in names:
-            part = state["parts"].get(name, {})
-            ref = _ref(part)
+            ref = _ref(state["parts"].get(name, {}))
             root = ref.process() if ref else None
-            processes = tree(root) if root else []
-            if name == "ray":
-                processes = unique([*processes, *(strays or [])])
-            if not processes:
-                continue
-            first, grace = {"postgres": (signal.SIGINT, 20.0), "ray": (signal.SIGTERM, 15.0)}.get(
-                name, (signal.SIGTERM, 10.0))  # fmt: skip
-            plans.append(StopPlan(name, root, processes, first, grace))
+            processes = [*(tree(root) if root else []), *tagged.get(name, [])]
+            if name in self.servers_by_argument:  # PostgreSQL and S3 are not tagged; their data dir is theirs
+                processes += processes_with_argument(self.servers_by_argument[name])
+            processes = unique(processes)
+            if processes:
+                first, grace = STOP_SIGNALS.get(name, (signal.SIGTERM, 10.0))
+                plans.append(StopPlan(name, root, processes, first, grace))
         survivors = stop(plans)
         for name in names:
             if name in state["parts"]:
@@ -457,8 +464,9 @@ def _choose_port(env_name: str, previous: int | None, taken: set[int]) -> int:
     return port
 
 
-def _base_env(state: dict[str, Any]) -> dict[str, str]:
-    return {**os.environ, STACK_ID_VARIABLE: state["stack_id"], "PYTHONUNBUFFERED": "1"}
+def _base_env(state: dict[str, Any], part: str) -> dict[str, str]:
+    """The environment of a process the stack starts itself, tagged so that ``down`` finds its children."""
+    return {**os.environ, STACK_ID_VARIABLE: state["stack_id"], STACK_PART_VARIABLE: part, "PYTHONUNBUFFERED": "1"}
 
 
 def _repo_root() -> Path:
