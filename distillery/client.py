@@ -107,7 +107,7 @@ class Client:
                     f"or set DISTILLERY_{service.upper()}_ADDRESS"
                 )
             traced = traced_sync_channel(grpc.insecure_channel(address))
-            self._channels[service] = grpc.intercept_channel(traced, self._metadata)
+            self._channels[service] = grpc.intercept_channel(traced, self._metadata)  # type: ignore[arg-type]
         return self._channels[service]
 
     @property

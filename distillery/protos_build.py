@@ -67,7 +67,9 @@ def main() -> int:
         files = generate(out)
         stubs = {f for f in files if f.name != "__init__.py"}
         if check:
-            drift = sorted(str(f) for f in stubs if not (ROOT / f).exists() or not filecmp.cmp(out / f, ROOT / f, shallow=False))
+            drift = sorted(
+                str(f) for f in stubs if not (ROOT / f).exists() or not filecmp.cmp(out / f, ROOT / f, shallow=False)
+            )
             drift += sorted(str(f) for f in committed() - stubs)
             if drift:
                 print("generated stubs drift from protos/ (run `make protos`):", *drift, sep="\n  ")

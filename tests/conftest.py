@@ -115,14 +115,20 @@ def server_settings() -> ServerSettings:
 
 
 async def start_services(postgres_url: str, s3: S3Settings, admin_token: str) -> dict[str, RunningServer]:
-    running = {"registry": await registry_server.create(RegistrySettings(server_settings(), postgres_url, s3, admin_token))}
+    running = {
+        "registry": await registry_server.create(RegistrySettings(server_settings(), postgres_url, s3, admin_token))
+    }
     registry = running["registry"].address
     running["ingest"] = await ingest_server.create(
         IngestSettings(server_settings(), postgres_url, s3, registry, max_upload_bytes=64 * 1024 * 1024)
     )
-    running["teacher"] = await teacher_server.create(TeacherSettings(server_settings(), postgres_url, s3, registry, "", ""))
+    running["teacher"] = await teacher_server.create(
+        TeacherSettings(server_settings(), postgres_url, s3, registry, "", "")
+    )
     running["trainer"] = await trainer_server.create(
-        TrainerSettings(server_settings(), postgres_url, s3, registry, running["ingest"].address, running["teacher"].address, "")
+        TrainerSettings(
+            server_settings(), postgres_url, s3, registry, running["ingest"].address, running["teacher"].address, ""
+        )
     )
     return running
 
@@ -152,11 +158,13 @@ def make_tenant(services: Services) -> Callable[..., TenantKey]:
         admin = [("authorization", f"Bearer {services.admin_token}")]
         with grpc.insecure_channel(services.address("registry")) as channel:
             stub = registry_pb2_grpc.RegistryServiceStub(channel)
-            tenant = stub.CreateTenant(
-                registry_pb2.CreateTenantRequest(name=f"t-{secrets.token_hex(5)}", tier=tier, model_allowance=allowance),
-                metadata=admin, timeout=10,
-            )  # fmt: skip
-            key = stub.CreateApiKey(registry_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="test"), metadata=admin, timeout=10)
+            request = registry_pb2.CreateTenantRequest(
+                name=f"t-{secrets.token_hex(5)}", tier=tier, model_allowance=allowance
+            )
+            tenant = stub.CreateTenant(request, metadata=admin, timeout=10)
+            key = stub.CreateApiKey(
+                registry_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="test"), metadata=admin, timeout=10
+            )
         return TenantKey(tenant.id, key.secret)
 
     return make

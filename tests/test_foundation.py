@@ -38,12 +38,11 @@ def test_a_service_whose_registry_is_down_answers_unavailable(services, make_ten
     )  # fmt: skip
     running = services.loop.run(ingest_server.create(settings))
     try:
-        with grpc.insecure_channel(running.address) as channel:
-            with pytest.raises(grpc.RpcError) as err:
-                ingest_pb2_grpc.IngestServiceStub(channel).ListDatasets(
-                    ingest_pb2.ListDatasetsRequest(), metadata=[("authorization", f"Bearer {make_tenant().api_key}")],
-                    timeout=10,
-                )  # fmt: skip
+        with grpc.insecure_channel(running.address) as channel, pytest.raises(grpc.RpcError) as err:
+            ingest_pb2_grpc.IngestServiceStub(channel).ListDatasets(
+                ingest_pb2.ListDatasetsRequest(), metadata=[("authorization", f"Bearer {make_tenant().api_key}")],
+                timeout=10,
+            )  # fmt: skip
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "registry" in err.value.details()
     finally:

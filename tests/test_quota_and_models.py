@@ -21,9 +21,19 @@ def quota_failure(err: grpc.RpcError) -> error_details_pb2.QuotaFailure:
 
 
 def test_tier_allowances_default_to_3_10_50(services, make_tenant, client_for):
-    for tier, allowance in ((registry_pb2.TIER_STANDARD, 3), (registry_pb2.TIER_STARTER, 10), (registry_pb2.TIER_PRO, 50)):
+    for tier, allowance in (
+        (registry_pb2.TIER_STANDARD, 3),
+        (registry_pb2.TIER_STARTER, 10),
+        (registry_pb2.TIER_PRO, 50),
+    ):
         quota = client_for(make_tenant(tier=tier)).registry.GetQuota(registry_pb2.GetQuotaRequest())
-        assert (quota.tier, quota.allowance, quota.used, quota.reserved, quota.available) == (tier, allowance, 0, 0, allowance)
+        assert (quota.tier, quota.allowance, quota.used, quota.reserved, quota.available) == (
+            tier,
+            allowance,
+            0,
+            0,
+            allowance,
+        )
 
 
 def register(client, run_id: str) -> registry_pb2.Model:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import grpc
 import pytest
+from test_services import create_run
 
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common import db
 from services.common.errors import FailedPrecondition
 from services.trainer import runs
-from test_services import create_run
 
 ORDER = [
     pb.RUN_STATE_QUEUED, pb.RUN_STATE_VALIDATING, pb.RUN_STATE_GENERATING, pb.RUN_STATE_TRAINING,
@@ -18,7 +20,7 @@ ORDER = [
 
 
 def test_transitions_follow_the_lifecycle():
-    for source, target in zip(ORDER, ORDER[1:], strict=False):
+    for source, target in itertools.pairwise(ORDER):
         assert runs.allowed(source, target)
     assert runs.allowed(pb.RUN_STATE_VALIDATING, pb.RUN_STATE_TRAINING)  # no generation for fine-tuning
     assert not runs.allowed(pb.RUN_STATE_QUEUED, pb.RUN_STATE_TRAINING)  # no skipping validation

@@ -82,7 +82,9 @@ def test_keys_are_stored_hashed(services, make_tenant):
 
     tenant = make_tenant()
     with psycopg.connect(services.postgres_url) as conn:
-        stored = conn.execute("SELECT key_hash, prefix FROM registry.api_keys WHERE tenant_id = %s", (tenant.tenant_id,)).fetchone()
+        stored = conn.execute(
+            "SELECT key_hash, prefix FROM registry.api_keys WHERE tenant_id = %s", (tenant.tenant_id,)
+        ).fetchone()
         dump = " ".join(str(row) for row in conn.execute("SELECT * FROM registry.api_keys").fetchall())
     assert stored == (hashlib.sha256(tenant.api_key.encode()).hexdigest(), tenant.api_key[:9])
     assert tenant.api_key not in dump

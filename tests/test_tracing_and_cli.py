@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 
 from click.testing import CliRunner
+from conftest import SPANS
 from opentelemetry.trace import SpanKind
 
-from conftest import SPANS
 from distillery.cli.main import cli
 
 
@@ -49,7 +50,7 @@ def test_one_trace_spans_the_cli_a_service_and_the_service_it_calls(services, ma
 
     chain = [cli_span, ingest_span, ingest_to_registry, registry_span]
     assert len({s.context.trace_id for s in chain}) == 1
-    for parent, child in zip(chain, chain[1:], strict=False):
+    for parent, child in itertools.pairwise(chain):
         assert child.parent is not None and child.parent.span_id == parent.context.span_id
 
 
@@ -95,7 +96,9 @@ def test_logs_never_show_keys(services, make_tenant, caplog):
     from services.common.logs import JsonFormatter
 
     tenant = make_tenant()
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "got key %s and admin %s", (tenant.api_key, services.admin_token), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "got key %s and admin %s", (tenant.api_key, services.admin_token), None
+    )
     line = JsonFormatter("test").format(record)
     assert tenant.api_key not in line and services.admin_token not in line
     assert "dk_[REDACTED]" in line and json.loads(line)["service"] == "test"

@@ -86,11 +86,15 @@ def upload(path: Path, kind: str, name: str, as_json: bool) -> None:
 def list_(kind: str | None, as_json: bool) -> None:
     """List your datasets, newest first."""
     with rpc_errors():
-        reply = Client.from_environment().ingest.ListDatasets(ingest_pb2.ListDatasetsRequest(kind=KINDS.get(kind or "", 0)))
+        reply = Client.from_environment().ingest.ListDatasets(
+            ingest_pb2.ListDatasetsRequest(kind=KINDS.get(kind or "", 0))
+        )
     if as_json:
         print_json([as_dict(d) for d in reply.datasets])
         return
-    rows = [(d.id, d.display_name, kind_name(d.kind), d.size_bytes, d.created_at.ToJsonString()) for d in reply.datasets]
+    rows = [
+        (d.id, d.display_name, kind_name(d.kind), d.size_bytes, d.created_at.ToJsonString()) for d in reply.datasets
+    ]
     print_table("Datasets", ["id", "name", "kind", "bytes", "created"], rows)
 
 

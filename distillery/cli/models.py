@@ -24,7 +24,9 @@ def list_(as_json: bool) -> None:
     if as_json:
         print_json([as_dict(m) for m in reply.models])
         return
-    rows = [(m.id, m.name, m.version, path_name(m.path), m.base_model, m.created_at.ToJsonString()) for m in reply.models]
+    rows = [
+        (m.id, m.name, m.version, path_name(m.path), m.base_model, m.created_at.ToJsonString()) for m in reply.models
+    ]
     print_table("Models", ["id", "name", "version", "path", "base", "created"], rows)
 
 
@@ -38,7 +40,9 @@ def show(model_id: str, as_json: bool) -> None:
     if as_json:
         print_json(model)
         return
-    console.print(f"[bold]{model.id}[/bold] {model.name} v{model.version} ({path_name(model.path)}) from {model.base_model}")
+    console.print(
+        f"[bold]{model.id}[/bold] {model.name} v{model.version} ({path_name(model.path)}) from {model.base_model}"
+    )
     for key, value in sorted(model.metrics.items()):
         console.print(f"  {key}: {value:.4g}")
 

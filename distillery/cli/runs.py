@@ -35,7 +35,9 @@ def list_(as_json: bool) -> None:
     if as_json:
         print_json([as_dict(r) for r in reply.runs])
         return
-    rows = [(r.id, path_name(r.path), state_name(r.state), r.student_model, r.created_at.ToJsonString()) for r in reply.runs]
+    rows = [
+        (r.id, path_name(r.path), state_name(r.state), r.student_model, r.created_at.ToJsonString()) for r in reply.runs
+    ]
     print_table("Runs", ["id", "path", "state", "student", "created"], rows)
 
 

@@ -66,7 +66,9 @@ def ensure(registry_address: str, admin_token: str, known_tenant_id: str | None,
     return "created", tenant.id
 
 
-def _new_key(registry: registry_pb2_grpc.RegistryServiceStub, admin: tuple[tuple[str, str], ...], tenant_id: str) -> str | None:
+def _new_key(
+    registry: registry_pb2_grpc.RegistryServiceStub, admin: tuple[tuple[str, str], ...], tenant_id: str
+) -> str | None:
     """A new key for the tenant; None if there is no such tenant."""
     try:
         created = registry.CreateApiKey(

@@ -16,14 +16,14 @@ import json
 import os
 import pwd
 import shutil
-import stat
 import socket
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 PG_USER = "postgres"
 PG_DATABASE = "distillery"
@@ -88,7 +88,7 @@ def _pg_system_user() -> str | None:
     return user
 
 
-def _run_as(user: str | None) -> dict[str, object]:
+def _run_as(user: str | None) -> dict[str, Any]:
     """subprocess arguments that drop root: the user's uid and gid and no other groups."""
     if user is None:
         return {}

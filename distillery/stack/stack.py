@@ -35,8 +35,21 @@ from pathlib import Path
 from typing import Any
 
 from distillery.stack import health, ray_head
-from distillery.stack.processes import STACK_ID_VARIABLE, STACK_PART_VARIABLE, ProcessRef, StackLock, StopPlan, listening, spawn, stop
-from distillery.stack.processes import processes_with_argument, tagged_processes, tail, tree, unique
+from distillery.stack.processes import (
+    STACK_ID_VARIABLE,
+    STACK_PART_VARIABLE,
+    ProcessRef,
+    StackLock,
+    StopPlan,
+    listening,
+    processes_with_argument,
+    spawn,
+    stop,
+    tagged_processes,
+    tail,
+    tree,
+    unique,
+)
 from distillery.stack.servers import S3Ports, free_port, postgres_url, start_postgres, start_s3
 
 PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer")
@@ -482,5 +495,3 @@ def _log_excerpt(log: Path) -> str:
 
 def part_dicts(parts: list[PartStatus]) -> list[dict[str, Any]]:
     return [asdict(part) for part in parts]
-
-

@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -64,7 +65,8 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def bearer_token(metadata: Any) -> str | None:
+    """The token of an 'authorization: Bearer <token>' entry of gRPC metadata, if any."""
     for name, value in metadata or ():
         if name.lower() == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")
@@ -106,7 +108,6 @@ class CachedResolver:
 def registry_resolver(channel: grpc.aio.Channel, timeout_s: float) -> KeyResolver:
     """Resolve keys by asking the registry over gRPC."""
     from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
-
     from services.common.errors import Unavailable
 
     stub = registry_pb2_grpc.RegistryServiceStub(channel)
@@ -117,7 +118,9 @@ def registry_resolver(channel: grpc.aio.Channel, timeout_s: float) -> KeyResolve
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.UNAUTHENTICATED:
                 raise Unauthenticated(err.details() or "invalid API key") from None
-            raise Unavailable(f"cannot check the API key: the registry service is unavailable ({err.code().name})") from None
+            raise Unavailable(
+                f"cannot check the API key: the registry service is unavailable ({err.code().name})"
+            ) from None
         return Caller(tenant_id=reply.tenant_id, tier=reply.tier, key_id=reply.key_id)
 
     return resolve

@@ -36,7 +36,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethod
     if handler is None:
         return None
     if handler.unary_unary or handler.stream_unary:
-        inner = handler.unary_unary or handler.stream_unary
+        inner: Any = handler.unary_unary or handler.stream_unary
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with guard(context):
@@ -45,7 +45,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler, guard: Guard) -> grpc.RpcMethod
         make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
         return make(unary, handler.request_deserializer, handler.response_serializer)
 
-    inner_stream = handler.unary_stream or handler.stream_stream
+    inner_stream: Any = handler.unary_stream or handler.stream_stream
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with guard(context):
@@ -111,7 +111,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 code = "INTERNAL"
                 incident = uuid.uuid4().hex[:12]
                 log.exception("unhandled error in %s (incident %s)", method, incident)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the service log")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error (incident {incident}); see the service log"
+                )
             finally:
                 caller = auth.caller_or_none()
                 fields = {"method": method, "code": code, "ms": round((time.perf_counter() - started) * 1000, 2)}
@@ -155,4 +157,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 # The code numbers google.rpc uses are the gRPC ones; keep the import honest for readers.
-assert code_pb2.RESOURCE_EXHAUSTED == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+assert grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] == code_pb2.RESOURCE_EXHAUSTED

@@ -56,8 +56,7 @@ async def receive(chunks: AsyncIterator[bytes], *, declared_size: int, declared_
         raise InvalidArgument("size_bytes must be the file's size in bytes (> 0)", field="header.size_bytes")
     if declared_size > limit:
         raise InvalidArgument(
-            f"the file is {declared_size} bytes, over the upload limit of {limit} bytes "
-            "(DISTILLERY_MAX_UPLOAD_BYTES)",
+            f"the file is {declared_size} bytes, over the upload limit of {limit} bytes (DISTILLERY_MAX_UPLOAD_BYTES)",
             field="header.size_bytes",
         )
     digest = hashlib.sha256()
@@ -120,7 +119,9 @@ async def insert(pool: AsyncConnectionPool, ds: Dataset) -> Dataset:
     return row if row is not None else await get(pool, ds.tenant_id, ds.id)
 
 
-async def list_page(pool: AsyncConnectionPool, tenant_id: str, kind: int, size: int, after: str) -> tuple[list[Dataset], str]:
+async def list_page(
+    pool: AsyncConnectionPool, tenant_id: str, kind: int, size: int, after: str
+) -> tuple[list[Dataset], str]:
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=class_row(Dataset))
         await cur.execute(

@@ -29,5 +29,5 @@ async def create(settings: Settings) -> RunningServer:
         address=settings.server.grpc_address,
         register=register,
         resolve_key=resolve_key,
-        cleanups=[backends.pool.close, registry.close],
+        cleanups=[backends.pool.close, registry.close],  # type: ignore[list-item]
     )

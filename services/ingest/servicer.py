@@ -33,14 +33,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.store = store
         self.max_upload_bytes = max_upload_bytes
 
-    async def UploadDataset(self, request_iterator: AsyncIterator[Any], context: Any) -> ingest_pb2.UploadDatasetResponse:
+    async def UploadDataset(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> ingest_pb2.UploadDatasetResponse:
         tenant_id = auth.current_caller().tenant_id
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("the first message of an upload must be its header", field="header")
         header = first.header
         if not _FILENAME.match(header.filename):
-            raise InvalidArgument("filename must be a plain file name (no folders), 1-255 characters", field="header.filename")
+            raise InvalidArgument(
+                "filename must be a plain file name (no folders), 1-255 characters", field="header.filename"
+            )
         if header.kind == ingest_pb2.DATASET_KIND_UNSPECIFIED:
             raise InvalidArgument("kind is required: pairs, inputs, asr, ocr or tool_calls", field="header.kind")
 
@@ -79,7 +83,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         found, next_token = await datasets.list_page(
             self.pool, auth.current_caller().tenant_id, request.kind, page_size(request.page), request.page.page_token
         )
-        return ingest_pb2.ListDatasetsResponse(datasets=[dataset_pb(d) for d in found], page={"next_page_token": next_token})
+        return ingest_pb2.ListDatasetsResponse(
+            datasets=[dataset_pb(d) for d in found], page={"next_page_token": next_token}
+        )
 
     async def ValidateDataset(self, request_iterator: Any, context: Any) -> ingest_pb2.ValidationReport:
         raise Unimplemented("dataset validation arrives with the fine-tuning text path")
@@ -92,3 +98,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def ListTools(self, request: Any, context: Any) -> ingest_pb2.ListToolsResponse:
         raise Unimplemented("tool import arrives with ingest for every data kind")
+
+    async def DeleteTool(self, request: Any, context: Any) -> ingest_pb2.DeleteToolResponse:
+        raise Unimplemented("tool import arrives with ingest for every data kind")
+
+    async def CreateUploadUrl(self, request: Any, context: Any) -> ingest_pb2.CreateUploadUrlResponse:
+        raise Unimplemented("presigned uploads arrive with ingest for every data kind")
+
+    async def RegisterUpload(self, request: Any, context: Any) -> ingest_pb2.UploadDatasetResponse:
+        raise Unimplemented("presigned uploads arrive with ingest for every data kind")
+
+    async def GetUploadStatus(self, request: Any, context: Any) -> ingest_pb2.GetUploadStatusResponse:
+        raise Unimplemented("resumable uploads arrive with ingest for every data kind")

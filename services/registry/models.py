@@ -55,9 +55,8 @@ async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> 
             "SELECT state FROM reservations WHERE run_id = %s AND tenant_id = %s", (new.run_id, tenant_id)
         )
         reservation = await cur.fetchone()
-        if reservation is None or reservation[0] != "reserved":
-            if quota.available <= 0:
-                raise quotas.full_error(quota)
+        if (reservation is None or reservation[0] != "reserved") and quota.available <= 0:
+            raise quotas.full_error(quota)
         cur = await conn.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM models WHERE tenant_id = %s AND name = %s", (tenant_id, name)
         )

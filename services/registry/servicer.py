@@ -147,7 +147,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def Generate(self, request: Any, context: Any) -> registry_pb2.GenerateResponse:
         await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
-        raise Unimplemented("Generate arrives with the first training path (fine-tuning text); this version has no model runtime")
+        raise Unimplemented(
+            "Generate arrives with the first training path (fine-tuning text); this version has no model runtime"
+        )
 
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)

@@ -48,7 +48,9 @@ def new_id(prefix: str) -> str:
 
 async def create_tenant(pool: AsyncConnectionPool, name: str, tier: int, allowance: int) -> Tenant:
     if not _NAME.match(name):
-        raise InvalidArgument(f"tenant name {name!r}: use 1-64 of a-z, 0-9 and '-', starting with a letter or digit", field="name")
+        raise InvalidArgument(
+            f"tenant name {name!r}: use 1-64 of a-z, 0-9 and '-', starting with a letter or digit", field="name"
+        )
     tier = tier or TIER_STANDARD
     if tier not in DEFAULT_ALLOWANCE:
         raise InvalidArgument(f"unknown tier {tier}: use standard, starter or pro", field="tier")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -11,6 +12,8 @@ from services.common import auth
 from services.common.errors import InvalidArgument, Unimplemented
 from services.common.protoconv import timestamp
 from services.teacher import keys
+
+_LATER = "provider keys and generation jobs arrive with the teacher service's providers"
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
@@ -22,9 +25,11 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         return teacher_pb2.ListProviderKeysResponse(
             keys=[
                 teacher_pb2.ProviderKey(
-                    provider=k.provider, last4=k.last4, created_at=timestamp(k.created_at),
+                    provider=k.provider,
+                    last4=k.last4,
+                    created_at=timestamp(k.created_at),
                     checked_at=timestamp(k.checked_at),
-                )  # fmt: skip
+                )
                 for k in found
             ]
         )
@@ -36,7 +41,26 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         return teacher_pb2.DeleteProviderKeyResponse()
 
     async def SetProviderKey(self, request: Any, context: Any) -> teacher_pb2.ProviderKey:
-        raise Unimplemented("storing provider keys arrives with the teacher service's providers")
+        raise Unimplemented(_LATER)
+
+    async def EstimateJob(self, request: Any, context: Any) -> teacher_pb2.JobEstimate:
+        raise Unimplemented(_LATER)
 
     async def CreateGenerationJob(self, request: Any, context: Any) -> teacher_pb2.GenerationJob:
-        raise Unimplemented("generation jobs arrive with the teacher service's providers")
+        raise Unimplemented(_LATER)
+
+    async def GetGenerationJob(self, request: Any, context: Any) -> teacher_pb2.GenerationJob:
+        raise Unimplemented(_LATER)
+
+    async def ListGenerationJobs(self, request: Any, context: Any) -> teacher_pb2.ListGenerationJobsResponse:
+        raise Unimplemented(_LATER)
+
+    async def CancelGenerationJob(self, request: Any, context: Any) -> teacher_pb2.GenerationJob:
+        raise Unimplemented(_LATER)
+
+    async def WatchGenerationJob(self, request: Any, context: Any) -> AsyncIterator[teacher_pb2.GenerationJob]:
+        raise Unimplemented(_LATER)
+        yield  # a server stream
+
+    async def DescribeTool(self, request: Any, context: Any) -> teacher_pb2.DescribeToolResponse:
+        raise Unimplemented(_LATER)

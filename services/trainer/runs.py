@@ -81,7 +81,9 @@ async def get(pool: AsyncConnectionPool, tenant_id: str, run_id: str) -> Run:
     return run
 
 
-async def list_page(pool: AsyncConnectionPool, tenant_id: str, state: int, size: int, after: str) -> tuple[list[Run], str]:
+async def list_page(
+    pool: AsyncConnectionPool, tenant_id: str, state: int, size: int, after: str
+) -> tuple[list[Run], str]:
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=class_row(Run))
         await cur.execute(
