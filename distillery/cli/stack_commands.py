@@ -24,7 +24,7 @@ _HEALTH_STYLE = {"SERVING": "green", "NOT_SERVING": "yellow", "DOWN": "red"}
 
 
 def _console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 def _parts_table(parts: list[PartStatus]) -> Table:
@@ -47,7 +47,14 @@ def up() -> None:
     console = _console()
     stack = LocalStack(home())
 
+    starting: list[str] = []
+
     def progress(part: str, event: str, detail: str) -> None:
+        if event == "starting":
+            starting.append(part)
+        elif part in starting:
+            starting.remove(part)
+        spinner.update(f"waiting for {', '.join(starting)}…" if starting else "…")
         if event == "starting":
             console.print(f"  {_ICONS[event]} {part:<9} starting on {detail}")
         elif event == "running":
@@ -57,7 +64,7 @@ def up() -> None:
 
     console.print(f"Local stack in {stack.home}")
     try:
-        with console.status("starting…", spinner="dots"):
+        with console.status("starting…", spinner="dots") as spinner:
             result = stack.up(progress)
     except StackError as err:
         _console(stderr=True).print(f"[red]error:[/] {err}", markup=True, soft_wrap=True)

@@ -8,12 +8,12 @@ the tenant recorded in stack.json; a fresh data directory gets a new tenant.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import grpc
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from distillery.stack.state import write_private
 
 TENANT_NAME = "dev"
 KEY_NAME = "dev-cli"
@@ -44,7 +44,7 @@ def ensure(registry_address: str, admin_token: str, known_tenant_id: str | None,
         if known_tenant_id is not None:
             secret = _new_key(registry, admin, known_tenant_id)
             if secret is not None:
-                _write(credentials, {"api_key": secret, "tenant_id": known_tenant_id})
+                write_private(credentials, {"api_key": secret, "tenant_id": known_tenant_id})
                 return "new key", known_tenant_id
         try:
             tenant = registry.CreateTenant(
@@ -62,7 +62,7 @@ def ensure(registry_address: str, admin_token: str, known_tenant_id: str | None,
         secret = _new_key(registry, admin, tenant.id)
         if secret is None:
             raise BootstrapError(f"the registry lost tenant {tenant.id} right after creating it")
-    _write(credentials, {"api_key": secret, "tenant_id": tenant.id})
+    write_private(credentials, {"api_key": secret, "tenant_id": tenant.id})
     return "created", tenant.id
 
 
@@ -91,12 +91,3 @@ def _read(path: Path) -> dict[str, str]:
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _write(path: Path, data: dict[str, str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)

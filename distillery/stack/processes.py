@@ -13,6 +13,7 @@ SIGKILL the survivors, and then check that none of the stack's ports listens.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -154,10 +155,8 @@ class StopPlan:
 
 
 def _send(proc: psutil.Process, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(psutil.Error):
         proc.send_signal(sig)
-    except psutil.Error:
-        pass
 
 
 def _alive(processes: Iterable[psutil.Process]) -> list[psutil.Process]:

@@ -16,8 +16,8 @@ What this module takes care of, measured on Ray 2.60:
   default, set with environment variables).
 - Unix sockets live under ``--temp-dir`` and have a ~107-character path limit,
   so the temp dir must be short (see ``temp_dir_for``).
-- Stopping: SIGTERM to ``ray start --block`` drains the node and stops its
-  processes in ~4 s; SIGTERM to the whole process group instead leaves
+- Stopping: SIGTERM to ``ray start --block`` drains the node (at most 2 s
+  here, see ``head_env``) and stops its processes in ~4 s; SIGTERM to the whole process group instead leaves
   ``gcs_server`` and ``raylet`` running. Workers started for jobs may sit in
   process groups of their own: ``down`` finds them by the stack id in their
   environment.
@@ -126,6 +126,9 @@ def head_env(ports: RayPorts, token_path: Path) -> dict[str, str]:
         "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metrics),
         "DASHBOARD_METRIC_PORT": str(ports.dashboard_metrics),
         "RAY_USAGE_STATS_ENABLED": "0",
+        # On SIGTERM the head "drains" first, for up to 30 s while any worker is busy: that
+        # serves Ray Serve's rolling upgrades, which the local stack has none of.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2",
     }
 
 

