@@ -41,8 +41,8 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         console.print(f"[dim]no {title.lower()}[/dim]")
         return
     table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
+    for i, column in enumerate(columns):
+        table.add_column(column, no_wrap=i == 0)  # ids stay whole, to copy and paste
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
     console.print(table)
