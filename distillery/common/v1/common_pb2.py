@@ -22,26 +22,25 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!distillery/common/v1/common.proto\x12\x14\x64istillery.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\"d\n\tViolation\x12\x0c\n\x04line\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12\r\n\x05\x65ntry\x18\x06 \x01(\t\"r\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\x04 \x01(\x01\x12\x0e\n\x06\x62illed\x18\x05 \x01(\x08*\xcf\x01\n\x0cTrainingPath\x12\x1d\n\x19TRAINING_PATH_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRAINING_PATH_DISTILL_TOOLS\x10\x01\x12\x1e\n\x1aTRAINING_PATH_DISTILL_TEXT\x10\x02\x12\x1f\n\x1bTRAINING_PATH_FINETUNE_TEXT\x10\x03\x12\x1e\n\x1aTRAINING_PATH_FINETUNE_ASR\x10\x04\x12\x1e\n\x1aTRAINING_PATH_FINETUNE_OCR\x10\x05*^\n\x0cTrainingMode\x12\x1d\n\x19TRAINING_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11TRAINING_MODE_SFT\x10\x01\x12\x18\n\x14TRAINING_MODE_SFT_RL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!distillery/common/v1/common.proto\x12\x14\x64istillery.common.v1\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"\'\n\x0cPageResponse\x12\x17\n\x0fnext_page_token\x18\x01 \x01(\t\"d\n\tViolation\x12\x0c\n\x04line\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0c\n\x04hint\x18\x05 \x01(\t\x12\r\n\x05\x65ntry\x18\x06 \x01(\t\"r\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08requests\x18\x03 \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\x04 \x01(\x01\x12\x0e\n\x06\x62illed\x18\x05 \x01(\x08*\xcf\x01\n\x0cTrainingPath\x12\x1d\n\x19TRAINING_PATH_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRAINING_PATH_DISTILL_TOOLS\x10\x01\x12\x1e\n\x1aTRAINING_PATH_DISTILL_TEXT\x10\x02\x12\x1f\n\x1bTRAINING_PATH_FINETUNE_TEXT\x10\x03\x12\x1e\n\x1aTRAINING_PATH_FINETUNE_ASR\x10\x04\x12\x1e\n\x1aTRAINING_PATH_FINETUNE_OCR\x10\x05*^\n\x0cTrainingMode\x12\x1d\n\x19TRAINING_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11TRAINING_MODE_SFT\x10\x01\x12\x18\n\x14TRAINING_MODE_SFT_RL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'distillery.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRAININGPATH']._serialized_start=406
-  _globals['_TRAININGPATH']._serialized_end=613
-  _globals['_TRAININGMODE']._serialized_start=615
-  _globals['_TRAININGMODE']._serialized_end=709
-  _globals['_PAGEREQUEST']._serialized_start=92
-  _globals['_PAGEREQUEST']._serialized_end=144
-  _globals['_PAGERESPONSE']._serialized_start=146
-  _globals['_PAGERESPONSE']._serialized_end=185
-  _globals['_VIOLATION']._serialized_start=187
-  _globals['_VIOLATION']._serialized_end=287
-  _globals['_USAGE']._serialized_start=289
-  _globals['_USAGE']._serialized_end=403
+  _globals['_TRAININGPATH']._serialized_start=373
+  _globals['_TRAININGPATH']._serialized_end=580
+  _globals['_TRAININGMODE']._serialized_start=582
+  _globals['_TRAININGMODE']._serialized_end=676
+  _globals['_PAGEREQUEST']._serialized_start=59
+  _globals['_PAGEREQUEST']._serialized_end=111
+  _globals['_PAGERESPONSE']._serialized_start=113
+  _globals['_PAGERESPONSE']._serialized_end=152
+  _globals['_VIOLATION']._serialized_start=154
+  _globals['_VIOLATION']._serialized_end=254
+  _globals['_USAGE']._serialized_start=256
+  _globals['_USAGE']._serialized_end=370
 # @@protoc_insertion_point(module_scope)
