@@ -82,12 +82,16 @@ def generate(model_id: str, prompt: str, system: str, max_new_tokens: int, as_js
 @group.command("snippet")
 @click.argument("model_id")
 @click.option("--language", type=click.Choice(["grpcurl", "python", "cli"]), default=None)
-def snippet(model_id: str, language: str | None) -> None:
+@json_option
+def snippet(model_id: str, language: str | None, as_json: bool) -> None:
     """Print API-ready request snippets for a model."""
     with rpc_errors():
         reply = Client.from_environment().registry.GetSnippet(
             registry_pb2.GetSnippetRequest(model_id=model_id, language=language or "")
         )
+    if as_json:
+        print_json(dict(reply.snippets))
+        return
     for name, code in sorted(reply.snippets.items()):
         console.print(f"[bold]# {name}[/bold]")
         click.echo(code + "\n")

@@ -99,9 +99,13 @@ def cancel(run_id: str) -> None:
 @group.command("logs")
 @click.argument("run_id")
 @click.option("--tail", default=200, show_default=True, help="How many of the last lines.")
-def logs(run_id: str, tail: int) -> None:
+@json_option
+def logs(run_id: str, tail: int, as_json: bool) -> None:
     """Print the run's training log."""
     with rpc_errors():
         reply = Client.from_environment().trainer.GetRunLogs(pb.GetRunLogsRequest(id=run_id, tail=tail))
+    if as_json:
+        print_json(list(reply.lines))
+        return
     for line in reply.lines:
         click.echo(line)
