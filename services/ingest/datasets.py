@@ -36,6 +36,7 @@ class Dataset:
     object_key: str
     created_at: datetime
     report: dict[str, Any] = field(default_factory=dict)
+    canonical_key: str = ""
 
 
 def dataset_id(sha256_hex: str) -> str:
@@ -110,10 +111,10 @@ async def insert(pool: AsyncConnectionPool, ds: Dataset) -> Dataset:
         cur = conn.cursor(row_factory=class_row(Dataset))
         await cur.execute(
             "INSERT INTO datasets (tenant_id, id, display_name, kind, source_format, source_sha256, size_bytes,"
-            " rows, valid, object_key, report) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " rows, valid, object_key, report, canonical_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (tenant_id, id) DO NOTHING RETURNING *",
             (ds.tenant_id, ds.id, ds.display_name, ds.kind, ds.source_format, ds.source_sha256, ds.size_bytes,
-             ds.rows, ds.valid, ds.object_key, Jsonb(ds.report)),
+             ds.rows, ds.valid, ds.object_key, Jsonb(ds.report), ds.canonical_key),
         )  # fmt: skip
         row = await cur.fetchone()
     return row if row is not None else await get(pool, ds.tenant_id, ds.id)

@@ -9,22 +9,42 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common import auth
 from services.common.errors import InvalidArgument, Unimplemented
 from services.common.objects import ObjectStore, tenant_key
 from services.common.protoconv import page_size, timestamp
-from services.ingest import datasets
+from services.ingest import datasets, pairs
 
 _FILENAME = re.compile(r"^[^/\\\x00]{1,255}$")
+
+
+def report_pb(report: dict[str, Any]) -> ingest_pb2.ValidationReport:
+    """From ``Report.to_json()``, as stored with the dataset."""
+    counts = report.get("counts", {})
+    return ingest_pb2.ValidationReport(
+        valid=report.get("valid", False),
+        rows=report.get("rows", 0),
+        violations=[common_pb2.Violation(**v) for v in report.get("violations", [])],
+        warnings=[common_pb2.Violation(**v) for v in report.get("warnings", [])],
+        counts=[ingest_pb2.CodeCount(code=c, count=n) for c, n in sorted(counts.items())],
+        violation_count=sum(counts.values()),
+    )
 
 
 def dataset_pb(d: datasets.Dataset) -> ingest_pb2.Dataset:
     return ingest_pb2.Dataset(
         id=d.id, display_name=d.display_name, kind=d.kind, source_format=d.source_format,
         source_sha256=d.source_sha256, size_bytes=d.size_bytes, rows=d.rows, valid=d.valid,
-        created_at=timestamp(d.created_at),
+        created_at=timestamp(d.created_at), report=report_pb(d.report) if d.report else None,
     )  # fmt: skip
+
+
+def is_csv(header: Any) -> bool:
+    if header.format == ingest_pb2.FILE_FORMAT_CSV:
+        return True
+    return header.format == ingest_pb2.FILE_FORMAT_UNSPECIFIED and header.filename.lower().endswith(".csv")
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
@@ -33,10 +53,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         self.store = store
         self.max_upload_bytes = max_upload_bytes
 
-    async def UploadDataset(
-        self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> ingest_pb2.UploadDatasetResponse:
-        tenant_id = auth.current_caller().tenant_id
+    async def _receive(self, request_iterator: AsyncIterator[Any]) -> tuple[Any, datasets.Received]:
+        """Read an upload stream: its header, then its bytes, size and sha256 checked."""
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("header"):
             raise InvalidArgument("the first message of an upload must be its header", field="header")
@@ -57,24 +75,45 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         received = await datasets.receive(
             chunks(), declared_size=header.size_bytes, declared_sha256=header.sha256, limit=self.max_upload_bytes
         )
+        return header, received
+
+    async def UploadDataset(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> ingest_pb2.UploadDatasetResponse:
+        """Store the bytes as uploaded and, for a valid pairs file, its canonical JSONL; invalid files
+        are kept too (nothing is lost) with their report, and cannot be trained on."""
+        tenant_id = auth.current_caller().tenant_id
+        header, received = await self._receive(request_iterator)
         try:
             ds_id = datasets.dataset_id(received.sha256)
             existing = await datasets.find(self.pool, tenant_id, ds_id)
             if existing is not None:
-                return ingest_pb2.UploadDatasetResponse(dataset=dataset_pb(existing), reused=True)
-            key = tenant_key(tenant_id, "uploads", received.sha256)
-            await asyncio.to_thread(self.store.put_stream, key, received.file, received.size)
+                return ingest_pb2.UploadDatasetResponse(
+                    dataset=dataset_pb(existing), report=report_pb(existing.report), reused=True
+                )
+            data = received.file.read()
         finally:
             received.file.close()
+        key = tenant_key(tenant_id, "uploads", received.sha256)
+        await asyncio.to_thread(self.store.put_bytes, key, data)
+        report: dict[str, Any] = {}
+        canonical_key = ""
+        if header.kind == ingest_pb2.DATASET_KIND_PAIRS:
+            checked, canonical = await asyncio.to_thread(pairs.validate, data, is_csv(header))
+            report = checked.to_json()
+            if checked.valid:
+                canonical_key = tenant_key(tenant_id, "datasets", ds_id, "canonical.jsonl")
+                await asyncio.to_thread(self.store.put_bytes, canonical_key, canonical, "application/jsonl")
         stored = await datasets.insert(
             self.pool,
             datasets.Dataset(
                 tenant_id=tenant_id, id=ds_id, display_name=header.display_name or header.filename, kind=header.kind,
-                source_format=header.format, source_sha256=received.sha256, size_bytes=received.size, rows=0,
-                valid=False, object_key=key, created_at=None,  # type: ignore[arg-type]
+                source_format=header.format, source_sha256=received.sha256, size_bytes=received.size,
+                rows=report.get("rows", 0), valid=bool(canonical_key), object_key=key, report=report,
+                canonical_key=canonical_key, created_at=None,  # type: ignore[arg-type]
             ),
         )  # fmt: skip
-        return ingest_pb2.UploadDatasetResponse(dataset=dataset_pb(stored), reused=False)
+        return ingest_pb2.UploadDatasetResponse(dataset=dataset_pb(stored), report=report_pb(report), reused=False)
 
     async def GetDataset(self, request: Any, context: Any) -> ingest_pb2.Dataset:
         return dataset_pb(await datasets.get(self.pool, auth.current_caller().tenant_id, request.id))
@@ -88,7 +127,16 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def ValidateDataset(self, request_iterator: Any, context: Any) -> ingest_pb2.ValidationReport:
-        raise Unimplemented("dataset validation arrives with the fine-tuning text path")
+        """Check a file without storing anything."""
+        header, received = await self._receive(request_iterator)
+        try:
+            data = received.file.read()
+        finally:
+            received.file.close()
+        if header.kind != ingest_pb2.DATASET_KIND_PAIRS:
+            raise Unimplemented("validation of this kind arrives with ingest for every data kind; pairs works today")
+        checked, _ = await asyncio.to_thread(pairs.validate, data, is_csv(header))
+        return report_pb(checked.to_json())
 
     async def SplitDataset(self, request: Any, context: Any) -> ingest_pb2.Split:
         raise Unimplemented("train/eval splits arrive with the fine-tuning text path")
