@@ -71,12 +71,52 @@ def upload(path: Path, kind: str, name: str, as_json: bool) -> None:
             columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
             with Progress(*columns, console=console, transient=True) as progress:
                 reply = client.ingest.UploadDataset(_messages(path, kind, name, progress))
+    checked = reply.HasField("report") and reply.report.rows + reply.report.violation_count > 0
     if as_json:
-        print_json({**as_dict(reply.dataset), "reused": reply.reused})
+        print_json({**as_dict(reply.dataset), "reused": reply.reused, **(report_json(reply.report) if checked else {})})
     else:
         verb = "reused" if reply.reused else "uploaded"
         console.print(f"{verb} [bold]{reply.dataset.id}[/bold] ({reply.dataset.size_bytes} bytes)")
-    if reply.HasField("report") and not reply.report.valid and reply.report.violations:
+        if checked:
+            print_report(reply.report)
+    if checked and not reply.report.valid:
+        raise SystemExit(FAILED)
+
+
+def report_json(report: ingest_pb2.ValidationReport) -> dict[str, object]:
+    """The report as the documented JSON: valid, rows, violations (line, field, code, message, hint), ..."""
+    out = as_dict(report)
+    out["counts"] = {c.code: c.count for c in report.counts}
+    return out
+
+
+def print_report(report: ingest_pb2.ValidationReport) -> None:
+    if report.valid:
+        console.print(f"[green]valid[/green]: {report.rows} rows")
+    else:
+        counts = ", ".join(f"{c.code} x{c.count}" for c in report.counts)
+        console.print(f"[red]invalid[/red]: {report.rows} rows, {report.violation_count} violations ({counts})")
+    for title, items in (("violations", report.violations), ("warnings", report.warnings)):
+        if items:
+            rows = [(v.line or v.entry or "-", v.field or "-", v.code, v.message, v.hint) for v in items]
+            print_table(title.capitalize(), ["line", "field", "code", "message", "hint"], rows)
+    if report.violation_count > len(report.violations):
+        console.print(f"(first {len(report.violations)} of {report.violation_count} violations shown)")
+
+
+@group.command("validate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(list(KINDS)), required=True, help="What the file holds.")
+@json_option
+def validate(path: Path, kind: str, as_json: bool) -> None:
+    """Check a dataset file without storing it; exits 1 when it is invalid."""
+    with rpc_errors():
+        report = Client.from_environment(timeout=3600).ingest.ValidateDataset(_messages(path, kind, "", None))
+    if as_json:
+        print_json(report_json(report))
+    else:
+        print_report(report)
+    if not report.valid:
         raise SystemExit(FAILED)
 
 

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from rich.console import Console
 from rich.table import Table
@@ -24,10 +25,32 @@ errors = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_INT64 = {FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64}
+
+
 def as_dict(message: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
+    """Proto JSON with field names as in the proto, and 64-bit integers as JSON numbers."""
+    out = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    _numbers(message, out)
+    return out
+
+
+def _numbers(message: Message, out: dict[str, Any]) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in out or (field.message_type and field.message_type.GetOptions().map_entry):
+            continue
+        value = getattr(message, field.name)
+        items, outs = (value, out[field.name]) if field.is_repeated else ([value], [out[field.name]])
+        if field.cpp_type in _INT64:
+            converted = [int(v) for v in items]
+            out[field.name] = converted if field.is_repeated else converted[0]
+        elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE and field.message_type.full_name.startswith(
+            "distillery"
+        ):
+            for item, item_out in zip(items, outs, strict=True):
+                _numbers(item, item_out)
 
 
 def print_json(value: Any) -> None:
