@@ -46,9 +46,7 @@ def _numbers(message: Message, out: dict[str, Any]) -> None:
         if field.cpp_type in _INT64:
             converted = [int(v) for v in items]
             out[field.name] = converted if field.is_repeated else converted[0]
-        elif field.cpp_type == FieldDescriptor.CPPTYPE_MESSAGE and field.message_type.full_name.startswith(
-            "distillery"
-        ):
+        elif field.message_type is not None and field.message_type.full_name.startswith("distillery"):
             for item, item_out in zip(items, outs, strict=True):
                 _numbers(item, item_out)
 
