@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 from minio import Minio
+from test_tracing_and_cli import cli_env
 
 from distillery.cli.main import cli
 from services.ingest import pairs
-from test_tracing_and_cli import cli_env
 
 FLAT = {"system_prompt": "You are a concise assistant.", "input": "Summarize the note", "output": "A summary"}
 CHAT = {

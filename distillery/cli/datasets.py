@@ -99,7 +99,7 @@ def print_report(report: ingest_pb2.ValidationReport) -> None:
     for title, items in (("violations", report.violations), ("warnings", report.warnings)):
         if items:
             rows = [(v.line or v.entry or "-", v.field or "-", v.code, v.message, v.hint) for v in items]
-            print_table(title.capitalize(), ["line", "field", "code", "message", "hint"], rows)
+            print_table(title.capitalize(), ["line", "field", "code", "message", "hint"], rows, whole=["code"])
     if report.violation_count > len(report.violations):
         console.print(f"(first {len(report.violations)} of {report.violation_count} violations shown)")
 

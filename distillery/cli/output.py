@@ -57,13 +57,14 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], whole: Sequence[str] = ()) -> None:
+    """A table; the first column and those named in ``whole`` are never wrapped or cut."""
     if not rows:
         console.print(f"[dim]no {title.lower()}[/dim]")
         return
     table = Table(title=title, title_justify="left")
     for i, column in enumerate(columns):
-        table.add_column(column, no_wrap=i == 0)  # ids stay whole, to copy and paste
+        table.add_column(column, no_wrap=i == 0 or column in whole)  # ids and codes stay whole
     for row in rows:
         table.add_row(*(str(cell) for cell in row))
     console.print(table)
