@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
@@ -183,3 +184,21 @@ async def runs_state(services, tenant_id: str, run_id: str) -> int:
         return (await runs.get(pool, tenant_id, run_id)).state
     finally:
         await pool.close()
+
+
+def test_lists_page_newest_first_with_tokens(services, client_for, make_tenant):
+    client = client_for(make_tenant())
+    uploaded = [upload(client, ROWS + b"\n" * i).dataset.id for i in range(5)]
+    seen, token, pages = [], "", 0
+    while True:
+        page = client.ingest.ListDatasets(
+            ingest_pb2.ListDatasetsRequest(page=common_pb2.PageRequest(page_size=2, page_token=token))
+        )
+        seen += [d.id for d in page.datasets]
+        pages += 1
+        token = page.page.next_page_token
+        if not token:
+            break
+    assert (seen, pages) == (uploaded[::-1], 3)
+    other_kind = client.ingest.ListDatasets(ingest_pb2.ListDatasetsRequest(kind=ingest_pb2.DATASET_KIND_ASR))
+    assert list(other_kind.datasets) == []

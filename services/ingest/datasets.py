@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.paging import newest_first
 
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
@@ -123,14 +124,4 @@ async def insert(pool: AsyncConnectionPool, ds: Dataset) -> Dataset:
 async def list_page(
     pool: AsyncConnectionPool, tenant_id: str, kind: int, size: int, after: str
 ) -> tuple[list[Dataset], str]:
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(Dataset))
-        await cur.execute(
-            "SELECT * FROM datasets WHERE tenant_id = %(t)s AND (%(kind)s = 0 OR kind = %(kind)s)"
-            " AND (%(after)s = '' OR (created_at, id) <"
-            " (SELECT created_at, id FROM datasets WHERE tenant_id = %(t)s AND id = %(after)s))"
-            " ORDER BY created_at DESC, id DESC LIMIT %(n)s",
-            {"t": tenant_id, "kind": kind, "after": after, "n": size + 1},
-        )
-        found = await cur.fetchall()
-    return found[:size], (found[size - 1].id if len(found) > size else "")
+    return await newest_first(pool, Dataset, "datasets", tenant_id, size, after, {"kind": kind})

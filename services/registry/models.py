@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import InvalidArgument, NotFound
+from services.common.paging import newest_first
 from services.registry import quotas
 from services.registry.tenants import new_id
 
@@ -91,17 +92,7 @@ async def get(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model
 
 
 async def list_page(pool: AsyncConnectionPool, tenant_id: str, size: int, after: str) -> tuple[list[Model], str]:
-    """Newest first; ``after`` is the id of the last model of the previous page."""
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(Model))
-        await cur.execute(
-            "SELECT * FROM models WHERE tenant_id = %(t)s AND (%(after)s = '' OR (created_at, id) <"
-            " (SELECT created_at, id FROM models WHERE id = %(after)s AND tenant_id = %(t)s))"
-            " ORDER BY created_at DESC, id DESC LIMIT %(n)s",
-            {"t": tenant_id, "after": after, "n": size + 1},
-        )
-        found = await cur.fetchall()
-    return found[:size], (found[size - 1].id if len(found) > size else "")
+    return await newest_first(pool, Model, "models", tenant_id, size, after)
 
 
 async def delete(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model:

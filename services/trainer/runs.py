@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.paging import newest_first
 
 FINAL = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
 _FORWARD = {
@@ -84,17 +85,7 @@ async def get(pool: AsyncConnectionPool, tenant_id: str, run_id: str) -> Run:
 async def list_page(
     pool: AsyncConnectionPool, tenant_id: str, state: int, size: int, after: str
 ) -> tuple[list[Run], str]:
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(Run))
-        await cur.execute(
-            "SELECT * FROM runs WHERE tenant_id = %(t)s AND (%(state)s = 0 OR state = %(state)s)"
-            " AND (%(after)s = '' OR (created_at, id) <"
-            " (SELECT created_at, id FROM runs WHERE tenant_id = %(t)s AND id = %(after)s))"
-            " ORDER BY created_at DESC, id DESC LIMIT %(n)s",
-            {"t": tenant_id, "state": state, "after": after, "n": size + 1},
-        )
-        found = await cur.fetchall()
-    return found[:size], (found[size - 1].id if len(found) > size else "")
+    return await newest_first(pool, Run, "runs", tenant_id, size, after, {"state": state})
 
 
 async def create(pool: AsyncConnectionPool, run: Run) -> tuple[Run, bool]:
