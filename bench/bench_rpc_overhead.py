@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from distillery.stack import servers
+from services.common.auth import new_admin_token
 from services.common.settings import S3Settings, ServerSettings
 from services.registry import server as registry_server
 from services.registry.settings import Settings
@@ -42,7 +43,7 @@ async def rate(call, calls: int = CALLS) -> float:  # type: ignore[no-untyped-de
 
 
 async def measure(url: str, s3: S3Settings) -> None:
-    admin = "dat_" + secrets.token_urlsafe(30)
+    admin = new_admin_token()
     running = await registry_server.create(Settings(ServerSettings(), url, s3, admin))
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:

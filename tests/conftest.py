@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from distillery.stack import servers
+from services.common.auth import new_admin_token
 from services.common.server import RunningServer
 from services.common.settings import S3Settings, ServerSettings
 from services.ingest import server as ingest_server
@@ -136,7 +137,7 @@ async def start_services(postgres_url: str, s3: S3Settings, admin_token: str) ->
 @pytest.fixture(scope="session")
 def services(postgres_url: str, s3_settings: S3Settings) -> Iterator[Services]:
     loop = EventLoopThread()
-    admin_token = "dat_" + secrets.token_urlsafe(30)
+    admin_token = new_admin_token()
     running = loop.run(start_services(postgres_url, s3_settings, admin_token))
     yield Services(loop, admin_token, running, postgres_url, s3_settings)
     for server in reversed(list(running.values())):

@@ -25,6 +25,7 @@ from typing import Any
 from distillery.stack import ray_head
 from distillery.stack.processes import ProcessRef
 from distillery.stack.servers import free_port, postgres_url
+from services.common.auth import new_admin_token
 
 PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer")
 SERVICES = ("registry", "ingest", "teacher", "trainer")
@@ -42,7 +43,7 @@ def new_state(home: Path) -> State:
             "postgres_password": secrets.token_urlsafe(24),
             "s3_access_key": "DST" + secrets.token_hex(8).upper(),
             "s3_secret_key": secrets.token_urlsafe(30),
-            "admin_token": "dat_" + secrets.token_urlsafe(30),
+            "admin_token": new_admin_token(),
             "master_key": base64.b64encode(os.urandom(32)).decode(),
         },
         "tenant_id": None,

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import io
 import re
-from datetime import timedelta
-from typing import BinaryIO
 
 from minio import Minio
 from minio.error import S3Error
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument
 from services.common.settings import S3Settings
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9._=-]+$")
@@ -49,37 +47,9 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
-    def put_stream(self, key: str, stream: BinaryIO, size: int) -> None:
-        self.client.put_object(self.bucket, key, stream, size, part_size=16 * 1024 * 1024)
-
-    def get_bytes(self, key: str) -> bytes:
-        try:
-            response = self.client.get_object(self.bucket, key)
-        except S3Error as err:
-            if err.code == "NoSuchKey":
-                raise NotFound(f"object {key} not found") from None
-            raise
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
-
-    def exists(self, key: str) -> bool:
-        try:
-            self.client.stat_object(self.bucket, key)
-            return True
-        except S3Error as err:
-            if err.code in ("NoSuchKey", "NoSuchObject"):
-                return False
-            raise
-
     def delete_prefix(self, prefix: str) -> int:
         names = [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
         for name in names:
             if name:
                 self.client.remove_object(self.bucket, name)
         return len(names)
-
-    def presigned_put(self, key: str, expires: timedelta) -> str:
-        return self.client.presigned_put_object(self.bucket, key, expires=expires)
