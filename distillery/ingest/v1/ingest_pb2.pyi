@@ -573,6 +573,11 @@ class Split(_message.Message):
     TRAIN_ROWS_FIELD_NUMBER: _builtins.int
     EVAL_ROWS_FIELD_NUMBER: _builtins.int
     OVERLAP_REMOVED_FIELD_NUMBER: _builtins.int
+    TRAIN_KEY_FIELD_NUMBER: _builtins.int
+    EVAL_KEY_FIELD_NUMBER: _builtins.int
+    EVAL_DATASET_ID_FIELD_NUMBER: _builtins.int
+    EVAL_FRACTION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     dataset_id: _builtins.str
     train_rows: _builtins.int
@@ -581,6 +586,12 @@ class Split(_message.Message):
     """Rows removed from train because they also appeared in eval (after
     whitespace and case normalisation).
     """
+    train_key: _builtins.str
+    """S3 object keys of the two sides, canonical JSONL (one row per line)."""
+    eval_key: _builtins.str
+    eval_dataset_id: _builtins.str
+    eval_fraction: _builtins.float
+    seed: _builtins.int
     def __init__(
         self,
         *,
@@ -589,10 +600,15 @@ class Split(_message.Message):
         train_rows: _builtins.int = ...,
         eval_rows: _builtins.int = ...,
         overlap_removed: _builtins.int = ...,
+        train_key: _builtins.str = ...,
+        eval_key: _builtins.str = ...,
+        eval_dataset_id: _builtins.str = ...,
+        eval_fraction: _builtins.float = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "eval_rows", b"eval_rows", "id", b"id", "overlap_removed", b"overlap_removed", "train_rows", b"train_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "eval_key", b"eval_key", "eval_rows", b"eval_rows", "id", b"id", "overlap_removed", b"overlap_removed", "seed", b"seed", "train_key", b"train_key", "train_rows", b"train_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

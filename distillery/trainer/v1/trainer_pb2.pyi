@@ -312,21 +312,27 @@ class RunError(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     FIELD_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Stable code, e.g. "unknown_model", "invalid_dataset", "out_of_memory"."""
     message: _builtins.str
     field: _builtins.str
     """The request field at fault, if any."""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Violation]:
+        """For "invalid_dataset": the dataset's first violations (line, field, code, hint)."""
+
     def __init__(
         self,
         *,
         code: _builtins.str = ...,
         message: _builtins.str = ...,
         field: _builtins.str = ...,
+        violations: _abc.Iterable[_common_pb2.Violation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message", "violations", b"violations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -716,3 +722,48 @@ class GetRunLogsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunLogsResponse: _TypeAlias = GetRunLogsResponse  # noqa: Y015
+
+@_typing.final
+class ReportRunEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunEvent]:
+        """Only progress, metrics and log payloads; run_id, sequence and at are set by the trainer."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        events: _abc.Iterable[Global___RunEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportRunEventsRequest: _TypeAlias = ReportRunEventsRequest  # noqa: Y015
+
+@_typing.final
+class ReportRunEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEEP_GOING_FIELD_NUMBER: _builtins.int
+    keep_going: _builtins.bool
+    """False once the run is final: the job should stop."""
+    def __init__(
+        self,
+        *,
+        keep_going: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keep_going", b"keep_going"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportRunEventsResponse: _TypeAlias = ReportRunEventsResponse  # noqa: Y015

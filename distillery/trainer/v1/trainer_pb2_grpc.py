@@ -64,6 +64,11 @@ class TrainerServiceStub:
                 request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRunLogsRequest.SerializeToString,
                 response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRunLogsResponse.FromString,
                 _registered_method=True)
+        self.ReportRunEvents = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/ReportRunEvents',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -112,6 +117,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRunEvents(self, request, context):
+        """Internal: a run's training job pushes its progress, metrics and log lines.
+        Authenticated by the run's push token ("authorization: Bearer <token>",
+        handed to the job at submission), not by an API key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +158,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetRunLogs,
                     request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRunLogsRequest.FromString,
                     response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRunLogsResponse.SerializeToString,
+            ),
+            'ReportRunEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRunEvents,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -308,6 +327,33 @@ class TrainerService:
             '/distillery.trainer.v1.TrainerService/GetRunLogs',
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRunLogsRequest.SerializeToString,
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRunLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/ReportRunEvents',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,11 @@ class TrainerServiceStub:
     """
     GetRunLogs: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRunLogsRequest, _trainer_pb2.GetRunLogsResponse]
     """Lines of the run's training logs."""
+    ReportRunEvents: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ReportRunEventsRequest, _trainer_pb2.ReportRunEventsResponse]
+    """Internal: a run's training job pushes its progress, metrics and log lines.
+    Authenticated by the run's push token ("authorization: Bearer <token>",
+    handed to the job at submission), not by an API key.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -72,6 +77,11 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """
     GetRunLogs: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRunLogsRequest, _trainer_pb2.GetRunLogsResponse]  # type: ignore[assignment]
     """Lines of the run's training logs."""
+    ReportRunEvents: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ReportRunEventsRequest, _trainer_pb2.ReportRunEventsResponse]  # type: ignore[assignment]
+    """Internal: a run's training job pushes its progress, metrics and log lines.
+    Authenticated by the run's push token ("authorization: Bearer <token>",
+    handed to the job at submission), not by an API key.
+    """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -125,5 +135,16 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.GetRunLogsResponse, _abc.Awaitable[_trainer_pb2.GetRunLogsResponse]]:
         """Lines of the run's training logs."""
+
+    @_abc_1.abstractmethod
+    def ReportRunEvents(
+        self,
+        request: _trainer_pb2.ReportRunEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ReportRunEventsResponse, _abc.Awaitable[_trainer_pb2.ReportRunEventsResponse]]:
+        """Internal: a run's training job pushes its progress, metrics and log lines.
+        Authenticated by the run's push token ("authorization: Bearer <token>",
+        handed to the job at submission), not by an API key.
+        """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
