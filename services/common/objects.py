@@ -47,6 +47,14 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def get_bytes(self, key: str) -> bytes:
+        response = self.client.get_object(self.bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
     def delete_prefix(self, prefix: str) -> int:
         names = [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
         for name in names:

@@ -15,7 +15,7 @@ from services.common import auth
 from services.common.errors import InvalidArgument, Unimplemented
 from services.common.objects import ObjectStore, tenant_key
 from services.common.protoconv import page_size, timestamp
-from services.ingest import datasets, pairs
+from services.ingest import datasets, pairs, splits
 
 _FILENAME = re.compile(r"^[^/\\\x00]{1,255}$")
 
@@ -38,6 +38,14 @@ def dataset_pb(d: datasets.Dataset) -> ingest_pb2.Dataset:
         id=d.id, display_name=d.display_name, kind=d.kind, source_format=d.source_format,
         source_sha256=d.source_sha256, size_bytes=d.size_bytes, rows=d.rows, valid=d.valid,
         created_at=timestamp(d.created_at), report=report_pb(d.report) if d.report else None,
+    )  # fmt: skip
+
+
+def split_pb(s: splits.Split) -> ingest_pb2.Split:
+    return ingest_pb2.Split(
+        id=s.id, dataset_id=s.dataset_id, train_rows=s.train_rows, eval_rows=s.eval_rows,
+        overlap_removed=s.overlap_removed, train_key=s.train_key, eval_key=s.eval_key,
+        eval_dataset_id=s.eval_dataset_id, eval_fraction=s.eval_fraction, seed=s.seed,
     )  # fmt: skip
 
 
@@ -139,7 +147,11 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return report_pb(checked.to_json())
 
     async def SplitDataset(self, request: Any, context: Any) -> ingest_pb2.Split:
-        raise Unimplemented("train/eval splits arrive with the fine-tuning text path")
+        split = await splits.split_dataset(
+            self.pool, self.store, auth.current_caller().tenant_id, request.dataset_id,
+            eval_dataset_id=request.eval_dataset_id, eval_fraction=request.eval_fraction, seed=request.seed,
+        )  # fmt: skip
+        return split_pb(split)
 
     async def ImportTools(self, request: Any, context: Any) -> ingest_pb2.ImportToolsResponse:
         raise Unimplemented("tool import arrives with ingest for every data kind")
