@@ -1,5 +1,6 @@
-"""Fixtures: a real PostgreSQL and a real S3 server once per test session, and the four
-services as real gRPC servers on ephemeral ports of 127.0.0.1, in one background event loop.
+"""Fixtures: a real PostgreSQL, a real S3 server and a real Ray head once per test session,
+and the four services as real gRPC servers on ephemeral ports of 127.0.0.1, in one
+background event loop.
 
 Tracing goes to an in-memory exporter for the whole session, so a test can read spans.
 """
@@ -7,17 +8,21 @@ Tracing goes to an in-memory exporter for the whole session, so a test can read 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import psutil
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,8 +31,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
-from distillery.stack import servers
-from services.common.auth import new_admin_token
+from distillery.stack import processes, ray_head, servers
+from services.common.auth import new_admin_token, new_service_token
 from services.common.server import RunningServer
 from services.common.settings import S3Settings, ServerSettings
 from services.ingest import server as ingest_server
@@ -79,6 +84,37 @@ def s3_settings(workdir: Path) -> Iterator[S3Settings]:
     _stop(proc)
 
 
+@dataclass(frozen=True)
+class RayCluster:
+    dashboard: str
+    token_file: Path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(workdir: Path) -> Iterator[RayCluster]:
+    """``ray start --head`` on free ports of 127.0.0.1 with token auth; every process it made stops after."""
+    ports = ray_head.RayPorts.pick()
+    token_file = workdir / "ray_token"
+    ray_head.ensure_token(token_file)
+    tag = f"test-{secrets.token_hex(6)}"
+    env = {**os.environ, **ray_head.head_env(ports, token_file), processes.STACK_ID_VARIABLE: tag}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = Path("/tmp") / f"dst-ray-{secrets.token_hex(5)}"
+    log = workdir / "logs" / "ray.log"
+    proc = processes.spawn(ray_head.head_command(ports, temp_dir, 300 * 1024 * 1024), log, env, cwd=workdir)
+    token = token_file.read_text().strip()
+    deadline = time.monotonic() + 90
+    while not ray_head.health(ports, token)[0]:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray head did not start:\n{processes.tail(log)}")
+        time.sleep(0.5)
+    yield RayCluster(ray_head.dashboard_url(ports), token_file)
+    root = psutil.Process(proc.pid)
+    everyone = processes.unique([*processes.tree(root), *processes.tagged_processes(tag).get("", [])])
+    processes.stop([processes.StopPlan("ray", root, everyone, grace_s=10)])
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
 class EventLoopThread:
     """One asyncio loop in a daemon thread; ``run`` executes a coroutine on it and waits."""
 
@@ -99,9 +135,11 @@ class EventLoopThread:
 class Services:
     loop: EventLoopThread
     admin_token: str
+    service_token: str
     running: dict[str, RunningServer]
     postgres_url: str
     s3: S3Settings
+    ray: RayCluster
 
     def address(self, name: str) -> str:
         return self.running[name].address
@@ -110,36 +148,46 @@ class Services:
     def addresses(self) -> dict[str, str]:
         return {name: r.address for name, r in self.running.items()}
 
+    async def restart_trainer(self) -> None:
+        """Stop the trainer service (its runs and Ray jobs go on) and start a new instance."""
+        await self.running["trainer"].stop(1.0)
+        self.running["trainer"] = await trainer_server.create(self.trainer_settings())
 
-def server_settings() -> ServerSettings:
-    return ServerSettings(grpc_address="127.0.0.1:0", rpc_timeout_s=5.0, shutdown_grace_s=1.0)
+    def trainer_settings(self) -> TrainerSettings:
+        return TrainerSettings(
+            server_settings(self.service_token), self.postgres_url, self.s3, self.address("registry"),
+            self.address("ingest"), self.address("teacher"), self.ray.dashboard, str(self.ray.token_file),
+            lease_s=1.0,
+        )  # fmt: skip
 
 
-async def start_services(postgres_url: str, s3: S3Settings, admin_token: str) -> dict[str, RunningServer]:
-    running = {
-        "registry": await registry_server.create(RegistrySettings(server_settings(), postgres_url, s3, admin_token))
-    }
+def server_settings(service_token: str = "") -> ServerSettings:
+    return ServerSettings(
+        grpc_address="127.0.0.1:0", rpc_timeout_s=5.0, shutdown_grace_s=1.0, service_token=service_token
+    )
+
+
+async def start_services(services: Services) -> None:
+    pg, s3, token = services.postgres_url, services.s3, services.service_token
+    running = services.running
+    running["registry"] = await registry_server.create(
+        RegistrySettings(server_settings(token), pg, s3, services.admin_token)
+    )
     registry = running["registry"].address
     running["ingest"] = await ingest_server.create(
-        IngestSettings(server_settings(), postgres_url, s3, registry, max_upload_bytes=64 * 1024 * 1024)
+        IngestSettings(server_settings(token), pg, s3, registry, max_upload_bytes=64 * 1024 * 1024)
     )
-    running["teacher"] = await teacher_server.create(
-        TeacherSettings(server_settings(), postgres_url, s3, registry, "", "")
-    )
-    running["trainer"] = await trainer_server.create(
-        TrainerSettings(
-            server_settings(), postgres_url, s3, registry, running["ingest"].address, running["teacher"].address, ""
-        )
-    )
-    return running
+    running["teacher"] = await teacher_server.create(TeacherSettings(server_settings(token), pg, s3, registry, "", ""))
+    running["trainer"] = await trainer_server.create(services.trainer_settings())
 
 
 @pytest.fixture(scope="session")
-def services(postgres_url: str, s3_settings: S3Settings) -> Iterator[Services]:
+def services(postgres_url: str, s3_settings: S3Settings, ray_cluster: RayCluster) -> Iterator[Services]:
     loop = EventLoopThread()
-    admin_token = new_admin_token()
-    running = loop.run(start_services(postgres_url, s3_settings, admin_token))
-    yield Services(loop, admin_token, running, postgres_url, s3_settings)
+    services = Services(loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster)
+    loop.run(start_services(services))
+    running = services.running
+    yield services
     for server in reversed(list(running.values())):
         loop.run(server.stop(1.0))
     loop.close()

@@ -84,11 +84,3 @@ def test_a_final_run_cannot_move(services, make_tenant):
     services.loop.run(walk(services, tenant.tenant_id, run.id, [pb.RUN_STATE_FAILED]))
     with pytest.raises(FailedPrecondition):
         services.loop.run(walk(services, tenant.tenant_id, run.id, [pb.RUN_STATE_VALIDATING]))
-
-
-def test_create_run_says_no_training_path_is_available_yet(services, make_tenant, client_for):
-    client = client_for(make_tenant())
-    with pytest.raises(grpc.RpcError) as err:
-        client.trainer.CreateRun(pb.CreateRunRequest(path=3, dataset_id="ds_x", student_model="tiny"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "fine-tuning text" in err.value.details()

@@ -170,6 +170,12 @@ async def create_run(services, tenant_id: str, key: str = ""):
             request={"path": "TRAINING_PATH_FINETUNE_TEXT", "studentModel": "tiny"}, created_at=None, updated_at=None,  # type: ignore[arg-type]
         )  # fmt: skip
         created, _ = await runs.create(pool, run)
+        # Held by a lease of nobody's, so the trainer's supervisor leaves it to the test.
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE runs SET lease_owner = 'test', lease_until = now() + interval '1 hour' WHERE id = %s",
+                (created.id,),
+            )
         return created
     finally:
         await pool.close()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
+from distillery.cli.run_watch import follow
 from distillery.client import Client
+from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 
 FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
@@ -16,14 +20,57 @@ def state_name(state: int) -> str:
 
 
 def path_name(path: int) -> str:
-    from distillery.common.v1 import common_pb2
-
     return common_pb2.TrainingPath.Name(path).removeprefix("TRAINING_PATH_").lower().replace("_", "-")
 
 
 @click.group("runs")
 def group() -> None:
     """Training runs."""
+
+
+PATHS = {"finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT}
+
+
+@group.command("create")
+@click.option("--path", "path", type=click.Choice(sorted(PATHS)), default="finetune-text", show_default=True)
+@click.option("--dataset", "dataset_id", required=True, help="The training dataset's id.")
+@click.option("--student", "student_model", required=True, help="Hub id or model directory to train.")
+@click.option("--eval-dataset", "eval_dataset_id", default="", help="An eval dataset (else a held-out share).")
+@click.option("--eval-fraction", type=float, default=0.0, help="Share held out for eval [default: 0.1].")
+@click.option("--name", "model_name", default="", help="Name of the registered model [default: the run id].")
+@click.option("--epochs", type=int, default=0, help="[default: 3]")
+@click.option("--max-steps", type=int, default=0, help="Stop after this many steps [default: epochs decide].")
+@click.option("--learning-rate", type=float, default=0.0, help="[default: 2e-4 LoRA, 2e-5 full]")
+@click.option("--batch-size", type=int, default=0, help="[default: 4]")
+@click.option("--max-seq-length", type=int, default=0, help="[default: 1024]")
+@click.option("--checkpoint-every", "checkpoint_every_steps", type=int, default=0, help="Steps [default: 50].")
+@click.option("--eval-every", "eval_every_steps", type=int, default=0, help="Steps [default: before and after].")
+@click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA adapter.")
+@click.option("--lora-r", type=int, default=0, help="[default: 16]")
+@click.option("--seed", type=int, default=0)
+@click.option("--idempotency-key", default="", help="Repeat the command safely: the same key returns the same run.")
+@click.option("--watch/--no-watch", "follow_it", default=False, help="Follow the run until it ends.")
+@json_option
+def create(
+    path: str, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float, model_name: str,
+    idempotency_key: str, follow_it: bool, as_json: bool, **sft: Any,
+) -> None:  # fmt: skip
+    """Start a training run; prints its id (and follows it with --watch)."""
+    request = pb.CreateRunRequest(
+        path=PATHS[path], dataset_id=dataset_id, student_model=student_model, eval_dataset_id=eval_dataset_id,
+        eval_fraction=eval_fraction, model_name=model_name, idempotency_key=idempotency_key,
+        sft=pb.SftSettings(**sft),
+    )  # fmt: skip
+    with rpc_errors():
+        run = Client.from_environment().trainer.CreateRun(request)
+        if as_json:
+            print_json(run)
+        else:
+            console.print(f"created run [bold]{run.id}[/bold] ({state_name(run.state)})")
+        if follow_it:
+            final = follow(Client.from_environment(timeout=7 * 24 * 3600).trainer, run.id)
+            if final != pb.RUN_STATE_SUCCEEDED:
+                raise SystemExit(FAILED)
 
 
 @group.command("list")
@@ -63,27 +110,10 @@ def show(run_id: str, as_json: bool) -> None:
 @group.command("watch")
 @click.argument("run_id")
 def watch(run_id: str) -> None:
-    """Follow a run's events until it ends; exits 1 if it ends FAILED or CANCELLED."""
-    last_state = pb.RUN_STATE_UNSPECIFIED
+    """Follow a run live until it ends; exits 1 if it ends FAILED or CANCELLED."""
     with rpc_errors():
-        client = Client.from_environment(timeout=7 * 24 * 3600)
-        for event in client.trainer.WatchRun(pb.WatchRunRequest(id=run_id)):
-            kind = event.WhichOneof("payload")
-            stamp = event.at.ToDatetime().strftime("%H:%M:%S")
-            if kind == "state_change":
-                last_state = event.state_change.to_state
-                console.print(f"{stamp} state [bold]{state_name(last_state)}[/bold]")
-                if event.state_change.HasField("error"):
-                    console.print(f"  [red]{event.state_change.error.code}[/red]: {event.state_change.error.message}")
-            elif kind == "progress":
-                p = event.progress
-                console.print(f"{stamp} step {p.step}/{p.total_steps} eta {p.eta_seconds:.0f}s")
-            elif kind == "metrics":
-                values = " ".join(f"{k}={v:.4g}" for k, v in sorted(event.metrics.values.items()))
-                console.print(f"{stamp} {values}")
-            elif kind == "log":
-                console.print(f"{stamp} {event.log.text}", highlight=False)
-    if last_state in FINAL and last_state != pb.RUN_STATE_SUCCEEDED:
+        final = follow(Client.from_environment(timeout=7 * 24 * 3600).trainer, run_id)
+    if final != pb.RUN_STATE_SUCCEEDED:
         raise SystemExit(FAILED)
 
 

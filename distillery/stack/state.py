@@ -1,7 +1,8 @@
 """stack.json: what the local stack records, and the settings each service gets from it.
 
     {"version": 1, "home": ..., "stack_id": ...,
-     "secrets": {"postgres_password", "s3_access_key", "s3_secret_key", "admin_token", "master_key"},
+     "secrets": {"postgres_password", "s3_access_key", "s3_secret_key", "admin_token", "master_key",
+                 "service_token"},
      "tenant_id": the dev tenant,
      "parts": {"postgres": {"address": "127.0.0.1:P", "pid": N, "create_time": T, "ports": {...}, "log": ...},
                "s3": {..., "bucket"}, "ray": {..., "dashboard": "http://127.0.0.1:D", "token_file", "temp_dir"},
@@ -25,7 +26,7 @@ from typing import Any
 from distillery.stack import ray_head
 from distillery.stack.processes import ProcessRef
 from distillery.stack.servers import free_port, postgres_url
-from services.common.auth import new_admin_token
+from services.common.auth import new_admin_token, new_service_token
 
 PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer")
 SERVICES = ("registry", "ingest", "teacher", "trainer")
@@ -45,6 +46,7 @@ def new_state(home: Path) -> State:
             "s3_secret_key": secrets.token_urlsafe(30),
             "admin_token": new_admin_token(),
             "master_key": base64.b64encode(os.urandom(32)).decode(),
+            "service_token": new_service_token(),
         },
         "tenant_id": None,
         "parts": {},
@@ -56,7 +58,10 @@ def load(path: Path) -> State | None:
         state = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    return state if isinstance(state, dict) and "secrets" in state else None
+    if not isinstance(state, dict) or "secrets" not in state:
+        return None
+    state["secrets"].setdefault("service_token", new_service_token())  # stacks made before it existed
+    return state
 
 
 def write_private(path: Path, data: dict[str, Any]) -> None:
@@ -117,6 +122,7 @@ def service_env(state: State, name: str, addresses: dict[str, str]) -> dict[str,
         "DISTILLERY_S3_SECRET_KEY": keys["s3_secret_key"],
         "DISTILLERY_S3_BUCKET": BUCKET,
         "DISTILLERY_LOG_LEVEL": os.environ.get("DISTILLERY_LOG_LEVEL", "INFO"),
+        "DISTILLERY_SERVICE_TOKEN": keys["service_token"],
         **{f"DISTILLERY_{other.upper()}_ADDRESS": address for other, address in addresses.items()},
     }
     if name == "registry":

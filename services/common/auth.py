@@ -23,6 +23,10 @@ from services.common.errors import Unauthenticated
 
 KEY_PREFIX = "dk_"
 ADMIN_TOKEN_PREFIX = "dat_"
+SERVICE_TOKEN_PREFIX = "dst_"
+# A call between services carries the service token and names the tenant it acts for.
+TENANT_HEADER = "x-distillery-tenant"
+SERVICE_KEY_ID = "service"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,27 @@ def new_api_key() -> str:
 
 def new_admin_token() -> str:
     return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(30)
+
+
+def new_service_token() -> str:
+    return SERVICE_TOKEN_PREFIX + secrets.token_urlsafe(30)
+
+
+def service_metadata(service_token: str, tenant_id: str) -> list[tuple[str, str]]:
+    """Metadata of a call one service makes to another on behalf of ``tenant_id``."""
+    return [("authorization", f"Bearer {service_token}"), (TENANT_HEADER, tenant_id)]
+
+
+def service_caller(metadata: Any) -> Caller:
+    """The tenant a service call acts for (its token already checked)."""
+    for name, value in metadata or ():
+        if name.lower() == TENANT_HEADER and isinstance(value, str) and value:
+            return Caller(tenant_id=value, tier=0, key_id=SERVICE_KEY_ID)
+    raise Unauthenticated(f"a call with the service token must name its tenant in {TENANT_HEADER}")
+
+
+def is_service(caller: Caller) -> bool:
+    return caller.key_id == SERVICE_KEY_ID
 
 
 def hash_key(key: str) -> str:

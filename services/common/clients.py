@@ -10,8 +10,22 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from services.common import tracing
+from services.common.errors import (
+    AlreadyExists,
+    DistilleryError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
 
 
 class _Deadline(
@@ -42,3 +56,32 @@ def service_channel(address: str, timeout_s: float) -> grpc.aio.Channel:
     """An aio channel to another service; tracing context and a deadline on every call."""
     interceptors = [*tracing.aio_client_interceptors(), _Deadline(timeout_s)]
     return grpc.aio.insecure_channel(address, interceptors=interceptors)  # type: ignore[arg-type]
+
+
+_DOMAIN_ERRORS: dict[grpc.StatusCode, type[DistilleryError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def domain_error(err: grpc.aio.AioRpcError, service: str) -> DistilleryError:
+    """The typed error behind another service's status, so it passes on to our caller unchanged."""
+    message = err.details() or err.code().name
+    if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        for detail in status.details if status else ():
+            failure = error_details_pb2.QuotaFailure()
+            if detail.Unpack(failure) and failure.violations:
+                found = failure.violations[0]
+                return QuotaExceeded(message, subject=found.subject, description=found.description)
+        return QuotaExceeded(message, subject="", description=message)
+    if err.code() in _DOMAIN_ERRORS:
+        return _DOMAIN_ERRORS[err.code()](message)
+    if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"the {service} service is unavailable ({err.code().name}); try again shortly")
+    return DistilleryError(f"the {service} service failed: {message}")

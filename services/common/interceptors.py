@@ -125,11 +125,16 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <api key>`` on every method not in ``open_methods``."""
+    """Requires ``authorization: Bearer <api key>`` on every method not in ``open_methods``.
 
-    def __init__(self, resolve: auth.KeyResolver, open_methods: Collection[str] = ()) -> None:
+    Another service may instead send the shared service token with the tenant it acts for
+    (``auth.service_metadata``): the trainer does so when it drives a run in the background.
+    """
+
+    def __init__(self, resolve: auth.KeyResolver, open_methods: Collection[str] = (), service_token: str = "") -> None:
         self._resolve = resolve
         self._open = set(open_methods)
+        self._service_token = service_token
 
     async def intercept_service(
         self,
@@ -150,7 +155,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 )
             # Each RPC runs in a task of its own, so the caller never leaks into another call;
             # it stays set for the access-log line the ErrorInterceptor writes.
-            auth.set_caller(await self._resolve(key))
+            if self._service_token and auth.same_secret(key, self._service_token):
+                auth.set_caller(auth.service_caller(context.invocation_metadata()))
+            else:
+                auth.set_caller(await self._resolve(key))
             yield
 
         return wrap_handler(handler, guard)

@@ -14,8 +14,8 @@ import time
 
 from opentelemetry import trace
 
-# dk_ API keys, dat_ admin tokens, and the usual provider key shapes.
-_SECRET = re.compile(r"\b(dk_|dat_|sk-|sk-ant-|AIza)[A-Za-z0-9_\-]{8,}")
+# dk_ API keys, dat_ admin tokens, dst_ service tokens, drt_ run push tokens, and the usual provider key shapes.
+_SECRET = re.compile(r"\b(dk_|dat_|dst_|drt_|sk-|sk-ant-|AIza)[A-Za-z0-9_\-]{8,}")
 
 
 def redact(text: str) -> str:

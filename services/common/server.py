@@ -56,6 +56,7 @@ async def start_server(
     register: Callable[[grpc.aio.Server], list[str]],
     resolve_key: auth.KeyResolver,
     open_methods: Collection[str] = (),
+    service_token: str = "",
     cleanups: list[Cleanup] | None = None,
 ) -> RunningServer:
     """``register`` adds the servicers and returns their full service names."""
@@ -63,7 +64,7 @@ async def start_server(
         interceptors=[
             tracing.server_interceptor(),  # type: ignore[list-item]
             ErrorInterceptor(),
-            AuthInterceptor(resolve_key, open_methods),
+            AuthInterceptor(resolve_key, open_methods, service_token),
         ],
         options=[("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)],
     )

@@ -8,7 +8,7 @@ with its default in ``docs/configuration.md``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.errors import InvalidArgument
 
@@ -56,6 +56,8 @@ class ServerSettings:
     rpc_timeout_s: float = 10.0
     # Seconds in-flight calls get to finish on SIGTERM.
     shutdown_grace_s: float = 5.0
+    # Shared secret the services use to call each other on a tenant's behalf; "" refuses such calls.
+    service_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> ServerSettings:
@@ -68,6 +70,7 @@ class ServerSettings:
             tracing=tracing,
             rpc_timeout_s=env_float("DISTILLERY_RPC_TIMEOUT_S", cls.rpc_timeout_s),
             shutdown_grace_s=env_float("DISTILLERY_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            service_token=env_str("DISTILLERY_SERVICE_TOKEN", ""),
         )
 
 

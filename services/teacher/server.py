@@ -26,6 +26,7 @@ async def create(settings: Settings) -> RunningServer:
 
     return await start_server(
         address=settings.server.grpc_address,
+        service_token=settings.server.service_token,
         register=register,
         resolve_key=resolve_key,
         cleanups=[backends.pool.close, registry.close],  # type: ignore[list-item]

@@ -58,6 +58,12 @@ class Run:
     error: dict[str, str] | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+    push_token_hash: str = ""
+    job_attempt: int = 0
+    split: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ async def _append(conn: AsyncConnection, run_id: str, event: dict[str, Any]) -> 
 
 
 async def transition(
-    pool: AsyncConnectionPool, tenant_id: str, run_id: str, target: int, error: dict[str, str] | None = None
+    pool: AsyncConnectionPool, tenant_id: str, run_id: str, target: int, error: dict[str, Any] | None = None
 ) -> Run:
     """Move a run to ``target``; FAILED_PRECONDITION when the state machine forbids it."""
     async with pool.connection() as conn, conn.transaction():
@@ -167,3 +173,83 @@ async def events_after(pool: AsyncConnectionPool, run_id: str, after: int) -> li
             "SELECT * FROM run_events WHERE run_id = %s AND sequence > %s ORDER BY sequence", (run_id, after)
         )
         return await cur.fetchall()
+
+
+async def find_by_key(pool: AsyncConnectionPool, tenant_id: str, key: str) -> Run | None:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute("SELECT * FROM runs WHERE tenant_id = %s AND idempotency_key = %s", (tenant_id, key))
+        return await cur.fetchone()
+
+
+async def save(pool: AsyncConnectionPool, run_id: str, **columns: Any) -> None:
+    """Set some of a run's bookkeeping columns (split, result, model_id, job_attempt, push_token_hash)."""
+    allowed_columns = {"split", "result", "model_id", "job_attempt", "push_token_hash", "metrics"}
+    assert set(columns) <= allowed_columns, set(columns) - allowed_columns
+    values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
+    assignments = ", ".join(f"{name} = %s" for name in columns)
+    async with pool.connection() as conn:
+        await conn.execute(f"UPDATE runs SET {assignments}, updated_at = now() WHERE id = %s", (*values, run_id))
+
+
+async def report(pool: AsyncConnectionPool, run_id: str, events: list[dict[str, Any]]) -> Run:
+    """Append what a training job pushed (progress, metrics, log lines) and keep the latest on the run."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+        run = await cur.fetchone()
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        if run.state in FINAL:
+            return run
+        progress, metrics = run.progress, dict(run.metrics)
+        for event in events:
+            progress = event.get("progress", progress)
+            metrics.update(event.get("metrics", {}).get("values", {}))
+            await _append(conn, run_id, event)
+        await conn.execute(
+            "UPDATE runs SET progress = %s, metrics = %s, updated_at = now() WHERE id = %s",
+            (Jsonb(progress), Jsonb(metrics), run_id),
+        )
+    return run
+
+
+# --- leases: which trainer instance drives a run ---
+
+
+async def claim(pool: AsyncConnectionPool, run_id: str, owner: str, ttl_s: float) -> bool:
+    """Take (or renew) the lease on an active run; False when another live instance holds it."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "UPDATE runs SET lease_owner = %s, lease_until = now() + make_interval(secs => %s)"
+            " WHERE id = %s AND state NOT IN (7, 8, 9)"
+            " AND (lease_until IS NULL OR lease_until < now() OR lease_owner = %s) RETURNING id",
+            (owner, ttl_s, run_id, owner),
+        )
+        return await cur.fetchone() is not None
+
+
+async def unclaimed(pool: AsyncConnectionPool) -> list[tuple[str, str]]:
+    """(run id, tenant id) of active runs nobody drives: new ones, or their driver stopped or died."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(
+            "SELECT id, tenant_id FROM runs WHERE state NOT IN (7, 8, 9)"
+            " AND (lease_until IS NULL OR lease_until < now()) ORDER BY created_at"
+        )
+        return [(row[0], row[1]) for row in await cur.fetchall()]
+
+
+async def let_go(pool: AsyncConnectionPool, run_ids: list[str], owner: str) -> None:
+    """Give up leases at shutdown, so another instance takes the runs over at once."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE runs SET lease_until = NULL WHERE id = ANY(%s) AND lease_owner = %s", (run_ids, owner)
+        )
+
+
+async def find_active_job(pool: AsyncConnectionPool, run_id: str) -> Run | None:
+    """The run a training job pushes for, if it has a job (any state: a final run tells the job to stop)."""
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Run))
+        await cur.execute("SELECT * FROM runs WHERE id = %s AND push_token_hash <> ''", (run_id,))
+        return await cur.fetchone()

@@ -1,4 +1,4 @@
-"""Wires the trainer service: database, S3, key resolution through the registry, servicer."""
+"""Wires the trainer service: database, S3, the peers it calls, Ray, the run supervisor, servicer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import grpc
 from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.backends import open_backends, registry_keys
 from services.common.server import RunningServer, start_server
-from services.trainer.servicer import TrainerServicer
+from services.trainer.peers import Peers
+from services.trainer.pipeline import Pipeline
+from services.trainer.ray_jobs import RayJobs
+from services.trainer.servicer import OPEN_METHODS, TrainerServicer
 from services.trainer.settings import Settings
+from services.trainer.supervisor import Supervisor
 
 SCHEMA = "trainer"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -19,14 +23,32 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 async def create(settings: Settings) -> RunningServer:
     backends = await open_backends(settings.database_url, SCHEMA, MIGRATIONS, settings.s3)
     registry, resolve_key = registry_keys(settings.registry_address, settings.server.rpc_timeout_s)
+    peers = Peers(
+        settings.ingest_address, settings.registry_address, settings.server.service_token, settings.server.rpc_timeout_s
+    )
+    pipeline = Pipeline(
+        pool=backends.pool, store=backends.store, s3=settings.s3, peers=peers,
+        jobs=RayJobs(settings.ray_address, settings.ray_token()),
+        train_workers=settings.train_workers, train_use_gpu=settings.train_use_gpu,
+    )  # fmt: skip
+    supervisor = Supervisor(backends.pool, pipeline, settings.lease_s)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(backends.pool), server)
+        trainer_pb2_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(backends.pool, supervisor), server)
         return [trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name]
 
-    return await start_server(
+    running = await start_server(
         address=settings.server.grpc_address,
+        service_token=settings.server.service_token,
         register=register,
         resolve_key=resolve_key,
-        cleanups=[backends.pool.close, registry.close],  # type: ignore[list-item]
+        open_methods=OPEN_METHODS,
+        cleanups=[backends.pool.close, registry.close, peers.close, supervisor.stop],  # type: ignore[list-item]
     )
+    # Training jobs push progress here; when bound to port 0, the port is known only now.
+    host = settings.server.grpc_address.rsplit(":", 1)[0]
+    pipeline.push_address = (
+        settings.push_address or f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]') else host}:{running.port}"
+    )
+    await supervisor.start()
+    return running

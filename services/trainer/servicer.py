@@ -12,11 +12,15 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.trainer.v1 import trainer_pb2_grpc
 from services.common import auth
-from services.common.errors import Unimplemented
+from services.common.errors import Unauthenticated
 from services.common.protoconv import page_size, timestamp
-from services.trainer import runs
+from services.trainer import pipeline, runs
+from services.trainer.supervisor import Supervisor
 
 WATCH_POLL_S = 0.5
+LOG_TAIL = 200
+# Called by training jobs with their run's push token, not an API key.
+OPEN_METHODS = ("/distillery.trainer.v1.TrainerService/ReportRunEvents",)
 
 
 def run_pb(run: runs.Run) -> pb.Run:
@@ -42,14 +46,12 @@ def event_pb(event: runs.Event) -> pb.RunEvent:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, supervisor: Supervisor) -> None:
         self.pool = pool
+        self.supervisor = supervisor
 
     async def CreateRun(self, request: Any, context: Any) -> pb.Run:
-        raise Unimplemented(
-            "no training path is available in this version yet; fine-tuning text arrives next "
-            "(runs can already be listed, shown, watched and cancelled)"
-        )
+        return run_pb(await self.supervisor.create(auth.current_caller().tenant_id, request))
 
     async def GetRun(self, request: Any, context: Any) -> pb.Run:
         return run_pb(await runs.get(self.pool, auth.current_caller().tenant_id, request.id))
@@ -61,8 +63,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return pb.ListRunsResponse(runs=[run_pb(r) for r in found], page={"next_page_token": next_token})
 
     async def CancelRun(self, request: Any, context: Any) -> pb.Run:
-        run = await runs.transition(self.pool, auth.current_caller().tenant_id, request.id, pb.RUN_STATE_CANCELLED)
-        return run_pb(run)
+        return run_pb(await self.supervisor.cancel(auth.current_caller().tenant_id, request.id))
 
     async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[pb.RunEvent]:
         tenant_id = auth.current_caller().tenant_id
@@ -79,5 +80,21 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             await asyncio.sleep(WATCH_POLL_S)
 
     async def GetRunLogs(self, request: Any, context: Any) -> pb.GetRunLogsResponse:
-        await runs.get(self.pool, auth.current_caller().tenant_id, request.id)
-        raise Unimplemented("training logs arrive with the first training path")
+        run = await runs.get(self.pool, auth.current_caller().tenant_id, request.id)
+        if not run.job_attempt:
+            return pb.GetRunLogsResponse()
+        text = await self.supervisor.pipeline.jobs.logs(pipeline.job_id(run, run.job_attempt))
+        return pb.GetRunLogsResponse(lines=text.splitlines()[-(request.tail or LOG_TAIL) :])
+
+    async def ReportRunEvents(self, request: Any, context: Any) -> pb.ReportRunEventsResponse:
+        token = auth.bearer_token(context.invocation_metadata())
+        run = await runs.find_active_job(self.pool, request.run_id)
+        if token is None or run is None or not auth.same_secret(auth.hash_key(token), run.push_token_hash):
+            raise Unauthenticated("not a valid push token for this run")
+        events = [
+            json_format.MessageToDict(e)
+            for e in request.events
+            if e.WhichOneof("payload") in ("progress", "metrics", "log")
+        ]
+        run = await runs.report(self.pool, run.id, events)
+        return pb.ReportRunEventsResponse(keep_going=run.state not in runs.FINAL)

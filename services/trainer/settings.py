@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from services.common.settings import S3Settings, ServerSettings, database_url, env_str, registry_address
+from services.common.errors import InvalidArgument
+from services.common.settings import (
+    S3Settings,
+    ServerSettings,
+    database_url,
+    env_bool,
+    env_float,
+    env_str,
+    registry_address,
+)
 
 
 @dataclass(frozen=True)
@@ -17,12 +27,32 @@ class Settings:
     teacher_address: str
     # The Ray head's dashboard URL, for the Ray Jobs API (e.g. http://127.0.0.1:8265).
     ray_address: str
+    # A file holding the Ray head's auth token ("" when the cluster has token auth off).
+    ray_token_file: str = ""
+    # Ray Train workers per run, and whether each takes a GPU.
+    train_workers: int = 1
+    train_use_gpu: bool = False
+    # Where training jobs reach this service to push progress; "" = the address it listens on.
+    push_address: str = ""
+    # A run's driver renews its lease this often (s); another instance takes over after 3 misses.
+    lease_s: float = 5.0
 
     def __repr__(self) -> str:
         return f"Settings(server={self.server!r}, s3={self.s3!r}, ray_address={self.ray_address!r})"
 
+    def ray_token(self) -> str:
+        if not self.ray_token_file:
+            return ""
+        try:
+            return Path(self.ray_token_file).read_text().strip()
+        except OSError as err:
+            raise InvalidArgument(f"DISTILLERY_RAY_TOKEN_FILE={self.ray_token_file}: cannot read it ({err})") from None
+
     @classmethod
     def from_env(cls) -> Settings:
+        workers = env_str("DISTILLERY_TRAIN_WORKERS", "1")
+        if not workers.isdigit() or int(workers) < 1:
+            raise InvalidArgument(f"DISTILLERY_TRAIN_WORKERS={workers!r} must be a whole number >= 1")
         return cls(
             server=ServerSettings.from_env(),
             database_url=database_url(),
@@ -31,4 +61,9 @@ class Settings:
             ingest_address=env_str("DISTILLERY_INGEST_ADDRESS"),
             teacher_address=env_str("DISTILLERY_TEACHER_ADDRESS"),
             ray_address=env_str("DISTILLERY_RAY_ADDRESS", ""),
+            ray_token_file=env_str("DISTILLERY_RAY_TOKEN_FILE", ""),
+            train_workers=int(workers),
+            train_use_gpu=env_bool("DISTILLERY_TRAIN_USE_GPU", False),
+            push_address=env_str("DISTILLERY_TRAINER_PUSH_ADDRESS", ""),
+            lease_s=env_float("DISTILLERY_RUN_LEASE_S", 5.0),
         )

@@ -1,0 +1,301 @@
+"""The stages of one run, from QUEUED to a final state, each step persisted first.
+
+    QUEUED -> VALIDATING   the dataset (and eval dataset) checked; ingest splits train/eval
+    VALIDATING -> TRAINING the recipe submitted as a Ray job; its state polled until it ends
+    TRAINING -> EVALUATING the job's result read from S3 and checked (finite eval loss)
+    EVALUATING -> REGISTERING -> SUCCEEDED   the model registered, committing the quota slot
+
+Any stage may end the run FAILED (``RunFailed``: a code, a message a user can act on,
+the field at fault). Every stage can run again after a restart: the split is
+idempotent, a submitted job is found again by its id, registration is idempotent per
+run. ``Supervisor`` decides which runs this instance drives; this module only drives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from distillery.common.v1 import common_pb2
+from distillery.ingest.v1 import ingest_pb2
+from distillery.registry.v1 import registry_pb2
+from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common import auth
+from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.objects import ObjectStore, tenant_key
+from services.common.settings import S3Settings
+from services.trainer import ray_jobs, runs
+from services.trainer.peers import Peers
+from services.trainer.ray_jobs import RayJobs
+
+log = logging.getLogger("distillery.trainer.pipeline")
+
+POLL_S = 1.0
+RETRY_S = 2.0
+MAX_JOB_ATTEMPTS = 3
+RUN_TOKEN_PREFIX = "drt_"
+VIOLATIONS_IN_ERROR = 10
+ARTIFACT_KINDS = {
+    "lora_adapter": registry_pb2.ARTIFACT_KIND_LORA_ADAPTER,
+    "full_weights": registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS,
+}
+# Environment of every training job: what ENVIRONMENT.md measured to help.
+JOB_TUNING = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_JOB_STOP_SIGNAL": "SIGINT",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class RunFailed(Exception):
+    """Ends the run FAILED with this error."""
+
+    def __init__(self, code: str, message: str, field: str = "", violations: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.error: dict[str, Any] = {"code": code, "message": message, "field": field}
+        if violations:
+            self.error["violations"] = violations
+
+
+def job_id(run: runs.Run, attempt: int) -> str:
+    return f"{run.id}-{attempt}"
+
+
+def run_prefix(run: runs.Run) -> str:
+    return tenant_key(run.tenant_id, "runs", run.id)
+
+
+@dataclass
+class Pipeline:
+    pool: Any
+    store: ObjectStore
+    s3: S3Settings
+    peers: Peers
+    jobs: RayJobs
+    train_workers: int = 1
+    train_use_gpu: bool = False
+    push_address: str = ""
+
+    # --- driving ---
+
+    async def drive(self, run_id: str, tenant_id: str) -> None:
+        """Take the run through its stages until it is final."""
+        while True:
+            run = await runs.get(self.pool, tenant_id, run_id)
+            if run.state in runs.FINAL:
+                return
+            try:
+                await self.step(run)
+            except RunFailed as failure:
+                await self.fail(run, failure.error)
+            except FailedPrecondition:
+                continue  # cancelled meanwhile: the next look finds it final
+            except (Unavailable, psycopg.OperationalError) as err:
+                log.warning("run %s waits for a dependency: %s", run_id, err)
+                await asyncio.sleep(RETRY_S)
+            except DistilleryError as err:
+                await self.fail(run, {"code": "internal_error", "message": err.message, "field": err.field})
+            except Exception:
+                log.exception("run %s stopped by an internal error", run_id)
+                await self.fail(run, {"code": "internal_error", "message": "an internal error stopped the run; "
+                                      "see the trainer service's log"})  # fmt: skip
+
+    async def step(self, run: runs.Run) -> None:
+        if run.state == pb.RUN_STATE_QUEUED:
+            await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_VALIDATING)
+        elif run.state == pb.RUN_STATE_VALIDATING:
+            await self.validate(run)
+            await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_TRAINING)
+        elif run.state == pb.RUN_STATE_TRAINING:
+            if await self.train(run):
+                await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_EVALUATING)
+        elif run.state == pb.RUN_STATE_EVALUATING:
+            await self.evaluate(run)
+            await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_REGISTERING)
+        elif run.state == pb.RUN_STATE_REGISTERING:
+            await self.register(run)
+            await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_SUCCEEDED)
+        else:
+            raise RunFailed("internal_error", f"this trainer cannot drive a run in state {runs.state_name(run.state)}")
+
+    # --- stages ---
+
+    async def validate(self, run: runs.Run) -> None:
+        request = run.request
+        await self._check_dataset(run, request["dataset_id"], "dataset_id")
+        if request.get("eval_dataset_id"):
+            await self._check_dataset(run, request["eval_dataset_id"], "eval_dataset_id")
+        try:
+            split = await self.peers.split(
+                run.tenant_id, request["dataset_id"], request.get("eval_dataset_id", ""),
+                request.get("eval_fraction", 0.0), int(request.get("sft", {}).get("seed", 0)),
+            )  # fmt: skip
+        except (FailedPrecondition, InvalidArgument, NotFound) as err:
+            raise RunFailed("invalid_dataset", err.message, err.field or "dataset_id") from None
+        await runs.save(self.pool, run.id, split={
+            "id": split.id, "train_key": split.train_key, "eval_key": split.eval_key,
+            "train_rows": split.train_rows, "eval_rows": split.eval_rows, "overlap_removed": split.overlap_removed,
+        })  # fmt: skip
+        removed = f", {split.overlap_removed} train rows dropped as duplicates of eval rows" * bool(
+            split.overlap_removed
+        )
+        await self.note(run, f"split {split.id}: {split.train_rows} train rows, {split.eval_rows} eval rows{removed}")
+
+    async def _check_dataset(self, run: runs.Run, dataset_id: str, field: str) -> None:
+        try:
+            dataset = await self.peers.get_dataset(run.tenant_id, dataset_id)
+        except NotFound:
+            raise RunFailed("dataset_not_found", f"dataset {dataset_id} not found; upload it first", field) from None
+        if dataset.kind != ingest_pb2.DATASET_KIND_PAIRS:
+            kind = ingest_pb2.DatasetKind.Name(dataset.kind).removeprefix("DATASET_KIND_").lower()
+            raise RunFailed(
+                "invalid_dataset",
+                f"fine-tuning text trains on a pairs dataset; {dataset_id} is a {kind} dataset",
+                field,
+            )
+        if not dataset.valid:
+            report = dataset.report
+            violations = [
+                {"line": v.line, "field": v.field, "code": v.code, "message": v.message, "hint": v.hint}
+                for v in report.violations[:VIOLATIONS_IN_ERROR]
+            ]
+            first = report.violations[0] if report.violations else None
+            where = f"; first: line {first.line}, field {first.field or '-'}: {first.message}" if first else ""
+            raise RunFailed(
+                "invalid_dataset",
+                f"dataset {dataset_id} has {report.violation_count} violation(s){where}. Fix them and upload it "
+                f"again (`distillery datasets validate FILE --kind pairs` shows them all)",
+                field,
+                violations,
+            )
+
+    async def train(self, run: runs.Run) -> bool:
+        """Submit the run's Ray job (or find it again) and wait for it; True when it succeeded."""
+        attempt = run.job_attempt
+        current = await self.jobs.state(job_id(run, attempt)) if attempt else None
+        if current is None:
+            if attempt >= MAX_JOB_ATTEMPTS:
+                raise RunFailed("training_lost", f"the training job was lost {attempt} times (is the Ray cluster "
+                                "being replaced?); create the run again")  # fmt: skip
+            attempt = await self.submit(run, attempt + 1)
+        while True:
+            state = await self.jobs.state(job_id(run, attempt))
+            if state is None:
+                return False  # the job vanished: the next step submits it again
+            if state.status == ray_jobs.SUCCEEDED:
+                return True
+            if state.status == ray_jobs.FAILED:
+                raise await self._job_failure(run, state)
+            if state.status == ray_jobs.STOPPED:
+                if (await runs.get(self.pool, run.tenant_id, run.id)).state not in runs.FINAL:
+                    raise RunFailed("training_stopped", "the training job was stopped outside Distillery")
+                return False
+            if (await runs.get(self.pool, run.tenant_id, run.id)).state in runs.FINAL:
+                return False
+            await asyncio.sleep(POLL_S)
+
+    async def submit(self, run: runs.Run, attempt: int) -> int:
+        prefix = run_prefix(run)
+        spec = {
+            "run_id": run.id, "tenant_id": run.tenant_id, "student_model": run.request["student_model"],
+            "train_key": (run.split or {})["train_key"], "eval_key": (run.split or {})["eval_key"],
+            "output_prefix": prefix, "sft": run.request["sft"],
+            "num_workers": self.train_workers, "use_gpu": self.train_use_gpu,
+        }  # fmt: skip
+        spec_key = f"{prefix}/spec.json"
+        await asyncio.to_thread(self.store.put_bytes, spec_key, json.dumps(spec, indent=2).encode(), "application/json")
+        await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
+        token = RUN_TOKEN_PREFIX + auth.new_api_key().removeprefix(auth.KEY_PREFIX)
+        await runs.save(self.pool, run.id, job_attempt=attempt, push_token_hash=auth.hash_key(token))
+        env = {
+            **JOB_TUNING,
+            "DISTILLERY_S3_ENDPOINT": self.s3.endpoint, "DISTILLERY_S3_ACCESS_KEY": self.s3.access_key,
+            "DISTILLERY_S3_SECRET_KEY": self.s3.secret_key, "DISTILLERY_S3_BUCKET": self.s3.bucket,
+            "DISTILLERY_S3_SECURE": str(self.s3.secure).lower(), "DISTILLERY_S3_REGION": self.s3.region,
+            "DISTILLERY_TRAINER_ADDRESS": self.push_address, "DISTILLERY_RUN_TOKEN": token,
+        }  # fmt: skip
+        entrypoint = f"{shlex.quote(sys.executable)} -m services.trainer.recipes.sft --spec-key {shlex.quote(spec_key)}"
+        await self.jobs.submit(job_id(run, attempt), entrypoint, env)
+        await self.note(run, f"submitted Ray job {job_id(run, attempt)}")
+        return attempt
+
+    async def _job_failure(self, run: runs.Run, state: ray_jobs.JobState) -> RunFailed:
+        """What the recipe said went wrong (error.json), else Ray's own message."""
+        try:
+            error = json.loads(await asyncio.to_thread(self.store.get_bytes, f"{run_prefix(run)}/error.json"))
+            return RunFailed(error.get("code", "training_failed"), error.get("message", ""), error.get("field", ""))
+        except (NotFound, ValueError, OSError):
+            pass
+        except Exception as err:  # minio's S3Error: no such key
+            if "NoSuchKey" not in str(err):
+                raise
+        return RunFailed(
+            "training_failed",
+            f"the training job failed: {state.message.strip()[-500:]} (see `distillery runs logs {run.id}`)",
+        )
+
+    async def evaluate(self, run: runs.Run) -> None:
+        try:
+            result = json.loads(await asyncio.to_thread(self.store.get_bytes, f"{run_prefix(run)}/result.json"))
+        except Exception:
+            raise RunFailed("training_failed", "the training job ended without writing its result") from None
+        metrics = {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
+        after = metrics.get("eval_loss_after", math.nan)
+        if not math.isfinite(after):
+            raise RunFailed("training_diverged", "the eval loss after training is not a number: the training "
+                            "diverged. Lower sft.learning_rate and try again", "sft.learning_rate")  # fmt: skip
+        await runs.save(self.pool, run.id, result=result, metrics={**run.metrics, **metrics})
+        await runs.report(self.pool, run.id, [{"metrics": {"step": int(metrics.get("steps", 0)), "values": metrics}}])
+
+    async def register(self, run: runs.Run) -> None:
+        result = run.result or {}
+        model = {
+            "run_id": run.id, "name": run.request.get("model_name") or run.id,
+            "path": common_pb2.TRAINING_PATH_FINETUNE_TEXT, "base_model": run.request["student_model"],
+            "artifact_kind": ARTIFACT_KINDS.get(result.get("artifact_kind", ""), 0),
+            "artifact_uri": result.get("artifact_uri", ""),
+            "metrics": {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)},
+        }  # fmt: skip
+        model_id = await self.peers.register(run.tenant_id, model, result.get("training_config", {}))
+        await runs.save(self.pool, run.id, model_id=model_id)
+
+    # --- endings ---
+
+    async def fail(self, run: runs.Run, error: dict[str, Any]) -> None:
+        try:
+            await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_FAILED, error)
+        except FailedPrecondition:
+            return  # already final
+        log.info("run %s failed: %s", run.id, error.get("code"))
+        await self.wind_down(run)
+
+    async def cancel(self, tenant_id: str, run_id: str) -> runs.Run:
+        cancelled = await runs.transition(self.pool, tenant_id, run_id, pb.RUN_STATE_CANCELLED)
+        await self.wind_down(cancelled)
+        return cancelled
+
+    async def wind_down(self, run: runs.Run) -> None:
+        """Stop the run's job and give its quota slot back; each best effort, logged."""
+        if run.job_attempt:
+            try:
+                await self.jobs.stop(job_id(run, run.job_attempt))
+            except Unavailable as err:
+                log.warning("cannot stop the job of run %s: %s (it stops at its next push)", run.id, err.message)
+        try:
+            await self.peers.release(run.tenant_id, run.id)
+        except NotFound:
+            pass  # it never held one
+        except DistilleryError as err:
+            log.error("cannot release the quota slot of run %s: %s", run.id, err.message)
+
+    async def note(self, run: runs.Run, text: str) -> None:
+        await runs.report(self.pool, run.id, [{"log": {"text": text}}])

@@ -1,0 +1,68 @@
+"""Checks of a CreateRunRequest before anything is stored or reserved: each refusal
+names the field and says what to give instead."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from google.protobuf import json_format
+
+from distillery.common.v1 import common_pb2
+from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common.errors import InvalidArgument, Unimplemented
+from services.trainer.recipes.sft_settings import resolve_sft
+
+DEFAULT_EVAL_FRACTION = 0.1
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+PATH_NAMES = {
+    common_pb2.TRAINING_PATH_DISTILL_TOOLS: "distill-tools",
+    common_pb2.TRAINING_PATH_DISTILL_TEXT: "distill-text",
+    common_pb2.TRAINING_PATH_FINETUNE_TEXT: "finetune-text",
+    common_pb2.TRAINING_PATH_FINETUNE_ASR: "finetune-asr",
+    common_pb2.TRAINING_PATH_FINETUNE_OCR: "finetune-ocr",
+}
+
+
+def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
+    """The request as stored with the run (proto JSON, snake_case), defaults filled in."""
+    if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
+        raise InvalidArgument("path is required (finetune-text)", field="path")
+    if request.path != common_pb2.TRAINING_PATH_FINETUNE_TEXT:
+        raise Unimplemented(
+            f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "
+            "finetune-text works today"
+        )
+    if request.mode == common_pb2.TRAINING_MODE_SFT_RL:
+        raise InvalidArgument("SFT + RL (GRPO) is only available for the tool-calling distillation path", field="mode")
+    if not request.dataset_id:
+        raise InvalidArgument("dataset_id is required: upload a pairs dataset and pass its id", field="dataset_id")
+    if not request.student_model.strip():
+        raise InvalidArgument(
+            "student_model is required: a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a model directory "
+            "the Ray workers can read",
+            field="student_model",
+        )
+    if request.eval_dataset_id and request.eval_fraction:
+        raise InvalidArgument("give eval_dataset_id or eval_fraction, not both", field="eval_fraction")
+    if not 0.0 <= request.eval_fraction < 1.0:
+        raise InvalidArgument(
+            f"eval_fraction must be between 0 and 1 (got {request.eval_fraction}); 0.1 holds out 10%",
+            field="eval_fraction",
+        )
+    if request.augment_count:
+        raise Unimplemented("augmentation by a teacher arrives with the teacher service; set augment_count to 0")
+    if request.model_name and not _MODEL_NAME.match(request.model_name):
+        raise InvalidArgument(
+            "model_name must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
+            field="model_name",
+        )
+    stored = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    stored["mode"] = common_pb2.TrainingMode.Name(common_pb2.TRAINING_MODE_SFT)
+    stored["student_model"] = request.student_model.strip()
+    if not request.eval_dataset_id:
+        stored["eval_fraction"] = request.eval_fraction or DEFAULT_EVAL_FRACTION
+    sft = resolve_sft(json_format.MessageToDict(request.sft, preserving_proto_field_name=True))
+    stored["sft"] = dataclasses.asdict(sft)
+    return stored

@@ -1,0 +1,120 @@
+"""Which runs this trainer instance drives, so that no run is driven twice and none is
+left behind.
+
+Every active run has a lease in its row (owner, until). An instance drives only runs it
+holds the lease of and renews it every ``lease_s``; every ``lease_s`` it also adopts
+active runs whose lease has lapsed: new ones, and those of an instance that stopped
+(leases given back at shutdown) or died (lease expired after three missed renewals).
+So a restarted trainer, or another replica, brings every run to a final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common.errors import DistilleryError
+from services.trainer import run_requests, runs
+from services.trainer.pipeline import Pipeline
+
+log = logging.getLogger("distillery.trainer.supervisor")
+
+
+class Supervisor:
+    def __init__(self, pool: Any, pipeline: Pipeline, lease_s: float) -> None:
+        self.pool = pool
+        self.pipeline = pipeline
+        self.lease_s = lease_s
+        self.owner = f"trainer-{secrets.token_hex(6)}"
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._watcher = asyncio.create_task(self._adopt_forever())
+
+    async def stop(self) -> None:
+        """Stop driving (runs and their Ray jobs go on) and give the leases back."""
+        tasks = [t for t in [self._watcher, *self._drivers.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await runs.let_go(self.pool, list(self._drivers), self.owner)
+        self._drivers.clear()
+
+    async def create(self, tenant_id: str, request: pb.CreateRunRequest) -> runs.Run:
+        """Check the request, reserve a slot of the tenant's allowance, store the run, start it.
+        The same idempotency key returns the run first made with it."""
+        stored = run_requests.checked(request)
+        key = request.idempotency_key
+        if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:
+            return earlier
+        run_id = runs.new_run_id()
+        await self.pipeline.peers.reserve(tenant_id, run_id)  # RESOURCE_EXHAUSTED when the allowance is full
+        try:
+            run, created = await runs.create(self.pool, runs.Run(
+                id=run_id, tenant_id=tenant_id, idempotency_key=key, path=request.path, mode=pb_mode(stored),
+                state=pb.RUN_STATE_QUEUED, request=stored, created_at=None, updated_at=None,  # type: ignore[arg-type]
+            ))  # fmt: skip
+        except BaseException:
+            await self.pipeline.peers.release(tenant_id, run_id)
+            raise
+        if not created:  # a concurrent call with the same key won
+            await self.pipeline.peers.release(tenant_id, run_id)
+        else:
+            await self._take(run.id, tenant_id)
+        return run
+
+    async def cancel(self, tenant_id: str, run_id: str) -> runs.Run:
+        return await self.pipeline.cancel(tenant_id, run_id)
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            try:
+                for run_id, tenant_id in await runs.unclaimed(self.pool):
+                    await self._take(run_id, tenant_id)
+            except Exception:
+                log.exception("cannot look for runs to drive; trying again")
+            await asyncio.sleep(self.lease_s)
+
+    async def _take(self, run_id: str, tenant_id: str) -> None:
+        running = self._drivers.get(run_id)
+        if running is not None and not running.done():
+            return
+        if await runs.claim(self.pool, run_id, self.owner, self.lease_s * 3):
+            log.info("driving run %s", run_id)
+            self._drivers[run_id] = asyncio.create_task(self._drive(run_id, tenant_id))
+
+    async def _drive(self, run_id: str, tenant_id: str) -> None:
+        renewing = asyncio.create_task(self._renew(run_id, asyncio.current_task()))
+        try:
+            await self.pipeline.drive(run_id, tenant_id)
+        except DistilleryError as err:
+            log.error("run %s: %s", run_id, err.message)
+        finally:
+            renewing.cancel()
+            self._drivers.pop(run_id, None)
+
+    async def _renew(self, run_id: str, driver: asyncio.Task[Any] | None) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s)
+            try:
+                still_ours = await runs.claim(self.pool, run_id, self.owner, self.lease_s * 3)
+            except Exception:
+                log.exception("cannot renew the lease of run %s", run_id)
+                continue
+            if not still_ours and driver is not None:
+                log.warning("lost the lease of run %s; another instance drives it now", run_id)
+                driver.cancel()
+                return
+
+
+def pb_mode(stored: dict[str, Any]) -> int:
+    from distillery.common.v1 import common_pb2
+
+    return int(common_pb2.TrainingMode.Value(stored["mode"]))

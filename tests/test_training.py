@@ -1,0 +1,233 @@
+"""Fine-tuning text end to end, through the real services, a real Ray head and the real
+recipe: upload -> CreateRun -> Ray job (Ray Train + trl SFT, LoRA) -> registered model
+-> Generate. The student is a tiny Llama built from a config with a local tokenizer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from test_services import upload
+from tiny_models import build_llama
+
+from distillery.common.v1 import common_pb2
+from distillery.registry.v1 import registry_pb2
+from distillery.trainer.v1 import trainer_pb2 as pb
+
+FINETUNE_TEXT = common_pb2.TRAINING_PATH_FINETUNE_TEXT
+COLOURS = {"red": "rouge", "blue": "bleu", "green": "vert", "white": "blanc", "black": "noir", "grey": "gris"}
+# A small, learnable task: the same mapping asked in many ways; eval rows come from the same task.
+ROWS = b"".join(
+    b'{"system_prompt": "Translate the colour to French.", "input": "%s, please (%d)", "output": "%s"}\n'
+    % (english.encode(), i, french.encode())
+    for i in range(8)
+    for english, french in COLOURS.items()
+)
+QUICK = pb.SftSettings(max_steps=24, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=12, lora_r=8)
+LONG = pb.SftSettings(max_steps=5000, learning_rate=1e-3, batch_size=2, checkpoint_every_steps=1000)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_llama(tmp_path_factory.mktemp("student") / "tiny-llama"))
+
+
+def run_request(dataset_id: str, student: str, sft: pb.SftSettings = QUICK, **extra) -> pb.CreateRunRequest:
+    return pb.CreateRunRequest(path=FINETUNE_TEXT, dataset_id=dataset_id, student_model=student, sft=sft, **extra)
+
+
+def watch(client, run_id: str, timeout: float = 240) -> list[pb.RunEvent]:
+    """Every event of the run until it is final."""
+    deadline = time.monotonic() + timeout
+    events: list[pb.RunEvent] = []
+    while time.monotonic() < deadline:
+        after = events[-1].sequence if events else 0
+        try:
+            events += list(client.trainer.WatchRun(pb.WatchRunRequest(id=run_id, after_sequence=after), timeout=30))
+        except grpc.RpcError as err:
+            if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                raise
+        if client.trainer.GetRun(pb.GetRunRequest(id=run_id)).state in FINAL:
+            return events
+    raise AssertionError(f"run {run_id} not final after {timeout}s")
+
+
+def wait_for(predicate, timeout: float = 120, every: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
+FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
+
+
+def states(events: list[pb.RunEvent]) -> list[int]:
+    return [e.state_change.to_state for e in events if e.WhichOneof("payload") == "state_change"]
+
+
+def training_step(client, run_id: str) -> int:
+    run = client.trainer.GetRun(pb.GetRunRequest(id=run_id))
+    return run.progress.step if run.state == pb.RUN_STATE_TRAINING else 0
+
+
+def test_a_finetune_text_run_trains_registers_and_generates(services, client_for, make_tenant, student):
+    client = client_for(make_tenant())
+    dataset = upload(client, ROWS).dataset
+    run = client.trainer.CreateRun(run_request(dataset.id, student, model_name="colours"))
+    assert run.state == pb.RUN_STATE_QUEUED and run.request.sft.lora_alpha == 32  # defaults filled in
+    assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 1
+
+    events = watch(client, run.id)
+    done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+    assert states(events) == [
+        pb.RUN_STATE_QUEUED, pb.RUN_STATE_VALIDATING, pb.RUN_STATE_TRAINING, pb.RUN_STATE_EVALUATING,
+        pb.RUN_STATE_REGISTERING, pb.RUN_STATE_SUCCEEDED,
+    ]  # fmt: skip
+    # Live progress and metrics came from the training job while it ran.
+    progress = [e.progress for e in events if e.WhichOneof("payload") == "progress"]
+    assert progress and progress[-1].step == progress[-1].total_steps == 24
+    assert [p.step for p in progress] == sorted(p.step for p in progress)
+    losses = [e.metrics.values["loss"] for e in events if "loss" in e.metrics.values]
+    assert losses and any("tokens_per_second" in e.metrics.values for e in events)
+    # The model got better at the task on rows it never trained on.
+    assert done.metrics["eval_loss_after"] < done.metrics["eval_loss_before"]
+    assert done.metrics["eval_rows"] >= 1 and done.metrics["train_rows"] + done.metrics["eval_rows"] == 48
+
+    model = client.registry.GetModel(registry_pb2.GetModelRequest(id=done.model_id))
+    assert model.name == "colours" and model.run_id == run.id and model.base_model == student
+    assert model.artifact_kind == registry_pb2.ARTIFACT_KIND_LORA_ADAPTER
+    assert model.metrics["eval_loss_after"] == done.metrics["eval_loss_after"]
+    assert done.model_id in {m.id for m in client.registry.ListModels(registry_pb2.ListModelsRequest()).models}
+    quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
+    assert (quota.used, quota.reserved) == (1, 0)
+
+    message = registry_pb2.ChatMessage(role="user", content="red, please (99)")
+    reply = client.registry.Generate(
+        registry_pb2.GenerateRequest(model_id=done.model_id, messages=[message], max_new_tokens=8)
+    )
+    assert reply.message.role == "assistant" and reply.message.content and reply.completion_tokens > 0
+
+    logs = client.trainer.GetRunLogs(pb.GetRunLogsRequest(id=run.id, tail=50)).lines
+    assert logs  # the Ray job's own output
+
+
+def test_a_full_allowance_refuses_a_run_and_cancel_frees_the_slot(services, client_for, make_tenant, student):
+    from ray.job_submission import JobSubmissionClient
+
+    client = client_for(make_tenant(allowance=1))
+    dataset = upload(client, ROWS).dataset
+    first = client.trainer.CreateRun(run_request(dataset.id, student, LONG))
+    with pytest.raises(grpc.RpcError) as err:
+        client.trainer.CreateRun(run_request(dataset.id, student, QUICK))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "allowance" in err.value.details()
+    failure = error_details_pb2.QuotaFailure()
+    assert rpc_status.from_call(err.value).details[0].Unpack(failure) and failure.violations
+
+    wait_for(lambda: training_step(client, first.id) >= 2)  # the job is really training
+    cancelled = client.trainer.CancelRun(pb.CancelRunRequest(id=first.id))
+    assert cancelled.state == pb.RUN_STATE_CANCELLED
+    ray = JobSubmissionClient(services.ray.dashboard, headers={"Authorization": f"Bearer {token(services)}"})
+    job = f"{first.id}-1"
+    stopped = wait_for(lambda: str(ray.get_job_status(job)) in ("JobStatus.STOPPED", "STOPPED"), timeout=20)
+    assert stopped
+    quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
+    assert (quota.used, quota.reserved, quota.available) == (0, 0, 1)
+    with pytest.raises(grpc.RpcError) as again:
+        client.trainer.CancelRun(pb.CancelRunRequest(id=first.id))
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # The freed slot takes the next run.
+    second = client.trainer.CreateRun(run_request(dataset.id, student, QUICK))
+    client.trainer.CancelRun(pb.CancelRunRequest(id=second.id))
+
+
+def token(services) -> str:
+    return Path(services.ray.token_file).read_text().strip()
+
+
+def test_an_invalid_dataset_ends_failed_with_its_violation(services, client_for, make_tenant, student):
+    client = client_for(make_tenant())
+    bad = ROWS + b'{"system_prompt": "Translate the colour to French.", "input": "pink"}\n'
+    dataset = upload(client, bad).dataset
+    assert not dataset.valid
+    run = client.trainer.CreateRun(run_request(dataset.id, student))
+    watch(client, run.id, timeout=30)
+    failed = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert failed.state == pb.RUN_STATE_FAILED
+    assert (failed.error.code, failed.error.field) == ("invalid_dataset", "dataset_id")
+    violation = failed.error.violations[0]
+    assert (violation.line, violation.field, violation.code) == (49, "output", "missing_field")
+    assert "line 49" in failed.error.message
+    assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0
+
+
+def test_an_unknown_student_model_ends_failed_saying_so(services, client_for, make_tenant):
+    client = client_for(make_tenant())
+    dataset = upload(client, ROWS).dataset
+    run = client.trainer.CreateRun(run_request(dataset.id, "no-such-org/no-such-model-3f9a"))
+    watch(client, run.id)
+    failed = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert failed.state == pb.RUN_STATE_FAILED
+    assert (failed.error.code, failed.error.field) == ("unknown_model", "student_model")
+    assert "no-such-org/no-such-model-3f9a" in failed.error.message
+    assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0
+
+
+def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for, make_tenant, student):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    dataset = upload(client, ROWS).dataset
+    sft = pb.SftSettings(max_steps=120, learning_rate=5e-3, batch_size=2, checkpoint_every_steps=40)
+    run = client.trainer.CreateRun(run_request(dataset.id, student, sft))
+    wait_for(lambda: training_step(client, run.id) >= 1)
+
+    services.loop.run(services.restart_trainer())
+
+    restarted = client_for(tenant)  # the new instance listens on a new port
+    watch(restarted, run.id)
+    done = restarted.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+    assert done.model_id
+
+
+def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, make_tenant):
+    client = client_for(make_tenant())
+    cases = [
+        (pb.CreateRunRequest(dataset_id="ds_x", student_model="m"), grpc.StatusCode.INVALID_ARGUMENT, "path"),
+        (run_request("", "m"), grpc.StatusCode.INVALID_ARGUMENT, "dataset_id"),
+        (run_request("ds_x", " "), grpc.StatusCode.INVALID_ARGUMENT, "student_model"),
+        (run_request("ds_x", "m", mode=common_pb2.TRAINING_MODE_SFT_RL), grpc.StatusCode.INVALID_ARGUMENT, "mode"),
+        (run_request("ds_x", "m", pb.SftSettings(learning_rate=3.0)), grpc.StatusCode.INVALID_ARGUMENT,
+         "sft.learning_rate"),
+        (run_request("ds_x", "m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
+        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x", student_model="m"),
+         grpc.StatusCode.UNIMPLEMENTED, ""),
+    ]  # fmt: skip
+    for request, code, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            client.trainer.CreateRun(request)
+        assert err.value.code() == code, request
+        if field:
+            bad = error_details_pb2.BadRequest()
+            assert rpc_status.from_call(err.value).details[0].Unpack(bad)
+            assert bad.field_violations[0].field == field
+    assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0  # nothing held
+
+
+def test_the_same_idempotency_key_creates_one_run(services, client_for, make_tenant):
+    client = client_for(make_tenant())
+    request = run_request("ds_missing", "m", idempotency_key="nightly-7")
+    first, again = client.trainer.CreateRun(request), client.trainer.CreateRun(request)
+    assert first.id == again.id
+    watch(client, first.id, timeout=30)
+    failed = client.trainer.GetRun(pb.GetRunRequest(id=first.id))
+    assert (failed.state, failed.error.code) == (pb.RUN_STATE_FAILED, "dataset_not_found")
+    assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0
