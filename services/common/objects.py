@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path, PurePosixPath
 
 from minio import Minio
 from minio.error import S3Error
@@ -61,3 +62,18 @@ class ObjectStore:
             if name:
                 self.client.remove_object(self.bucket, name)
         return len(names)
+
+    def download_prefix(self, prefix: str, dest: Path) -> int:
+        """Copy every object under ``prefix`` into ``dest``, keeping the key paths below the
+        prefix; returns how many. End ``prefix`` with "/" so ``a/`` does not match ``ab/``."""
+        count = 0
+        for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
+            name = obj.object_name
+            if not name or name.endswith("/"):
+                continue
+            relative = PurePosixPath(name[len(prefix) :].lstrip("/"))
+            if not relative.parts or ".." in relative.parts:
+                raise InvalidArgument(f"object key {name!r} cannot be a local file name")
+            self.client.fget_object(self.bucket, name, str(dest.joinpath(*relative.parts)))
+            count += 1
+        return count

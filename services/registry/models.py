@@ -45,18 +45,28 @@ class NewModel:
 
 
 async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> Model:
-    """Add a model and commit its run's reservation (or take a free slot if it had none)."""
+    """Add a model and commit its run's reservation (or take a free slot if it had none).
+
+    Idempotent per run: registering again for a run that has a model returns that model."""
     for name in ("run_id", "base_model", "artifact_uri"):
         if not getattr(new, name):
             raise InvalidArgument(f"{name} is required to register a model", field=name)
     name = new.name or new.run_id
     async with pool.connection() as conn, conn.transaction():
-        quota = await quotas.quota_in(conn, tenant_id, lock=True)
-        cur = await conn.execute(
-            "SELECT state FROM reservations WHERE run_id = %s AND tenant_id = %s", (new.run_id, tenant_id)
+        quota = await quotas.quota_in(conn, tenant_id, lock=True)  # also serialises racing registrations
+        rows = conn.cursor(row_factory=class_row(Model))
+        await rows.execute(
+            "SELECT * FROM models WHERE tenant_id = %s AND run_id = %s ORDER BY created_at, id LIMIT 1",
+            (tenant_id, new.run_id),
         )
+        existing = await rows.fetchone()
+        if existing is not None:
+            return existing
+        cur = await conn.execute("SELECT tenant_id, state FROM reservations WHERE run_id = %s", (new.run_id,))
         reservation = await cur.fetchone()
-        if (reservation is None or reservation[0] != "reserved") and quota.available <= 0:
+        if reservation is not None and reservation[0] != tenant_id:
+            raise NotFound(f"run {new.run_id} not found", field="run_id")
+        if (reservation is None or reservation[1] != "reserved") and quota.available <= 0:
             raise quotas.full_error(quota)
         cur = await conn.execute(
             "SELECT coalesce(max(version), 0) + 1 FROM models WHERE tenant_id = %s AND name = %s", (tenant_id, name)
@@ -68,7 +78,6 @@ async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> 
             " ON CONFLICT (run_id) DO UPDATE SET state = 'committed', updated_at = now()",
             (new.run_id, tenant_id),
         )
-        rows = conn.cursor(row_factory=class_row(Model))
         await rows.execute(
             "INSERT INTO models (id, tenant_id, name, path, base_model, run_id, version, artifact_kind,"
             " artifact_uri, metrics, training_config) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"

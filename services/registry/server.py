@@ -11,6 +11,7 @@ from services.common.auth import Caller
 from services.common.backends import open_backends
 from services.common.server import RunningServer, start_server
 from services.registry import tenants
+from services.registry.generate import Generator
 from services.registry.servicer import OPEN_METHODS, RegistryServicer
 from services.registry.settings import Settings
 
@@ -25,14 +26,17 @@ async def create(settings: Settings) -> RunningServer:
     async def resolve(key: str) -> Caller:
         return await tenants.authenticate(pool, key)
 
+    generator = Generator(backends.store, Path(settings.model_cache_dir))
+
     def register(server: grpc.aio.Server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(pool, backends.store, settings.admin_token), server
+            RegistryServicer(pool, backends.store, settings.admin_token, generator), server
         )
         return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]
 
     return await start_server(
         address=settings.server.grpc_address,
+        service_token=settings.server.service_token,
         register=register,
         resolve_key=resolve,  # no cache here: a revoked key stops at once
         open_methods=OPEN_METHODS,

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import auth
-from services.common.errors import InvalidArgument, PermissionDenied, Unauthenticated, Unimplemented
+from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.objects import ObjectStore
 from services.common.protoconv import page_size, struct, timestamp
 from services.registry import models, quotas, snippets, tenants
+from services.registry.generate import DEFAULT_MAX_NEW_TOKENS, Generator, artifact_prefix
+
+log = logging.getLogger(__name__)
 
 # Calls that do not take the caller's API key through the auth interceptor.
 OPEN_METHODS = frozenset(
@@ -43,6 +48,20 @@ def model_pb(m: models.Model) -> registry_pb2.Model:
     )  # fmt: skip
 
 
+def chat_message(m: registry_pb2.ChatMessage) -> dict[str, Any]:
+    """A ChatMessage as the dict that chat templates take."""
+    message: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.name, "arguments": json_format.MessageToDict(c.arguments)}}
+            for c in m.tool_calls
+        ]  # fmt: skip
+    if m.tool_call_id:
+        message["tool_call_id"] = m.tool_call_id
+    return message
+
+
 def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
     return registry_pb2.Quota(
         tenant_id=q.tenant_id, tier=q.tier, allowance=q.allowance, used=q.used, reserved=q.reserved,
@@ -51,10 +70,11 @@ def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, admin_token: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, admin_token: str, generator: Generator) -> None:
         self.pool = pool
         self.store = store
         self.admin_token = admin_token
+        self.generator = generator
 
     def _is_admin(self, context: grpc.aio.ServicerContext) -> bool:
         token = auth.bearer_token(context.invocation_metadata())
@@ -141,14 +161,29 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def DeleteModel(self, request: Any, context: Any) -> registry_pb2.DeleteModelResponse:
         model = await models.delete(self.pool, auth.current_caller().tenant_id, request.id)
-        if model.artifact_uri.startswith(f"tenants/{model.tenant_id}/"):
-            await asyncio.to_thread(self.store.delete_prefix, model.artifact_uri.rstrip("/") + "/")
+        await self.generator.forget(model.id)
+        try:
+            prefix = artifact_prefix(model.artifact_uri, self.store.bucket, model.tenant_id)
+        except FailedPrecondition:  # never delete outside the tenant's own prefix
+            log.warning("model %s: artifacts at %s left in place", model.id, model.artifact_uri)
+        else:
+            await asyncio.to_thread(self.store.delete_prefix, prefix)
         return registry_pb2.DeleteModelResponse()
 
     async def Generate(self, request: Any, context: Any) -> registry_pb2.GenerateResponse:
-        await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
-        raise Unimplemented(
-            "Generate arrives with the first training path (fine-tuning text); this version has no model runtime"
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        reply = await self.generator.generate(
+            model,
+            [chat_message(m) for m in request.messages],
+            max_new_tokens=request.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            temperature=request.temperature,
+            tools=[json_format.MessageToDict(t) for t in request.tools],
+        )
+        return registry_pb2.GenerateResponse(
+            message=registry_pb2.ChatMessage(role="assistant", content=reply.text),
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            latency_ms=reply.latency_ms,
         )
 
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:

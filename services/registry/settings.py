@@ -14,9 +14,11 @@ class Settings:
     s3: S3Settings
     # Token for tenant administration (CreateTenant, keys for any tenant); "" disables it.
     admin_token: str
+    # Where Generate keeps models' artifacts copied from S3 (one directory per model).
+    model_cache_dir: str = "~/.cache/distillery/models"
 
     def __repr__(self) -> str:
-        return f"Settings(server={self.server!r}, s3={self.s3!r})"
+        return f"Settings(server={self.server!r}, s3={self.s3!r}, model_cache_dir={self.model_cache_dir!r})"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -25,4 +27,5 @@ class Settings:
             database_url=database_url(),
             s3=S3Settings.from_env(),
             admin_token=env_str("DISTILLERY_ADMIN_TOKEN", ""),
+            model_cache_dir=env_str("DISTILLERY_MODEL_CACHE_DIR", cls.model_cache_dir),
         )

@@ -1,0 +1,216 @@
+"""Generate: runtime testing of a registered model.
+
+A model's artifacts (a LoRA adapter or full weights, with the tokenizer and its chat
+template) are copied once from S3 into a local cache directory, loaded (an adapter is
+merged into its base model), and kept in a small LRU of loaded models. torch,
+transformers and peft are imported on first use, so the registry starts fast; loading
+and generating run in worker threads, with one lock per model so that concurrent
+requests load it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distillery.registry.v1 import registry_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.objects import ObjectStore
+from services.registry.models import Model
+
+ROLES = ("system", "user", "assistant", "tool")
+DEFAULT_MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS = 2048
+MAX_TEMPERATURE = 2.0
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
+
+
+def check_request(messages: Sequence[Mapping[str, Any]], max_new_tokens: int, temperature: float) -> None:
+    """Refuse what no model could answer: no messages, unknown roles, out-of-range settings."""
+    if not messages:
+        raise InvalidArgument("messages is empty: give at least one message", field="messages")
+    for i, message in enumerate(messages):
+        if message.get("role") not in ROLES:
+            raise InvalidArgument(
+                f"messages[{i}].role is {message.get('role')!r}: use one of {', '.join(ROLES)}",
+                field=f"messages[{i}].role",
+            )
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise InvalidArgument(f"max_new_tokens is {max_new_tokens}: use 1 to {MAX_NEW_TOKENS}", field="max_new_tokens")
+    if not 0 <= temperature <= MAX_TEMPERATURE:  # also refuses NaN
+        raise InvalidArgument(f"temperature is {temperature}: use 0 (greedy) to {MAX_TEMPERATURE}", field="temperature")
+
+
+def artifact_prefix(artifact_uri: str, bucket: str, tenant_id: str) -> str:
+    """The S3 key prefix (ending in "/") of ``s3://<bucket>/tenants/<tenant>/...`` or of a
+    bare ``tenants/<tenant>/...`` key. Anything outside the service's bucket or the
+    tenant's own prefix is refused: a model never reads another tenant's objects."""
+    key = artifact_uri
+    if key.startswith("s3://"):
+        uri_bucket, _, key = key.removeprefix("s3://").partition("/")
+        if uri_bucket != bucket:
+            raise FailedPrecondition(
+                f"the model's artifacts ({artifact_uri}) are not in this service's bucket {bucket!r}",
+                field="artifact_uri",
+            )
+    key = key.strip("/") + "/"
+    parts = key.split("/")[:-1]
+    if parts[:2] != ["tenants", tenant_id] or len(parts) < 3 or any(p in ("", ".", "..") for p in parts):
+        raise FailedPrecondition(
+            f"the model's artifacts ({artifact_uri}) are not under its tenant's prefix tenants/{tenant_id}/",
+            field="artifact_uri",
+        )
+    return key
+
+
+class Generator:
+    """Loads registered models on demand and answers chat messages with them."""
+
+    def __init__(self, store: ObjectStore, cache_dir: Path, max_loaded: int = 2) -> None:
+        self.store = store
+        self.cache_dir = cache_dir.expanduser()
+        self.max_loaded = max_loaded
+        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def generate(
+        self,
+        model: Model,
+        messages: Sequence[Mapping[str, Any]],
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = 0.0,
+        tools: Sequence[Mapping[str, Any]] = (),
+    ) -> Reply:
+        """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant."""
+        check_request(messages, max_new_tokens, temperature)
+        loaded = await self._load(model)
+        return await asyncio.to_thread(_generate, loaded, messages, max_new_tokens, temperature, tools)
+
+    async def forget(self, model_id: str) -> None:
+        """Drop a (deleted) model from memory and from the local cache."""
+        self._loaded.pop(model_id, None)
+        self._locks.pop(model_id, None)
+        if _SAFE_ID.match(model_id):
+            await asyncio.to_thread(shutil.rmtree, self.cache_dir / model_id, True)
+
+    async def _load(self, model: Model) -> Loaded:
+        if not _SAFE_ID.match(model.id):
+            raise InvalidArgument(f"invalid model id {model.id!r}", field="model_id")
+        prefix = artifact_prefix(model.artifact_uri, self.store.bucket, model.tenant_id)
+        async with self._locks.setdefault(model.id, asyncio.Lock()):
+            loaded = self._loaded.get(model.id)
+            if loaded is None:
+                directory = await asyncio.to_thread(self._download, model, prefix)
+                loaded = await asyncio.to_thread(_load, model, directory)
+                self._loaded[model.id] = loaded
+            self._loaded.move_to_end(model.id)
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+        return loaded
+
+    def _download(self, model: Model, prefix: str) -> Path:
+        """The model's artifacts in the local cache: fetched once, into a temporary
+        directory renamed into place, so a half-done copy is never used."""
+        target = self.cache_dir / model.id
+        if target.is_dir():
+            return target
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{model.id}-", dir=self.cache_dir))
+        try:
+            if self.store.download_prefix(prefix, partial) == 0:
+                raise FailedPrecondition(f"no artifacts found at {model.artifact_uri}", field="artifact_uri")
+            try:
+                os.rename(partial, target)
+            except OSError:
+                if not target.is_dir():  # else another process finished first: use its copy
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+        return target
+
+
+def _load(model: Model, directory: Path) -> Loaded:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    adapter = model.artifact_kind == registry_pb2.ARTIFACT_KIND_LORA_ADAPTER or (
+        model.artifact_kind == registry_pb2.ARTIFACT_KIND_UNSPECIFIED and (directory / "adapter_config.json").exists()
+    )
+    if adapter:
+        from peft import PeftModel
+
+        try:
+            base = AutoModelForCausalLM.from_pretrained(model.base_model, dtype="auto")
+        except (OSError, ValueError) as err:
+            raise FailedPrecondition(
+                f"the base model {model.base_model!r} cannot be loaded: {err}", field="base_model"
+            ) from None
+        network = PeftModel.from_pretrained(base, directory).merge_and_unload()
+    else:
+        network = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
+    if torch.cuda.is_available():
+        network = network.to("cuda")
+    network.eval()
+    return Loaded(network, tokenizer)
+
+
+def _generate(
+    loaded: Loaded,
+    messages: Sequence[Mapping[str, Any]],
+    max_new_tokens: int,
+    temperature: float,
+    tools: Sequence[Mapping[str, Any]],
+) -> Reply:
+    import torch
+
+    started = time.perf_counter()
+    tokenizer = loaded.tokenizer
+    try:
+        inputs = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tools=[dict(t) for t in tools] or None,
+            add_generation_prompt=True, return_dict=True, return_tensors="pt",
+        )  # fmt: skip
+    except ValueError as err:  # no chat template, or one that refuses these messages
+        raise FailedPrecondition(f"the model's chat template cannot format these messages: {err}") from None
+    inputs = inputs.to(loaded.model.device)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            **sampling,
+        )
+    prompt_tokens = inputs["input_ids"].shape[1]
+    new_tokens = output[0, prompt_tokens:]
+    return Reply(
+        text=tokenizer.decode(new_tokens, skip_special_tokens=True),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=len(new_tokens),
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )

@@ -1,0 +1,293 @@
+"""Generate: a registered model (LoRA adapter or full weights) answers through the registry.
+
+The models are tiny Llamas (tests/tiny_models.py) taught one answer each, so a reply
+shows which weights answered: the adapter says "bleu", the fully fine-tuned model "rouge".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from google.rpc import error_details_pb2, status_pb2
+from minio import Minio
+from tiny_models import build_llama
+
+from distillery.cli.main import cli
+from distillery.registry.v1 import registry_pb2
+
+QUESTION = "Translate the colour to French: blue"
+LORA = registry_pb2.ARTIFACT_KIND_LORA_ADAPTER
+FULL = registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS
+GENERATE_TIMEOUT_S = 120
+
+
+def teach(model, tokenizer, answer: str, steps: int = 60, lr: float = 1e-2) -> None:
+    """A few optimiser steps on one conversation, so greedy decoding says ``answer``."""
+    import torch
+
+    conversation = [{"role": "user", "content": QUESTION}]
+    prompt = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(prompt + answer + "<|im_end|>\n", return_tensors="pt").input_ids
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """A base model, a LoRA adapter on it and a fully fine-tuned copy, as the training recipes save them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("models")
+    base = build_llama(root / "base")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+
+    adapter = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, target_modules="all-linear"))
+    teach(adapter, tokenizer, "bleu")
+    adapter.save_pretrained(root / "lora")
+
+    full = AutoModelForCausalLM.from_pretrained(base)
+    teach(full, tokenizer, "rouge", lr=3e-3)
+    full.save_pretrained(root / "full")
+
+    for kind in ("lora", "full"):
+        tokenizer.save_pretrained(root / kind)
+        (root / kind / "training_config.json").write_text(json.dumps({"recipe": "sft", "kind": kind}))
+    return {"base": base, "lora": root / "lora", "full": root / "full"}
+
+
+def s3_client(services) -> Minio:
+    s3 = services.s3
+    return Minio(s3.endpoint, access_key=s3.access_key, secret_key=s3.secret_key, secure=False, region=s3.region)
+
+
+def upload(services, directory: Path, prefix: str) -> str:
+    """Every file of ``directory`` under ``prefix``; returns the s3:// URI of the prefix."""
+    client = s3_client(services)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            client.fput_object(services.s3.bucket, prefix + path.relative_to(directory).as_posix(), str(path))
+    return f"s3://{services.s3.bucket}/{prefix}"
+
+
+def keys_under(services, prefix: str) -> list[str]:
+    objects = s3_client(services).list_objects(services.s3.bucket, prefix=prefix, recursive=True)
+    return [o.object_name for o in objects if o.object_name]
+
+
+def register(client, run_id: str, kind: int, uri: str, base_model: str) -> registry_pb2.Model:
+    client.registry.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id=run_id))
+    return client.registry.RegisterModel(
+        registry_pb2.RegisterModelRequest(
+            run_id=run_id, name="colours", path=3, base_model=base_model, artifact_kind=kind, artifact_uri=uri,
+            metrics={"eval_loss": 0.5},
+        )
+    )  # fmt: skip
+
+
+def trained_model(services, client, tenant_id: str, artifacts: dict[str, Path], kind: int) -> registry_pb2.Model:
+    run_id = f"run_{secrets.token_hex(6)}"
+    directory = artifacts["lora" if kind == LORA else "full"]
+    uri = upload(services, directory, f"tenants/{tenant_id}/runs/{run_id}/model/")
+    return register(client, run_id, kind, uri, str(artifacts["base"]))
+
+
+def generate(client, model_id: str, content: str = QUESTION, **options) -> registry_pb2.GenerateResponse:
+    request = registry_pb2.GenerateRequest(
+        model_id=model_id, messages=[registry_pb2.ChatMessage(role="user", content=content)], **options
+    )
+    return client.registry.Generate(request, timeout=GENERATE_TIMEOUT_S)
+
+
+def error_of(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value
+
+
+def field_of(err: grpc.RpcError) -> str:
+    """The field named by the error's BadRequest detail."""
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    return bad.field_violations[0].field
+    raise AssertionError("no BadRequest detail in the error")
+
+
+@pytest.mark.parametrize(("kind", "answer"), [(LORA, "bleu"), (FULL, "rouge")], ids=["lora", "full"])
+def test_a_trained_model_answers(services, make_tenant, client_for, artifacts, kind, answer):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = trained_model(services, client, tenant.tenant_id, artifacts, kind)
+
+    reply = generate(client, model.id, max_new_tokens=8)
+    assert reply.message.role == "assistant"
+    assert reply.message.content.strip() == answer
+    assert reply.prompt_tokens > 0 and 0 < reply.completion_tokens <= 8 and reply.latency_ms > 0
+    assert generate(client, model.id, max_new_tokens=8).message.content == reply.message.content  # greedy
+
+    # Sampling works too; a system prompt goes through the chat template.
+    sampled = client.registry.Generate(
+        registry_pb2.GenerateRequest(
+            model_id=model.id, max_new_tokens=4, temperature=1.5,
+            messages=[registry_pb2.ChatMessage(role="system", content="Be brief."),
+                      registry_pb2.ChatMessage(role="user", content=QUESTION)],
+        ),
+        timeout=GENERATE_TIMEOUT_S,
+    )  # fmt: skip
+    assert 0 < sampled.completion_tokens <= 4 and sampled.prompt_tokens > reply.prompt_tokens
+
+    # The CLI asks the same question.
+    env = {f"DISTILLERY_{name.upper()}_ADDRESS": address for name, address in services.addresses.items()}
+    env |= {"DISTILLERY_HOME": "/nonexistent-distillery-home", "DISTILLERY_API_KEY": tenant.api_key}
+    said = CliRunner().invoke(cli, ["models", "generate", model.id, QUESTION, "--max-new-tokens", "8"], env=env)
+    assert (said.exit_code, said.output.strip()) == (0, answer), said.output
+    said = CliRunner().invoke(cli, ["models", "generate", model.id, QUESTION, "--json"], env=env)
+    assert json.loads(said.output)["message"]["content"].strip() == answer
+
+
+def test_deleting_a_model_removes_its_artifacts_and_frees_its_slot(services, make_tenant, client_for, artifacts):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = trained_model(services, client, tenant.tenant_id, artifacts, LORA)
+    prefix = model.artifact_uri.removeprefix(f"s3://{services.s3.bucket}/")
+    assert {"adapter_config.json", "adapter_model.safetensors", "training_config.json"} <= {
+        key.removeprefix(prefix) for key in keys_under(services, prefix)
+    }
+    assert generate(client, model.id, max_new_tokens=2).completion_tokens > 0  # loaded and cached
+
+    client.registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model.id))
+    assert keys_under(services, prefix) == []
+    quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
+    assert (quota.used, quota.reserved) == (0, 0)
+    assert error_of(lambda: generate(client, model.id)).code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_another_tenant_cannot_generate_with_a_model(services, make_tenant, client_for, artifacts):
+    owner = make_tenant()
+    model = trained_model(services, client_for(owner), owner.tenant_id, artifacts, FULL)
+    err = error_of(lambda: generate(client_for(make_tenant()), model.id))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_bad_arguments_are_refused(services, make_tenant, client_for, artifacts):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = trained_model(services, client, tenant.tenant_id, artifacts, FULL)
+    user = registry_pb2.ChatMessage(role="user", content="hi")
+    for fields, named in (
+        ({"messages": []}, "messages"),
+        ({"messages": [user, registry_pb2.ChatMessage(role="robot", content="hi")]}, "messages[1].role"),
+        ({"messages": [user], "max_new_tokens": 5000}, "max_new_tokens"),
+        ({"messages": [user], "max_new_tokens": -1}, "max_new_tokens"),
+        ({"messages": [user], "temperature": 2.5}, "temperature"),
+        ({"messages": [user], "temperature": -0.1}, "temperature"),
+    ):
+        request = registry_pb2.GenerateRequest(model_id=model.id, **fields)
+        err = error_of(lambda: client.registry.Generate(request, timeout=GENERATE_TIMEOUT_S))  # noqa: B023
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
+        assert field_of(err) == named, err.details()
+
+
+def test_artifacts_outside_the_tenants_prefix_are_never_read(services, make_tenant, client_for, artifacts):
+    victim, attacker = make_tenant(), make_tenant()
+    victims_model = trained_model(services, client_for(victim), victim.tenant_id, artifacts, FULL)
+    client = client_for(attacker)
+    bucket = services.s3.bucket
+    for n, uri in enumerate(
+        (
+            victims_model.artifact_uri,  # another tenant's prefix
+            f"tenants/{victim.tenant_id}/runs/x/model/",
+            f"s3://{bucket}/tenants/{attacker.tenant_id}/../{victim.tenant_id}/runs/x/model/",
+            f"s3://another-bucket/tenants/{attacker.tenant_id}/runs/x/model/",
+        )
+    ):
+        model = register(client, f"run_steal_{n}_{secrets.token_hex(4)}", FULL, uri, "base")
+        err = error_of(lambda: generate(client, model.id))  # noqa: B023
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, uri
+        assert "artifact" in err.details()
+        client.registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model.id))
+    assert keys_under(services, f"tenants/{victim.tenant_id}/")  # the victim's artifacts are untouched
+
+
+def test_a_base_model_that_cannot_be_loaded_is_named(services, make_tenant, client_for, artifacts):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    run_id = f"run_{secrets.token_hex(6)}"
+    uri = upload(services, artifacts["lora"], f"tenants/{tenant.tenant_id}/runs/{run_id}/model/")
+    model = register(client, run_id, LORA, uri, "/nonexistent/base-model")
+    err = error_of(lambda: generate(client, model.id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "/nonexistent/base-model" in err.details()
+
+
+def test_registering_twice_for_one_run_returns_the_same_model(services, make_tenant, client_for, artifacts):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    first = trained_model(services, client, tenant.tenant_id, artifacts, LORA)
+    again = client.registry.RegisterModel(
+        registry_pb2.RegisterModelRequest(
+            run_id=first.run_id, name="colours", base_model=first.base_model, artifact_kind=LORA,
+            artifact_uri=first.artifact_uri,
+        )
+    )  # fmt: skip
+    assert (again.id, again.version) == (first.id, first.version)
+    quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
+    assert (quota.used, quota.reserved) == (1, 0)
+
+
+def test_a_model_is_downloaded_once_loaded_once_and_the_two_last_stay_loaded(
+    services, make_tenant, client_for, artifacts, tmp_path, monkeypatch
+):
+    from services.common.objects import ObjectStore
+    from services.registry import generate as generation
+    from services.registry.models import Model
+
+    tenant = make_tenant()
+    client = client_for(tenant)
+    made = [trained_model(services, client, tenant.tenant_id, artifacts, FULL) for _ in range(3)]
+    first, second, third = (
+        Model(m.id, m.tenant_id, m.name, m.path, m.base_model, m.run_id, m.version, m.artifact_kind, m.artifact_uri,
+              m.created_at.ToDatetime())
+        for m in made
+    )  # fmt: skip
+    store = ObjectStore(services.s3)
+    downloads: list[str] = []
+    loads: list[str] = []
+    real_download, real_load = store.download_prefix, generation._load
+    monkeypatch.setattr(
+        store, "download_prefix", lambda prefix, dest: downloads.append(prefix) or real_download(prefix, dest)
+    )
+    monkeypatch.setattr(
+        generation, "_load", lambda model, directory: loads.append(model.id) or real_load(model, directory)
+    )
+    cache = tmp_path / "cache"
+    generator = generation.Generator(store, cache, max_loaded=2)
+    messages = [{"role": "user", "content": QUESTION}]
+
+    async def scenario() -> list[generation.Reply]:
+        replies = await asyncio.gather(*(generator.generate(first, messages, 4) for _ in range(3)))
+        for model in (second, third, first):  # the third evicts the first, which loads again
+            replies.append(await generator.generate(model, messages, 4))
+        return replies
+
+    replies = asyncio.run(scenario())
+    assert {r.text.strip() for r in replies} == {"rouge"}
+    assert loads == [first.id, second.id, third.id, first.id]
+    assert len(downloads) == 3  # the first model's files came from the local cache the second time
+    assert sorted(p.name for p in cache.iterdir()) == sorted(m.id for m in made)  # no partial copies left
+    asyncio.run(generator.forget(first.id))
+    assert not (cache / first.id).exists()
