@@ -140,6 +140,7 @@ class Services:
     postgres_url: str
     s3: S3Settings
     ray: RayCluster
+    workdir: Path
 
     def address(self, name: str) -> str:
         return self.running[name].address
@@ -171,7 +172,9 @@ async def start_services(services: Services) -> None:
     pg, s3, token = services.postgres_url, services.s3, services.service_token
     running = services.running
     running["registry"] = await registry_server.create(
-        RegistrySettings(server_settings(token), pg, s3, services.admin_token)
+        RegistrySettings(
+            server_settings(token), pg, s3, services.admin_token, model_cache_dir=str(services.workdir / "models")
+        )
     )
     registry = running["registry"].address
     running["ingest"] = await ingest_server.create(
