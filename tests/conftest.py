@@ -185,9 +185,11 @@ async def start_services(services: Services) -> None:
 
 
 @pytest.fixture(scope="session")
-def services(postgres_url: str, s3_settings: S3Settings, ray_cluster: RayCluster) -> Iterator[Services]:
+def services(postgres_url: str, s3_settings: S3Settings, ray_cluster: RayCluster, workdir: Path) -> Iterator[Services]:
     loop = EventLoopThread()
-    services = Services(loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster)
+    services = Services(
+        loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster, workdir
+    )
     loop.run(start_services(services))
     running = services.running
     yield services

@@ -144,7 +144,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         new = models.NewModel(
             run_id=request.run_id, name=request.name, path=request.path, base_model=request.base_model,
             artifact_kind=request.artifact_kind, artifact_uri=request.artifact_uri, metrics=dict(request.metrics),
-            training_config=dict(request.training_config),
+            training_config=json_format.MessageToDict(request.training_config),
         )  # fmt: skip
         return model_pb(await models.register(self.pool, auth.current_caller().tenant_id, new))
 
