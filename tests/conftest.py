@@ -236,3 +236,36 @@ def client_for(services: Services) -> Iterator[Callable[[TenantKey | None], Clie
     yield make
     for client in made:
         client.close()
+
+
+class ServiceRegistry:
+    """A RegistryService stub that calls as another service does: the service token, acting for one tenant."""
+
+    def __init__(self, channel: grpc.Channel, service_token: str, tenant_id: str) -> None:
+        from services.common.auth import service_metadata
+
+        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        self._metadata = service_metadata(service_token, tenant_id)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, timeout: float = 20) -> Any:
+            return method(request, metadata=self._metadata, timeout=timeout)
+
+        return call
+
+
+@pytest.fixture
+def service_registry_for(services: Services) -> Iterator[Callable[[TenantKey], ServiceRegistry]]:
+    """The registry as the trainer service calls it for ``tenant`` (ReserveQuota, RegisterModel, ...)."""
+    channels: list[grpc.Channel] = []
+
+    def make(tenant: TenantKey) -> ServiceRegistry:
+        channel = grpc.insecure_channel(services.address("registry"))
+        channels.append(channel)
+        return ServiceRegistry(channel, services.service_token, tenant.tenant_id)
+
+    yield make
+    for channel in channels:
+        channel.close()

@@ -86,9 +86,10 @@ def keys_under(services, prefix: str) -> list[str]:
     return [o.object_name for o in objects if o.object_name]
 
 
-def register(client, run_id: str, kind: int, uri: str, base_model: str) -> registry_pb2.Model:
-    client.registry.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id=run_id))
-    return client.registry.RegisterModel(
+def register(service, run_id: str, kind: int, uri: str, base_model: str) -> registry_pb2.Model:
+    """Reserve and register as the trainer does (``service`` is a ``service_registry_for`` stub)."""
+    service.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id=run_id))
+    return service.RegisterModel(
         registry_pb2.RegisterModelRequest(
             run_id=run_id, name="colours", path=3, base_model=base_model, artifact_kind=kind, artifact_uri=uri,
             metrics={"eval_loss": 0.5},
@@ -96,11 +97,11 @@ def register(client, run_id: str, kind: int, uri: str, base_model: str) -> regis
     )  # fmt: skip
 
 
-def trained_model(services, client, tenant_id: str, artifacts: dict[str, Path], kind: int) -> registry_pb2.Model:
+def trained_model(services, service, tenant_id: str, artifacts: dict[str, Path], kind: int) -> registry_pb2.Model:
     run_id = f"run_{secrets.token_hex(6)}"
     directory = artifacts["lora" if kind == LORA else "full"]
     uri = upload(services, directory, f"tenants/{tenant_id}/runs/{run_id}/model/")
-    return register(client, run_id, kind, uri, str(artifacts["base"]))
+    return register(service, run_id, kind, uri, str(artifacts["base"]))
 
 
 def generate(client, model_id: str, content: str = QUESTION, **options) -> registry_pb2.GenerateResponse:
@@ -128,10 +129,10 @@ def field_of(err: grpc.RpcError) -> str:
 
 
 @pytest.mark.parametrize(("kind", "answer"), [(LORA, "bleu"), (FULL, "rouge")], ids=["lora", "full"])
-def test_a_trained_model_answers(services, make_tenant, client_for, artifacts, kind, answer):
+def test_a_trained_model_answers(services, make_tenant, client_for, service_registry_for, artifacts, kind, answer):
     tenant = make_tenant()
     client = client_for(tenant)
-    model = trained_model(services, client, tenant.tenant_id, artifacts, kind)
+    model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, kind)
 
     reply = generate(client, model.id, max_new_tokens=8)
     assert reply.message.role == "assistant"
@@ -159,10 +160,12 @@ def test_a_trained_model_answers(services, make_tenant, client_for, artifacts, k
     assert json.loads(said.output)["message"]["content"].strip() == answer
 
 
-def test_deleting_a_model_removes_its_artifacts_and_frees_its_slot(services, make_tenant, client_for, artifacts):
+def test_deleting_a_model_removes_its_artifacts_and_frees_its_slot(
+    services, make_tenant, client_for, service_registry_for, artifacts
+):
     tenant = make_tenant()
     client = client_for(tenant)
-    model = trained_model(services, client, tenant.tenant_id, artifacts, LORA)
+    model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, LORA)
     prefix = model.artifact_uri.removeprefix(f"s3://{services.s3.bucket}/")
     assert {"adapter_config.json", "adapter_model.safetensors", "training_config.json"} <= {
         key.removeprefix(prefix) for key in keys_under(services, prefix)
@@ -176,17 +179,19 @@ def test_deleting_a_model_removes_its_artifacts_and_frees_its_slot(services, mak
     assert error_of(lambda: generate(client, model.id)).code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_another_tenant_cannot_generate_with_a_model(services, make_tenant, client_for, artifacts):
+def test_another_tenant_cannot_generate_with_a_model(
+    services, make_tenant, client_for, service_registry_for, artifacts
+):
     owner = make_tenant()
-    model = trained_model(services, client_for(owner), owner.tenant_id, artifacts, FULL)
+    model = trained_model(services, service_registry_for(owner), owner.tenant_id, artifacts, FULL)
     err = error_of(lambda: generate(client_for(make_tenant()), model.id))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_bad_arguments_are_refused(services, make_tenant, client_for, artifacts):
+def test_bad_arguments_are_refused(services, make_tenant, client_for, service_registry_for, artifacts):
     tenant = make_tenant()
     client = client_for(tenant)
-    model = trained_model(services, client, tenant.tenant_id, artifacts, FULL)
+    model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, FULL)
     user = registry_pb2.ChatMessage(role="user", content="hi")
     for fields, named in (
         ({"messages": []}, "messages"),
@@ -202,10 +207,13 @@ def test_bad_arguments_are_refused(services, make_tenant, client_for, artifacts)
         assert field_of(err) == named, err.details()
 
 
-def test_artifacts_outside_the_tenants_prefix_are_never_read(services, make_tenant, client_for, artifacts):
+def test_artifacts_outside_the_tenants_prefix_are_never_read(
+    services, make_tenant, client_for, service_registry_for, artifacts
+):
     victim, attacker = make_tenant(), make_tenant()
-    victims_model = trained_model(services, client_for(victim), victim.tenant_id, artifacts, FULL)
-    client = client_for(attacker)
+    victims_model = trained_model(services, service_registry_for(victim), victim.tenant_id, artifacts, FULL)
+    # Only the trainer registers models; should a run of the attacker's ever name such a URI, Generate refuses it.
+    client, service = client_for(attacker), service_registry_for(attacker)
     bucket = services.s3.bucket
     for n, uri in enumerate(
         (
@@ -215,7 +223,7 @@ def test_artifacts_outside_the_tenants_prefix_are_never_read(services, make_tena
             f"s3://another-bucket/tenants/{attacker.tenant_id}/runs/x/model/",
         )
     ):
-        model = register(client, f"run_steal_{n}_{secrets.token_hex(4)}", FULL, uri, "base")
+        model = register(service, f"run_steal_{n}_{secrets.token_hex(4)}", FULL, uri, "base")
         err = error_of(lambda: generate(client, model.id))  # noqa: B023
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, uri
         assert "artifact" in err.details()
@@ -223,22 +231,26 @@ def test_artifacts_outside_the_tenants_prefix_are_never_read(services, make_tena
     assert keys_under(services, f"tenants/{victim.tenant_id}/")  # the victim's artifacts are untouched
 
 
-def test_a_base_model_that_cannot_be_loaded_is_named(services, make_tenant, client_for, artifacts):
+def test_a_base_model_that_cannot_be_loaded_is_named(
+    services, make_tenant, client_for, service_registry_for, artifacts
+):
     tenant = make_tenant()
     client = client_for(tenant)
     run_id = f"run_{secrets.token_hex(6)}"
     uri = upload(services, artifacts["lora"], f"tenants/{tenant.tenant_id}/runs/{run_id}/model/")
-    model = register(client, run_id, LORA, uri, "/nonexistent/base-model")
+    model = register(service_registry_for(tenant), run_id, LORA, uri, "/nonexistent/base-model")
     err = error_of(lambda: generate(client, model.id))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "/nonexistent/base-model" in err.details()
 
 
-def test_registering_twice_for_one_run_returns_the_same_model(services, make_tenant, client_for, artifacts):
+def test_registering_twice_for_one_run_returns_the_same_model(
+    services, make_tenant, client_for, service_registry_for, artifacts
+):
     tenant = make_tenant()
-    client = client_for(tenant)
-    first = trained_model(services, client, tenant.tenant_id, artifacts, LORA)
-    again = client.registry.RegisterModel(
+    client, service = client_for(tenant), service_registry_for(tenant)
+    first = trained_model(services, service, tenant.tenant_id, artifacts, LORA)
+    again = service.RegisterModel(
         registry_pb2.RegisterModelRequest(
             run_id=first.run_id, name="colours", base_model=first.base_model, artifact_kind=LORA,
             artifact_uri=first.artifact_uri,
@@ -250,15 +262,15 @@ def test_registering_twice_for_one_run_returns_the_same_model(services, make_ten
 
 
 def test_a_model_is_downloaded_once_loaded_once_and_the_two_last_stay_loaded(
-    services, make_tenant, client_for, artifacts, tmp_path, monkeypatch
+    services, make_tenant, service_registry_for, artifacts, tmp_path, monkeypatch
 ):
     from services.common.objects import ObjectStore
     from services.registry import generate as generation
     from services.registry.models import Model
 
     tenant = make_tenant()
-    client = client_for(tenant)
-    made = [trained_model(services, client, tenant.tenant_id, artifacts, FULL) for _ in range(3)]
+    service = service_registry_for(tenant)
+    made = [trained_model(services, service, tenant.tenant_id, artifacts, FULL) for _ in range(3)]
     first, second, third = (
         Model(m.id, m.tenant_id, m.name, m.path, m.base_model, m.run_id, m.version, m.artifact_kind, m.artifact_uri,
               m.created_at.ToDatetime())

@@ -7,6 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common import auth
 
 
 def quota_failure(err: grpc.RpcError) -> error_details_pb2.QuotaFailure:
@@ -36,8 +37,9 @@ def test_tier_allowances_default_to_3_10_50(services, make_tenant, client_for):
         )
 
 
-def register(client, run_id: str) -> registry_pb2.Model:
-    return client.registry.RegisterModel(
+def register(service, run_id: str) -> registry_pb2.Model:
+    """Register as the trainer does when a run ends (``service`` is a ``service_registry_for`` stub)."""
+    return service.RegisterModel(
         registry_pb2.RegisterModelRequest(
             run_id=run_id, name="support-bot", path=3, base_model="tiny-llama",
             artifact_kind=registry_pb2.ARTIFACT_KIND_LORA_ADAPTER, artifact_uri=f"tenants/x/models/{run_id}",
@@ -46,9 +48,10 @@ def register(client, run_id: str) -> registry_pb2.Model:
     )  # fmt: skip
 
 
-def test_the_allowance_refuses_runs_beyond_it_and_frees_slots(services, make_tenant, client_for):
-    client = client_for(make_tenant(allowance=2))
-    reserve = lambda run: client.registry.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id=run))  # noqa: E731
+def test_the_allowance_refuses_runs_beyond_it_and_frees_slots(services, make_tenant, client_for, service_registry_for):
+    tenant = make_tenant(allowance=2)
+    client, service = client_for(tenant), service_registry_for(tenant)
+    reserve = lambda run: service.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id=run))  # noqa: E731
     assert reserve("run_a").state == "reserved"
     assert reserve("run_a").state == "reserved"  # idempotent: still one slot
     assert reserve("run_b").state == "reserved"
@@ -59,15 +62,15 @@ def test_the_allowance_refuses_runs_beyond_it_and_frees_slots(services, make_ten
     assert "allowance 2" in quota_failure(err.value).violations[0].description
 
     # A run that ends without a model gives its slot back.
-    assert client.registry.ReleaseQuota(registry_pb2.ReleaseQuotaRequest(run_id="run_b")).state == "released"
+    assert service.ReleaseQuota(registry_pb2.ReleaseQuotaRequest(run_id="run_b")).state == "released"
     assert reserve("run_c").state == "reserved"
 
     # Registering commits the run's slot: used goes up, reserved down.
-    model = register(client, "run_a")
+    model = register(service, "run_a")
     quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
     assert (quota.used, quota.reserved, quota.available) == (1, 1, 0)
     assert (model.version, model.metrics["eval_loss"]) == (1, 1.25)
-    assert client.registry.ReleaseQuota(registry_pb2.ReleaseQuotaRequest(run_id="run_a")).state == "committed"
+    assert service.ReleaseQuota(registry_pb2.ReleaseQuotaRequest(run_id="run_a")).state == "committed"
     assert [m.id for m in client.registry.ListModels(registry_pb2.ListModelsRequest()).models] == [model.id]
 
     # Deleting the model frees its slot.
@@ -79,18 +82,22 @@ def test_the_allowance_refuses_runs_beyond_it_and_frees_slots(services, make_ten
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_another_tenants_model_is_not_found(services, make_tenant, client_for):
-    owner, other = client_for(make_tenant()), client_for(make_tenant())
-    owner.registry.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id="run_owned"))
-    model = register(owner, "run_owned")
+def test_another_tenants_model_is_not_found(services, make_tenant, client_for, service_registry_for):
+    owner_tenant, other_tenant = make_tenant(), make_tenant()
+    owner, other = client_for(owner_tenant), client_for(other_tenant)
+    owner_service, other_service = service_registry_for(owner_tenant), service_registry_for(other_tenant)
+    owner_service.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id="run_owned"))
+    model = register(owner_service, "run_owned")
     for call in (
-        lambda c: c.registry.GetModel(registry_pb2.GetModelRequest(id=model.id)),
-        lambda c: c.registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model.id)),
-        lambda c: c.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id)),
-        lambda c: c.registry.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id="run_owned")),
+        lambda: other.registry.GetModel(registry_pb2.GetModelRequest(id=model.id)),
+        lambda: other.registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model.id)),
+        lambda: other.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id)),
+        # The service acting for another tenant cannot touch the owner's run either.
+        lambda: other_service.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id="run_owned")),
+        lambda: other_service.ReleaseQuota(registry_pb2.ReleaseQuotaRequest(run_id="run_owned")),
     ):
         with pytest.raises(grpc.RpcError) as err:
-            call(other)
+            call()
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert owner.registry.GetModel(registry_pb2.GetModelRequest(id=model.id)).name == "support-bot"
     snippets = owner.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id)).snippets
@@ -116,3 +123,44 @@ def test_tenant_administration_needs_the_admin_token(services, make_tenant, clie
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "tenant name" in err.value.details()
+
+
+def test_only_the_services_reserve_release_and_register(services, make_tenant, client_for, service_registry_for):
+    tenant = make_tenant()
+    client, service = client_for(tenant), service_registry_for(tenant)
+    service.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id="run_mine"))
+    reserve = registry_pb2.ReserveQuotaRequest(run_id="run_other")
+    release = registry_pb2.ReleaseQuotaRequest(run_id="run_mine")
+    model = registry_pb2.RegisterModelRequest(
+        run_id="run_mine", name="sneaky", path=3, base_model="tiny-llama",
+        artifact_kind=registry_pb2.ARTIFACT_KIND_LORA_ADAPTER, artifact_uri="tenants/x/models/run_mine",
+    )  # fmt: skip
+    calls = (("ReserveQuota", reserve), ("ReleaseQuota", release), ("RegisterModel", model))
+
+    # A tenant's own key may not free the slot of its running run, reserve one, or register a model.
+    for method, request in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            getattr(client.registry, method)(request)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+        assert "trainer service" in err.value.details(), method
+    assert "distillery runs create" in err.value.details()
+    quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())  # still open to tenants
+    assert (quota.used, quota.reserved) == (0, 1)
+    assert list(client.registry.ListModels(registry_pb2.ListModelsRequest()).models) == []
+
+    # The service token must name its tenant, and a token that only looks like one is refused.
+    with grpc.insecure_channel(services.address("registry")) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        for metadata in (
+            [("authorization", f"Bearer {services.service_token}")],
+            auth.service_metadata(auth.new_service_token(), tenant.tenant_id),
+        ):
+            for method, request in calls:
+                with pytest.raises(grpc.RpcError) as err:
+                    getattr(stub, method)(request, metadata=metadata, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, (method, metadata[-1][0])
+    quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
+    assert (quota.used, quota.reserved) == (0, 1)
+
+    # The service token with the tenant is what the trainer sends.
+    assert service.ReleaseQuota(release).state == "released"

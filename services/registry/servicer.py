@@ -27,6 +27,13 @@ OPEN_METHODS = frozenset(
 )
 
 
+# ReserveQuota and ReleaseQuota answer only the trainer service (the service token).
+QUOTA_BY_SERVICE = (
+    "slots are reserved and released by the trainer service for its runs; start a training run "
+    "(distillery runs create), or free a slot by deleting a model (distillery models delete)"
+)
+
+
 def tenant_pb(t: tenants.Tenant) -> registry_pb2.Tenant:
     return registry_pb2.Tenant(
         id=t.id, name=t.name, tier=t.tier, model_allowance=t.model_allowance, created_at=timestamp(t.created_at)
@@ -84,6 +91,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if not self._is_admin(context):
             raise Unauthenticated("this call needs the registry's admin token (DISTILLERY_ADMIN_TOKEN)")
 
+    @staticmethod
+    def _require_service(method: str, why: str) -> str:
+        """The tenant a call from another service acts for; PermissionDenied for a tenant's own key."""
+        caller = auth.current_caller()
+        if not auth.is_service(caller):
+            raise PermissionDenied(f"{method} takes the service token only: {why}")
+        return caller.tenant_id
+
     # --- tenants and keys ---
 
     async def CreateTenant(self, request: Any, context: Any) -> registry_pb2.Tenant:
@@ -129,24 +144,31 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return quota_pb(await quotas.get_quota(self.pool, auth.current_caller().tenant_id))
 
     async def ReserveQuota(self, request: Any, context: Any) -> registry_pb2.Reservation:
+        tenant_id = self._require_service("ReserveQuota", QUOTA_BY_SERVICE)
         if not request.run_id:
             raise InvalidArgument("run_id is required", field="run_id")
-        state = await quotas.reserve(self.pool, auth.current_caller().tenant_id, request.run_id)
+        state = await quotas.reserve(self.pool, tenant_id, request.run_id)
         return registry_pb2.Reservation(run_id=request.run_id, state=state)
 
     async def ReleaseQuota(self, request: Any, context: Any) -> registry_pb2.Reservation:
-        state = await quotas.release(self.pool, auth.current_caller().tenant_id, request.run_id)
+        tenant_id = self._require_service("ReleaseQuota", QUOTA_BY_SERVICE)
+        state = await quotas.release(self.pool, tenant_id, request.run_id)
         return registry_pb2.Reservation(run_id=request.run_id, state=state)
 
     # --- models ---
 
     async def RegisterModel(self, request: Any, context: Any) -> registry_pb2.Model:
+        tenant_id = self._require_service(
+            "RegisterModel",
+            "it is called by the trainer service when a run ends; start a training run instead "
+            "(distillery runs create)",
+        )
         new = models.NewModel(
             run_id=request.run_id, name=request.name, path=request.path, base_model=request.base_model,
             artifact_kind=request.artifact_kind, artifact_uri=request.artifact_uri, metrics=dict(request.metrics),
             training_config=json_format.MessageToDict(request.training_config),
         )  # fmt: skip
-        return model_pb(await models.register(self.pool, auth.current_caller().tenant_id, new))
+        return model_pb(await models.register(self.pool, tenant_id, new))
 
     async def GetModel(self, request: Any, context: Any) -> registry_pb2.Model:
         return model_pb(await models.get(self.pool, auth.current_caller().tenant_id, request.id))

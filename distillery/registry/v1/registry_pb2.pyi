@@ -8,7 +8,10 @@ API-ready request snippets.
 Authentication: every call carries "authorization: Bearer <api key>", except
 the tenant administration calls, which carry "authorization: Bearer <admin
 token>" (the registry's DISTILLERY_ADMIN_TOKEN), and AuthenticateKey, which
-the other services call with the key to check as its argument.
+the other services call with the key to check as its argument. Calls between
+services carry "authorization: Bearer <service token>" (DISTILLERY_SERVICE_TOKEN)
+and "x-distillery-tenant: <tenant id>"; ReserveQuota, ReleaseQuota and
+RegisterModel take only that.
 """
 
 from collections import abc as _abc

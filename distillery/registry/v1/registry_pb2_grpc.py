@@ -176,6 +176,8 @@ class RegistryServiceServicer:
     def ReserveQuota(self, request, context):
         """Reserve one private-model slot for a run; RESOURCE_EXHAUSTED with a
         QuotaFailure detail when the allowance is full. Idempotent per run_id.
+        Service token only: the trainer calls it when a run starts, with
+        x-distillery-tenant; a tenant's API key gets PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +185,8 @@ class RegistryServiceServicer:
 
     def ReleaseQuota(self, request, context):
         """Free a reservation (run failed or cancelled). Idempotent.
+        Service token only (the trainer, for its runs); a tenant's API key gets
+        PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -191,6 +195,8 @@ class RegistryServiceServicer:
     def RegisterModel(self, request, context):
         """--- models ---
         Register a trained model, committing the run's reservation.
+        Service token only: the trainer calls it when a run ends; a tenant's API
+        key gets PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -8,7 +8,10 @@ API-ready request snippets.
 Authentication: every call carries "authorization: Bearer <api key>", except
 the tenant administration calls, which carry "authorization: Bearer <admin
 token>" (the registry's DISTILLERY_ADMIN_TOKEN), and AuthenticateKey, which
-the other services call with the key to check as its argument.
+the other services call with the key to check as its argument. Calls between
+services carry "authorization: Bearer <service token>" (DISTILLERY_SERVICE_TOKEN)
+and "x-distillery-tenant: <tenant id>"; ReserveQuota, ReleaseQuota and
+RegisterModel take only that.
 """
 
 from collections import abc as _abc
@@ -57,12 +60,19 @@ class RegistryServiceStub:
     ReserveQuota: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReserveQuotaRequest, _registry_pb2.Reservation]
     """Reserve one private-model slot for a run; RESOURCE_EXHAUSTED with a
     QuotaFailure detail when the allowance is full. Idempotent per run_id.
+    Service token only: the trainer calls it when a run starts, with
+    x-distillery-tenant; a tenant's API key gets PERMISSION_DENIED.
     """
     ReleaseQuota: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReleaseQuotaRequest, _registry_pb2.Reservation]
-    """Free a reservation (run failed or cancelled). Idempotent."""
+    """Free a reservation (run failed or cancelled). Idempotent.
+    Service token only (the trainer, for its runs); a tenant's API key gets
+    PERMISSION_DENIED.
+    """
     RegisterModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelRequest, _registry_pb2.Model]
     """--- models ---
     Register a trained model, committing the run's reservation.
+    Service token only: the trainer calls it when a run ends; a tenant's API
+    key gets PERMISSION_DENIED.
     """
     GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
@@ -94,12 +104,19 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     ReserveQuota: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReserveQuotaRequest, _registry_pb2.Reservation]  # type: ignore[assignment]
     """Reserve one private-model slot for a run; RESOURCE_EXHAUSTED with a
     QuotaFailure detail when the allowance is full. Idempotent per run_id.
+    Service token only: the trainer calls it when a run starts, with
+    x-distillery-tenant; a tenant's API key gets PERMISSION_DENIED.
     """
     ReleaseQuota: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReleaseQuotaRequest, _registry_pb2.Reservation]  # type: ignore[assignment]
-    """Free a reservation (run failed or cancelled). Idempotent."""
+    """Free a reservation (run failed or cancelled). Idempotent.
+    Service token only (the trainer, for its runs); a tenant's API key gets
+    PERMISSION_DENIED.
+    """
     RegisterModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     """--- models ---
     Register a trained model, committing the run's reservation.
+    Service token only: the trainer calls it when a run ends; a tenant's API
+    key gets PERMISSION_DENIED.
     """
     GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
@@ -182,6 +199,8 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.Reservation, _abc.Awaitable[_registry_pb2.Reservation]]:
         """Reserve one private-model slot for a run; RESOURCE_EXHAUSTED with a
         QuotaFailure detail when the allowance is full. Idempotent per run_id.
+        Service token only: the trainer calls it when a run starts, with
+        x-distillery-tenant; a tenant's API key gets PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
@@ -190,7 +209,10 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.ReleaseQuotaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Reservation, _abc.Awaitable[_registry_pb2.Reservation]]:
-        """Free a reservation (run failed or cancelled). Idempotent."""
+        """Free a reservation (run failed or cancelled). Idempotent.
+        Service token only (the trainer, for its runs); a tenant's API key gets
+        PERMISSION_DENIED.
+        """
 
     @_abc_1.abstractmethod
     def RegisterModel(
@@ -200,6 +222,8 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.Model, _abc.Awaitable[_registry_pb2.Model]]:
         """--- models ---
         Register a trained model, committing the run's reservation.
+        Service token only: the trainer calls it when a run ends; a tenant's API
+        key gets PERMISSION_DENIED.
         """
 
     @_abc_1.abstractmethod
