@@ -54,7 +54,7 @@ class _Screen:
             self.bar.stop()
 
     def line(self, text: str) -> None:
-        (self.bar.console if self.live else console).print(text, highlight=False)
+        (self.bar.console if self.live else console).print(text, highlight=False, soft_wrap=True)
 
     def state(self, state: int) -> None:
         self.bar.update(self.task, description=state_name(state))
