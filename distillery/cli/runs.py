@@ -99,8 +99,11 @@ def show(run_id: str, as_json: bool) -> None:
         print_json(run)
         return
     console.print(f"[bold]{run.id}[/bold] {path_name(run.path)} [bold]{state_name(run.state)}[/bold]")
+    console.print(f"dataset {run.dataset_id}, student {run.student_model}")
     if run.progress.total_steps:
         console.print(f"step {run.progress.step}/{run.progress.total_steps}")
+    if run.model_id:
+        console.print(f"model [bold]{run.model_id}[/bold]")
     for key, value in sorted(run.metrics.items()):
         console.print(f"  {key}: {value:.4g}")
     if run.HasField("error"):
