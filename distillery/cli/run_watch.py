@@ -78,7 +78,7 @@ class _Screen:
 
 def follow(trainer: Any, run_id: str) -> int:
     """Print the run's events until it is final; returns its final state."""
-    after, last_state = 0, pb.RUN_STATE_UNSPECIFIED
+    after, last_state = 0, int(pb.RUN_STATE_UNSPECIFIED)
     lost_since: float | None = None
     with _Screen() as screen:
         while last_state not in FINAL:
@@ -88,7 +88,7 @@ def follow(trainer: Any, run_id: str) -> int:
                     after = event.sequence
                     last_state = _show(screen, event, last_state)
                 if last_state not in FINAL:  # the stream ended early: ask again
-                    last_state = trainer.GetRun(pb.GetRunRequest(id=run_id)).state
+                    last_state = int(trainer.GetRun(pb.GetRunRequest(id=run_id)).state)
             except grpc.RpcError as err:
                 if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
