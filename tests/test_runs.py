@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import grpc
@@ -84,3 +85,30 @@ def test_a_final_run_cannot_move(services, make_tenant):
     services.loop.run(walk(services, tenant.tenant_id, run.id, [pb.RUN_STATE_FAILED]))
     with pytest.raises(FailedPrecondition):
         services.loop.run(walk(services, tenant.tenant_id, run.id, [pb.RUN_STATE_VALIDATING]))
+
+
+def test_a_lease_keeps_a_run_to_one_driver_until_it_lapses_or_is_given_back(services):
+    from services.trainer.server import MIGRATIONS
+
+    async def leases():
+        # A schema of its own, out of sight of the running trainer's supervisor.
+        await db.migrate(services.postgres_url, "trainer_leases", MIGRATIONS)
+        pool = await db.open_pool(services.postgres_url, "trainer_leases", max_size=2)
+        try:
+            run, _ = await runs.create(pool, runs.Run(
+                id=runs.new_run_id(), tenant_id="ten_x", idempotency_key="", path=3, mode=1, state=0, request={},
+                created_at=None, updated_at=None,  # type: ignore[arg-type]
+            ))  # fmt: skip
+            seen = [await runs.claim(pool, run.id, "a", 0.5), await runs.claim(pool, run.id, "b", 0.5)]
+            seen += [run.id in {r for r, _ in await runs.unclaimed(pool)}]
+            await asyncio.sleep(0.7)  # "a" died: its lease lapses
+            seen += [run.id in {r for r, _ in await runs.unclaimed(pool)}, await runs.claim(pool, run.id, "b", 60)]
+            await runs.let_go(pool, [run.id], "b")  # given back at its shutdown
+            seen += [await runs.claim(pool, run.id, "a", 60)]
+            await runs.transition(pool, run.tenant_id, run.id, pb.RUN_STATE_CANCELLED)
+            seen += [await runs.claim(pool, run.id, "a", 60)]  # final runs are nobody's
+            return seen
+        finally:
+            await pool.close()
+
+    assert services.loop.run(leases()) == [True, False, False, True, True, True, False]
