@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from minio.error import S3Error
 
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
@@ -230,24 +231,18 @@ class Pipeline:
 
     async def _job_failure(self, run: runs.Run, state: ray_jobs.JobState) -> RunFailed:
         """What the recipe said went wrong (error.json), else Ray's own message."""
-        try:
-            error = json.loads(await asyncio.to_thread(self.store.get_bytes, f"{run_prefix(run)}/error.json"))
+        error = await self._read_json(f"{run_prefix(run)}/error.json")
+        if error is not None:
             return RunFailed(error.get("code", "training_failed"), error.get("message", ""), error.get("field", ""))
-        except (NotFound, ValueError, OSError):
-            pass
-        except Exception as err:  # minio's S3Error: no such key
-            if "NoSuchKey" not in str(err):
-                raise
         return RunFailed(
             "training_failed",
             f"the training job failed: {state.message.strip()[-500:]} (see `distillery runs logs {run.id}`)",
         )
 
     async def evaluate(self, run: runs.Run) -> None:
-        try:
-            result = json.loads(await asyncio.to_thread(self.store.get_bytes, f"{run_prefix(run)}/result.json"))
-        except Exception:
-            raise RunFailed("training_failed", "the training job ended without writing its result") from None
+        result = await self._read_json(f"{run_prefix(run)}/result.json")
+        if result is None:
+            raise RunFailed("training_failed", "the training job ended without writing its result")
         metrics = {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
         after = metrics.get("eval_loss_after", math.nan)
         if not math.isfinite(after):
@@ -255,6 +250,17 @@ class Pipeline:
                             "diverged. Lower sft.learning_rate and try again", "sft.learning_rate")  # fmt: skip
         await runs.save(self.pool, run.id, result=result, metrics={**run.metrics, **metrics})
         await runs.report(self.pool, run.id, [{"metrics": {"step": int(metrics.get("steps", 0)), "values": metrics}}])
+
+    async def _read_json(self, key: str) -> dict[str, Any] | None:
+        """An object the training job wrote, or None when it wrote none."""
+        try:
+            data = await asyncio.to_thread(self.store.get_bytes, key)
+        except S3Error as err:
+            if err.code == "NoSuchKey":
+                return None
+            raise Unavailable(f"cannot read {key} from S3 ({err.code})") from None
+        found = json.loads(data)
+        return found if isinstance(found, dict) else None
 
     async def register(self, run: runs.Run) -> None:
         result = run.result or {}
