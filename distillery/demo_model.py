@@ -65,6 +65,7 @@ def ensure_demo_model(dest_root: Path) -> Path:
         return dest
     source = gguf_path()
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(dest.parent)
     print(f"converting {source.name} into {dest} (about 30 s, once)", file=sys.stderr, flush=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.tmp-", dir=dest.parent))
@@ -85,6 +86,16 @@ def ensure_demo_model(dest_root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"converted in {time.monotonic() - started:.0f} s: {dest}", file=sys.stderr, flush=True)
     return dest
+
+
+def _remove_stale_tmp(root: Path, older_than_s: float = 3600) -> None:
+    # A conversion killed outright leaves its temporary directory (about 0.5 GB) behind.
+    for path in root.glob(f".{MODEL_NAME}.tmp-*"):
+        try:
+            if time.time() - path.stat().st_mtime > older_than_s:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _convert(source: Path, out: Path) -> None:
