@@ -18,6 +18,7 @@ train afresh.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -38,10 +39,8 @@ SFT = pb.SftSettings(
     max_steps=60, batch_size=4, learning_rate=1e-3, lora_r=16, lora_alpha=32, max_seq_length=256,
     checkpoint_every_steps=30,
 )  # fmt: skip
-SYSTEM = (
-    'You triage customer-support messages. Reply with only a JSON object with two keys: "category" '
-    '(billing, technical, account, shipping or feedback) and "urgency" (low, medium or high).'
-)
+# The instruction every row of the dataset carries; the samples below are asked under it.
+SYSTEM = json.loads(DATASET.read_text().splitlines()[0])["system_prompt"]
 SAMPLES = [
     "I was charged twice for my annual plan this morning, please refund one of them.",
     "The parcel tracking page has said 'label created' for eight days now.",
