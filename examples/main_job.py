@@ -17,7 +17,6 @@ train afresh.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -31,6 +30,7 @@ from distillery.demo_model import ensure_demo_model
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
+from distillery.uploads import upload_requests
 
 EXAMPLES = Path(__file__).parent
 DATASET = EXAMPLES / "support_pairs.jsonl"
@@ -53,17 +53,7 @@ def say(text: str) -> None:
 
 
 def upload(client: Client, path: Path) -> ingest_pb2.Dataset:
-    data = path.read_bytes()
-    header = ingest_pb2.UploadHeader(
-        filename=path.name, kind=ingest_pb2.DATASET_KIND_PAIRS, format=ingest_pb2.FILE_FORMAT_JSONL,
-        size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-    )  # fmt: skip
-    messages = [ingest_pb2.UploadDatasetRequest(header=header)]
-    messages += [
-        ingest_pb2.UploadDatasetRequest(chunk=ingest_pb2.Chunk(data=data[i : i + 65536]))
-        for i in range(0, len(data), 65536)
-    ]
-    reply = client.ingest.UploadDataset(iter(messages))
+    reply = client.ingest.UploadDataset(upload_requests(path, ingest_pb2.DATASET_KIND_PAIRS))
     verb = "reused" if reply.reused else "uploaded"
     say(f"{verb} dataset {reply.dataset.id}: {reply.report.rows} rows, valid={reply.report.valid}")
     if not reply.report.valid:

@@ -27,6 +27,7 @@ ROWS = b"".join(
     for i in range(8)
     for english, french in COLOURS.items()
 )
+FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 QUICK = pb.SftSettings(max_steps=24, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=12, lora_r=8)
 LONG = pb.SftSettings(max_steps=5000, learning_rate=1e-3, batch_size=2, checkpoint_every_steps=1000)
 
@@ -63,9 +64,6 @@ def wait_for(predicate, timeout: float = 120, every: float = 0.3):
             return value
         time.sleep(every)
     raise AssertionError("timed out waiting")
-
-
-FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 
 
 def states(events: list[pb.RunEvent]) -> list[int]:

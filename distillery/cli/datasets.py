@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -12,8 +10,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.client import Client
 from distillery.ingest.v1 import ingest_pb2
+from distillery.uploads import upload_requests
 
-CHUNK = 1024 * 1024
 KINDS = {
     "pairs": ingest_pb2.DATASET_KIND_PAIRS,
     "inputs": ingest_pb2.DATASET_KIND_INPUTS,
@@ -21,34 +19,10 @@ KINDS = {
     "ocr": ingest_pb2.DATASET_KIND_OCR,
     "tool_calls": ingest_pb2.DATASET_KIND_TOOL_CALLS,
 }
-FORMATS = {".jsonl": ingest_pb2.FILE_FORMAT_JSONL, ".csv": ingest_pb2.FILE_FORMAT_CSV}
 
 
 def kind_name(kind: int) -> str:
     return ingest_pb2.DatasetKind.Name(kind).removeprefix("DATASET_KIND_").lower()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _messages(path: Path, kind: str, name: str, progress: Progress | None) -> Iterator[ingest_pb2.UploadDatasetRequest]:
-    size = path.stat().st_size
-    header = ingest_pb2.UploadHeader(
-        filename=path.name, kind=KINDS[kind], format=FORMATS.get(path.suffix.lower(), 0),
-        size_bytes=size, sha256=_sha256(path), display_name=name,
-    )  # fmt: skip
-    yield ingest_pb2.UploadDatasetRequest(header=header)
-    task = progress.add_task(f"uploading {path.name}", total=size) if progress else None
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            if progress is not None and task is not None:
-                progress.advance(task, len(block))
-            yield ingest_pb2.UploadDatasetRequest(chunk=ingest_pb2.Chunk(data=block))
 
 
 @click.group("datasets")
@@ -66,11 +40,13 @@ def upload(path: Path, kind: str, name: str, as_json: bool) -> None:
     with rpc_errors():
         client = Client.from_environment(timeout=3600)
         if as_json:
-            reply = client.ingest.UploadDataset(_messages(path, kind, name, None))
+            reply = client.ingest.UploadDataset(upload_requests(path, KINDS[kind], name))
         else:
             columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
             with Progress(*columns, console=console, transient=True) as progress:
-                reply = client.ingest.UploadDataset(_messages(path, kind, name, progress))
+                task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
+                requests = upload_requests(path, KINDS[kind], name, lambda n: progress.advance(task, n))
+                reply = client.ingest.UploadDataset(requests)
     checked = reply.HasField("report") and reply.report.rows + reply.report.violation_count > 0
     if as_json:
         print_json({**as_dict(reply.dataset), "reused": reply.reused, **(report_json(reply.report) if checked else {})})
@@ -111,7 +87,7 @@ def print_report(report: ingest_pb2.ValidationReport) -> None:
 def validate(path: Path, kind: str, as_json: bool) -> None:
     """Check a dataset file without storing it; exits 1 when it is invalid."""
     with rpc_errors():
-        report = Client.from_environment(timeout=3600).ingest.ValidateDataset(_messages(path, kind, "", None))
+        report = Client.from_environment(timeout=3600).ingest.ValidateDataset(upload_requests(path, KINDS[kind]))
     if as_json:
         print_json(report_json(report))
     else:

@@ -24,6 +24,7 @@ from services.common.errors import Unauthenticated
 KEY_PREFIX = "dk_"
 ADMIN_TOKEN_PREFIX = "dat_"
 SERVICE_TOKEN_PREFIX = "dst_"
+RUN_TOKEN_PREFIX = "drt_"  # a training job's token for pushing its run's progress
 # A call between services carries the service token and names the tenant it acts for.
 TENANT_HEADER = "x-distillery-tenant"
 SERVICE_KEY_ID = "service"
@@ -66,6 +67,10 @@ def new_admin_token() -> str:
 
 def new_service_token() -> str:
     return SERVICE_TOKEN_PREFIX + secrets.token_urlsafe(30)
+
+
+def new_run_token() -> str:
+    return RUN_TOKEN_PREFIX + secrets.token_urlsafe(30)
 
 
 def service_metadata(service_token: str, tenant_id: str) -> list[tuple[str, str]]:

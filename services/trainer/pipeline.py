@@ -42,7 +42,6 @@ log = logging.getLogger("distillery.trainer.pipeline")
 POLL_S = 1.0
 RETRY_S = 2.0
 MAX_JOB_ATTEMPTS = 3
-RUN_TOKEN_PREFIX = "drt_"
 VIOLATIONS_IN_ERROR = 10
 ARTIFACT_KINDS = {
     "lora_adapter": registry_pb2.ARTIFACT_KIND_LORA_ADAPTER,
@@ -69,6 +68,11 @@ class RunFailed(Exception):
 
 def job_id(run: runs.Run, attempt: int) -> str:
     return f"{run.id}-{attempt}"
+
+
+def numbers(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a job's result.json."""
+    return {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
 
 
 def run_prefix(run: runs.Run) -> str:
@@ -215,7 +219,7 @@ class Pipeline:
         spec_key = f"{prefix}/spec.json"
         await asyncio.to_thread(self.store.put_bytes, spec_key, json.dumps(spec, indent=2).encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
-        token = RUN_TOKEN_PREFIX + auth.new_api_key().removeprefix(auth.KEY_PREFIX)
+        token = auth.new_run_token()
         await runs.save(self.pool, run.id, job_attempt=attempt, push_token_hash=auth.hash_key(token))
         env = {
             **JOB_TUNING,
@@ -243,7 +247,7 @@ class Pipeline:
         result = await self._read_json(f"{run_prefix(run)}/result.json")
         if result is None:
             raise RunFailed("training_failed", "the training job ended without writing its result")
-        metrics = {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
+        metrics = numbers(result)
         after = metrics.get("eval_loss_after", math.nan)
         if not math.isfinite(after):
             raise RunFailed("training_diverged", "the eval loss after training is not a number: the training "
@@ -269,7 +273,7 @@ class Pipeline:
             "path": common_pb2.TRAINING_PATH_FINETUNE_TEXT, "base_model": run.request["student_model"],
             "artifact_kind": ARTIFACT_KINDS.get(result.get("artifact_kind", ""), 0),
             "artifact_uri": result.get("artifact_uri", ""),
-            "metrics": {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)},
+            "metrics": numbers(result),
         }  # fmt: skip
         model_id = await self.peers.register(run.tenant_id, model, result.get("training_config", {}))
         await runs.save(self.pool, run.id, model_id=model_id)

@@ -114,17 +114,17 @@ async def create(pool: AsyncConnectionPool, run: Run) -> tuple[Run, bool]:
         )
         created = await cur.fetchone()
         if created is None:  # a concurrent create with the same key won the race
-            return await _by_key(conn, run.tenant_id, run.idempotency_key), False
+            winner = await _by_key(conn, run.tenant_id, run.idempotency_key)
+            assert winner is not None
+            return winner, False
         await _append(conn, created.id, {"stateChange": {"toState": pb.RunState.Name(pb.RUN_STATE_QUEUED)}})
     return created, True
 
 
-async def _by_key(conn: AsyncConnection, tenant_id: str, key: str) -> Run:
+async def _by_key(conn: AsyncConnection, tenant_id: str, key: str) -> Run | None:
     cur = conn.cursor(row_factory=class_row(Run))
     await cur.execute("SELECT * FROM runs WHERE tenant_id = %s AND idempotency_key = %s", (tenant_id, key))
-    found = await cur.fetchone()
-    assert found is not None
-    return found
+    return await cur.fetchone()
 
 
 async def _append(conn: AsyncConnection, run_id: str, event: dict[str, Any]) -> int:
@@ -177,9 +177,7 @@ async def events_after(pool: AsyncConnectionPool, run_id: str, after: int) -> li
 
 async def find_by_key(pool: AsyncConnectionPool, tenant_id: str, key: str) -> Run | None:
     async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(Run))
-        await cur.execute("SELECT * FROM runs WHERE tenant_id = %s AND idempotency_key = %s", (tenant_id, key))
-        return await cur.fetchone()
+        return await _by_key(conn, tenant_id, key)
 
 
 async def save(pool: AsyncConnectionPool, run_id: str, **columns: Any) -> None:

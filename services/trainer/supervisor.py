@@ -16,6 +16,7 @@ import logging
 import secrets
 from typing import Any
 
+from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError
 from services.trainer import run_requests, runs
@@ -54,11 +55,11 @@ class Supervisor:
         key = request.idempotency_key
         if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:
             return earlier
-        run_id = runs.new_run_id()
+        run_id, mode = runs.new_run_id(), common_pb2.TrainingMode.Value(stored["mode"])
         await self.pipeline.peers.reserve(tenant_id, run_id)  # RESOURCE_EXHAUSTED when the allowance is full
         try:
             run, created = await runs.create(self.pool, runs.Run(
-                id=run_id, tenant_id=tenant_id, idempotency_key=key, path=request.path, mode=pb_mode(stored),
+                id=run_id, tenant_id=tenant_id, idempotency_key=key, path=request.path, mode=mode,
                 state=pb.RUN_STATE_QUEUED, request=stored, created_at=None, updated_at=None,  # type: ignore[arg-type]
             ))  # fmt: skip
         except BaseException:
@@ -112,9 +113,3 @@ class Supervisor:
                 log.warning("lost the lease of run %s; another instance drives it now", run_id)
                 driver.cancel()
                 return
-
-
-def pb_mode(stored: dict[str, Any]) -> int:
-    from distillery.common.v1 import common_pb2
-
-    return int(common_pb2.TrainingMode.Value(stored["mode"]))
