@@ -29,6 +29,7 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     warnings: list[Violation] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    warning_counts: Counter[str] = field(default_factory=Counter)
 
     @property
     def valid(self) -> bool:
@@ -43,9 +44,11 @@ class Report:
         if len(self.violations) < KEEP:
             self.violations.append(Violation(line, field, code, message, hint, entry))
 
-    def warn(self, line: int, field: str, code: str, message: str, hint: str) -> None:
+    def warn(self, line: int, field: str, code: str, message: str, hint: str, entry: str = "") -> None:
+        """A finding that does not block training (long rows, near duplicates, few rows)."""
+        self.warning_counts[code] += 1
         if len(self.warnings) < KEEP:
-            self.warnings.append(Violation(line, field, code, message, hint))
+            self.warnings.append(Violation(line, field, code, message, hint, entry))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,4 +57,5 @@ class Report:
             "violations": [asdict(v) for v in self.violations],
             "warnings": [asdict(v) for v in self.warnings],
             "counts": dict(self.counts),
+            "warning_counts": dict(self.warning_counts),
         }

@@ -104,8 +104,44 @@ TOOL_SOURCE_PLAIN_LANGUAGE: ToolSource.ValueType  # 3
 Global___ToolSource: _TypeAlias = ToolSource  # noqa: Y015
 
 @_typing.final
+class UploadFile(_message.Message):
+    """One file of an upload."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A plain file name, no folders (for ASR, the name manifest rows use in `audio`)."""
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    """Lowercase hex sha256 of the file; the server refuses a mismatch."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadFile: _TypeAlias = UploadFile  # noqa: Y015
+
+@_typing.final
 class UploadHeader(_message.Message):
-    """First message of an upload stream."""
+    """First message of an upload stream.
+
+    A single file (pairs, inputs) is named by filename, size_bytes and sha256. A
+    bundle (ASR: the manifest and the .wav files; OCR: the manifest and the image
+    ZIP) lists every file in `files`, in the order their bytes are sent, and
+    names the manifest in `manifest`; size_bytes is then the sum of the files'
+    sizes and sha256 is left empty.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -118,8 +154,14 @@ class UploadHeader(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    MAX_CLIP_SECONDS_FIELD_NUMBER: _builtins.int
+    CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
     filename: _builtins.str
-    """The file's name as the user knows it (no path); used in reports."""
+    """The file's name as the user knows it (no path); used in reports. For a
+    bundle, the name of the dataset's main file (defaults to the manifest).
+    """
     kind: Global___DatasetKind.ValueType
     format: Global___FileFormat.ValueType
     size_bytes: _builtins.int
@@ -127,15 +169,28 @@ class UploadHeader(_message.Message):
     sha256: _builtins.str
     """Lowercase hex sha256 of the whole file; the server refuses a mismatch."""
     upload_id: _builtins.str
-    """Resume an interrupted upload: its id and the offset the server acknowledged."""
+    """Resumable uploads: an id the client picks ("up_" + 16-64 of [a-z0-9]).
+    After a dropped connection, GetUploadStatus says how many bytes the
+    server holds; resend the header with that offset and the bytes after it.
+    """
     offset: _builtins.int
     display_name: _builtins.str
     """Human-friendly name for the dataset; defaults to the filename."""
+    manifest: _builtins.str
+    """For a bundle: the name (one of files) of the manifest JSONL."""
+    language: _builtins.str
+    """ASR: an ISO 639-1 code for every row, overriding the rows' own `language`
+    and detection. Empty: a row's own value, else the detected language.
+    """
+    max_clip_seconds: _builtins.float
+    """ASR: clips longer than this are oversized (0: the service default, 30 s)."""
+    context_tokens: _builtins.int
+    """Pairs and inputs: rows longer than this many tokens (estimated) get a
+    warning (0: the service default, 2048).
+    """
     @_builtins.property
-    def files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """For ASR and OCR: the manifest travels as a second file of the same upload,
-        named here; files of the bundle are sent one after another (see Chunk.file).
-        """
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___UploadFile]:
+        """The files of a bundle, in the order they are sent."""
 
     def __init__(
         self,
@@ -147,12 +202,16 @@ class UploadHeader(_message.Message):
         sha256: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         offset: _builtins.int = ...,
-        files: _abc.Iterable[_builtins.str] | None = ...,
+        files: _abc.Iterable[Global___UploadFile] | None = ...,
         display_name: _builtins.str = ...,
+        manifest: _builtins.str = ...,
+        language: _builtins.str = ...,
+        max_clip_seconds: _builtins.float = ...,
+        context_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "filename", b"filename", "files", b"files", "format", b"format", "kind", b"kind", "offset", b"offset", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_tokens", b"context_tokens", "display_name", b"display_name", "filename", b"filename", "files", b"files", "format", b"format", "kind", b"kind", "language", b"language", "manifest", b"manifest", "max_clip_seconds", b"max_clip_seconds", "offset", b"offset", "sha256", b"sha256", "size_bytes", b"size_bytes", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -166,7 +225,9 @@ class Chunk(_message.Message):
     FILE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     file: _builtins.int
-    """Index into UploadHeader.files for multi-file uploads; 0 otherwise."""
+    """For a bundle: the index in UploadHeader.files of the file these bytes
+    belong to (files are sent whole, one after another); 0 otherwise.
+    """
     def __init__(
         self,
         *,
@@ -265,24 +326,53 @@ class CreateUploadUrlResponse(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     url: _builtins.str
+    """PUT the file's bytes here (a single-file upload)."""
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___PresignedFile]:
+        """For a bundle: one URL per file of the header, in the same order."""
+
     def __init__(
         self,
         *,
         upload_id: _builtins.str = ...,
         url: _builtins.str = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
+        files: _abc.Iterable[Global___PresignedFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "upload_id", b"upload_id", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "files", b"files", "upload_id", b"upload_id", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateUploadUrlResponse: _TypeAlias = CreateUploadUrlResponse  # noqa: Y015
+
+@_typing.final
+class PresignedFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    url: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PresignedFile: _TypeAlias = PresignedFile  # noqa: Y015
 
 @_typing.final
 class RegisterUploadRequest(_message.Message):
@@ -382,10 +472,13 @@ class ValidationReport(_message.Message):
     WARNINGS_FIELD_NUMBER: _builtins.int
     COUNTS_FIELD_NUMBER: _builtins.int
     VIOLATION_COUNT_FIELD_NUMBER: _builtins.int
+    WARNING_COUNTS_FIELD_NUMBER: _builtins.int
+    WARNING_COUNT_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
     rows: _builtins.int
     """Rows read (JSONL lines, CSV records, manifest rows)."""
     violation_count: _builtins.int
+    warning_count: _builtins.int
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Violation]:
         """The first 100 blocking violations."""
@@ -398,6 +491,10 @@ class ValidationReport(_message.Message):
     def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeCount]:
         """Counts of every violation code, not only the first 100."""
 
+    @_builtins.property
+    def warning_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeCount]:
+        """Counts of every warning code, and their total."""
+
     def __init__(
         self,
         *,
@@ -407,10 +504,12 @@ class ValidationReport(_message.Message):
         warnings: _abc.Iterable[_common_pb2.Violation] | None = ...,
         counts: _abc.Iterable[Global___CodeCount] | None = ...,
         violation_count: _builtins.int = ...,
+        warning_counts: _abc.Iterable[Global___CodeCount] | None = ...,
+        warning_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "rows", b"rows", "valid", b"valid", "violation_count", b"violation_count", "violations", b"violations", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "rows", b"rows", "valid", b"valid", "violation_count", b"violation_count", "violations", b"violations", "warning_count", b"warning_count", "warning_counts", b"warning_counts", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -663,7 +762,11 @@ class ImportToolsRequest(_message.Message):
     FILENAME_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
     document: _builtins.bytes
-    """The document as uploaded (JSON or YAML text)."""
+    """The document as uploaded (JSON or YAML text): OpenAI `tools`/`functions`,
+    Anthropic `input_schema` tools, bare JSON Schema, or OpenAPI 3.0/3.1.
+    Tools described in plain language are turned into this shape by the
+    teacher service (TOOL_SOURCE_PLAIN_LANGUAGE), then checked the same way.
+    """
     filename: _builtins.str
     replace: _builtins.bool
     """Replace the active tool list instead of adding to it."""
