@@ -30,7 +30,7 @@ from distillery.demo_model import ensure_demo_model
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from distillery.uploads import upload_requests
+from distillery.uploads import Upload, send
 
 EXAMPLES = Path(__file__).parent
 DATASET = EXAMPLES / "support_pairs.jsonl"
@@ -53,7 +53,7 @@ def say(text: str) -> None:
 
 
 def upload(client: Client, path: Path) -> ingest_pb2.Dataset:
-    reply = client.ingest.UploadDataset(upload_requests(path, ingest_pb2.DATASET_KIND_PAIRS))
+    reply = send(client.ingest, Upload([path], ingest_pb2.DATASET_KIND_PAIRS))
     verb = "reused" if reply.reused else "uploaded"
     say(f"{verb} dataset {reply.dataset.id}: {reply.report.rows} rows, valid={reply.report.valid}")
     if not reply.report.valid:

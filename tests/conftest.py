@@ -168,6 +168,11 @@ def server_settings(service_token: str = "") -> ServerSettings:
     )
 
 
+# Small parts so resumable uploads are tested with files of a few MiB.
+INGEST_PART_BYTES = 256 * 1024
+INGEST_MAX_UPLOAD_BYTES = 96 * 1024 * 1024
+
+
 async def start_services(services: Services) -> None:
     pg, s3, token = services.postgres_url, services.s3, services.service_token
     running = services.running
@@ -178,7 +183,10 @@ async def start_services(services: Services) -> None:
     )
     registry = running["registry"].address
     running["ingest"] = await ingest_server.create(
-        IngestSettings(server_settings(token), pg, s3, registry, max_upload_bytes=64 * 1024 * 1024)
+        IngestSettings(
+            server_settings(token), pg, s3, registry, max_upload_bytes=INGEST_MAX_UPLOAD_BYTES,
+            upload_part_bytes=INGEST_PART_BYTES, work_dir=str(services.workdir),
+        )  # fmt: skip
     )
     running["teacher"] = await teacher_server.create(TeacherSettings(server_settings(token), pg, s3, registry, "", ""))
     running["trainer"] = await trainer_server.create(services.trainer_settings())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -10,7 +12,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.client import Client
 from distillery.ingest.v1 import ingest_pb2
-from distillery.uploads import upload_requests
+from distillery.uploads import BUNDLE_KINDS, Upload, bundle, send, send_presigned
+from distillery.uploads import validate as validate_upload
 
 KINDS = {
     "pairs": ingest_pb2.DATASET_KIND_PAIRS,
@@ -30,23 +33,68 @@ def group() -> None:
     """Upload, validate and inspect datasets."""
 
 
+def _upload(path: Path, kind: str, manifest: Path | None, name: str, options: dict[str, Any]) -> Upload:
+    """What ``path`` means for the kind: the text file; or for asr an audio file or a folder of them,
+    for ocr the image ZIP, each with its manifest (found in the folder when not named)."""
+    if KINDS[kind] in BUNDLE_KINDS:
+        try:
+            files, manifest = bundle(KINDS[kind], path, manifest)
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
+    else:
+        if path.is_dir() or manifest is not None:
+            raise click.UsageError(f"a {kind} dataset is one JSONL or CSV file (--manifest is for asr and ocr)")
+        files = [path]
+    return Upload(files, KINDS[kind], manifest=manifest, display_name=name, **options)
+
+
+def upload_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options every upload and validation takes."""
+    for option in reversed(
+        [
+            click.argument("path", type=click.Path(exists=True, path_type=Path)),
+            click.option("--kind", type=click.Choice(list(KINDS)), required=True, help="What the file holds."),
+            click.option(
+                "--manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                help="asr/ocr: the manifest JSONL (default: the one .jsonl in the PATH folder).",
+            ),
+            click.option("--language", default="", help="asr: an ISO 639-1 code for every row (wins over detection)."),
+            click.option("--max-clip-seconds", type=float, default=0.0, help="asr: longest clip (default 30)."),
+            click.option("--context-tokens", type=int, default=0, help="pairs/inputs: warn above (default 2048)."),
+        ]
+    ):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @group.command("upload")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(list(KINDS)), required=True, help="What the file holds.")
+@upload_options
 @click.option("--name", default="", help="A display name (default: the file name).")
+@click.option("--presigned", is_flag=True, help="Send the files through presigned S3 URLs (for very large files).")
 @json_option
-def upload(path: Path, kind: str, name: str, as_json: bool) -> None:
-    """Upload a dataset file; identical content reuses the earlier version."""
+def upload(
+    path: Path, kind: str, manifest: Path | None, language: str, max_clip_seconds: float, context_tokens: int,
+    name: str, presigned: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Upload a dataset; identical content reuses the earlier version.
+
+    \b
+    pairs, inputs: PATH is a .jsonl or .csv file
+    asr: PATH is a folder of .wav files (or one .wav) plus --manifest
+    ocr: PATH is the image ZIP plus --manifest
+    """
+    options = {"language": language, "max_clip_seconds": max_clip_seconds, "context_tokens": context_tokens}
+    what = _upload(path, kind, manifest, name, options)
+    send_with = send_presigned if presigned else send
     with rpc_errors():
         client = Client.from_environment(timeout=3600)
         if as_json:
-            reply = client.ingest.UploadDataset(upload_requests(path, KINDS[kind], name))
+            reply = send_with(client.ingest, what)
         else:
             columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn())
             with Progress(*columns, console=console, transient=True) as progress:
-                task = progress.add_task(f"uploading {path.name}", total=path.stat().st_size)
-                requests = upload_requests(path, KINDS[kind], name, lambda n: progress.advance(task, n))
-                reply = client.ingest.UploadDataset(requests)
+                task = progress.add_task(f"uploading {path.name}", total=what.total)
+                reply = send_with(client.ingest, what, on_progress=lambda n: progress.update(task, completed=n))
     checked = reply.HasField("report") and reply.report.rows + reply.report.violation_count > 0
     if as_json:
         print_json({**as_dict(reply.dataset), "reused": reply.reused, **(report_json(reply.report) if checked else {})})
@@ -60,9 +108,11 @@ def upload(path: Path, kind: str, name: str, as_json: bool) -> None:
 
 
 def report_json(report: ingest_pb2.ValidationReport) -> dict[str, object]:
-    """The report as the documented JSON: valid, rows, violations (line, field, code, message, hint), ..."""
+    """The report as the documented JSON: valid, rows, violations (line, field, code, message, hint,
+    entry), warnings, counts and warning_counts ({code: n})."""
     out = as_dict(report)
     out["counts"] = {c.code: c.count for c in report.counts}
+    out["warning_counts"] = {c.code: c.count for c in report.warning_counts}
     return out
 
 
@@ -72,22 +122,29 @@ def print_report(report: ingest_pb2.ValidationReport) -> None:
     else:
         counts = ", ".join(f"{c.code} x{c.count}" for c in report.counts)
         console.print(f"[red]invalid[/red]: {report.rows} rows, {report.violation_count} violations ({counts})")
+    if report.warning_count:
+        counts = ", ".join(f"{c.code} x{c.count}" for c in report.warning_counts)
+        console.print(f"[yellow]{report.warning_count} warnings[/yellow] (do not block training: {counts})")
     for title, items in (("violations", report.violations), ("warnings", report.warnings)):
         if items:
             rows = [(v.line or v.entry or "-", v.field or "-", v.code, v.message, v.hint) for v in items]
-            print_table(title.capitalize(), ["line", "field", "code", "message", "hint"], rows, whole=["code"])
+            print_table(title.capitalize(), ["line/entry", "field", "code", "message", "hint"], rows, whole=["code"])
     if report.violation_count > len(report.violations):
         console.print(f"(first {len(report.violations)} of {report.violation_count} violations shown)")
 
 
 @group.command("validate")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(list(KINDS)), required=True, help="What the file holds.")
+@upload_options
 @json_option
-def validate(path: Path, kind: str, as_json: bool) -> None:
-    """Check a dataset file without storing it; exits 1 when it is invalid."""
+def validate(
+    path: Path, kind: str, manifest: Path | None, language: str, max_clip_seconds: float, context_tokens: int,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Check a dataset without storing it; exits 1 when it is invalid (PATH as for upload)."""
+    options = {"language": language, "max_clip_seconds": max_clip_seconds, "context_tokens": context_tokens}
+    what = _upload(path, kind, manifest, "", options)
     with rpc_errors():
-        report = Client.from_environment(timeout=3600).ingest.ValidateDataset(upload_requests(path, KINDS[kind]))
+        report = validate_upload(Client.from_environment(timeout=3600).ingest, what)
     if as_json:
         print_json(report_json(report))
     else:

@@ -10,6 +10,7 @@ from distillery.cli.output import FAILED, as_dict, console, json_option, print_j
 from distillery.cli.run_watch import follow
 from distillery.client import Client
 from distillery.common.v1 import common_pb2
+from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 
 FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
@@ -48,18 +49,31 @@ PATHS = {"finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT}
 @click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA adapter.")
 @click.option("--lora-r", type=int, default=0, help="[default: 16]")
 @click.option("--seed", type=int, default=0)
+@click.option(
+    "--system-prompt",
+    "system_prompts",
+    multiple=True,
+    metavar="NAME=TEXT",
+    help="distill-text: a named system prompt the teacher answers every input under (repeat for more).",
+)
 @click.option("--idempotency-key", default="", help="Repeat the command safely: the same key returns the same run.")
 @click.option("--watch/--no-watch", "follow_it", default=False, help="Follow the run until it ends.")
 @json_option
 def create(
     path: str, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float, model_name: str,
-    idempotency_key: str, follow_it: bool, as_json: bool, **sft: Any,
+    system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool, **sft: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
+    named = []
+    for given in system_prompts:
+        name, sep, text = given.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise click.BadParameter(f"{given!r}: write NAME=TEXT", param_hint="--system-prompt")
+        named.append(teacher_pb2.NamedSystemPrompt(name=name.strip(), text=text))
     request = pb.CreateRunRequest(
         path=PATHS[path], dataset_id=dataset_id, student_model=student_model, eval_dataset_id=eval_dataset_id,
         eval_fraction=eval_fraction, model_name=model_name, idempotency_key=idempotency_key,
-        sft=pb.SftSettings(**sft),
+        sft=pb.SftSettings(**sft), system_prompts=named,
     )  # fmt: skip
     with rpc_errors():
         run = Client.from_environment().trainer.CreateRun(request)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import re
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from minio import Minio
 from minio.error import S3Error
@@ -36,6 +38,15 @@ class ObjectStore:
             secure=settings.secure,
             region=settings.region,
         )
+        # Presigned URLs are signed for the address users reach; signing needs no call to it.
+        public = urlsplit(settings.public_endpoint if "//" in settings.public_endpoint else "")
+        self.public_client = Minio(
+            public.netloc or settings.public_endpoint or settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=public.scheme == "https" if public.scheme else settings.secure,
+            region=settings.region,
+        )
 
     def ensure_bucket(self) -> None:
         if not self.client.bucket_exists(self.bucket):
@@ -48,6 +59,24 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
 
+    def put_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> None:
+        self.client.fput_object(self.bucket, key, str(path), content_type=content_type)
+
+    def get_file(self, key: str, path: Path) -> None:
+        self.client.fget_object(self.bucket, key, str(path))
+
+    def size_of(self, key: str) -> int | None:
+        """The object's size, or None when there is no such object."""
+        try:
+            return self.client.stat_object(self.bucket, key).size
+        except S3Error as err:
+            if err.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                return None
+            raise
+
+    def presigned_put(self, key: str, expires_s: float) -> str:
+        return self.public_client.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
     def get_bytes(self, key: str) -> bytes:
         response = self.client.get_object(self.bucket, key)
         try:
@@ -55,6 +84,12 @@ class ObjectStore:
         finally:
             response.close()
             response.release_conn()
+
+    def keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix``, in order."""
+        return sorted(
+            o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True) if o.object_name
+        )
 
     def delete_prefix(self, prefix: str) -> int:
         names = [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]

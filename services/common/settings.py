@@ -82,6 +82,9 @@ class S3Settings:
     bucket: str = "distillery"
     secure: bool = False
     region: str = "us-east-1"
+    # Where users reach S3 for presigned uploads ("https://s3.example.com" or host:port);
+    # "" means the endpoint above.
+    public_endpoint: str = ""
 
     def __repr__(self) -> str:  # never print the secret
         return f"S3Settings(endpoint={self.endpoint!r}, bucket={self.bucket!r}, secure={self.secure})"
@@ -95,6 +98,7 @@ class S3Settings:
             bucket=env_str("DISTILLERY_S3_BUCKET", cls.bucket),
             secure=env_bool("DISTILLERY_S3_SECURE", cls.secure),
             region=env_str("DISTILLERY_S3_REGION", cls.region),
+            public_endpoint=env_str("DISTILLERY_S3_PUBLIC_ENDPOINT", ""),
         )
 
 

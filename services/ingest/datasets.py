@@ -1,14 +1,14 @@
-"""Dataset versions: uploaded bytes stored once in S3, addressed by their sha256.
+"""Dataset versions: immutable, addressed by their content.
 
-An upload identical in content to an earlier one of the same tenant reuses that
-dataset version; versions are immutable.
+A version's id is drawn from its upload's content digest (kind, files and the
+options that change validation; see ``uploads.content_digest``): an upload
+identical in content to an earlier one of the same tenant reuses that version.
+The uploaded files are in S3 under ``uploads/<sha256>``; a valid version's
+canonical JSONL under ``datasets/<id>/canonical.jsonl``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,10 +17,8 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import NotFound
 from services.common.paging import newest_first
-
-SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,56 +38,8 @@ class Dataset:
     canonical_key: str = ""
 
 
-def dataset_id(sha256_hex: str) -> str:
-    return "ds_" + sha256_hex[:24]
-
-
-@dataclass
-class Received:
-    """An upload's bytes, spooled to memory or disk, with their size and hash checked."""
-
-    file: Any  # a SpooledTemporaryFile positioned at 0
-    size: int
-    sha256: str
-
-
-async def receive(chunks: AsyncIterator[bytes], *, declared_size: int, declared_sha256: str, limit: int) -> Received:
-    if declared_size <= 0:
-        raise InvalidArgument("size_bytes must be the file's size in bytes (> 0)", field="header.size_bytes")
-    if declared_size > limit:
-        raise InvalidArgument(
-            f"the file is {declared_size} bytes, over the upload limit of {limit} bytes (DISTILLERY_MAX_UPLOAD_BYTES)",
-            field="header.size_bytes",
-        )
-    digest = hashlib.sha256()
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115 - returned to the caller
-    size = 0
-    async for data in chunks:
-        size += len(data)
-        if size > declared_size:
-            spool.close()
-            raise InvalidArgument(
-                f"received more than the declared {declared_size} bytes; send size_bytes equal to the file's size",
-                field="header.size_bytes",
-            )
-        digest.update(data)
-        spool.write(data)
-    if size != declared_size:
-        spool.close()
-        raise InvalidArgument(
-            f"received {size} bytes but the header declared {declared_size}: the upload was cut short, resend it",
-            field="header.size_bytes",
-        )
-    actual = digest.hexdigest()
-    if declared_sha256 and actual != declared_sha256.lower():
-        spool.close()
-        raise InvalidArgument(
-            f"sha256 mismatch: the header declared {declared_sha256} but the bytes hash to {actual}; "
-            "the file changed or was corrupted in transit, resend it",
-            field="header.sha256",
-        )
-    spool.seek(0)
-    return Received(spool, size, actual)
+def dataset_id(digest_hex: str) -> str:
+    return "ds_" + digest_hex[:24]
 
 
 async def find(pool: AsyncConnectionPool, tenant_id: str, ds_id: str) -> Dataset | None:

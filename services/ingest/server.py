@@ -9,6 +9,7 @@ import grpc
 from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.backends import open_backends, registry_keys
 from services.common.server import RunningServer, start_server
+from services.ingest.intake import Intake
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
 
@@ -21,7 +22,11 @@ async def create(settings: Settings) -> RunningServer:
     registry, resolve_key = registry_keys(settings.registry_address, settings.server.rpc_timeout_s)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        servicer = IngestServicer(backends.pool, backends.store, settings.max_upload_bytes)
+        intake = Intake(
+            backends.pool, backends.store, settings.limits, part_bytes=settings.upload_part_bytes,
+            presign_expiry_s=settings.presign_expiry_s, work_dir=settings.work_dir or None,
+        )  # fmt: skip
+        servicer = IngestServicer(backends.pool, backends.store, intake, settings.max_upload_bytes)
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, server)
         return [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name]
 

@@ -3,33 +3,37 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.protobuf import struct_pb2
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common import auth
-from services.common.errors import InvalidArgument, Unimplemented
-from services.common.objects import ObjectStore, tenant_key
+from services.common.errors import InvalidArgument
+from services.common.objects import ObjectStore
 from services.common.protoconv import page_size, timestamp
-from services.ingest import datasets, pairs, splits
+from services.ingest import datasets, intake, splits, tool_list, tools, uploads
 
-_FILENAME = re.compile(r"^[^/\\\x00]{1,255}$")
+
+def _counts(counts: dict[str, int]) -> list[ingest_pb2.CodeCount]:
+    return [ingest_pb2.CodeCount(code=c, count=n) for c, n in sorted(counts.items())]
 
 
 def report_pb(report: dict[str, Any]) -> ingest_pb2.ValidationReport:
     """From ``Report.to_json()``, as stored with the dataset."""
-    counts = report.get("counts", {})
+    counts, warning_counts = report.get("counts", {}), report.get("warning_counts", {})
     return ingest_pb2.ValidationReport(
         valid=report.get("valid", False),
         rows=report.get("rows", 0),
         violations=[common_pb2.Violation(**v) for v in report.get("violations", [])],
         warnings=[common_pb2.Violation(**v) for v in report.get("warnings", [])],
-        counts=[ingest_pb2.CodeCount(code=c, count=n) for c, n in sorted(counts.items())],
+        counts=_counts(counts),
         violation_count=sum(counts.values()),
+        warning_counts=_counts(warning_counts),
+        warning_count=sum(warning_counts.values()) or len(report.get("warnings", [])),
     )
 
 
@@ -49,79 +53,78 @@ def split_pb(s: splits.Split) -> ingest_pb2.Split:
     )  # fmt: skip
 
 
-def is_csv(header: Any) -> bool:
-    if header.format == ingest_pb2.FILE_FORMAT_CSV:
-        return True
-    return header.format == ingest_pb2.FILE_FORMAT_UNSPECIFIED and header.filename.lower().endswith(".csv")
+def tool_pb(t: tool_list.StoredTool) -> ingest_pb2.Tool:
+    parameters = struct_pb2.Struct()
+    parameters.update(t.parameters)
+    return ingest_pb2.Tool(
+        id=t.id, name=t.name, description=t.description, parameters=parameters, source=t.source,
+        created_at=timestamp(t.created_at),
+    )  # fmt: skip
+
+
+def outcome_pb(outcome: intake.Outcome) -> ingest_pb2.UploadDatasetResponse:
+    return ingest_pb2.UploadDatasetResponse(
+        dataset=dataset_pb(outcome.dataset), report=report_pb(outcome.report), reused=outcome.reused,
+        upload_id=outcome.upload_id,
+    )  # fmt: skip
+
+
+async def _header(request_iterator: AsyncIterator[Any]) -> Any:
+    first = await anext(aiter(request_iterator), None)
+    if first is None or not first.HasField("header"):
+        raise InvalidArgument("the first message of an upload must be its header", field="header")
+    return first.header
+
+
+async def _chunks(request_iterator: AsyncIterator[Any]) -> AsyncIterator[tuple[int, bytes]]:
+    async for message in request_iterator:
+        if not message.HasField("chunk"):
+            raise InvalidArgument("only the first message of an upload may be a header", field="header")
+        yield message.chunk.file, message.chunk.data
 
 
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, max_upload_bytes: int) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, store: ObjectStore, intake: intake.Intake, max_upload_bytes: int
+    ) -> None:
         self.pool = pool
         self.store = store
+        self.intake = intake
         self.max_upload_bytes = max_upload_bytes
-
-    async def _receive(self, request_iterator: AsyncIterator[Any]) -> tuple[Any, datasets.Received]:
-        """Read an upload stream: its header, then its bytes, size and sha256 checked."""
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.HasField("header"):
-            raise InvalidArgument("the first message of an upload must be its header", field="header")
-        header = first.header
-        if not _FILENAME.match(header.filename):
-            raise InvalidArgument(
-                "filename must be a plain file name (no folders), 1-255 characters", field="header.filename"
-            )
-        if header.kind == ingest_pb2.DATASET_KIND_UNSPECIFIED:
-            raise InvalidArgument("kind is required: pairs, inputs, asr, ocr or tool_calls", field="header.kind")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            async for message in request_iterator:
-                if not message.HasField("chunk"):
-                    raise InvalidArgument("only the first message of an upload may be a header", field="header")
-                yield message.chunk.data
-
-        received = await datasets.receive(
-            chunks(), declared_size=header.size_bytes, declared_sha256=header.sha256, limit=self.max_upload_bytes
-        )
-        return header, received
 
     async def UploadDataset(
         self, request_iterator: AsyncIterator[Any], context: Any
     ) -> ingest_pb2.UploadDatasetResponse:
-        """Store the bytes as uploaded and, for a valid pairs file, its canonical JSONL; invalid files
-        are kept too (nothing is lost) with their report, and cannot be trained on."""
-        tenant_id = auth.current_caller().tenant_id
-        header, received = await self._receive(request_iterator)
-        try:
-            ds_id = datasets.dataset_id(received.sha256)
-            existing = await datasets.find(self.pool, tenant_id, ds_id)
-            if existing is not None:
-                return ingest_pb2.UploadDatasetResponse(
-                    dataset=dataset_pb(existing), report=report_pb(existing.report), reused=True
-                )
-            data = received.file.read()
-        finally:
-            received.file.close()
-        key = tenant_key(tenant_id, "uploads", received.sha256)
-        await asyncio.to_thread(self.store.put_bytes, key, data)
-        report: dict[str, Any] = {}
-        canonical_key = ""
-        if header.kind == ingest_pb2.DATASET_KIND_PAIRS:
-            checked, canonical = await asyncio.to_thread(pairs.validate, data, is_csv(header))
-            report = checked.to_json()
-            if checked.valid:
-                canonical_key = tenant_key(tenant_id, "datasets", ds_id, "canonical.jsonl")
-                await asyncio.to_thread(self.store.put_bytes, canonical_key, canonical, "application/jsonl")
-        stored = await datasets.insert(
-            self.pool,
-            datasets.Dataset(
-                tenant_id=tenant_id, id=ds_id, display_name=header.display_name or header.filename, kind=header.kind,
-                source_format=header.format, source_sha256=received.sha256, size_bytes=received.size,
-                rows=report.get("rows", 0), valid=bool(canonical_key), object_key=key, report=report,
-                canonical_key=canonical_key, created_at=None,  # type: ignore[arg-type]
-            ),
+        header = await _header(request_iterator)
+        plan = uploads.plan_of(header, self.max_upload_bytes)
+        outcome = await self.intake.upload(
+            auth.current_caller().tenant_id, plan, header.upload_id, header.offset, _chunks(request_iterator)
+        )
+        return outcome_pb(outcome)
+
+    async def ValidateDataset(self, request_iterator: Any, context: Any) -> ingest_pb2.ValidationReport:
+        """Check an upload without storing anything."""
+        header = await _header(request_iterator)
+        report = await self.intake.validate(uploads.plan_of(header, self.max_upload_bytes), _chunks(request_iterator))
+        return report_pb(report.to_json())
+
+    async def CreateUploadUrl(self, request: Any, context: Any) -> ingest_pb2.CreateUploadUrlResponse:
+        plan = uploads.plan_of(request.header, self.max_upload_bytes)
+        presigned = await self.intake.create_upload_url(auth.current_caller().tenant_id, plan, request.header.upload_id)
+        return ingest_pb2.CreateUploadUrlResponse(
+            upload_id=presigned.upload_id, url=presigned.urls[0][1] if not plan.is_bundle else "",
+            expires_at=timestamp(presigned.expires_at),
+            files=[ingest_pb2.PresignedFile(name=n, url=u) for n, u in presigned.urls],
         )  # fmt: skip
-        return ingest_pb2.UploadDatasetResponse(dataset=dataset_pb(stored), report=report_pb(report), reused=False)
+
+    async def RegisterUpload(self, request: Any, context: Any) -> ingest_pb2.UploadDatasetResponse:
+        return outcome_pb(await self.intake.register_upload(auth.current_caller().tenant_id, request.upload_id))
+
+    async def GetUploadStatus(self, request: Any, context: Any) -> ingest_pb2.GetUploadStatusResponse:
+        session = await self.intake.upload_status(auth.current_caller().tenant_id, request.upload_id)
+        return ingest_pb2.GetUploadStatusResponse(
+            upload_id=session.id, acknowledged_offset=session.acknowledged, size_bytes=session.size_bytes
+        )
 
     async def GetDataset(self, request: Any, context: Any) -> ingest_pb2.Dataset:
         return dataset_pb(await datasets.get(self.pool, auth.current_caller().tenant_id, request.id))
@@ -134,18 +137,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             datasets=[dataset_pb(d) for d in found], page={"next_page_token": next_token}
         )
 
-    async def ValidateDataset(self, request_iterator: Any, context: Any) -> ingest_pb2.ValidationReport:
-        """Check a file without storing anything."""
-        header, received = await self._receive(request_iterator)
-        try:
-            data = received.file.read()
-        finally:
-            received.file.close()
-        if header.kind != ingest_pb2.DATASET_KIND_PAIRS:
-            raise Unimplemented("validation of this kind arrives with ingest for every data kind; pairs works today")
-        checked, _ = await asyncio.to_thread(pairs.validate, data, is_csv(header))
-        return report_pb(checked.to_json())
-
     async def SplitDataset(self, request: Any, context: Any) -> ingest_pb2.Split:
         split = await splits.split_dataset(
             self.pool, self.store, auth.current_caller().tenant_id, request.dataset_id,
@@ -154,19 +145,18 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return split_pb(split)
 
     async def ImportTools(self, request: Any, context: Any) -> ingest_pb2.ImportToolsResponse:
-        raise Unimplemented("tool import arrives with ingest for every data kind")
+        """Add the document's tools to the active list, or nothing when any of them is invalid."""
+        found, report = await asyncio.to_thread(tools.import_document, request.document, request.filename)
+        checked = report_pb(report.to_json())
+        if report.counts:
+            return ingest_pb2.ImportToolsResponse(violations=checked.violations, warnings=checked.warnings)
+        stored = await tool_list.add(self.pool, auth.current_caller().tenant_id, found, replace=request.replace)
+        return ingest_pb2.ImportToolsResponse(tools=[tool_pb(t) for t in stored], warnings=checked.warnings)
 
     async def ListTools(self, request: Any, context: Any) -> ingest_pb2.ListToolsResponse:
-        raise Unimplemented("tool import arrives with ingest for every data kind")
+        found = await tool_list.list_all(self.pool, auth.current_caller().tenant_id)
+        return ingest_pb2.ListToolsResponse(tools=[tool_pb(t) for t in found])
 
     async def DeleteTool(self, request: Any, context: Any) -> ingest_pb2.DeleteToolResponse:
-        raise Unimplemented("tool import arrives with ingest for every data kind")
-
-    async def CreateUploadUrl(self, request: Any, context: Any) -> ingest_pb2.CreateUploadUrlResponse:
-        raise Unimplemented("presigned uploads arrive with ingest for every data kind")
-
-    async def RegisterUpload(self, request: Any, context: Any) -> ingest_pb2.UploadDatasetResponse:
-        raise Unimplemented("presigned uploads arrive with ingest for every data kind")
-
-    async def GetUploadStatus(self, request: Any, context: Any) -> ingest_pb2.GetUploadStatusResponse:
-        raise Unimplemented("resumable uploads arrive with ingest for every data kind")
+        await tool_list.delete(self.pool, auth.current_caller().tenant_id, request.id)
+        return ingest_pb2.DeleteToolResponse()

@@ -25,10 +25,30 @@ PATH_NAMES = {
 }
 
 
+def _check_system_prompts(request: pb.CreateRunRequest) -> None:
+    """Distill-text answers every input under every named system prompt: at least one, names unique."""
+    if not request.system_prompts:
+        raise InvalidArgument(
+            "a distill-text run needs at least one named system prompt: the teacher answers every input under "
+            "each one (add --system-prompt NAME=TEXT); an input-only dataset has no instructions of its own",
+            field="system_prompts",
+        )
+    seen: set[str] = set()
+    for i, prompt in enumerate(request.system_prompts):
+        if not prompt.name.strip() or not prompt.text.strip():
+            raise InvalidArgument(f"system prompt {i + 1} needs a name and a text", field=f"system_prompts[{i}]")
+        if prompt.name in seen:
+            raise InvalidArgument(f"two system prompts are named {prompt.name!r}; names must be unique",
+                                  field=f"system_prompts[{i}].name")  # fmt: skip
+        seen.add(prompt.name)
+
+
 def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     """The request as stored with the run (proto JSON, snake_case), defaults filled in."""
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
+    if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+        _check_system_prompts(request)
     if request.path != common_pb2.TRAINING_PATH_FINETUNE_TEXT:
         raise Unimplemented(
             f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "

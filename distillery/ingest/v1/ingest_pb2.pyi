@@ -530,7 +530,9 @@ class Dataset(_message.Message):
     REPORT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Content-addressed id: "ds_" + the first 24 hex digits of the canonical sha256."""
+    """Content-addressed id: "ds_" + the first 24 hex digits of the sha256 over the
+    upload's kind, files and the options that change its checks.
+    """
     display_name: _builtins.str
     kind: Global___DatasetKind.ValueType
     source_format: Global___FileFormat.ValueType
@@ -791,19 +793,27 @@ class ImportToolsResponse(_message.Message):
 
     TOOLS_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]: ...
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """The tools added (empty when any violation was found: nothing is added then)."""
+
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Violation]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Violation]:
+        """Findings that did not block the import (a name sanitised or made unique)."""
+
     def __init__(
         self,
         *,
         tools: _abc.Iterable[Global___Tool] | None = ...,
         violations: _abc.Iterable[_common_pb2.Violation] | None = ...,
+        warnings: _abc.Iterable[_common_pb2.Violation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tools", b"tools", "violations", b"violations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tools", b"tools", "violations", b"violations", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
