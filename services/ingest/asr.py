@@ -83,21 +83,22 @@ def validate_asr(
     first_line: dict[str, int] = {}
     near = _near_names(audio)
     for line, obj in jsonl.read_objects(manifest, report, limits.max_line_bytes):
-        row = _row(line, obj, override, report)
-        if row is None:
+        name, row = _row(line, obj, override, report)
+        if row is not None:
+            rows.append(row)
+        if name is None:
             continue
-        rows.append(row)
-        if row.audio in first_line:
+        if name in first_line:
             report.warn(line, "audio", "duplicate_audio_reference",
-                        f"{row.audio!r} is already named on line {first_line[row.audio]}",
-                        "give each clip one row, unless the repeat is intended", entry=row.audio)  # fmt: skip
+                        f"{name!r} is already named on line {first_line[name]}",
+                        "give each clip one row, unless the repeat is intended", entry=name)  # fmt: skip
             continue
-        first_line[row.audio] = line
-        if audio and row.audio not in audio:
-            guess = near.get(row.audio.lower()) or near.get(_basename(row.audio).lower())
+        first_line[name] = line
+        if audio and name not in audio:
+            guess = near.get(name.lower()) or near.get(_basename(name).lower())
             hint = f"did you mean {guess!r}?" if guess else "upload the file, or fix the name in the row"
-            report.add(line, "audio", "missing_audio", f"the row names {row.audio!r}, which was not uploaded", hint,
-                       entry=row.audio)  # fmt: skip
+            report.add(line, "audio", "missing_audio", f"the row names {name!r}, which was not uploaded", hint,
+                       entry=name)  # fmt: skip
     if report.rows == 0:
         report.add(0, "", "empty_manifest", "the manifest has no rows",
                    "write one JSON object per clip: {\"audio\": ..., \"text\": ..., \"language\": ...}")  # fmt: skip
@@ -141,7 +142,8 @@ def _override(language: str, report: Report) -> str:
     return code
 
 
-def _row(line: int, obj: dict[str, Any], override: str, report: Report) -> _Row | None:
+def _row(line: int, obj: dict[str, Any], override: str, report: Report) -> tuple[str | None, _Row | None]:
+    """The audio name the row references (None when unusable) and the row (None after reporting why not)."""
     for key in obj:
         if key not in FIELDS:
             wanted = ALTERNATES.get(key)
@@ -156,23 +158,23 @@ def _row(line: int, obj: dict[str, Any], override: str, report: Report) -> _Row 
     elif own is not None and not isinstance(own, str):
         report.add(line, "language", "wrong_type", f"'language' must be a string, not {type(own).__name__}",
                    _LANGUAGE_HINT)  # fmt: skip
-        return None
+        return name, None
     elif own and own.strip():
         found = languages.normalise(own)
         if found is None:
             _unknown_language(line, own, "the row's language", report)
-            return None
+            return name, None
         _check_whisper_knows(line, found, report)
         code, source = found, "manifest"
     if name is None or text is None:
-        return None
+        return name, None
     if not code:
         code, confidence = languages.detect(text)
         if confidence < UNCERTAIN_BELOW:
             report.warn(line, "text", "uncertain_language",
                         f"the transcript's language was detected as {code!r} with confidence {confidence:.2f}",
                         "set 'language' on the row, or a language for the whole dataset")  # fmt: skip
-    return _Row(line, name, text, code, source)
+    return name, _Row(line, name, text, code, source)
 
 
 def _required_text(line: int, obj: dict[str, Any], field: str, report: Report) -> str | None:

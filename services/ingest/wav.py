@@ -11,7 +11,8 @@ file, of any size, is answered in bounded time and memory. It accepts:
 and raises ``WavError`` with one of these codes otherwise:
 
 - ``not_wav``: not a RIFF/WAVE file (the message names FLAC, MP3, Ogg... when it recognises them);
-- ``invalid_wav_header``: a header cut short, no ``fmt `` or ``data`` chunk, zero
+- ``invalid_wav_header``: a header cut short (the file ends before its audio
+  and the RIFF size promises more), no ``fmt `` or ``data`` chunk, zero
   channels or sample rate, a block align that does not match the format, an
   unreadable chunk id, too many chunks;
 - ``unsupported_audio_format``: a compressed or unusual encoding (ADPCM, mu-law,
@@ -19,7 +20,7 @@ and raises ``WavError`` with one of these codes otherwise:
 - ``unsupported_sample_rate``: a rate outside 1 kHz .. 768 kHz (a bogus rate
   would also make the clip's duration a lie);
 - ``declared_size_exceeds_data``: the RIFF size or a chunk's size promises more
-  bytes than the file holds (a lying or truncated header);
+  bytes than the file holds (a lying header, or audio cut short);
 - ``empty_audio``: a ``data`` chunk with no whole frame in it.
 """
 
@@ -44,6 +45,7 @@ _SAMPLE_FORMATS = {(PCM, 8): "pcm8", (PCM, 16): "pcm16", (PCM, 24): "pcm24", (PC
 _TAG_NAMES = {2: "Microsoft ADPCM", 6: "A-law", 7: "mu-law", 0x11: "IMA ADPCM", 0x31: "GSM 6.10",
               0x40: "G.721 ADPCM", 0x50: "MPEG audio", 0x55: "MP3", 0x161: "WMA", 0x1610: "AAC"}  # fmt: skip
 _CONVERT = "convert it to 16-bit PCM WAV, e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav"
+_LYING = "the file is truncated or its header lies: export the WAV file again"
 
 
 class WavError(ValueError):
@@ -104,11 +106,12 @@ def other_audio_kind(head: bytes) -> str:
 def read_stream(f: IO[bytes], size: int) -> WavInfo:
     """As ``read_header``, for an open binary file of ``size`` bytes."""
     head = f.read(12)
-    _check_riff(head, size)
+    riff_end = _check_riff(head, size)
     fmt: _Format | None = None
     pos = 12
     for _ in range(MAX_CHUNKS):
         if pos + 8 > size:
+            _truncated_header(riff_end, size)
             missing = "fmt " if fmt is None else "data"
             raise WavError("invalid_wav_header", f"the file has no {missing!r} chunk", _CONVERT)
         f.seek(pos)
@@ -118,24 +121,21 @@ def read_stream(f: IO[bytes], size: int) -> WavInfo:
         name = chunk_id.decode("ascii")
         body = pos + 8
         if body + chunk_size > size:
+            if name != "data":
+                _truncated_header(riff_end, size)
             raise WavError("declared_size_exceeds_data",
                            f"the {name!r} chunk declares {chunk_size} bytes but only {size - body} follow it",
-                           "the file is truncated or its header lies: export the WAV file again")  # fmt: skip
+                           _LYING)  # fmt: skip
         if name == "data":
-            if fmt is None:
-                raise WavError("invalid_wav_header", "the 'data' chunk comes before any 'fmt ' chunk", _CONVERT)
-            frames = chunk_size // fmt.block_align
-            if frames == 0:
-                raise WavError("empty_audio", "the file holds no audio (its 'data' chunk has no whole frame)",
-                               "record or export the clip again, or drop its row")  # fmt: skip
-            return WavInfo(fmt.sample_format, fmt.channels, fmt.sample_rate, fmt.bits, frames)
+            return _audio(fmt, chunk_size, riff_end, size)
         if name == "fmt " and fmt is None:
             fmt = _parse_fmt(f.read(min(chunk_size, 64)), chunk_size)
         pos = body + chunk_size + (chunk_size & 1)
     raise WavError("invalid_wav_header", f"more than {MAX_CHUNKS} chunks come before the audio data", _CONVERT)
 
 
-def _check_riff(head: bytes, size: int) -> None:
+def _check_riff(head: bytes, size: int) -> int:
+    """Where the RIFF header says the file ends; raises WavError when it is not a RIFF/WAVE file."""
     if size == 0:
         raise WavError("not_wav", "the file is empty", "upload the .wav file itself")
     if head[:4] in (b"RF64", b"BW64"):
@@ -152,10 +152,27 @@ def _check_riff(head: bytes, size: int) -> None:
     riff_size, form = struct.unpack("<I4s", head[4:12])
     if form != b"WAVE":
         raise WavError("not_wav", f"the file is a RIFF file of type {form!r}, not WAVE", _CONVERT)
-    if 8 + riff_size > size:
+    return 8 + int(riff_size)
+
+
+def _truncated_header(riff_end: int, size: int) -> None:
+    """A file that ends before its audio while its RIFF header promises more was cut inside its header."""
+    if riff_end > size:
+        raise WavError("invalid_wav_header", f"the file ends inside its header: it holds {size} bytes, "
+                       f"its RIFF header declares {riff_end}", "upload the whole file; it was cut short")  # fmt: skip
+
+
+def _audio(fmt: _Format | None, data_size: int, riff_end: int, size: int) -> WavInfo:
+    if fmt is None:
+        raise WavError("invalid_wav_header", "the 'data' chunk comes before any 'fmt ' chunk", _CONVERT)
+    if riff_end > size:
         raise WavError("declared_size_exceeds_data",
-                       f"the RIFF header declares {8 + riff_size} bytes but the file holds {size}",
-                       "the file is truncated or its header lies: export the WAV file again")  # fmt: skip
+                       f"the RIFF header declares {riff_end} bytes but the file holds {size}", _LYING)  # fmt: skip
+    frames = data_size // fmt.block_align
+    if frames == 0:
+        raise WavError("empty_audio", "the file holds no audio (its 'data' chunk has no whole frame)",
+                       "record or export the clip again, or drop its row")  # fmt: skip
+    return WavInfo(fmt.sample_format, fmt.channels, fmt.sample_rate, fmt.bits, frames)
 
 
 def _parse_fmt(raw: bytes, declared: int) -> _Format:
