@@ -62,7 +62,6 @@ class AsrLimits:
 
 @dataclass(frozen=True)
 class _Row:
-    line: int
     audio: str
     text: str
     language: str
@@ -174,7 +173,7 @@ def _row(line: int, obj: dict[str, Any], override: str, report: Report) -> tuple
             report.warn(line, "text", "uncertain_language",
                         f"the transcript's language was detected as {code!r} with confidence {confidence:.2f}",
                         "set 'language' on the row, or a language for the whole dataset")  # fmt: skip
-    return name, _Row(line, name, text, code, source)
+    return name, _Row(name, text, code, source)
 
 
 def _required_text(line: int, obj: dict[str, Any], field: str, report: Report) -> str | None:
