@@ -55,7 +55,8 @@ class Limits:
     max_nodes: int = 500_000  # values in the loaded document, YAML aliases expanded
     max_depth: int = 100  # nesting of the loaded document
     max_schema_depth: int = 64  # nesting of one tool's parameters, $refs inlined
-    max_schema_nodes: int = 500_000  # schema values of the whole document, $refs inlined
+    max_schema_nodes: int = 250_000  # schema values of the whole document, $refs inlined
+    max_schema_checks: int = 8_000  # distinct schema objects given to the meta-schema, the whole document
     max_tools: int = 1000
 
 
@@ -163,7 +164,7 @@ def _name(checker: SchemaChecker, raw: Any, from_path: bool) -> str | None:
         clean = re.sub(r"_+", "_", clean).strip("_") or "operation"
         checker.warn("name", "name_from_path", f"the operation has no operationId; named {clean[:64]!r}",
                      "give the operation an operationId to choose its name")  # fmt: skip
-    elif clean != raw:
+    elif clean[:64] != raw:
         checker.warn("name", "name_sanitised", f"name {raw!r} became {clean[:64]!r}",
                      "use only letters, digits, _ and -, at most 64")  # fmt: skip
     return clean[:64]
@@ -243,7 +244,7 @@ def _unique(tools: list[CanonicalTool], checker: SchemaChecker) -> list[Canonica
 def import_document(document: bytes, filename: str = "", limits: Limits = LIMITS) -> tuple[list[CanonicalTool], Report]:
     """The document's tools in canonical form, or none and the violations (``report.counts``)."""
     report = Report()
-    checker = SchemaChecker(report, limits.max_schema_depth, limits.max_schema_nodes)
+    checker = SchemaChecker(report, limits.max_schema_depth, limits.max_schema_nodes, limits.max_schema_checks)
     try:
         doc = load(document, limits)
         is_openapi = isinstance(doc, dict) and ("openapi" in doc or "swagger" in doc)
@@ -272,7 +273,7 @@ def check_tool(
     try:
         schema = _plain(parameters, limits)
         tool = _tool(
-            SchemaChecker(report, limits.max_schema_depth, limits.max_schema_nodes),
+            SchemaChecker(report, limits.max_schema_depth, limits.max_schema_nodes, limits.max_schema_checks),
             Draft(label, name, description, schema, schema, source),
         )
     except Refused as refused:
