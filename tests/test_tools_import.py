@@ -538,3 +538,51 @@ def test_imported_tools_are_stored_as_imported(on_pool):
 
     stored = on_pool(scenario)
     assert {t.name: (t.parameters, t.source) for t in stored} == {t.name: (t.parameters, OPENAPI) for t in found}
+
+
+# The CLI, through the real services
+
+
+def test_cli_import_list_and_delete(services, make_tenant, tmp_path):
+    from click.testing import CliRunner
+    from test_tracing_and_cli import cli_env
+
+    from distillery.cli.main import cli
+
+    env = cli_env(services, make_tenant().api_key)
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0) -> Any:
+        result = runner.invoke(cli, ["tools", *args], env=env)
+        assert result.exit_code == code, result.output
+        return json.loads(result.output) if "--json" in args else result.output
+
+    weather = run("import", str(EXAMPLES / "weather_openapi.yaml"), "--json")
+    assert [t["name"] for t in weather["tools"]] == ["get_current_weather", "get_forecast", "create_alert"]
+    assert weather["violations"] == [] and all(t["source"] == "TOOL_SOURCE_OPENAPI" for t in weather["tools"])
+    orders = run("import", str(EXAMPLES / "openai_tools.json"), "--json")
+    listed = run("list", "--json")
+    assert [t["name"] for t in listed] == sorted(t["name"] for t in weather["tools"] + orders["tools"])
+    refund = next(t for t in listed if t["name"] == "refund_order")
+    assert refund["parameters"]["properties"]["amount"]["type"] == ["number", "null"]
+    assert refund["parameters"]["required"] == ["order_id", "reason"]
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump([function("search", {"type": "object", "properties": {"limit": {}}})]))
+    refused = run("import", str(bad), "--json", code=1)
+    assert refused["tools"] == []
+    assert [(v["entry"], v["field"], v["code"]) for v in refused["violations"]] == [
+        ("search", "parameters.properties.limit", "untyped_property")
+    ]
+    assert "untyped_property" in run("import", str(bad), code=1)
+
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps([function("get weather")]))
+    replaced = run("import", str(renamed), "--replace", "--json")
+    assert [(w["entry"], w["code"]) for w in replaced["warnings"]] == [("get weather", "name_sanitised")]
+    assert [t["name"] for t in run("list", "--json")] == ["get_weather"]
+
+    assert "deleted" in run("delete", replaced["tools"][0]["id"])
+    assert run("list", "--json") == []
+    missing = runner.invoke(cli, ["tools", "delete", replaced["tools"][0]["id"]], env=env)
+    assert missing.exit_code == 1 and "not_found" in missing.output

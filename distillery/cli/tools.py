@@ -41,11 +41,10 @@ def import_(path: Path, replace: bool, as_json: bool) -> None:
     request = ingest_pb2.ImportToolsRequest(document=path.read_bytes(), filename=path.name, replace=replace)
     with rpc_errors():
         reply = Client.from_environment(timeout=120).ingest.ImportTools(request)
-    warnings = list(getattr(reply, "warnings", []))  # once the response carries them
     if as_json:
         print_json(reply)
     else:
-        for title, items in (("Violations", reply.violations), ("Warnings", warnings)):
+        for title, items in (("Violations", reply.violations), ("Warnings", reply.warnings)):
             if items:
                 rows = [(v.entry or "-", v.field or "-", v.code, v.message, v.hint) for v in items]
                 print_table(title, ["tool", "field", "code", "message", "hint"], rows, whole=["code"])
