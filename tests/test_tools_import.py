@@ -11,7 +11,10 @@ from typing import Any
 import pytest
 import yaml
 from bounded import run_bounded
+from click.testing import CliRunner
+from test_tracing_and_cli import cli_env
 
+from distillery.cli.main import cli
 from services.common import db
 from services.common.errors import InvalidArgument, NotFound
 from services.ingest import tool_list, tools
@@ -544,11 +547,6 @@ def test_imported_tools_are_stored_as_imported(on_pool):
 
 
 def test_cli_import_list_and_delete(services, make_tenant, tmp_path):
-    from click.testing import CliRunner
-    from test_tracing_and_cli import cli_env
-
-    from distillery.cli.main import cli
-
     env = cli_env(services, make_tenant().api_key)
     runner = CliRunner()
 
