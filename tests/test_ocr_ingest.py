@@ -79,6 +79,7 @@ class Raw:
     local_method: int | None = None
     external_attr: int = 0
     compress_size: int | None = None  # what the central directory declares; len(data) when None
+    header_offset: int | None = None  # where the central directory says the local header is; the real one when None
 
 
 def raw_zip(path: Path, entries: list[Raw], count: int | None = None) -> Path:
@@ -89,7 +90,8 @@ def raw_zip(path: Path, entries: list[Raw], count: int | None = None) -> Path:
         csize = len(e.data) if e.compress_size is None else e.compress_size
         flags = e.flags if e.local_flags is None else e.local_flags
         central += struct.pack("<4s4B4H3L5H2L", b"PK\x01\x02", 20, 3, 20, 0, e.flags, e.method, 0, 0x21,
-                               e.crc, csize, e.size, len(name), 0, 0, 0, 0, e.external_attr, len(local))  # fmt: skip
+                               e.crc, csize, e.size, len(name), 0, 0, 0, 0, e.external_attr,
+                               len(local) if e.header_offset is None else e.header_offset)  # fmt: skip
         central += name
         method = e.method if e.local_method is None else e.local_method
         local += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, method, 0, 0x21, e.crc, csize, e.size,
@@ -182,9 +184,19 @@ def test_macos_metadata_is_skipped_with_a_warning(tmp_path: Path) -> None:
     assert {w.entry for w in report.warnings} == {"__MACOSX/._page.png", ".DS_Store", "x/.DS_Store"}
 
 
-def test_nfd_entry_names_match_an_nfc_manifest(tmp_path: Path) -> None:
-    report, out = check(tmp_path, [{"image": "caf\u00e9.png", "text": "x"}], {"cafe\u0301.png": PAGE})
-    assert report.valid and out[0]["image"] == "cafe\u0301.png"
+def test_a_row_naming_ignored_metadata_is_a_missing_image(tmp_path: Path) -> None:
+    report, _ = check(tmp_path, [ROW, {"image": ".DS_Store", "text": "x"}], {"page.png": PAGE, ".DS_Store": b""})
+    assert codes(report) == ["ignored_entry", "missing_image"]
+
+
+NFC, NFD = "caf\u00e9.png", "cafe\u0301.png"
+
+
+@pytest.mark.parametrize(("written", "stored"), [(NFC, NFD), (NFD, NFC)])
+def test_names_match_whichever_unicode_normal_form(tmp_path: Path, written: str, stored: str) -> None:
+    report, out = check(tmp_path, [{"image": written, "text": "x"}], {stored: PAGE})
+    assert report.valid, report.to_json()
+    assert out[0]["image"] == stored
 
 
 def test_stored_entries_are_read(tmp_path: Path) -> None:
@@ -355,6 +367,17 @@ def test_a_compressed_size_running_into_the_next_entry_is_an_invalid_archive(tmp
     page = Raw("page.png", deflate(PAGE), len(PAGE), zlib.crc32(PAGE), compress_size=len(deflate(PAGE)) + 100)
     archive = raw_zip(tmp_path / "overlap.zip", [page, Raw("b.png", deflate(PAGE), len(PAGE), zlib.crc32(PAGE))])
     assert "invalid_archive" in bounded(tmp_path, [ROW, {"image": "b.png", "text": "x"}], archive)
+
+
+def test_entries_sharing_one_local_header_are_an_invalid_archive(tmp_path: Path) -> None:
+    page = Raw("page.png", deflate(PAGE), len(PAGE), zlib.crc32(PAGE))
+    archive = raw_zip(tmp_path / "shared.zip", [page, Raw("b.png", page.data, len(PAGE), page.crc, header_offset=0)])
+    assert bounded(tmp_path, [ROW, {"image": "b.png", "text": "x"}], archive) == ["invalid_archive"]
+
+
+def test_an_entry_header_past_the_file_data_is_an_invalid_archive(tmp_path: Path) -> None:
+    page = Raw("page.png", deflate(PAGE), len(PAGE), zlib.crc32(PAGE), header_offset=10**6)
+    assert bounded(tmp_path, [ROW], raw_zip(tmp_path / "far.zip", [page])) == ["invalid_archive"]
 
 
 def test_archive_limits_on_declared_sizes(tmp_path: Path) -> None:

@@ -3,9 +3,10 @@
 Nothing is ever extracted to disk; an entry is inflated into memory, in chunks,
 only up to the limits. The rules, each with the code it is reported under:
 
-- ``invalid_archive``: not a ZIP, a corrupt one, entries that overlap or run past
-  the next one, data that ends early or fails its checksum, a local header that
-  disagrees with the central directory;
+- ``invalid_archive``: not a ZIP, a corrupt one, entries that share a local header
+  or whose data runs into the next one (overlapping-entry bombs), data that ends
+  early or fails its checksum, a local header that disagrees with the central
+  directory;
 - ``too_many_entries``: more than ``max_entries`` entries, read from the
   end-of-central-directory record before anything else is parsed (and counted
   again once the central directory is read, in case that record lied);
@@ -37,6 +38,7 @@ import struct
 import unicodedata
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,8 +156,9 @@ class SafeZip:
         self.inflated = 0
         self.consumed = 0
         infos = zf.infolist()
-        ends = sorted({info.header_offset for info in infos} | {zf.start_dir})
-        self._next_offset = dict(itertools.pairwise(ends))
+        offsets = Counter(info.header_offset for info in infos)
+        starts = sorted(offset for offset, n in offsets.items() if n == 1 and offset < zf.start_dir)
+        self._next_offset = dict(itertools.pairwise([*starts, zf.start_dir]))  # where each entry's data must end
         for info in infos:
             if info.is_dir():
                 continue
@@ -165,10 +168,11 @@ class SafeZip:
                 report.add(line, field, "duplicate_entry", "two entries in the ZIP have this name",
                            "keep one file per name", entry=info.filename)  # fmt: skip
                 continue
-            self.names.add(key)
             if is_ignored(info.filename):
                 report.warn(line, field, "ignored_entry", "macOS metadata, skipped", "nothing to do", info.filename)
-            elif problem := _entry_problem(info, limits):
+                continue
+            self.names.add(key)
+            if problem := _entry_problem(info, limits):
                 report.add(line, field, *problem, entry=info.filename)
             else:
                 self.files.append(info)
@@ -202,7 +206,9 @@ class SafeZip:
 
     def _data_span(self, info: zipfile.ZipInfo) -> tuple[int, int]:
         """(start, end) of the entry's compressed bytes, after checking its local header."""
-        fp = self._fp
+        fp, limit = self._fp, self._next_offset.get(info.header_offset)
+        if limit is None:
+            raise ArchiveError("invalid_archive", "the entry shares its data with another entry, or has none", _REPACK)
         fp.seek(info.header_offset)
         raw = fp.read(_LOCAL.size)
         if len(raw) < _LOCAL.size or raw[:4] != b"PK\x03\x04":
@@ -215,7 +221,7 @@ class SafeZip:
                                _REPACK)  # fmt: skip
         start = info.header_offset + _LOCAL.size + name_len + extra_len
         end = start + info.compress_size
-        if end > self._next_offset[info.header_offset]:
+        if end > limit:
             raise ArchiveError("invalid_archive", "the entry's data runs into the next entry", _REPACK)
         return start, end
 

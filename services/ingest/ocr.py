@@ -141,8 +141,6 @@ def _too_large(message: str) -> _Refused:
 
 def _image(data: bytes, max_pixels: int) -> tuple[int, int, str]:
     """(width, height, format) of a fully decoded image; raises ``_Refused`` with the reason it is not one."""
-    if _looks_like_archive(data[:512]):
-        raise _non_image(data[:512])
     try:
         im = Image.open(io.BytesIO(data), formats=PLUGINS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
