@@ -340,6 +340,8 @@ def test_tool_level_violations():
     assert violations(
         [function("s", {"type": "object", "properties": {"x": {"type": "string", "pattern": "(["}}})]
     ) == [("s", "parameters.properties.x.pattern", "invalid_schema")]
+    bad_pattern = {"type": "object", "properties": {}, "patternProperties": {"([": {"type": "string"}}}
+    assert violations([function("s", bad_pattern)]) == [("s", "parameters.patternProperties", "invalid_schema")]
     assert violations([function("s", {"type": "array", "items": {"type": "string"}})]) == [
         ("s", "parameters", "parameters_not_object")
     ]

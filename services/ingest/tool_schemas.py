@@ -268,7 +268,7 @@ class SchemaChecker:
                         pending.extend((v, f"{at}.{key}.{i}") for i, v in enumerate(value))
                     elif key in MAPS and isinstance(value, dict):
                         pending.extend((v, f"{at}.{key}.{k}") for k, v in value.items())
-                        shallow[key] = {}
+                        shallow[key] = dict.fromkeys(value, True) if key == "patternProperties" else {}  # regex keys
                     else:
                         shallow[key] = value
             seen = json.dumps(shallow, sort_keys=True)
