@@ -263,8 +263,10 @@ def test_a_row_naming_no_file_is_a_missing_image_with_the_near_name(tmp_path: Pa
 
 
 def test_an_image_no_row_names_is_unreferenced(tmp_path: Path) -> None:
-    report, _ = check(tmp_path, [ROW], {"page.png": PAGE, "extra/p2.jpg": render("2", "JPEG")})
-    assert codes(report) == ["unreferenced_file"] and report.violations[0].entry == "extra/p2.jpg"
+    extra = {f"extra/p.{ext}": render("2", fmt) for ext, fmt, _ in FORMATS}
+    report, _ = check(tmp_path, [ROW], {"page.png": PAGE, **extra})
+    assert codes(report) == ["unreferenced_file"]
+    assert [v.entry for v in report.violations] == list(extra)
 
 
 @pytest.mark.parametrize("referenced", [True, False])

@@ -123,6 +123,10 @@ def _read_manifest(manifest: IO[bytes], report: Report, max_line_bytes: int) -> 
     return rows
 
 
+def _looks_like_image(head: bytes) -> bool:
+    return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def _looks_like_archive(head: bytes) -> bool:
     return head.startswith(ARCHIVE_MAGIC) or head[257:262] == b"ustar"
 
@@ -155,12 +159,12 @@ def _image(data: bytes, max_pixels: int) -> tuple[int, int, str]:
             raise _too_large(f"the image is {width}x{height}, over {max_pixels} pixels")
         if not width or not height:
             raise _Refused("invalid_image", "the image has no pixels", "re-export the image")
+        if str(im.format) not in FORMATS:
+            raise _non_image(data[:512])
         try:
             im.load()
         except Exception as err:  # truncated or corrupt pixel data, in any of five decoders
             raise _Refused("invalid_image", f"the image does not decode ({err})", "re-export the image") from None
-        if str(im.format) not in FORMATS:
-            raise _non_image(data[:512])
         return width, height, FORMATS[str(im.format)]
 
 
@@ -189,7 +193,7 @@ def _check_entries(archive: SafeZip, lines: dict[str, int], max_pixels: int, rep
                 images[key] = (info.filename, *_image(archive.read(info), max_pixels))
                 continue
             head = archive.head(info)
-            if not head.startswith(IMAGE_MAGIC) and head[8:12] != b"WEBP":
+            if not _looks_like_image(head):
                 raise _non_image(head)
             report.add(0, "", "unreferenced_file", "no manifest row names this file",
                        "add a row for it to the manifest, or remove it from the ZIP", entry=info.filename)  # fmt: skip
