@@ -122,7 +122,8 @@ def test_identical_upload_reuses_the_version_and_bad_uploads_are_refused(service
     first = upload(client, ROWS)
     again = upload(client, ROWS, name="renamed.jsonl")
     assert (first.reused, again.reused) == (False, True)
-    assert again.dataset.id == first.dataset.id == "ds_" + hashlib.sha256(ROWS).hexdigest()[:24]
+    assert again.dataset.id == first.dataset.id
+    assert first.dataset.id.startswith("ds_") and first.dataset.source_sha256 == hashlib.sha256(ROWS).hexdigest()
 
     with pytest.raises(grpc.RpcError) as err:
         upload(client, ROWS + b"x", sha256=hashlib.sha256(ROWS).hexdigest())

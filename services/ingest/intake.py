@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -35,6 +35,14 @@ from services.ingest.uploads import (
     new_upload_id,
     receive,
 )
+
+T = TypeVar("T")
+
+
+async def _uncancelled(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` to its end even if the caller is cancelled, as gRPC cancels a call whose client
+    dropped: a session opened or a part received is then kept, and the client resumes from it."""
+    return await asyncio.shield(asyncio.ensure_future(work))
 
 
 @dataclass(frozen=True)
@@ -82,14 +90,19 @@ class Intake:
         self, tenant_id: str, plan: Plan, upload_id: str, offset: int, chunks: AsyncIterator[tuple[int, bytes]]
     ) -> Outcome:
         upload_id = check_upload_id(upload_id) if upload_id else new_upload_id()
-        session = await upload_sessions.open_session(self.pool, tenant_id, upload_id, plan, offset=offset)
+        session = await _uncancelled(
+            upload_sessions.open_session(self.pool, tenant_id, upload_id, plan, offset=offset)
+        )
         if session.dataset_id:  # all of it arrived before and only the answer was lost
             return await self._reuse(tenant_id, session.dataset_id, upload_id)
 
-        async def stage(at: int, data: bytes) -> None:
+        async def keep(at: int, data: bytes) -> None:
             key = self._staging(tenant_id, upload_id, f"{at:020d}")
             await asyncio.to_thread(self.store.put_bytes, key, data)
             await upload_sessions.acknowledge(self.pool, tenant_id, upload_id, at, at + len(data))
+
+        async def stage(at: int, data: bytes) -> None:
+            await _uncancelled(keep(at, data))
 
         with self._folder() as folder:
             writer = Writer(plan, folder)

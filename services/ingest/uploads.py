@@ -257,9 +257,16 @@ async def receive(
                     await stage(part_offset, bytes(part))
                     part_offset += len(part)
                     part.clear()
+    except BaseException as err:
+        # A dropped client: keep what arrived, so the resumed stream starts right after it.
+        if stage is not None and part and not isinstance(err, InvalidArgument):
+            await stage(part_offset, bytes(part))
+        raise
     finally:
         writer.close()
     if writer.offset != writer.plan.total:
+        if stage is not None and part:
+            await stage(part_offset, bytes(part))
         raise InvalidArgument(
             f"received {writer.offset} of the {writer.plan.total} bytes the header declared: the upload was cut "
             "short; resume it from GetUploadStatus's acknowledged_offset, or resend it",
