@@ -280,6 +280,7 @@ class _Check:
         if not self.report.counts:
             self.out.write(data)
             self.out.write(b"\n")
+        self._near_duplicates(data.translate(_FOLD, _DROP).split(b"\n"), numbers)
         if max(map(len, canonical)) > self.max_chars + self.flat_extra:  # a line is at least as long as its text
             for line, number in zip(canonical, numbers, strict=True):
                 chars = sum(len(m["content"]) for m in orjson.loads(line)["messages"])
@@ -287,7 +288,6 @@ class _Check:
                     tokens, limit = chars // CHARS_PER_TOKEN, self.limits.context_tokens
                     message = f"the row is about {tokens} tokens (characters / 4), over the context of {limit}"
                     self.report.warn(number, "", "long_row", message, _LONG_HINT)
-        self._near_duplicates(data.translate(_FOLD, _DROP).split(b"\n"), numbers)
         canonical.clear()
         numbers.clear()
 

@@ -37,6 +37,7 @@ ROLES = ("system", "user", "assistant")
 OUTPUT_HINT = "input-only rows carry no output (the teacher writes it): remove it, or upload with --kind pairs"
 INSTRUCTION_HINT = "input-only rows carry no per-row instruction: remove it and add named system prompts to the run"
 
+_MISSING = object()
 Add = Callable[[int, str, str, str, str], None]  # Report.add(line, field, code, message, hint)
 Messages = list[dict[str, str]]
 
@@ -83,8 +84,8 @@ class Rules:
         for name in row:
             ok &= not self._refused(number, name, "field")
         for name in self.required:
-            value = row.get(name)
-            if value is None:
+            value = row.get(name, _MISSING)
+            if value is _MISSING:
                 if not any(ALTERNATES.get(other) == name for other in row):  # else already told to rename
                     self.add(number, name, "missing_field", f"the row has no {name!r}",
                              f"add {name!r}; each row needs {', '.join(self.required)}")  # fmt: skip
