@@ -182,12 +182,11 @@ async def start_services(services: Services) -> None:
         )
     )
     registry = running["registry"].address
-    running["ingest"] = await ingest_server.create(
-        IngestSettings(
-            server_settings(token), pg, s3, registry, max_upload_bytes=INGEST_MAX_UPLOAD_BYTES,
-            upload_part_bytes=INGEST_PART_BYTES, work_dir=str(services.workdir),
-        )  # fmt: skip
-    )
+    ingest = IngestSettings(
+        server_settings(token), pg, s3, registry, max_upload_bytes=INGEST_MAX_UPLOAD_BYTES,
+        upload_part_bytes=INGEST_PART_BYTES, work_dir=str(services.workdir),
+    )  # fmt: skip
+    running["ingest"] = await ingest_server.create(ingest)
     running["teacher"] = await teacher_server.create(TeacherSettings(server_settings(token), pg, s3, registry, "", ""))
     running["trainer"] = await trainer_server.create(services.trainer_settings())
 

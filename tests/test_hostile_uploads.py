@@ -20,7 +20,7 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_asr_ingest import _zip, chunk, fmt, pcm_wav, riff
+from test_asr_ingest import _zip, chunk, fmt, riff
 from test_ocr_ingest import Raw, deflated_zeros, huge_png_header, raw_zip, render, write_zip
 
 from distillery.ingest.v1 import ingest_pb2
@@ -83,8 +83,11 @@ def symlink_zip(path: Path) -> Path:
     return path
 
 
+CHAT = {"messages": [{"role": r, "content": "a"} for r in ("system", "user", "assistant")]}
+PNG = render("hello", "png")
+
 CASES = [
-    ("invalid UTF-8", text_case("p.jsonl", jsonl(*good(), b'{"system_prompt": "a", "input": "\xff\xfe", "output": "b"}')),
+    ("invalid UTF-8", text_case("p.jsonl", jsonl(*good(), b'{"input": "\xff\xfe", "output": "b"}')),
      "invalid_encoding", True),
     ("a 50 MB single line", text_case("p.jsonl", jsonl(*good(), b'{"input": "' + b"x" * (50 * MIB) + b'"}')),
      "line_too_long", True),
@@ -92,12 +95,11 @@ CASES = [
      "nested_too_deeply", True),
     ("a number of 100k digits", text_case("p.jsonl", jsonl(*good(), b'{"input": ' + b"9" * 100_000 + b"}")),
      "number_too_large", True),
-    ("duplicate keys", text_case("p.jsonl", jsonl(*good(), b'{"system_prompt": "a", "input": "b", "input": "c", "output": "d"}')),
+    ("duplicate keys", text_case("p.jsonl", jsonl(*good(), b'{"input": "b", "input": "c", "output": "d"}')),
      "duplicate_key", True),
     ("NUL bytes", text_case("p.jsonl", jsonl(*good(), b'{"system_prompt": "a", "input": "b\x00", "output": "c"}')),
      "nul_byte", True),
-    ("mixed shapes", text_case("p.jsonl", jsonl(*good(), json.dumps({"messages": [
-        {"role": "system", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}).encode())),
+    ("mixed shapes", text_case("p.jsonl", jsonl(*good(), json.dumps(CHAT).encode())),
      "mixed_shapes", False),
     ("CSV formula cells", text_case("p.csv", b"system_prompt,input,output\r\n" + b"".join(
         b'Be brief.,=HYPERLINK("http://x"),+1\r\n' if i == 0 else b"Be brief.,note %d,ok\r\n" % i for i in range(12))),
@@ -108,7 +110,7 @@ CASES = [
     ("a flat zip bomb", ocr_case(lambda p: raw_zip(p, [Raw("page.png", deflated_zeros(1024), 1024 * MIB)])),
      "compression_ratio_too_high", True),
     ("a nested zip bomb", ocr_case(nested_zip), "nested_archive", True),
-    ("zip slip", ocr_case(lambda p: write_zip(p, {"../../evil.png": render("x", "png"), "page.png": render("x", "png")})),
+    ("zip slip", ocr_case(lambda p: write_zip(p, {"../../evil.png": PNG, "page.png": PNG})),
      "unsafe_path", True),
     ("a symlink entry", ocr_case(symlink_zip), "symlink_entry", True),
     ("a 100k x 100k image header", ocr_case(lambda p: write_zip(p, {"page.png": huge_png_header(100_000, 100_000)})),
@@ -152,7 +154,7 @@ def test_a_hostile_upload_gets_its_code_in_bounded_time_and_memory(
     found = {c.code for c in report.counts} if blocking else {c.code for c in report.warning_counts}
     assert code in found, (name, [(v.code, v.message) for v in [*report.violations, *report.warnings]])
     assert report.valid is not blocking
-    where = [v for v in [*report.violations, *report.warnings] if v.code == code][0]
+    where = next(v for v in [*report.violations, *report.warnings] if v.code == code)
     assert where.message and where.hint and (where.line or where.entry)
     assert seconds < 5, f"{name}: {seconds:.1f} s"
     assert extra_mib < 300, f"{name}: {extra_mib:.0f} MiB"

@@ -16,6 +16,7 @@ from tiny_models import build_llama
 
 from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
+from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 
 FINETUNE_TEXT = common_pb2.TRAINING_PATH_FINETUNE_TEXT
@@ -204,6 +205,11 @@ def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for,
 
 def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, make_tenant):
     client = client_for(make_tenant())
+    distill = common_pb2.TRAINING_PATH_DISTILL_TEXT
+
+    def named(name: str) -> teacher_pb2.NamedSystemPrompt:
+        return teacher_pb2.NamedSystemPrompt(name=name, text="Answer briefly.")
+
     cases = [
         (pb.CreateRunRequest(dataset_id="ds_x", student_model="m"), grpc.StatusCode.INVALID_ARGUMENT, "path"),
         (run_request("", "m"), grpc.StatusCode.INVALID_ARGUMENT, "dataset_id"),
@@ -214,11 +220,18 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
         (run_request("ds_x", "m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
         (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x", student_model="m"),
          grpc.StatusCode.UNIMPLEMENTED, ""),
+        # Distill-text with no named system prompt is refused before it starts, saying so.
+        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m"), grpc.StatusCode.INVALID_ARGUMENT,
+         "system_prompts"),
+        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m", system_prompts=[named("a")] * 2),
+         grpc.StatusCode.INVALID_ARGUMENT, "system_prompts[1].name"),
     ]  # fmt: skip
     for request, code, field in cases:
         with pytest.raises(grpc.RpcError) as err:
             client.trainer.CreateRun(request)
         assert err.value.code() == code, request
+        if field == "system_prompts":
+            assert "needs at least one named system prompt" in err.value.details()
         if field:
             bad = error_details_pb2.BadRequest()
             assert rpc_status.from_call(err.value).details[0].Unpack(bad)

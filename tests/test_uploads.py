@@ -3,7 +3,9 @@ S3 server, bundles, limits, and reuse of identical content."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import socket
 import threading
@@ -67,10 +69,8 @@ class CuttingProxy:
         except OSError:
             pass
         for sock in (source, dest):
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             sock.close()
 
     def close(self) -> None:
@@ -94,7 +94,7 @@ def test_a_dropped_connection_resumes_from_the_acknowledged_offset(services, cli
     assert reply.dataset.valid and reply.dataset.rows == 30000 and not reply.reused
     assert reply.dataset.source_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     # The second attempt started from a part boundary past zero: the first half was not sent again.
-    restarts = [b for a, b in zip(sent, sent[1:], strict=False) if b < a]
+    restarts = [b for a, b in itertools.pairwise(sent) if b < a]
     assert len(restarts) == 1 and restarts[0] > 0 and restarts[0] % INGEST_PART_BYTES == 0
     status = client_for(tenant).ingest.GetUploadStatus(ingest_pb2.GetUploadStatusRequest(upload_id=reply.upload_id))
     assert status.acknowledged_offset == status.size_bytes == size
