@@ -30,7 +30,7 @@ _UPLOAD_ID = re.compile(r"^up_[a-z0-9]{16,64}$")
 _FILENAME = re.compile(r"^[^/\\\x00-\x1f]{1,255}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 BUNDLE_KINDS = (ingest_pb2.DATASET_KIND_ASR, ingest_pb2.DATASET_KIND_OCR)
-_KIND_NAMES = {
+_KIND_NAMES: dict[int, str] = {
     ingest_pb2.DATASET_KIND_PAIRS: "pairs",
     ingest_pb2.DATASET_KIND_INPUTS: "inputs",
     ingest_pb2.DATASET_KIND_ASR: "asr",
