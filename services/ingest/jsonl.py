@@ -51,15 +51,16 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _count_keys(value: Any) -> int:
-    if type(value) is dict:
-        n = len(value)
-        for v in value.values():
-            if type(v) is dict or type(v) is list:
-                n += _count_keys(v)
-        return n
-    if type(value) is list:
-        return sum(_count_keys(v) for v in value if type(v) is dict or type(v) is list)
-    return 0
+    """The keys of every object in ``value``, however deeply nested (without recursion)."""
+    keys, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            keys += len(item)
+            stack.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+        elif type(item) is list:
+            stack.extend(v for v in item if type(v) is dict or type(v) is list)
+    return keys
 
 
 def _surely_unique_keys(raw: bytes, parsed: Any) -> bool:

@@ -20,7 +20,7 @@ user, assistant]}`` or ``{"messages": [user]}``. Warnings never block training:
   escape keeps its letter (a line break inside a text counts as "n"): one C call over
   a block's lines, where undoing escapes would cost a pass per row. The first
   ``near_duplicate_rows`` distinct rows are kept as 8-byte hashes with their line
-  (about 100 bytes each);
+  (about 130 bytes each in memory);
 - ``few_rows``: under 10 rows; ``mixed_shapes``: flat and messages rows in one file;
 - ``formula_cell``: a CSV cell starting with = + - or @: stored as text, which is safe
   here, but a spreadsheet opening the file would run it.
