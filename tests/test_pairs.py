@@ -132,6 +132,8 @@ def test_required_fields_and_types():
 def test_csv_rules():
     assert codes(b"system_prompt,input,output\ns,i\n", csv=True) == [(2, "", "wrong_column_count")]
     assert codes(b"system_prompt,input\ns,i\n", csv=True) == [(1, "output", "missing_field")]
+    assert codes(b"input,output\ni,o\n", csv=True) == [(1, "system_prompt", "missing_field")]
+    assert codes(b"system_prompt,output\ns,o\n", csv=True) == [(1, "input", "missing_field")]
     assert codes(b"input,Input,system_prompt,output\ni,i,s,o\n", csv=True) == [(1, "", "duplicate_field")]
     assert codes(b'system_prompt,input,output\ns,"i\n', csv=True) == [(2, "", "invalid_csv")]
     assert codes(b"system_prompt,input,output\ns, ,o\n", csv=True) == [(2, "input", "empty_field")]
