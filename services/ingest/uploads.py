@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from distillery.ingest.v1 import ingest_pb2
+from distillery.uploads import sha256_of
 from services.common.errors import InvalidArgument
 
 _UPLOAD_ID = re.compile(r"^up_[a-z0-9]{16,64}$")
@@ -37,7 +38,6 @@ _KIND_NAMES: dict[int, str] = {
     ingest_pb2.DATASET_KIND_OCR: "ocr",
     ingest_pb2.DATASET_KIND_TOOL_CALLS: "tool_calls",
 }
-_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -272,14 +272,6 @@ async def receive(
             "short; resume it from GetUploadStatus's acknowledged_offset, or resend it",
             field="header.size_bytes",
         )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checked_hashes(plan: Plan, folder: Path) -> tuple[str, ...]:
