@@ -27,7 +27,7 @@ def canonical(q: str, a: str) -> str:
         {"role": "user", "content": q},
         {"role": "assistant", "content": a},
     ]
-    return json.dumps({"messages": messages})
+    return json.dumps({"messages": messages}, separators=(",", ":"), ensure_ascii=False)  # as ingest writes it
 
 
 def normalised(line: str) -> str:
