@@ -90,9 +90,7 @@ class Intake:
         self, tenant_id: str, plan: Plan, upload_id: str, offset: int, chunks: AsyncIterator[tuple[int, bytes]]
     ) -> Outcome:
         upload_id = check_upload_id(upload_id) if upload_id else new_upload_id()
-        session = await _uncancelled(
-            upload_sessions.open_session(self.pool, tenant_id, upload_id, plan, offset=offset)
-        )
+        session = await _uncancelled(upload_sessions.open_session(self.pool, tenant_id, upload_id, plan, offset=offset))
         if session.dataset_id:  # all of it arrived before and only the answer was lost
             return await self._reuse(tenant_id, session.dataset_id, upload_id)
 
