@@ -304,6 +304,7 @@ class CreateGenerationJobRequest(_message.Message):
     PARAMETERS_FIELD_NUMBER: _builtins.int
     MAX_FAILED_FRACTION_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_KEY_FIELD_NUMBER: _builtins.int
     kind: Global___JobKind.ValueType
     teacher: _builtins.str
     """"<provider>:<model>"."""
@@ -313,6 +314,10 @@ class CreateGenerationJobRequest(_message.Message):
     """Fail the job when more than this share of rows fail (default 0.05)."""
     run_id: _builtins.str
     """The run this job belongs to, if any; also its idempotency key."""
+    source_key: _builtins.str
+    """Augmentation: the object key of the train split's canonical rows, the only
+    rows shown to the teacher (eval rows never are). Distillation reads dataset_id.
+    """
     @_builtins.property
     def system_prompts(self) -> _containers.RepeatedCompositeFieldContainer[Global___NamedSystemPrompt]: ...
     @_builtins.property
@@ -338,10 +343,11 @@ class CreateGenerationJobRequest(_message.Message):
         parameters: Global___GenerationParameters | None = ...,
         max_failed_fraction: _builtins.float = ...,
         run_id: _builtins.str = ...,
+        source_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "kind", b"kind", "max_failed_fraction", b"max_failed_fraction", "objectives", b"objectives", "parameters", b"parameters", "run_id", b"run_id", "seed_prompts", b"seed_prompts", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "kind", b"kind", "max_failed_fraction", b"max_failed_fraction", "objectives", b"objectives", "parameters", b"parameters", "run_id", b"run_id", "seed_prompts", b"seed_prompts", "source_key", b"source_key", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -379,6 +385,26 @@ Global___JobEstimate: _TypeAlias = JobEstimate  # noqa: Y015
 class GenerationJob(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RowsByPromptEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -391,6 +417,10 @@ class GenerationJob(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    ROWS_BY_PROMPT_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
+    OUTPUT_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___JobKind.ValueType
     state: Global___JobState.ValueType
@@ -401,12 +431,28 @@ class GenerationJob(_message.Message):
     output_dataset_id: _builtins.str
     """The generated rows as a dataset (set when SUCCEEDED)."""
     error: _builtins.str
+    output_key: _builtins.str
+    """The generated rows, each tagged with its prompt name, as JSONL in the
+    tenant's space of the object store (set when SUCCEEDED).
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def rows_by_prompt(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Rows done per named system prompt (distillation)."""
+
+    @_builtins.property
+    def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowFailure]:
+        """The first failed rows with their reasons (at most 100)."""
+
+    @_builtins.property
+    def estimate(self) -> Global___JobEstimate:
+        """What the job was expected to take before it started."""
+
     def __init__(
         self,
         *,
@@ -422,14 +468,50 @@ class GenerationJob(_message.Message):
         error: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        rows_by_prompt: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        failures: _abc.Iterable[Global___RowFailure] | None = ...,
+        estimate: Global___JobEstimate | None = ...,
+        output_key: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "estimate", b"estimate", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "id", b"id", "kind", b"kind", "output_dataset_id", b"output_dataset_id", "rows_done", b"rows_done", "rows_failed", b"rows_failed", "rows_total", b"rows_total", "state", b"state", "teacher", b"teacher", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "estimate", b"estimate", "failures", b"failures", "id", b"id", "kind", b"kind", "output_dataset_id", b"output_dataset_id", "output_key", b"output_key", "rows_by_prompt", b"rows_by_prompt", "rows_done", b"rows_done", "rows_failed", b"rows_failed", "rows_total", b"rows_total", "state", b"state", "teacher", b"teacher", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerationJob: _TypeAlias = GenerationJob  # noqa: Y015
+
+@_typing.final
+class RowFailure(_message.Message):
+    """A row the teacher could not answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROW_FIELD_NUMBER: _builtins.int
+    PROMPT_NAME_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    row: _builtins.int
+    """The row's index in the job (input index x prompts + prompt index)."""
+    prompt_name: _builtins.str
+    code: _builtins.str
+    """e.g. "input_too_long", "retries_exhausted", "malformed_response"."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        row: _builtins.int = ...,
+        prompt_name: _builtins.str = ...,
+        code: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "prompt_name", b"prompt_name", "row", b"row"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RowFailure: _TypeAlias = RowFailure  # noqa: Y015
 
 @_typing.final
 class GetGenerationJobRequest(_message.Message):

@@ -279,6 +279,8 @@ class Progress(_message.Message):
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     ROWS_DONE_FIELD_NUMBER: _builtins.int
     ROWS_TOTAL_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ROWS_FAILED_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     total_steps: _builtins.int
     epoch: _builtins.float
@@ -287,6 +289,11 @@ class Progress(_message.Message):
     rows_done: _builtins.int
     """Generation phase: rows done/total."""
     rows_total: _builtins.int
+    rows_failed: _builtins.int
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """While GENERATING: the teacher's usage so far and the rows it could not answer."""
+
     def __init__(
         self,
         *,
@@ -296,10 +303,12 @@ class Progress(_message.Message):
         eta_seconds: _builtins.float = ...,
         rows_done: _builtins.int = ...,
         rows_total: _builtins.int = ...,
+        usage: _common_pb2.Usage | None = ...,
+        rows_failed: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "rows_done", b"rows_done", "rows_total", b"rows_total", "step", b"step", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "eta_seconds", b"eta_seconds", "rows_done", b"rows_done", "rows_failed", b"rows_failed", "rows_total", b"rows_total", "step", b"step", "total_steps", b"total_steps", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
