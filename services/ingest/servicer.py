@@ -42,6 +42,7 @@ def dataset_pb(d: datasets.Dataset) -> ingest_pb2.Dataset:
         id=d.id, display_name=d.display_name, kind=d.kind, source_format=d.source_format,
         source_sha256=d.source_sha256, size_bytes=d.size_bytes, rows=d.rows, valid=d.valid,
         created_at=timestamp(d.created_at), report=report_pb(d.report) if d.report else None,
+        canonical_key=d.canonical_key,
     )  # fmt: skip
 
 

@@ -529,6 +529,7 @@ class Dataset(_message.Message):
     VALID_FIELD_NUMBER: _builtins.int
     REPORT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    CANONICAL_KEY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Content-addressed id: "ds_" + the first 24 hex digits of the sha256 over the
     upload's kind, files and the options that change its checks.
@@ -541,6 +542,10 @@ class Dataset(_message.Message):
     size_bytes: _builtins.int
     rows: _builtins.int
     valid: _builtins.bool
+    canonical_key: _builtins.str
+    """The object key of the canonical JSONL (valid datasets), for the other
+    services (the teacher reads the inputs it answers from here).
+    """
     @_builtins.property
     def report(self) -> Global___ValidationReport: ...
     @_builtins.property
@@ -558,10 +563,11 @@ class Dataset(_message.Message):
         valid: _builtins.bool = ...,
         report: Global___ValidationReport | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        canonical_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "report", b"report"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "display_name", b"display_name", "id", b"id", "kind", b"kind", "report", b"report", "rows", b"rows", "size_bytes", b"size_bytes", "source_format", b"source_format", "source_sha256", b"source_sha256", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canonical_key", b"canonical_key", "created_at", b"created_at", "display_name", b"display_name", "id", b"id", "kind", b"kind", "report", b"report", "rows", b"rows", "size_bytes", b"size_bytes", "source_format", b"source_format", "source_sha256", b"source_sha256", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

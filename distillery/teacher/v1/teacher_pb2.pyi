@@ -421,6 +421,7 @@ class GenerationJob(_message.Message):
     FAILURES_FIELD_NUMBER: _builtins.int
     ESTIMATE_FIELD_NUMBER: _builtins.int
     OUTPUT_KEY_FIELD_NUMBER: _builtins.int
+    ROWS_DUPLICATE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___JobKind.ValueType
     state: Global___JobState.ValueType
@@ -434,6 +435,10 @@ class GenerationJob(_message.Message):
     output_key: _builtins.str
     """The generated rows, each tagged with its prompt name, as JSONL in the
     tenant's space of the object store (set when SUCCEEDED).
+    """
+    rows_duplicate: _builtins.int
+    """Augmentation: generated pairs dropped as duplicates of the originals or of
+    each other.
     """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage: ...
@@ -472,10 +477,11 @@ class GenerationJob(_message.Message):
         failures: _abc.Iterable[Global___RowFailure] | None = ...,
         estimate: Global___JobEstimate | None = ...,
         output_key: _builtins.str = ...,
+        rows_duplicate: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "estimate", b"estimate", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "estimate", b"estimate", "failures", b"failures", "id", b"id", "kind", b"kind", "output_dataset_id", b"output_dataset_id", "output_key", b"output_key", "rows_by_prompt", b"rows_by_prompt", "rows_done", b"rows_done", "rows_failed", b"rows_failed", "rows_total", b"rows_total", "state", b"state", "teacher", b"teacher", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "estimate", b"estimate", "failures", b"failures", "id", b"id", "kind", b"kind", "output_dataset_id", b"output_dataset_id", "output_key", b"output_key", "rows_by_prompt", b"rows_by_prompt", "rows_done", b"rows_done", "rows_duplicate", b"rows_duplicate", "rows_failed", b"rows_failed", "rows_total", b"rows_total", "state", b"state", "teacher", b"teacher", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
