@@ -62,6 +62,8 @@ class Settings:
     max_attempts: int = 6
     # Upper bound of one backoff wait, in seconds (full jitter below it).
     max_backoff_s: float = 60.0
+    # Seconds between looks for jobs to drive and lease renewals (a lease lasts three of them).
+    job_lease_s: float = 5.0
 
     @property
     def platform_base_url(self) -> str:
@@ -80,4 +82,5 @@ class Settings:
             request_timeout_s=env_float("DISTILLERY_TEACHER_TIMEOUT_S", 120.0),
             max_attempts=max(1, _env_int("DISTILLERY_TEACHER_MAX_ATTEMPTS", 6)),
             max_backoff_s=env_float("DISTILLERY_TEACHER_MAX_BACKOFF_S", 60.0),
+            job_lease_s=env_float("DISTILLERY_TEACHER_LEASE_S", 5.0),
         )
