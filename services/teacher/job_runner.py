@@ -1,0 +1,230 @@
+"""Creates generation jobs and drives them to a final state, resuming after a restart.
+
+Every active job has a lease (owner, until). This instance drives the jobs it holds
+and renews their leases every ``lease_s``; every ``lease_s`` it also takes active
+jobs whose lease lapsed: new ones, and those of an instance that stopped or died. A
+driven job asks the provider only for rows not stored yet, through the generation
+engine with the provider's shared limiter, stores each row as it finishes, then:
+
+    too many failed rows (over max_failed_fraction)  -> FAILED, naming the first failures
+    otherwise -> the rows (tagged with their prompt name) written to the object store
+                 and uploaded to ingest as a pairs dataset -> SUCCEEDED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import tempfile
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from distillery.teacher.v1 import teacher_pb2 as pb
+from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.objects import ObjectStore, tenant_key
+from services.teacher import job_requests, jobs, text_jobs
+from services.teacher.engine import JobStopped, Outcome, Task, generate
+from services.teacher.ingest_peer import Ingest
+from services.teacher.keys import KeyStore
+from services.teacher.limits import Limiter
+from services.teacher.providers import PROVIDERS, split_teacher
+from services.teacher.settings import Settings
+
+log = logging.getLogger("distillery.teacher.jobs")
+
+Rows = list[list[dict[str, Any]]]
+
+
+class JobRunner:
+    def __init__(self, pool: Any, store: ObjectStore, keys: KeyStore, ingest: Ingest, settings: Settings) -> None:
+        self.pool, self.store, self.keys, self.ingest, self.settings = pool, store, keys, ingest, settings
+        self.limiters = {name: Limiter.from_settings(p) for name, p in settings.providers.items()}
+        self.lease_s = settings.job_lease_s
+        self.owner = f"teacher-{secrets.token_hex(6)}"
+        self._drivers: dict[str, asyncio.Task[None]] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        self._loop = asyncio.create_task(self._adopt_forever())
+
+    async def stop(self) -> None:
+        """Stop driving (the stored rows stay) and give the leases back for another instance."""
+        tasks = [t for t in [self._loop, *self._drivers.values()] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await jobs.let_go(self.pool, self.owner, list(self._drivers))
+        self._drivers.clear()
+
+    # --- requests ---
+
+    async def estimate(self, tenant_id: str, request: pb.CreateGenerationJobRequest) -> dict[str, Any]:
+        job = job_requests.checked(request)
+        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
+            source = await self._source(tenant_id, request, Path(tmp))
+        return job_requests.estimate(job, source)
+
+    async def create(self, tenant_id: str, request: pb.CreateGenerationJobRequest) -> jobs.Job:
+        """Check, estimate and store a job; the same run id (per kind) returns the job made first."""
+        job = job_requests.checked(request)
+        credentials = await self.keys.credentials(tenant_id, job.provider)  # no key: refused now, not later
+        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
+            source = await self._source(tenant_id, request, Path(tmp))
+        if not source:
+            raise InvalidArgument("the source has no rows to generate from", field="dataset_id")
+        estimate = job_requests.estimate(job, source)
+        stored, created = await jobs.create(self.pool, {
+            "id": jobs.new_job_id(), "tenant_id": tenant_id, "run_id": request.run_id, "kind": job.kind,
+            "state": pb.JOB_STATE_QUEUED, "teacher": request.teacher, "request": job.stored,
+            "rows_total": estimate["rows"], "estimate": estimate, "billed": credentials.billed,
+        })  # fmt: skip
+        if created:
+            log.info("job %s: %s rows from %s", stored.id, stored.rows_total, stored.teacher)
+            self._wake.set()
+        return stored
+
+    async def cancel(self, tenant_id: str, job_id: str) -> jobs.Job:
+        job = await jobs.cancel(self.pool, tenant_id, job_id)
+        driver = self._drivers.get(job_id)
+        if driver is not None:
+            driver.cancel()
+        return job
+
+    async def _source(self, tenant_id: str, request: pb.CreateGenerationJobRequest, folder: Path) -> Rows:
+        """The canonical rows the job generates from: the dataset's, or the train split's."""
+        if request.kind == pb.JOB_KIND_TEXT_DISTILLATION:
+            try:
+                dataset = await self.ingest.get_dataset(tenant_id, request.dataset_id)
+            except NotFound:
+                raise InvalidArgument(f"dataset {request.dataset_id} not found; upload it first",
+                                      field="dataset_id") from None  # fmt: skip
+            job_requests.check_source(request, dataset)
+            key, field = dataset.canonical_key, "dataset_id"
+        else:
+            key, field = request.source_key, "source_key"
+            if not key.startswith(tenant_key(tenant_id, "")):
+                raise InvalidArgument("source_key must be an object of your own (a split's train_key)", field=field)
+        path = folder / "source.jsonl"
+        try:
+            await asyncio.to_thread(self.store.get_file, key, path)
+        except Exception as err:  # minio's S3Error or a connection error: either way the rows can't be read
+            raise Unavailable(f"cannot read the source rows from the object store ({type(err).__name__})") from None
+        with path.open("rb") as f:
+            return list(text_jobs.canonical_rows(f))
+
+    async def _stored_source(self, job: jobs.Job) -> Rows:
+        request = pb.CreateGenerationJobRequest(
+            kind=job.kind, dataset_id=job.request.get("dataset_id", ""), source_key=job.request.get("source_key", "")
+        )
+        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
+            return await self._source(job.tenant_id, request, Path(tmp))
+
+    # --- driving ---
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            try:
+                for job in await jobs.claim(self.pool, self.owner, self.lease_s * 3):
+                    log.info("driving job %s", job.id)
+                    self._drivers[job.id] = asyncio.create_task(self._drive(job))
+                held = await jobs.renew(self.pool, self.owner, list(self._drivers), self.lease_s * 3)
+                for job_id in set(self._drivers) - held:  # cancelled, or taken over after we missed renewals
+                    self._drivers[job_id].cancel()
+            except Exception:
+                log.exception("cannot look for generation jobs to drive; trying again")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.lease_s)
+
+    async def _drive(self, job: jobs.Job) -> None:
+        try:
+            await self._generate(job)
+            await self._finish(job)
+        except asyncio.CancelledError:
+            raise
+        except JobStopped as stopped:
+            await self._fail(job, stopped.error.message)
+        except (FailedPrecondition, InvalidArgument, NotFound) as err:
+            await self._fail(job, err.message)
+        except Unavailable as err:
+            log.warning("job %s waits: %s", job.id, err.message)
+            await jobs.let_go(self.pool, self.owner, [job.id])  # taken again at a later look
+        except DistilleryError as err:
+            await self._fail(job, err.message)
+        except Exception:
+            log.exception("job %s stopped by an internal error", job.id)
+            await self._fail(job, "an internal error stopped the job; see the teacher service's log")
+        finally:
+            self._drivers.pop(job.id, None)
+
+    async def _generate(self, job: jobs.Job) -> None:
+        provider, model = split_teacher(job.teacher)
+        adapter = PROVIDERS[provider]
+        client = adapter.connect(await self.keys.credentials(job.tenant_id, provider))
+        done = await jobs.done_rows(self.pool, job.id)
+        source = await self._stored_source(job)
+        if job.kind == pb.JOB_KIND_TEXT_DISTILLATION:
+            tasks = text_jobs.distill_tasks(source, job.request, model, done)
+        else:
+            tasks = text_jobs.augment_tasks(source, job.request, model, done, seed=len(source))
+        in_flight: dict[int, Task] = {}
+
+        def tracked() -> Iterator[Task]:
+            for task in tasks:
+                in_flight[task.row] = task
+                yield task
+
+        async def store(outcome: Outcome) -> None:
+            task = in_flight.pop(outcome.row)
+            await jobs.save_row(self.pool, job.id, text_jobs.stored_row(job.kind, job.request, task, outcome))
+
+        await generate(
+            tracked(), partial(adapter.complete, client), self.limiters[provider], store,
+            max_attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
+        )  # fmt: skip
+
+    async def _finish(self, job: jobs.Job) -> None:
+        tally = await jobs.tally(self.pool, job.id)
+        limit = float(job.request.get("max_failed_fraction", job_requests.DEFAULT_MAX_FAILED_FRACTION))
+        if tally.rows_failed > limit * job.rows_total:
+            first = "; ".join(f"row {f.row}{f' ({f.prompt_name})' * bool(f.prompt_name)}: {f.code}: {f.message}"
+                              for f in tally.failures[:3])  # fmt: skip
+            await self._fail(job, f"{tally.rows_failed} of {job.rows_total} rows failed "
+                             f"({tally.rows_failed / job.rows_total:.1%}), over the limit of {limit:.0%}. "
+                             f"First: {first}")  # fmt: skip
+            return
+        generated = await jobs.outputs(self.pool, job.id)
+        duplicates = 0
+        if job.kind == pb.JOB_KIND_AUGMENTATION:
+            generated, duplicates = text_jobs.deduplicated(generated, await self._stored_source(job))
+        if not generated:
+            await self._fail(job, "the teacher produced no usable rows")
+            return
+        key = tenant_key(job.tenant_id, "teacher", "jobs", job.id, "rows.jsonl")
+        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
+            path = Path(tmp) / f"{job.id}.jsonl"
+            path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in generated))
+            await asyncio.to_thread(self.store.put_file, key, path, "application/jsonl")
+            uploaded = await self.ingest.upload_pairs(job.tenant_id, path, f"{job.teacher} answers ({job.id})")
+        if not uploaded.dataset.valid:
+            first = uploaded.report.violations[0] if uploaded.report.violations else None
+            where = f": line {first.line}, {first.field}: {first.message}" if first else ""
+            await self._fail(job, f"the generated rows are not a valid pairs dataset{where}")
+            return
+        await jobs.finish(self.pool, job.id, pb.JOB_STATE_SUCCEEDED, output_key=key,
+                          output_dataset_id=uploaded.dataset.id, rows_duplicate=duplicates)  # fmt: skip
+        log.info("job %s succeeded: %s rows, %s failed, %s duplicates dropped", job.id, len(generated),
+                 tally.rows_failed, duplicates)  # fmt: skip
+
+    async def _fail(self, job: jobs.Job, message: str) -> None:
+        if await jobs.finish(self.pool, job.id, pb.JOB_STATE_FAILED, error=message) is not None:
+            log.info("job %s failed: %s", job.id, message)
