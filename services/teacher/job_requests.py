@@ -68,8 +68,11 @@ def checked(request: pb.CreateGenerationJobRequest) -> Checked:
     provider, model = split_teacher(request.teacher)
     check_parameters(request.parameters)
     if not 0.0 <= request.max_failed_fraction <= 1.0:
-        raise InvalidArgument(f"max_failed_fraction must be between 0 and 1 (got {request.max_failed_fraction}); "
-                              "0.05 fails the job when more than 5% of rows fail", field="max_failed_fraction")  # fmt: skip
+        raise InvalidArgument(
+            f"max_failed_fraction must be between 0 and 1 (got {request.max_failed_fraction}); "
+            "0.05 fails the job when more than 5% of rows fail",
+            field="max_failed_fraction",
+        )
     if request.kind == pb.JOB_KIND_TEXT_DISTILLATION:
         check_system_prompts(request.system_prompts)
         if not request.dataset_id:

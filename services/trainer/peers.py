@@ -1,4 +1,4 @@
-"""The calls the trainer makes to ingest and the registry on a tenant's behalf.
+"""The calls the trainer makes to ingest, the teacher and the registry on a tenant's behalf.
 
 They carry the shared service token and the run's tenant (``auth.service_metadata``),
 so a run can be driven in the background, long after the user's own call ended.
@@ -14,21 +14,24 @@ from google.protobuf import json_format, struct_pb2
 
 from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
 from services.common.clients import domain_error, service_channel
 
 
 class Peers:
-    def __init__(self, ingest_address: str, registry_address: str, service_token: str, timeout_s: float) -> None:
+    def __init__(
+        self, ingest_address: str, registry_address: str, teacher_address: str, service_token: str, timeout_s: float
+    ) -> None:
         self._token = service_token
-        self._ingest_channel = service_channel(ingest_address, timeout_s)
-        self._registry_channel = service_channel(registry_address, timeout_s)
-        self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_channel)
-        self.registry = registry_pb2_grpc.RegistryServiceStub(self._registry_channel)
+        self._channels = [service_channel(a, timeout_s) for a in (ingest_address, registry_address, teacher_address)]
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self._channels[0])
+        self.registry = registry_pb2_grpc.RegistryServiceStub(self._channels[1])
+        self.teacher = teacher_pb2_grpc.TeacherServiceStub(self._channels[2])
 
     async def close(self) -> None:
-        await self._ingest_channel.close(None)
-        await self._registry_channel.close(None)
+        for channel in self._channels:
+            await channel.close(None)
 
     async def _call(self, service: str, method: Any, request: Any, tenant_id: str) -> Any:
         try:
@@ -65,3 +68,16 @@ class Peers:
         request.training_config.CopyFrom(config)
         registered = await self._call("registry", self.registry.RegisterModel, request, tenant_id)
         return str(registered.id)
+
+    async def create_job(
+        self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest
+    ) -> teacher_pb2.GenerationJob:
+        return await self._call("teacher", self.teacher.CreateGenerationJob, request, tenant_id)
+
+    async def get_job(self, tenant_id: str, job_id: str) -> teacher_pb2.GenerationJob:
+        request = teacher_pb2.GetGenerationJobRequest(id=job_id)
+        return await self._call("teacher", self.teacher.GetGenerationJob, request, tenant_id)
+
+    async def cancel_job(self, tenant_id: str, job_id: str) -> None:
+        request = teacher_pb2.CancelGenerationJobRequest(id=job_id)
+        await self._call("teacher", self.teacher.CancelGenerationJob, request, tenant_id)

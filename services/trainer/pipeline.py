@@ -1,7 +1,12 @@
 """The stages of one run, from QUEUED to a final state, each step persisted first.
 
     QUEUED -> VALIDATING   the dataset (and eval dataset) checked; ingest splits train/eval
-    VALIDATING -> TRAINING the recipe submitted as a Ray job; its state polled until it ends
+                           (distill-text: after generation, the generated pairs)
+    VALIDATING -> GENERATING (distill-text; finetune-text with augmentation) a teacher job
+                           made (idempotent per run) and followed, its progress reported;
+                           distill-text then splits the generated pairs, augmentation
+                           adds the new pairs to the train split (never to eval)
+    -> TRAINING            the recipe submitted as a Ray job; its state polled until it ends
     TRAINING -> EVALUATING the job's result read from S3 and checked (finite eval loss)
     EVALUATING -> REGISTERING -> SUCCEEDED   the model registered, committing the quota slot
 
@@ -31,11 +36,12 @@ from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common import auth
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from services.common.objects import ObjectStore, tenant_key
+from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer import ray_jobs, runs
+from services.trainer import generation, ray_jobs, runs
 from services.trainer.peers import Peers
 from services.trainer.ray_jobs import RayJobs
+from services.trainer.runs import RunFailed, run_prefix
 
 log = logging.getLogger("distillery.trainer.pipeline")
 
@@ -56,16 +62,6 @@ JOB_TUNING = {
 }
 
 
-class RunFailed(Exception):
-    """Ends the run FAILED with this error."""
-
-    def __init__(self, code: str, message: str, field: str = "", violations: list[dict[str, Any]] | None = None):
-        super().__init__(message)
-        self.error: dict[str, Any] = {"code": code, "message": message, "field": field}
-        if violations:
-            self.error["violations"] = violations
-
-
 def job_id(run: runs.Run, attempt: int) -> str:
     return f"{run.id}-{attempt}"
 
@@ -73,10 +69,6 @@ def job_id(run: runs.Run, attempt: int) -> str:
 def numbers(result: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of a job's result.json."""
     return {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
-
-
-def run_prefix(run: runs.Run) -> str:
-    return tenant_key(run.tenant_id, "runs", run.id)
 
 
 @dataclass
@@ -119,7 +111,12 @@ class Pipeline:
             await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_VALIDATING)
         elif run.state == pb.RUN_STATE_VALIDATING:
             await self.validate(run)
-            await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_TRAINING)
+            generates = run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT or run.request.get("augment_count")
+            next_state = pb.RUN_STATE_GENERATING if generates else pb.RUN_STATE_TRAINING
+            await runs.transition(self.pool, run.tenant_id, run.id, next_state)
+        elif run.state == pb.RUN_STATE_GENERATING:
+            if await self.generate(run):
+                await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_TRAINING)
         elif run.state == pb.RUN_STATE_TRAINING:
             if await self.train(run):
                 await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_EVALUATING)
@@ -136,12 +133,23 @@ class Pipeline:
 
     async def validate(self, run: runs.Run) -> None:
         request = run.request
+        if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+            await self._check_dataset(run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_INPUTS)
+            return  # split after generation, on the generated pairs
         await self._check_dataset(run, request["dataset_id"], "dataset_id")
         if request.get("eval_dataset_id"):
             await self._check_dataset(run, request["eval_dataset_id"], "eval_dataset_id")
+        await self._split(run, request["dataset_id"])
+
+    async def generate(self, run: runs.Run) -> bool:
+        """Follow the run's teacher job to its end; True when the pairs are ready to train on."""
+        return await generation.follow(self, run)
+
+    async def _split(self, run: runs.Run, dataset_id: str) -> None:
+        request = run.request
         try:
             split = await self.peers.split(
-                run.tenant_id, request["dataset_id"], request.get("eval_dataset_id", ""),
+                run.tenant_id, dataset_id, request.get("eval_dataset_id", ""),
                 request.get("eval_fraction", 0.0), int(request.get("sft", {}).get("seed", 0)),
             )  # fmt: skip
         except (FailedPrecondition, InvalidArgument, NotFound) as err:
@@ -155,18 +163,20 @@ class Pipeline:
         )
         await self.note(run, f"split {split.id}: {split.train_rows} train rows, {split.eval_rows} eval rows{removed}")
 
-    async def _check_dataset(self, run: runs.Run, dataset_id: str, field: str) -> None:
+    async def _check_dataset(
+        self, run: runs.Run, dataset_id: str, field: str, wanted: int = ingest_pb2.DATASET_KIND_PAIRS
+    ) -> None:
         try:
             dataset = await self.peers.get_dataset(run.tenant_id, dataset_id)
         except NotFound:
             raise RunFailed("dataset_not_found", f"dataset {dataset_id} not found; upload it first", field) from None
-        if dataset.kind != ingest_pb2.DATASET_KIND_PAIRS:
+        if dataset.kind != wanted:
             kind = ingest_pb2.DatasetKind.Name(dataset.kind).removeprefix("DATASET_KIND_").lower()
-            raise RunFailed(
-                "invalid_dataset",
-                f"fine-tuning text trains on a pairs dataset; {dataset_id} is a {kind} dataset",
-                field,
-            )
+            if wanted == ingest_pb2.DATASET_KIND_INPUTS:
+                needed = "distillation answers an input-only dataset (upload it with --kind inputs)"
+            else:
+                needed = "fine-tuning text trains on a pairs dataset"
+            raise RunFailed("invalid_dataset", f"{needed}; {dataset_id} is a {kind} dataset", field)
         if not dataset.valid:
             report = dataset.report
             violations = [
@@ -270,7 +280,7 @@ class Pipeline:
         result = run.result or {}
         model = {
             "run_id": run.id, "name": run.request.get("model_name") or run.id,
-            "path": common_pb2.TRAINING_PATH_FINETUNE_TEXT, "base_model": run.request["student_model"],
+            "path": run.path, "base_model": run.request["student_model"],
             "artifact_kind": ARTIFACT_KINDS.get(result.get("artifact_kind", ""), 0),
             "artifact_uri": result.get("artifact_uri", ""),
             "metrics": numbers(result),
@@ -294,7 +304,12 @@ class Pipeline:
         return cancelled
 
     async def wind_down(self, run: runs.Run) -> None:
-        """Stop the run's job and give its quota slot back; each best effort, logged."""
+        """Stop the run's generation and training jobs and give its quota slot back; each best effort, logged."""
+        if job_id := (run.generation or {}).get("job_id"):
+            try:
+                await self.peers.cancel_job(run.tenant_id, job_id)
+            except DistilleryError as err:
+                log.warning("cannot cancel the generation job of run %s: %s", run.id, err.message)
         if run.job_attempt:
             try:
                 await self.jobs.stop(job_id(run, run.job_attempt))

@@ -12,6 +12,8 @@ from google.protobuf import json_format
 from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import InvalidArgument, Unimplemented
+from services.teacher.job_requests import MAX_AUGMENT_COUNT, check_parameters, check_system_prompts
+from services.teacher.providers import split_teacher
 from services.trainer.recipes.sft_settings import resolve_sft
 
 DEFAULT_EVAL_FRACTION = 0.1
@@ -25,22 +27,24 @@ PATH_NAMES = {
 }
 
 
-def _check_system_prompts(request: pb.CreateRunRequest) -> None:
-    """Distill-text answers every input under every named system prompt: at least one, names unique."""
-    if not request.system_prompts:
-        raise InvalidArgument(
-            "a distill-text run needs at least one named system prompt: the teacher answers every input under "
-            "each one (add --system-prompt NAME=TEXT); an input-only dataset has no instructions of its own",
-            field="system_prompts",
-        )
-    seen: set[str] = set()
-    for i, prompt in enumerate(request.system_prompts):
-        if not prompt.name.strip() or not prompt.text.strip():
-            raise InvalidArgument(f"system prompt {i + 1} needs a name and a text", field=f"system_prompts[{i}]")
-        if prompt.name in seen:
-            raise InvalidArgument(f"two system prompts are named {prompt.name!r}; names must be unique",
-                                  field=f"system_prompts[{i}].name")  # fmt: skip
-        seen.add(prompt.name)
+def _check_teacher(request: pb.CreateRunRequest) -> None:
+    """Distillation and augmentation need a teacher; augmentation only goes with finetune-text."""
+    distill = request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT
+    if request.augment_count and distill:
+        raise InvalidArgument("augment_count is for finetune-text runs; distill-text generates all its pairs",
+                              field="augment_count")  # fmt: skip
+    if not 0 <= request.augment_count <= MAX_AUGMENT_COUNT:
+        raise InvalidArgument(f"augment_count must be between 0 and {MAX_AUGMENT_COUNT}", field="augment_count")
+    if not (distill or request.augment_count):
+        return
+    if not request.teacher:
+        raise InvalidArgument("a teacher is required to generate pairs: --teacher PROVIDER:MODEL (e.g. "
+                              "platform:smollm2 or openai:gpt-4.1-mini)", field="teacher")  # fmt: skip
+    split_teacher(request.teacher)
+    check_parameters(request.generation)
+    if not 0.0 <= request.max_failed_fraction <= 1.0:
+        raise InvalidArgument(f"max_failed_fraction must be between 0 and 1 (got {request.max_failed_fraction})",
+                              field="max_failed_fraction")  # fmt: skip
 
 
 def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
@@ -48,22 +52,27 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
     if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
-        _check_system_prompts(request)
-    if request.path != common_pb2.TRAINING_PATH_FINETUNE_TEXT:
+        check_system_prompts(request.system_prompts)
+    if request.path not in (common_pb2.TRAINING_PATH_FINETUNE_TEXT, common_pb2.TRAINING_PATH_DISTILL_TEXT):
         raise Unimplemented(
             f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "
-            "finetune-text works today"
+            "finetune-text and distill-text work today"
         )
+    _check_teacher(request)
     if request.mode == common_pb2.TRAINING_MODE_SFT_RL:
         raise InvalidArgument("SFT + RL (GRPO) is only available for the tool-calling distillation path", field="mode")
     if not request.dataset_id:
-        raise InvalidArgument("dataset_id is required: upload a pairs dataset and pass its id", field="dataset_id")
+        kind = "an input-only" if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT else "a pairs"
+        raise InvalidArgument(f"dataset_id is required: upload {kind} dataset and pass its id", field="dataset_id")
     if not request.student_model.strip():
         raise InvalidArgument(
             "student_model is required: a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a model directory "
             "the Ray workers can read",
             field="student_model",
         )
+    if request.eval_dataset_id and request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+        raise InvalidArgument("a distill-text run holds out a share of the generated pairs for eval: give "
+                              "eval_fraction, not eval_dataset_id", field="eval_dataset_id")  # fmt: skip
     if request.eval_dataset_id and request.eval_fraction:
         raise InvalidArgument("give eval_dataset_id or eval_fraction, not both", field="eval_fraction")
     if not 0.0 <= request.eval_fraction < 1.0:
@@ -71,8 +80,6 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
             f"eval_fraction must be between 0 and 1 (got {request.eval_fraction}); 0.1 holds out 10%",
             field="eval_fraction",
         )
-    if request.augment_count:
-        raise Unimplemented("augmentation by a teacher arrives with the teacher service; set augment_count to 0")
     if request.model_name and not _MODEL_NAME.match(request.model_name):
         raise InvalidArgument(
             "model_name must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",

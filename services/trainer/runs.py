@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.objects import tenant_key
 from services.common.paging import newest_first
 
 FINAL = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
@@ -64,6 +65,7 @@ class Run:
     job_attempt: int = 0
     split: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
+    generation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,21 @@ class Event:
     sequence: int
     at: datetime
     event: dict[str, Any]
+
+
+class RunFailed(Exception):
+    """Ends the run FAILED with this error."""
+
+    def __init__(self, code: str, message: str, field: str = "", violations: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.error: dict[str, Any] = {"code": code, "message": message, "field": field}
+        if violations:
+            self.error["violations"] = violations
+
+
+def run_prefix(run: Run) -> str:
+    """Where a run's objects live in the store."""
+    return tenant_key(run.tenant_id, "runs", run.id)
 
 
 def new_run_id() -> str:
@@ -181,8 +198,8 @@ async def find_by_key(pool: AsyncConnectionPool, tenant_id: str, key: str) -> Ru
 
 
 async def save(pool: AsyncConnectionPool, run_id: str, **columns: Any) -> None:
-    """Set some of a run's bookkeeping columns (split, result, model_id, job_attempt, push_token_hash)."""
-    allowed_columns = {"split", "result", "model_id", "job_attempt", "push_token_hash", "metrics"}
+    """Set some of a run's bookkeeping columns (split, result, model_id, job_attempt, push_token_hash, generation)."""
+    allowed_columns = {"split", "result", "model_id", "job_attempt", "push_token_hash", "metrics", "generation"}
     assert set(columns) <= allowed_columns, set(columns) - allowed_columns
     values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
     assignments = ", ".join(f"{name} = %s" for name in columns)

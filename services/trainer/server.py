@@ -24,8 +24,9 @@ async def create(settings: Settings) -> RunningServer:
     backends = await open_backends(settings.database_url, SCHEMA, MIGRATIONS, settings.s3)
     registry, resolve_key = registry_keys(settings.registry_address, settings.server.rpc_timeout_s)
     peers = Peers(
-        settings.ingest_address, settings.registry_address, settings.server.service_token, settings.server.rpc_timeout_s
-    )
+        settings.ingest_address, settings.registry_address, settings.teacher_address,
+        settings.server.service_token, settings.server.rpc_timeout_s,
+    )  # fmt: skip
     pipeline = Pipeline(
         pool=backends.pool, store=backends.store, s3=settings.s3, peers=peers,
         jobs=RayJobs(settings.ray_address, settings.ray_token()),

@@ -34,6 +34,8 @@ def run_pb(run: runs.Run) -> pb.Run:
     message.student_model = message.request.student_model
     message.teacher = message.request.teacher
     json_format.ParseDict(run.progress, message.progress, ignore_unknown_fields=True)
+    if usage := (run.generation or {}).get("usage"):
+        json_format.ParseDict(usage, message.teacher_usage, ignore_unknown_fields=True)
     if run.error:
         json_format.ParseDict(run.error, message.error, ignore_unknown_fields=True)
     return message

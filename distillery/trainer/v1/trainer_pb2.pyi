@@ -203,6 +203,7 @@ class CreateRunRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     AUGMENT_COUNT_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    MAX_FAILED_FRACTION_FIELD_NUMBER: _builtins.int
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
     dataset_id: _builtins.str
@@ -222,6 +223,11 @@ class CreateRunRequest(_message.Message):
     """Augmentation for finetune-text: number of new pairs (0 = none)."""
     language: _builtins.str
     """ASR: dataset-wide language override (ISO 639-1)."""
+    max_failed_fraction: _builtins.float
+    """Distillation and augmentation: fail the run when more than this share of
+    the teacher's rows fail (0: the default, 0.05); below it the run trains on
+    the rest and says how many were skipped.
+    """
     @_builtins.property
     def system_prompts(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.NamedSystemPrompt]: ...
     @_builtins.property
@@ -260,10 +266,11 @@ class CreateRunRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         augment_count: _builtins.int = ...,
         language: _builtins.str = ...,
+        max_failed_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "grpo", b"grpo", "rubric", b"rubric", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

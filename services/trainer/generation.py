@@ -1,0 +1,127 @@
+"""The GENERATING stage: a run's teacher job, made once and followed to its end.
+
+distill-text   every input of the input-only dataset under every named system prompt;
+               the generated pairs (a dataset ingest checked) are then split train/eval
+finetune-text  with augment_count, new pairs in the style of the train split (the eval
+               rows are never shown to the teacher) added to the train split
+
+The job is made with the run id as its idempotency key, so a restarted trainer finds
+it again; its progress (rows, tokens, cost) goes to the run's events as it moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from google.protobuf import json_format
+
+from distillery.common.v1 import common_pb2
+from distillery.teacher.v1 import teacher_pb2
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.trainer import runs
+from services.trainer.runs import RunFailed
+
+if TYPE_CHECKING:
+    from services.trainer.pipeline import Pipeline
+
+POLL_S = 1.0
+
+
+def job_request(run: runs.Run) -> teacher_pb2.CreateGenerationJobRequest:
+    request = run.request
+    job = teacher_pb2.CreateGenerationJobRequest(
+        teacher=request["teacher"], run_id=run.id, max_failed_fraction=request.get("max_failed_fraction", 0.0)
+    )
+    json_format.ParseDict(request.get("generation", {}), job.parameters)
+    if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+        job.kind = teacher_pb2.JOB_KIND_TEXT_DISTILLATION
+        job.dataset_id = request["dataset_id"]
+        for prompt in request.get("system_prompts", []):
+            job.system_prompts.add(name=prompt["name"], text=prompt["text"])
+    else:
+        job.kind = teacher_pb2.JOB_KIND_AUGMENTATION
+        job.source_key = (run.split or {})["train_key"]
+        job.parameters.augment_count = int(request["augment_count"])
+    return job
+
+
+def usage_of(job: teacher_pb2.GenerationJob) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        job.usage, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+async def follow(pipeline: Pipeline, run: runs.Run) -> bool:
+    generation = dict(run.generation or {})
+    if not generation.get("job_id"):
+        try:
+            job = await pipeline.peers.create_job(run.tenant_id, job_request(run))
+        except (InvalidArgument, FailedPrecondition, NotFound) as err:
+            raise RunFailed("generation_refused", err.message, err.field or "teacher") from None
+        estimate = job.estimate
+        generation = {"job_id": job.id, "estimate": json_format.MessageToDict(estimate)}
+        await runs.save(pipeline.pool, run.id, generation=generation)
+        await pipeline.note(run, f"teacher {job.teacher}: job {job.id}, {estimate.rows} rows to generate; estimated "
+                            f"{estimate.input_tokens:,} input and {estimate.output_tokens:,} output tokens, "
+                            f"${estimate.estimated_cost_usd:.4f}")  # fmt: skip
+    seen: tuple[int, ...] = ()
+    while True:
+        job = await pipeline.peers.get_job(run.tenant_id, generation["job_id"])
+        if (job.rows_done, job.rows_failed, job.state) != seen:
+            seen = (job.rows_done, job.rows_failed, job.state)
+            generation["usage"] = usage_of(job)
+            await runs.save(pipeline.pool, run.id, generation=generation)
+            progress = {"rows_done": job.rows_done + job.rows_failed, "rows_total": job.rows_total,
+                        "rows_failed": job.rows_failed, "usage": generation["usage"]}  # fmt: skip
+            await runs.report(pipeline.pool, run.id, [{"progress": progress}])
+        if job.state == teacher_pb2.JOB_STATE_SUCCEEDED:
+            break
+        if job.state == teacher_pb2.JOB_STATE_FAILED:
+            raise RunFailed("generation_failed", f"the teacher's job {job.id} failed: {job.error}", "teacher")
+        if (await runs.get(pipeline.pool, run.tenant_id, run.id)).state in runs.FINAL:
+            return False
+        if job.state == teacher_pb2.JOB_STATE_CANCELLED:
+            raise RunFailed("generation_cancelled", f"the teacher's job {job.id} was cancelled outside the run")
+        await asyncio.sleep(POLL_S)
+    await _report_outcome(pipeline, run, job)
+    if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+        await pipeline._split(run, job.output_dataset_id)
+    else:
+        await _add_to_train(pipeline, run, job)
+    return True
+
+
+async def _report_outcome(pipeline: Pipeline, run: runs.Run, job: teacher_pb2.GenerationJob) -> None:
+    usage = job.usage
+    by_prompt = ", ".join(f"{name}: {n}" for name, n in sorted(job.rows_by_prompt.items()))
+    lines = [f"the teacher wrote {job.rows_done} of {job.rows_total} rows{f' ({by_prompt})' * bool(by_prompt)}; "
+             f"{usage.input_tokens:,} input and {usage.output_tokens:,} output tokens in {usage.requests} requests, "
+             f"${usage.estimated_cost_usd:.4f}{'' if usage.billed else ' (your own key: not billed)'}"]  # fmt: skip
+    if job.rows_failed:
+        lines.append(f"skipped {job.rows_failed} rows the teacher could not answer "
+                     f"(under the limit of failed rows); the first:")  # fmt: skip
+        lines += [f"  row {f.row} {f.prompt_name}: {f.code}: {f.message}" for f in job.failures[:5]]
+    if job.rows_duplicate:
+        lines.append(f"dropped {job.rows_duplicate} generated pairs that repeated another pair")
+    for line in lines:
+        await pipeline.note(run, line)
+    teacher_metrics = {"teacher_rows": float(job.rows_done), "teacher_rows_failed": float(job.rows_failed)}
+    await runs.save(pipeline.pool, run.id, metrics={**run.metrics, **teacher_metrics})
+
+
+async def _add_to_train(pipeline: Pipeline, run: runs.Run, job: teacher_pb2.GenerationJob) -> None:
+    """The train split plus the new pairs, as the run's own train file."""
+    split = dict(run.split or {})
+    original = await asyncio.to_thread(pipeline.store.get_bytes, split["train_key"])
+    generated = await asyncio.to_thread(pipeline.store.get_bytes, job.output_key)
+    new_lines = [orjson.dumps({"messages": orjson.loads(line)["messages"]}) for line in generated.splitlines() if line]
+    key = f"{runs.run_prefix(run)}/train_augmented.jsonl"
+    merged = original.rstrip(b"\n") + b"\n" + b"\n".join(new_lines) + b"\n"
+    await asyncio.to_thread(pipeline.store.put_bytes, key, merged, "application/jsonl")
+    split.update(train_key=key, train_rows=split["train_rows"] + len(new_lines), augmented_rows=len(new_lines))
+    await runs.save(pipeline.pool, run.id, split=split)
+    before = split["train_rows"] - len(new_lines)
+    await pipeline.note(run, f"added {len(new_lines)} teacher-written pairs to the {before} train rows "
+                        f"(eval rows untouched): {split['train_rows']} train rows")  # fmt: skip
