@@ -1,4 +1,10 @@
-"""distillery keys: your own teacher provider keys (stored encrypted, never shown again)."""
+"""distillery keys: your own teacher provider keys (stored encrypted, never shown again).
+
+``keys set`` reads the key from a hidden prompt, or DISTILLERY_PROVIDER_KEY (``--key``
+works too, but leaves the key in the shell's history). The teacher service checks it
+with one cheap call to the provider before storing it; only its last four characters
+are ever shown again.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +27,30 @@ def provider_name(provider: int) -> str:
 
 @click.group("keys")
 def group() -> None:
-    """Bring your own OpenAI, Anthropic or Google AI keys for teacher models."""
+    """Bring your own OpenAI, Anthropic or Google AI keys for teacher models (usage not billed)."""
 
 
 @group.command("set")
 @click.argument("provider", type=click.Choice(list(PROVIDERS)))
-@click.option("--key", prompt=True, hide_input=True, envvar="DISTILLERY_PROVIDER_KEY", help="The provider's API key.")
-def set_(provider: str, key: str) -> None:
-    """Store a provider key (checked with a cheap call first)."""
+@click.option(
+    "--key",
+    prompt="API key",
+    hide_input=True,
+    envvar="DISTILLERY_PROVIDER_KEY",
+    show_envvar=True,
+    help="The provider's API key. Leave it out to type it at a hidden prompt (keeps it out of shell history).",
+)
+@click.option("--skip-check", is_flag=True, help="Store the key without the provider checking it (not recommended).")
+def set_(provider: str, key: str, skip_check: bool) -> None:
+    """Store your key for PROVIDER, encrypted; it replaces the one stored before."""
+    request = teacher_pb2.SetProviderKeyRequest(provider=PROVIDERS[provider], api_key=key, skip_check=skip_check)
     with rpc_errors():
-        stored = Client.from_environment().teacher.SetProviderKey(
-            teacher_pb2.SetProviderKeyRequest(provider=PROVIDERS[provider], api_key=key)
-        )
-    console.print(f"stored the {provider} key ending in {stored.last4}")
+        stored = Client.from_environment().teacher.SetProviderKey(request)
+    checked = "not checked" if skip_check else "checked with the provider"
+    console.print(f"stored the {provider} key ending in …{stored.last4} ({checked})", highlight=False)
+    console.print(
+        f"[dim]teachers named {provider}:<model> now use it; usage is billed to your {provider} account[/dim]"
+    )
 
 
 @group.command("list")
@@ -43,16 +60,24 @@ def list_(as_json: bool) -> None:
     with rpc_errors():
         reply = Client.from_environment().teacher.ListProviderKeys(teacher_pb2.ListProviderKeysRequest())
     if as_json:
-        print_json([as_dict(k) for k in reply.keys])
+        print_json([{**as_dict(k), "provider": provider_name(k.provider)} for k in reply.keys])
         return
-    rows = [(provider_name(k.provider), f"…{k.last4}", k.created_at.ToJsonString()) for k in reply.keys]
-    print_table("Provider keys", ["provider", "key", "stored"], rows)
+    rows = [
+        (
+            provider_name(k.provider),
+            f"…{k.last4}",
+            k.created_at.ToJsonString(),
+            k.checked_at.ToJsonString() if k.HasField("checked_at") else "not checked",
+        )
+        for k in reply.keys
+    ]
+    print_table("Provider keys", ["provider", "key", "stored", "checked"], rows)
 
 
 @group.command("delete")
 @click.argument("provider", type=click.Choice(list(PROVIDERS)))
 def delete(provider: str) -> None:
-    """Delete a stored provider key."""
+    """Delete your stored key for PROVIDER."""
     with rpc_errors():
         Client.from_environment().teacher.DeleteProviderKey(
             teacher_pb2.DeleteProviderKeyRequest(provider=PROVIDERS[provider])

@@ -1,25 +1,39 @@
-"""distillery tools: import, list and delete the active tools.
+"""distillery tools: import, describe, list and delete the active tools.
 
 ``tools import`` sends a JSON or YAML document (OpenAI tools or functions, Anthropic
 tools, JSON Schema objects, OpenAPI 3.0/3.1) to ImportTools. A document with any
 violation imports nothing: the violations are printed (entry, field, code, message,
 hint) and the command exits 1.
+
+``tools describe "TEXT" --teacher PROVIDER:MODEL`` asks the teacher service to turn a
+plain-language description into a canonical tool (DescribeTool); the answer is checked
+like an imported tool. With ``--save`` a tool without violations goes through
+ImportTools as a one-tool JSON document, and so joins the active list.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from google.protobuf import json_format
 
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.client import Client
 from distillery.ingest.v1 import ingest_pb2
+from distillery.teacher.v1 import teacher_pb2
 
 
 def source_name(source: int) -> str:
     return ingest_pb2.ToolSource.Name(source).removeprefix("TOOL_SOURCE_").lower()
+
+
+def print_violations(items: Any) -> None:
+    rows = [(v.entry or "-", v.field or "-", v.code, v.message, v.hint) for v in items]
+    print_table("Violations", ["tool", "field", "code", "message", "hint"], rows, whole=["code"])
 
 
 def print_tools(title: str, tools: list[ingest_pb2.Tool]) -> None:
@@ -54,6 +68,63 @@ def import_(path: Path, replace: bool, as_json: bool) -> None:
             print_tools("Imported", list(reply.tools))
     if reply.violations:
         raise SystemExit(FAILED)
+
+
+@group.command("describe")
+@click.argument("text")
+@click.option("--teacher", required=True, help='The teacher, "provider:model" (e.g. openai:gpt-4.1-mini).')
+@click.option("--save", is_flag=True, help="Add the tool to the active list when it has no violations.")
+@json_option
+def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
+    """Turn TEXT, a tool described in plain language ("-" reads it from stdin), into a typed tool schema.
+
+    Say what the tool does, its arguments with their types and allowed values, and which
+    are required. Exits 1 when the teacher's schema has violations.
+    """
+    if text == "-":
+        text = sys.stdin.read()
+    client = Client.from_environment(timeout=180)
+    with rpc_errors():
+        reply = client.teacher.DescribeTool(teacher_pb2.DescribeToolRequest(teacher=teacher, description=text))
+    tool = {"name": reply.name, "description": reply.description, "parameters": struct_value(reply.parameters)}
+    saved: ingest_pb2.ImportToolsResponse | None = None
+    if save and not reply.violations:
+        document = json.dumps(tool, indent=2).encode()
+        request = ingest_pb2.ImportToolsRequest(document=document, filename="described-tool.json")
+        with rpc_errors():
+            saved = client.ingest.ImportTools(request)
+    violations = list(reply.violations) + list(saved.violations if saved else [])
+    if as_json:
+        out: dict[str, Any] = {**tool, "violations": [as_dict(v) for v in violations]}
+        if saved is not None:
+            out["saved"] = [as_dict(t) for t in saved.tools]
+        print_json(out)
+    else:
+        console.print(f"[bold]{reply.name or '(no name)'}[/bold]: {reply.description}", highlight=False)
+        click.echo(json.dumps(tool["parameters"], indent=2))
+        if violations:
+            print_violations(violations)
+            console.print(f"[red]{len(violations)} violation(s)[/red]" + (": nothing saved" if save else ""))
+        elif saved is not None:
+            print_tools("Saved", list(saved.tools))
+    if violations:
+        raise SystemExit(FAILED)
+
+
+def struct_value(value: Any) -> Any:
+    """A Struct as plain JSON, whole numbers back as integers (a Struct keeps every number as a double)."""
+    plain = json_format.MessageToDict(value)
+
+    def ints(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+            return int(v)
+        if isinstance(v, dict):
+            return {k: ints(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [ints(x) for x in v]
+        return v
+
+    return ints(plain)
 
 
 @group.command("list")

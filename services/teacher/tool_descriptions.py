@@ -1,0 +1,206 @@
+"""Plain-language tools: a description in words -> a canonical tool schema, written by the teacher.
+
+``describe`` asks the teacher for structured output ({"name", "description",
+"parameters"}, ``RESPONSE_SCHEMA``) under ``SYSTEM_PROMPT``, which spells out the
+canonical shape, then puts the answer through ingest's ``check_tool`` exactly as an
+imported tool (source ``TOOL_SOURCE_PLAIN_LANGUAGE``). What the teacher got wrong is a
+violation in the report, not an RPC error: an untyped property is ``untyped_property``,
+an answer that is not JSON ``unparseable_answer``, one cut off ``answer_too_long``, a
+refusal ``teacher_refused``.
+
+RPC errors are for what the caller must change: the description (empty, too long),
+the teacher name, the key (refused, none), or a provider that did not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, Unavailable
+from services.ingest.reports import Report
+from services.ingest.tools import PLAIN_LANGUAGE, CanonicalTool, check_tool
+from services.teacher import providers
+from services.teacher.keys import KeyStore, close_client
+from services.teacher.providers.base import Completion, Credentials, ProviderError, Request, scrub
+
+MAX_DESCRIPTION_CHARS = 8000
+MAX_OUTPUT_TOKENS = 2048
+
+SYSTEM_PROMPT = """\
+You turn a plain-language description of a tool (a function an assistant can call) into its definition.
+Answer with one JSON object and nothing else:
+- "name": a short snake_case identifier of letters, digits, _ and - (at most 64), e.g. "get_weather";
+- "description": one or two sentences saying what the tool does and when to call it;
+- "parameters": a JSON Schema object for the tool's arguments, shaped
+  {"type": "object", "properties": {...}, "required": [...], "additionalProperties": false}.
+Rules for "parameters":
+- every property has a "type" ("string", "integer", "number", "boolean", "array" or "object") and a "description";
+- an array has "items" with a type; a nested object has its own "properties", "required" and
+  "additionalProperties": false;
+- when the text lists the allowed values of an argument, give them as an "enum";
+- formats and bounds the text states go in "format" (e.g. "date"), "minimum", "maximum";
+- "required" lists the arguments the text says are needed; optional ones are left out of it;
+- add no argument the text does not imply.
+"""
+
+RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "snake_case tool name"},
+        "description": {"type": "string", "description": "what the tool does and when to call it"},
+        "parameters": {"type": "object", "description": "JSON Schema object of the arguments"},
+    },
+    "required": ["name", "description", "parameters"],
+    "additionalProperties": False,
+}
+
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n\s*```$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Described:
+    """The canonical tool (None when the report has violations) and what the teacher answered."""
+
+    tool: CanonicalTool | None
+    report: Report
+    # The teacher's answer as parsed (shown next to the violations); None when it was not a JSON object.
+    answer: dict[str, Any] | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    billed: bool = True
+
+
+async def describe(
+    keys: KeyStore, tenant_id: str, teacher: str, description: str, *, attempts: int, max_backoff_s: float
+) -> Described:
+    """The whole DescribeTool call: check the request, pick the tenant's credentials, ask the teacher."""
+    text = clean_description(description)
+    provider, model = providers.split_teacher(teacher)
+    credentials = await keys.credentials(tenant_id, provider)
+    return await describe_tool(credentials, provider, model, text, attempts=attempts, max_backoff_s=max_backoff_s)
+
+
+def clean_description(description: str) -> str:
+    text = description.strip()
+    if not text:
+        raise InvalidArgument(
+            "the description is empty: say in words what the tool does, its arguments (with their types and "
+            "allowed values) and which are required",
+            field="description",
+        )
+    if len(text) > MAX_DESCRIPTION_CHARS:
+        raise InvalidArgument(
+            f"the description is {len(text)} characters long, over the limit of {MAX_DESCRIPTION_CHARS}: describe "
+            "one tool, briefly",
+            field="description",
+        )
+    return text
+
+
+async def describe_tool(
+    credentials: Credentials,
+    provider: str,
+    model: str,
+    description: str,
+    *,
+    attempts: int = 1,
+    max_backoff_s: float = 0.0,
+) -> Described:
+    """Ask ``provider:model`` for the tool ``description`` describes, and check its answer like an imported tool."""
+    request = Request(
+        model=model,
+        messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": description}],
+        temperature=0.0,
+        max_output_tokens=MAX_OUTPUT_TOKENS,
+        response_schema=RESPONSE_SCHEMA,
+    )
+    try:
+        completion = await _complete(provider, credentials, request, attempts, max_backoff_s)
+    except ProviderError as err:
+        if err.kind != "refused":
+            raise _teacher_error(provider, credentials, err) from None
+        report = Report(rows=1)
+        said = scrub(err.message, credentials.api_key)
+        report.add(0, "", "teacher_refused", f"the teacher declined to answer: {said}",
+                   "describe the tool in other words, or use another teacher", entry="tool")  # fmt: skip
+        return Described(None, report, None, billed=credentials.billed)
+    answer, report = read_answer(completion)
+    tool = None
+    if answer is not None:  # check_tool reports a missing or mistyped name, description or parameters
+        name: Any = answer.get("name")
+        text: Any = answer.get("description")
+        tool, report = check_tool(name, text, answer.get("parameters"), source=PLAIN_LANGUAGE)
+    return Described(tool, report, answer, completion.input_tokens, completion.output_tokens, credentials.billed)
+
+
+def read_answer(completion: Completion) -> tuple[dict[str, Any] | None, Report]:
+    """The teacher's answer as a JSON object, or None and a report saying why not."""
+    report = Report(rows=1)
+    text = completion.text.strip()
+    fenced = _FENCE.match(text)  # some models wrap JSON in a Markdown fence even when asked not to
+    if fenced:
+        text = fenced.group(1).strip()
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as err:
+        if completion.finish_reason == "length":
+            report.add(0, "", "answer_too_long", f"the teacher's answer was cut off after {completion.output_tokens} "
+                       "tokens", "describe fewer arguments, or split the tool in two", entry="tool")  # fmt: skip
+        else:
+            report.add(0, "", "unparseable_answer", f"the teacher's answer is not JSON ({err.msg}): {text[:120]!r}",
+                       "try again, or use a teacher that supports structured output", entry="tool")  # fmt: skip
+        return None, report
+    if not isinstance(answer, dict):
+        report.add(0, "", "unparseable_answer", f"the teacher's answer is JSON but not an object: {text[:120]!r}",
+                   "try again, or use a teacher that supports structured output", entry="tool")  # fmt: skip
+        return None, report
+    parameters = answer.get("parameters")
+    if isinstance(parameters, str):  # some teachers write the schema as JSON text
+        with contextlib.suppress(json.JSONDecodeError):  # if not, check_tool names it: not an object schema
+            answer["parameters"] = json.loads(parameters)
+    return answer, report
+
+
+async def _complete(
+    provider: str, credentials: Credentials, request: Request, attempts: int, max_backoff_s: float
+) -> Completion:
+    """One completion, retrying what ``ProviderError.retryable`` says may pass (full-jitter backoff)."""
+    adapter = providers.PROVIDERS[provider]
+    client = adapter.connect(credentials)
+    try:
+        for attempt in range(1, max(1, attempts) + 1):
+            try:
+                return await adapter.complete(client, request)
+            except ProviderError as err:
+                if not err.retryable or attempt >= attempts:
+                    raise
+                wait = err.retry_after_s if err.retry_after_s is not None else random.uniform(0, 0.25 * 2**attempt)
+                await asyncio.sleep(min(wait, max_backoff_s))
+        raise AssertionError("unreachable")
+    finally:
+        await close_client(adapter, client)
+
+
+def _teacher_error(provider: str, credentials: Credentials, err: ProviderError) -> DistilleryError:
+    said = scrub(err.message, credentials.api_key)
+    if err.kind == "auth":
+        if provider == "platform":
+            whose = "the deployment's key (DISTILLERY_PLATFORM_API_KEY) was refused by the platform endpoint"
+        elif credentials.billed:
+            whose = f"the deployment's {provider} key (DISTILLERY_{provider.upper()}_API_KEY) was refused"
+        else:
+            whose = f"your {provider} key was refused: set a new one with `distillery keys set {provider}`"
+        return FailedPrecondition(f"{whose} ({said})", field="teacher")
+    if err.kind == "spend_limit":
+        return FailedPrecondition(f"the {provider} account cannot pay for requests: {said}", field="teacher")
+    if err.kind == "input_too_long":
+        return InvalidArgument(f"the description is too long for the teacher: {said}", field="description")
+    if err.kind == "invalid_request":
+        return InvalidArgument(f"the {provider} teacher refused the request: {said}", field="teacher")
+    return Unavailable(f"the {provider} teacher did not answer ({err.kind}): {said}; try again shortly")
