@@ -31,16 +31,26 @@ def metrics_text(values: Any) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in shown)
 
 
+def generation_text(p: pb.Progress) -> str:
+    """The teacher's progress: rows done/total, failed rows, tokens and cost so far."""
+    usage = p.usage
+    failed = f", {p.rows_failed} failed" if p.rows_failed else ""
+    billed = "" if usage.billed or not usage.requests else " (own key)"
+    return (f"rows {p.rows_done}/{p.rows_total}{failed}, tokens {usage.input_tokens:,} in / "
+            f"{usage.output_tokens:,} out, ${usage.estimated_cost_usd:.4f}{billed}")  # fmt: skip
+
+
 class _Screen:
     """Where events go: a live bar on a terminal, lines otherwise."""
 
     def __init__(self) -> None:
         self.live = console.is_terminal
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
             TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"), console=console, transient=False,
         )  # fmt: skip
-        self.task = self.bar.add_task("QUEUED", total=None, metrics="", visible=False)
+        self.task = self.bar.add_task("QUEUED", total=None, metrics="", unit="steps", visible=False)
         self.last_plain = 0.0
         self.metrics = ""
 
@@ -60,15 +70,25 @@ class _Screen:
         self.bar.update(self.task, description=state_name(state))
 
     def progress(self, p: pb.Progress) -> None:
-        if p.rows_total and not p.total_steps:
-            text = f"rows {p.rows_done}/{p.rows_total}"
-        else:
-            text = f"step {p.step}/{p.total_steps} epoch {p.epoch:.2f} eta {p.eta_seconds:.0f}s"
+        generating = bool(p.rows_total and not p.total_steps)
+        done, total = (p.rows_done, p.rows_total) if generating else (p.step, p.total_steps)
+        text = (
+            generation_text(p)
+            if generating
+            else (f"step {p.step}/{p.total_steps} epoch {p.epoch:.2f} eta {p.eta_seconds:.0f}s")
+        )
         if self.live:
-            self.bar.update(self.task, completed=p.step, total=p.total_steps or None, visible=True)
-        elif time.monotonic() - self.last_plain >= PLAIN_PROGRESS_EVERY_S or p.step == p.total_steps:
+            self.bar.update(
+                self.task,
+                completed=done,
+                total=total or None,
+                visible=True,
+                unit="rows" if generating else "steps",
+                metrics=text if generating else self.metrics,
+            )
+        elif time.monotonic() - self.last_plain >= PLAIN_PROGRESS_EVERY_S or done == total:
             self.last_plain = time.monotonic()
-            self.line(f"  {text} {self.metrics}")
+            self.line(f"  {text} {'' if generating else self.metrics}")
 
     def metrics_event(self, m: pb.Metrics) -> None:
         self.metrics = metrics_text(m.values)

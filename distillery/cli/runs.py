@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
-from distillery.cli.run_watch import follow
+from distillery.cli.run_watch import follow, generation_text
 from distillery.client import Client
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
@@ -29,7 +29,10 @@ def group() -> None:
     """Training runs."""
 
 
-PATHS = {"finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT}
+PATHS = {
+    "finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT,
+    "distill-text": common_pb2.TRAINING_PATH_DISTILL_TEXT,
+}
 
 
 @group.command("create")
@@ -56,12 +59,41 @@ PATHS = {"finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT}
     metavar="NAME=TEXT",
     help="distill-text: a named system prompt the teacher answers every input under (repeat for more).",
 )
+@click.option(
+    "--teacher",
+    default="",
+    metavar="PROVIDER:MODEL",
+    help="distill-text and --augment: the teacher, e.g. platform:smollm2 or openai:gpt-4.1-mini.",
+)
+@click.option(
+    "--augment",
+    "augment_count",
+    type=int,
+    default=0,
+    help="finetune-text: have the teacher write this many new pairs like the train rows.",
+)
+@click.option("--temperature", type=float, default=0.0, help="Teacher temperature [default: 0 distill, 1 augment].")
+@click.option("--max-output-tokens", type=int, default=0, help="Cap of one teacher answer [default: 512].")
+@click.option(
+    "--max-failed-fraction",
+    type=float,
+    default=0.0,
+    help="Fail the run when more of the teacher's rows fail than this share [default: 0.05].",
+)
+@click.option(
+    "--estimate",
+    "estimate_only",
+    is_flag=True,
+    help="Print the teacher's estimate (rows, tokens, cost) and stop without starting the run.",
+)
 @click.option("--idempotency-key", default="", help="Repeat the command safely: the same key returns the same run.")
 @click.option("--watch/--no-watch", "follow_it", default=False, help="Follow the run until it ends.")
 @json_option
 def create(
     path: str, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float, model_name: str,
-    system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool, **sft: Any,
+    system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool, teacher: str,
+    augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
+    estimate_only: bool, **sft: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
     named = []
@@ -73,9 +105,15 @@ def create(
     request = pb.CreateRunRequest(
         path=PATHS[path], dataset_id=dataset_id, student_model=student_model, eval_dataset_id=eval_dataset_id,
         eval_fraction=eval_fraction, model_name=model_name, idempotency_key=idempotency_key,
-        sft=pb.SftSettings(**sft), system_prompts=named,
+        sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,
+        max_failed_fraction=max_failed_fraction,
+        generation=teacher_pb2.GenerationParameters(temperature=temperature, max_output_tokens=max_output_tokens),
     )  # fmt: skip
     with rpc_errors():
+        if path == "distill-text" and not as_json:
+            _print_estimate(request)
+        if estimate_only:
+            return
         run = Client.from_environment().trainer.CreateRun(request)
         if as_json:
             print_json(run)
@@ -85,6 +123,18 @@ def create(
             final = follow(Client.from_environment(timeout=7 * 24 * 3600).trainer, run.id)
             if final != pb.RUN_STATE_SUCCEEDED:
                 raise SystemExit(FAILED)
+
+
+def _print_estimate(request: pb.CreateRunRequest) -> None:
+    """What the teacher will be asked, before the run starts."""
+    estimate = Client.from_environment().teacher.EstimateJob(
+        teacher_pb2.CreateGenerationJobRequest(
+            kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher=request.teacher, dataset_id=request.dataset_id,
+            system_prompts=request.system_prompts, parameters=request.generation,
+        )
+    )  # fmt: skip
+    console.print(f"estimate: {estimate.rows} rows for the teacher, about {estimate.input_tokens:,} input and "
+                  f"{estimate.output_tokens:,} output tokens, ${estimate.estimated_cost_usd:.4f}")  # fmt: skip
 
 
 @group.command("list")
@@ -114,8 +164,15 @@ def show(run_id: str, as_json: bool) -> None:
         return
     console.print(f"[bold]{run.id}[/bold] {path_name(run.path)} [bold]{state_name(run.state)}[/bold]")
     console.print(f"dataset {run.dataset_id}, student {run.student_model}")
+    if run.teacher:
+        usage = run.teacher_usage
+        console.print(f"teacher {run.teacher}: {usage.requests} requests, {usage.input_tokens:,} input and "
+                      f"{usage.output_tokens:,} output tokens, ${usage.estimated_cost_usd:.4f}"
+                      f"{'' if usage.billed or not usage.requests else ' (your own key: not billed)'}")  # fmt: skip
     if run.progress.total_steps:
         console.print(f"step {run.progress.step}/{run.progress.total_steps}")
+    elif run.progress.rows_total:
+        console.print(generation_text(run.progress))
     if run.model_id:
         console.print(f"model [bold]{run.model_id}[/bold]")
     for key, value in sorted(run.metrics.items()):

@@ -110,9 +110,7 @@ async def list_page(pool: AsyncConnectionPool, tenant_id: str, size: int, after:
     return await newest_first(pool, Job, "generation_jobs", tenant_id, size, after)
 
 
-async def finish(
-    pool: AsyncConnectionPool, job_id: str, state: int, *, error: str = "", **outputs: Any
-) -> Job | None:
+async def finish(pool: AsyncConnectionPool, job_id: str, state: int, *, error: str = "", **outputs: Any) -> Job | None:
     """Move an active job to a final state (None when it was final already: cancelled meanwhile)."""
     sets = "".join(f", {name} = %({name})s" for name in outputs)
     async with pool.connection() as conn:
@@ -196,9 +194,7 @@ async def save_row(pool: AsyncConnectionPool, job_id: str, row: dict[str, Any]) 
 async def outputs(pool: AsyncConnectionPool, job_id: str) -> list[dict[str, Any]]:
     """The generated rows in row order."""
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT output FROM generation_rows WHERE job_id = %s AND ok ORDER BY row", (job_id,)
-        )
+        cur = await conn.execute("SELECT output FROM generation_rows WHERE job_id = %s AND ok ORDER BY row", (job_id,))
         return [r[0] for r in await cur.fetchall()]
 
 
