@@ -91,9 +91,12 @@ def test_keys_are_stored_hashed(services, make_tenant):
     assert tenant.api_key not in dump
 
 
-def upload(client, data: bytes, name: str = "pairs.jsonl", sha256: str | None = None, size: int | None = None):
+def upload(
+    client, data: bytes, name: str = "pairs.jsonl", sha256: str | None = None, size: int | None = None,
+    kind: int = ingest_pb2.DATASET_KIND_PAIRS,
+):  # fmt: skip
     header = ingest_pb2.UploadHeader(
-        filename=name, kind=ingest_pb2.DATASET_KIND_PAIRS, format=ingest_pb2.FILE_FORMAT_JSONL,
+        filename=name, kind=kind, format=ingest_pb2.FILE_FORMAT_JSONL,
         size_bytes=len(data) if size is None else size, sha256=sha256 or hashlib.sha256(data).hexdigest(),
     )  # fmt: skip
     chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
