@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import psycopg
 from provider_servers import ProviderServer
-from test_distill_text import PROMPTS, inputs_file
+from test_distill_text import PROMPTS, inputs_file, wait_final
 from test_services import upload
 
 from distillery.client import Client
@@ -91,11 +91,7 @@ def test_a_killed_teacher_resumes_without_asking_again_for_a_finished_row(
 
             second = start_teacher(services, provider, port, log)
             try:
-                final = None
-                for final in client.teacher.WatchGenerationJob(
-                    teacher_pb2.GetGenerationJobRequest(id=job.id), timeout=90
-                ):
-                    pass
+                final = wait_final(client, job.id, timeout=90)
             finally:
                 second.send_signal(signal.SIGTERM)
                 second.wait(15)
