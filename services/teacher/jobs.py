@@ -20,6 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.teacher.v1 import teacher_pb2 as pb
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.paging import newest_first
+from services.teacher import prices
 
 ACTIVE = (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING)
 FINAL = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
@@ -67,6 +68,10 @@ class Tally:
     requests: int = 0
     by_prompt: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+
+    def cost_usd(self, teacher: str) -> float:
+        provider, _, model = teacher.partition(":")
+        return prices.cost_usd(provider, model, self.input_tokens, self.output_tokens)
 
 
 def new_job_id() -> str:

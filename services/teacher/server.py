@@ -1,4 +1,5 @@
-"""Wires the teacher service: database, S3, key resolution through the registry, key store, servicer."""
+"""Wires the teacher service: database, S3, key resolution through the registry, key store, ingest,
+the job runner (started once the server listens), servicer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common.backends import open_backends, registry_keys
 from services.common.errors import DistilleryError
 from services.common.server import RunningServer, start_server
+from services.teacher.ingest_peer import Ingest
+from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore
 from services.teacher.servicer import TeacherServicer
 from services.teacher.settings import Settings
@@ -30,14 +33,20 @@ async def create(settings: Settings) -> RunningServer:
     except DistilleryError as err:  # the service still serves the platform teacher and deployment keys
         log.warning("tenants cannot bring their own provider keys: %s", err.message)
 
+    ingest = Ingest(settings.ingest_address, settings.server.service_token, settings.server.rpc_timeout_s)
+    runner = JobRunner(backends.pool, backends.store, keys, ingest, settings)
+
     def register(server: grpc.aio.Server) -> list[str]:
-        teacher_pb2_grpc.add_TeacherServiceServicer_to_server(TeacherServicer(backends.pool, settings, keys), server)
+        servicer = TeacherServicer(backends.pool, settings, keys, runner)
+        teacher_pb2_grpc.add_TeacherServiceServicer_to_server(servicer, server)
         return [teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"].full_name]
 
-    return await start_server(
+    running = await start_server(
         address=settings.server.grpc_address,
         service_token=settings.server.service_token,
         register=register,
         resolve_key=resolve_key,
-        cleanups=[backends.pool.close, registry.close],  # type: ignore[list-item]
+        cleanups=[backends.pool.close, registry.close, ingest.close, runner.stop],  # type: ignore[list-item]
     )
+    await runner.start()
+    return running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -11,13 +12,13 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
-from services.common.errors import Unimplemented
-from services.common.protoconv import struct, timestamp
-from services.teacher import tool_descriptions
+from services.common.protoconv import page_size, struct, timestamp
+from services.teacher import jobs, tool_descriptions
+from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
 from services.teacher.settings import Settings
 
-_LATER = "generation jobs arrive with the teacher service's generation engine"
+WATCH_POLL_S = 0.5
 
 
 def provider_name(provider: int) -> str:
@@ -25,6 +26,15 @@ def provider_name(provider: int) -> str:
     if provider == teacher_pb2.PROVIDER_UNSPECIFIED or provider not in teacher_pb2.Provider.values():
         return ""
     return teacher_pb2.Provider.Name(provider).removeprefix("PROVIDER_").lower()
+
+
+def estimate_pb(estimate: dict[str, Any]) -> teacher_pb2.JobEstimate:
+    return teacher_pb2.JobEstimate(
+        rows=estimate["rows"],
+        input_tokens=estimate["input_tokens"],
+        output_tokens=estimate["output_tokens"],
+        estimated_cost_usd=estimate["estimated_cost_usd"],
+    )
 
 
 def provider_key_pb(key: StoredKey) -> teacher_pb2.ProviderKey:
@@ -37,10 +47,11 @@ def provider_key_pb(key: StoredKey) -> teacher_pb2.ProviderKey:
 
 
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool, settings: Settings, keys: KeyStore) -> None:
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings, keys: KeyStore, runner: JobRunner) -> None:
         self.pool = pool
         self.settings = settings
         self.keys = keys
+        self.runner = runner
 
     async def SetProviderKey(self, request: Any, context: Any) -> teacher_pb2.ProviderKey:
         stored = await self.keys.set(
@@ -81,20 +92,50 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         )
 
     async def EstimateJob(self, request: Any, context: Any) -> teacher_pb2.JobEstimate:
-        raise Unimplemented(_LATER)
+        found = await self.runner.estimate(auth.current_caller().tenant_id, request)
+        return estimate_pb(found)
 
     async def CreateGenerationJob(self, request: Any, context: Any) -> teacher_pb2.GenerationJob:
-        raise Unimplemented(_LATER)
+        job = await self.runner.create(auth.current_caller().tenant_id, request)
+        return await self._job_pb(job)
 
     async def GetGenerationJob(self, request: Any, context: Any) -> teacher_pb2.GenerationJob:
-        raise Unimplemented(_LATER)
+        return await self._job_pb(await jobs.get(self.pool, auth.current_caller().tenant_id, request.id))
 
     async def ListGenerationJobs(self, request: Any, context: Any) -> teacher_pb2.ListGenerationJobsResponse:
-        raise Unimplemented(_LATER)
+        found, next_token = await jobs.list_page(
+            self.pool, auth.current_caller().tenant_id, page_size(request.page), request.page.page_token
+        )
+        return teacher_pb2.ListGenerationJobsResponse(
+            jobs=[await self._job_pb(j) for j in found], page={"next_page_token": next_token}
+        )
 
     async def CancelGenerationJob(self, request: Any, context: Any) -> teacher_pb2.GenerationJob:
-        raise Unimplemented(_LATER)
+        return await self._job_pb(await self.runner.cancel(auth.current_caller().tenant_id, request.id))
 
     async def WatchGenerationJob(self, request: Any, context: Any) -> AsyncIterator[teacher_pb2.GenerationJob]:
-        raise Unimplemented(_LATER)
-        yield  # a server stream
+        tenant_id, last = auth.current_caller().tenant_id, None
+        while True:
+            job = await self._job_pb(await jobs.get(self.pool, tenant_id, request.id))
+            if job != last:
+                yield job
+                last = job
+            if job.state in jobs.FINAL:
+                return
+            await asyncio.sleep(WATCH_POLL_S)
+
+    async def _job_pb(self, job: jobs.Job) -> teacher_pb2.GenerationJob:
+        tally = await jobs.tally(self.pool, job.id)
+        usage = common_pb2.Usage(
+            input_tokens=tally.input_tokens, output_tokens=tally.output_tokens, requests=tally.requests,
+            estimated_cost_usd=tally.cost_usd(job.teacher), billed=job.billed,
+        )  # fmt: skip
+        return teacher_pb2.GenerationJob(
+            id=job.id, kind=job.kind, state=job.state, teacher=job.teacher, rows_total=job.rows_total,
+            rows_done=tally.rows_done, rows_failed=tally.rows_failed, usage=usage,
+            output_dataset_id=job.output_dataset_id, error=job.error, created_at=timestamp(job.created_at),
+            updated_at=timestamp(job.updated_at), rows_by_prompt=tally.by_prompt,
+            failures=[teacher_pb2.RowFailure(row=f.row, prompt_name=f.prompt_name, code=f.code, message=f.message)
+                      for f in tally.failures],
+            estimate=estimate_pb(job.estimate), output_key=job.output_key, rows_duplicate=job.rows_duplicate,
+        )  # fmt: skip

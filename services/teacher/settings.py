@@ -55,7 +55,9 @@ class Settings:
     master_key: str = field(default="", repr=False)
     # Where ingest listens: generated rows become datasets there.
     ingest_address: str = ""
-    providers: dict[str, ProviderSettings] = field(default_factory=lambda: {p: ProviderSettings() for p in PROVIDER_NAMES})
+    providers: dict[str, ProviderSettings] = field(
+        default_factory=lambda: {p: ProviderSettings() for p in PROVIDER_NAMES}
+    )
     # Seconds one provider request may take before it counts as a (retried) timeout.
     request_timeout_s: float = 120.0
     # Tries per row for retryable failures (429, 529, 5xx, timeouts) before the row fails.
