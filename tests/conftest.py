@@ -2,12 +2,17 @@
 and the four services as real gRPC servers on ephemeral ports of 127.0.0.1, in one
 background event loop.
 
+The teacher talks to fake vendor APIs (``provider_servers``: the real SDKs over loopback),
+one per provider, started once per session; the ``providers`` fixture resets them for a test.
+openai, anthropic and google have no deployment key: a tenant brings its own.
+
 Tracing goes to an in-memory exporter for the whole session, so a test can read spans.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import shutil
@@ -17,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +33,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from provider_servers import ProviderServer
 
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -40,6 +46,7 @@ from services.ingest.settings import Settings as IngestSettings
 from services.registry import server as registry_server
 from services.registry.settings import Settings as RegistrySettings
 from services.teacher import server as teacher_server
+from services.teacher.settings import ProviderSettings
 from services.teacher.settings import Settings as TeacherSettings
 from services.trainer import server as trainer_server
 from services.trainer.settings import Settings as TrainerSettings
@@ -141,6 +148,9 @@ class Services:
     s3: S3Settings
     ray: RayCluster
     workdir: Path
+    # The teacher's DISTILLERY_MASTER_KEY, and the base URL of each provider's fake API.
+    master_key: str = ""
+    provider_urls: dict[str, str] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
         return self.running[name].address
@@ -159,6 +169,21 @@ class Services:
             server_settings(self.service_token), self.postgres_url, self.s3, self.address("registry"),
             self.address("ingest"), self.address("teacher"), self.ray.dashboard, str(self.ray.token_file),
             lease_s=1.0,
+        )  # fmt: skip
+
+    def teacher_settings(self, **changes: Any) -> TeacherSettings:
+        """The teacher's settings in tests; ``changes`` replace fields (another master key, other providers)."""
+        providers = {
+            name: ProviderSettings(base_url=url, api_key="", concurrency=8, requests_per_minute=0)
+            for name, url in self.provider_urls.items()
+        }
+        settings = dict(
+            master_key=self.master_key, ingest_address=self.address("ingest"), providers=providers,
+            request_timeout_s=2.0, max_attempts=4, max_backoff_s=0.5,
+        )  # fmt: skip
+        return TeacherSettings(
+            server_settings(self.service_token), self.postgres_url, self.s3, self.address("registry"),
+            **{**settings, **changes},
         )  # fmt: skip
 
 
@@ -187,16 +212,45 @@ async def start_services(services: Services) -> None:
         upload_part_bytes=INGEST_PART_BYTES, work_dir=str(services.workdir),
     )  # fmt: skip
     running["ingest"] = await ingest_server.create(ingest)
-    running["teacher"] = await teacher_server.create(TeacherSettings(server_settings(token), pg, s3, registry, "", ""))
+    running["teacher"] = await teacher_server.create(services.teacher_settings())
     running["trainer"] = await trainer_server.create(services.trainer_settings())
 
 
+# Each provider's fake API speaks this vendor protocol ("platform" is OpenAI-compatible).
+FAKE_PROTOCOLS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "platform": "openai"}
+
+
 @pytest.fixture(scope="session")
-def services(postgres_url: str, s3_settings: S3Settings, ray_cluster: RayCluster, workdir: Path) -> Iterator[Services]:
+def fake_providers() -> Iterator[dict[str, ProviderServer]]:
+    """One fake vendor API per provider name, for the whole session."""
+    fakes = {name: ProviderServer(protocol).start() for name, protocol in FAKE_PROTOCOLS.items()}
+    yield fakes
+    for fake in fakes.values():
+        fake.stop()
+
+
+@pytest.fixture
+def providers(fake_providers: dict[str, ProviderServer]) -> dict[str, ProviderServer]:
+    """The fake vendor APIs, reset: any key accepted, default answers, no calls recorded."""
+    for fake in fake_providers.values():
+        fake.reset()
+    return fake_providers
+
+
+@pytest.fixture(scope="session")
+def services(
+    postgres_url: str,
+    s3_settings: S3Settings,
+    ray_cluster: RayCluster,
+    workdir: Path,
+    fake_providers: dict[str, ProviderServer],
+) -> Iterator[Services]:
     loop = EventLoopThread()
     services = Services(
-        loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster, workdir
-    )
+        loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster, workdir,
+        master_key=base64.b64encode(os.urandom(32)).decode(),
+        provider_urls={name: fake.base_url for name, fake in fake_providers.items()},
+    )  # fmt: skip
     loop.run(start_services(services))
     running = services.running
     yield services
