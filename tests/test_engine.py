@@ -12,12 +12,15 @@ import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
 
 import pytest
 
 from services.teacher.engine import RETRIES_EXHAUSTED, JobStopped, Outcome, Task, estimate_tokens, generate
 from services.teacher.limits import Limiter, TokenBucket
-from services.teacher.providers.base import Completion, ProviderError, Request
+from services.teacher.providers import openai_chat
+from services.teacher.providers.base import Completion, Credentials, ProviderError, Request
+from tests.provider_servers import ProviderServer
 
 REQUEST = Request(model="m", messages=[{"role": "user", "content": "x" * 400}], max_output_tokens=100)
 
@@ -372,3 +375,28 @@ def test_tokens_per_minute_settle_with_actual_use() -> None:
 
 def test_estimate_counts_characters_and_the_output_budget() -> None:
     assert estimate_tokens(REQUEST) == 400 // 4 + 100
+
+
+def test_through_the_openai_adapter_a_429_and_a_500_are_retried() -> None:
+    record = Record()
+    with ProviderServer("openai") as server:
+        server.script({"status": 429, "retry_after": 0.2}, {"status": 500})
+
+        async def main() -> None:
+            client = openai_chat.connect(Credentials(api_key="sk-test-engine", base_url=server.base_url))
+            try:
+                call = partial(openai_chat.complete, client)
+                await generate(seeded(20), call, Limiter(concurrency=4, requests_per_minute=6000), record.on_outcome)
+            finally:
+                await openai_chat.close(client)
+
+        started = time.monotonic()
+        run(main())
+        elapsed = time.monotonic() - started
+        statuses = Counter(c.status for c in server.calls)
+
+    assert record.rows() == Counter(range(20))
+    assert all(o.completion is not None and o.completion.text.endswith(f"q{o.row}") for o in record.outcomes)
+    assert sorted(o.attempts for o in record.outcomes) == [1] * 18 + [2, 2]
+    assert statuses == {200: 20, 429: 1, 500: 1}
+    assert elapsed >= 0.2  # the 429's retry-after held the provider
