@@ -204,7 +204,7 @@ def clean_key(provider: str, api_key: str) -> str:
     for prefix, owner in _PREFIXES.items():
         if key.startswith(prefix) and owner != provider:
             raise InvalidArgument(
-                f"this looks like a {owner} key (it starts with {prefix!r}), not a {provider} one: store it with "
+                f"this looks like a key for {owner} (it starts with {prefix!r}), not for {provider}: store it with "
                 f"`distillery keys set {owner}`",
                 field="api_key",
             )
