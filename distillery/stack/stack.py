@@ -11,10 +11,15 @@ Everything lives under ``$DISTILLERY_HOME`` (``distillery.client.home()``):
     ray_token         the Ray head's auth token (0600), for the trainer and the Jobs API
     logs/<part>.log   each part's output
 
-``up`` starts what is not running, in order: PostgreSQL, S3 and the Ray head
-(Ray in the background), the registry, the dev tenant, then ingest, teacher and
-trainer. A part keeps its ports from one ``up`` to the next while they are free.
-A service whose settings changed (a dependency moved) is restarted.
+``up`` starts what is not running, in order: the Ray head and the platform
+teacher (llama.cpp's server, both in the background), PostgreSQL, S3, the
+registry, the dev tenant, then ingest, teacher and trainer. A part keeps its
+ports from one ``up`` to the next while they are free. A service whose settings
+changed (a dependency moved) is restarted.
+
+The platform teacher is optional: it is ``OFF`` (and the teacher service has no
+platform endpoint) when llama-cpp-python is not installed, and when
+``DISTILLERY_PLATFORM_BASE_URL`` names an endpoint of one's own at ``up``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distillery.stack import health, ray_head
+from distillery.stack import health, platform_teacher, ray_head
 from distillery.stack import state as recorded
 from distillery.stack.processes import (
     STACK_ID_VARIABLE,
@@ -57,6 +62,10 @@ RAY_START_TIMEOUT_S = 120.0
 # PostgreSQL: SIGINT = fast shutdown. Ray: SIGTERM to `ray start --block` drains and stops its processes (~4 s).
 STOP_SIGNALS = {"postgres": (signal.SIGINT, 20.0), "ray": (signal.SIGTERM, 15.0)}
 
+# A part the stack does not run on purpose (the platform teacher without llama.cpp): not a failure.
+OFF = "OFF"
+PLATFORM_URL_VARIABLE = "DISTILLERY_PLATFORM_BASE_URL"
+
 # (part, event, detail): events are "starting", "ready", "running" (kept), "restarting", "waiting" (for the lock).
 Progress = Callable[[str, str, str], None]
 
@@ -69,10 +78,14 @@ class StackError(Exception):
 class PartStatus:
     name: str
     address: str
-    health: str  # SERVING, NOT_SERVING or DOWN
+    health: str  # SERVING, NOT_SERVING, DOWN, or OFF (not run on purpose)
     pid: int | None = None
     detail: str = ""
     log: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.health in ("SERVING", OFF)
 
 
 @dataclass
@@ -125,6 +138,8 @@ class LocalStack:
 
     def _part_status(self, state: State, name: str) -> PartStatus:
         part = state["parts"].get(name, {})
+        if part.get("off"):
+            return PartStatus(name, "", OFF, detail=part["off"])
         result = PartStatus(name, part.get("address", ""), "DOWN", log=str(self.logs / f"{name}.log"))
         ref = part_ref(part)
         if ref is None or not ref.alive():
@@ -133,7 +148,11 @@ class LocalStack:
         result.pid = ref.pid
         ok, why = self._check(state, name)
         result.health = "SERVING" if ok else "NOT_SERVING"
-        result.detail = f"dashboard {part['dashboard']}" if ok and name == "ray" else why
+        result.detail = why
+        if ok and name == "ray":
+            result.detail = f"dashboard {part['dashboard']}"
+        if ok and name == "platform":
+            result.detail = f"{platform_teacher.MODEL_ALIAS} at {part['base_url']}" + (f" ({why})" if why else "")
         return result
 
     def _check(self, state: State, name: str) -> tuple[bool, str]:
@@ -153,6 +172,8 @@ class LocalStack:
         if name == "ray":
             token = Path(part["token_file"]).read_text().strip()
             return ray_head.health(ray_head.RayPorts.from_dict(part["ports"]), token)
+        if name == "platform":
+            return platform_teacher.health(part["base_url"], keys["platform_api_key"])
         return health.grpc_service(part["address"])
 
     # --- up -------------------------------------------------------------------
@@ -162,9 +183,10 @@ class LocalStack:
         self.lock.acquire(LOCK_TIMEOUT_S, lambda: progress("stack", "waiting", "another `distillery up` runs"))
         try:
             state = self.load() or recorded.new_state(self.home)
+            self._settle_platform(state)
             self.save(state)
             before = {s.name: s for s in map(lambda n: self._part_status(state, n), PARTS)}
-            if all(s.health == "SERVING" for s in before.values()) and self._services_current(state):
+            if all(s.ok for s in before.values()) and self._services_current(state):
                 return UpResult(True, [], list(before.values()), self._ensure_dev_tenant(state))
             started = self._start_missing(state, before, progress)
             tenant = self._ensure_dev_tenant(state)
@@ -178,6 +200,8 @@ class LocalStack:
 
         def needs_start(name: str) -> bool:
             status = before[name]
+            if status.health == OFF:
+                return False
             if status.health == "SERVING":
                 progress(name, "running", status.address)
                 return False
@@ -193,6 +217,8 @@ class LocalStack:
                 taken.update(state["parts"][name].get("ports", {}).values())
         if needs_start("ray"):
             self._spawn_ray(state, taken, progress)
+        if needs_start("platform"):
+            self._spawn_platform(state, taken, progress)
         if needs_start("postgres"):
             self._start_postgres(state, taken, progress)
         if needs_start("s3"):
@@ -208,6 +234,8 @@ class LocalStack:
         if needs_start("registry"):
             self._spawn_service(state, "registry", addresses, progress)
             self._wait_service(state, "registry", progress)
+        if "platform" in started:  # the teacher is told where it is; have it answer first
+            self._wait_service(state, "platform", progress, platform_teacher.START_TIMEOUT_S)
         waiting = [name for name in ("ingest", "teacher") if needs_start(name)]
         for name in waiting:
             self._spawn_service(state, name, addresses, progress)
@@ -273,6 +301,37 @@ class LocalStack:
         self._record(state, "ray", proc.pid, address=f"127.0.0.1:{ports.gcs}", dashboard=ray_head.dashboard_url(ports),
                      ports=ports.to_dict(), token_file=str(token_file), temp_dir=str(temp_dir))  # fmt: skip
 
+    def _settle_platform(self, state: State) -> None:
+        """Decide at ``up`` whether the stack runs its own platform teacher, and record it.
+
+        Not when the environment names an endpoint (DISTILLERY_PLATFORM_BASE_URL, the teacher uses
+        it), nor when llama-cpp-python or the model file is missing: then the part is OFF.
+        """
+        part = state["parts"].get("platform", {})
+        external = os.environ.get(PLATFORM_URL_VARIABLE, "").strip()
+        why_off = platform_teacher.missing() if not external else None
+        if not external and why_off is None:
+            if part.get("off"):
+                del state["parts"]["platform"]
+            return
+        if (ref := part_ref(part)) is not None and ref.alive():
+            self._stop_parts(state, ["platform"])
+        if external:
+            off = f"not started: the teacher uses {external} ({PLATFORM_URL_VARIABLE})"
+            state["parts"]["platform"] = {"off": off, "external": external, "ports": {}}
+        else:
+            off = f"not started: {why_off}; the teacher has no platform endpoint"
+            state["parts"]["platform"] = {"off": off, "ports": {}}
+
+    def _spawn_platform(self, state: State, taken: set[int], progress: Progress) -> None:
+        port = choose_port("platform", state["parts"].get("platform", {}).get("ports", {}).get("http"), taken)
+        progress("platform", "starting", f"127.0.0.1:{port}")
+        tags = {STACK_ID_VARIABLE: state["stack_id"], STACK_PART_VARIABLE: "platform"}
+        log = self.logs / "platform.log"
+        proc = platform_teacher.spawn_server(port, log, state["secrets"]["platform_api_key"], tags)
+        self._record(state, "platform", proc.pid, address=f"127.0.0.1:{port}", ports={"http": port},
+                     base_url=platform_teacher.base_url(port), model=platform_teacher.MODEL_ALIAS)  # fmt: skip
+
     def _wait_ray(self, state: State, progress: Progress) -> None:
         part = state["parts"]["ray"]
         self._wait_healthy(state, "ray", RAY_START_TIMEOUT_S)
@@ -298,8 +357,9 @@ class LocalStack:
         self._record(state, name, proc.pid, address=addresses[name], ports={"grpc": port},
                      config=recorded.fingerprint(state, name, addresses))  # fmt: skip
 
-    def _wait_service(self, state: State, name: str, progress: Progress) -> None:
-        self._wait_healthy(state, name, SERVICE_START_TIMEOUT_S)
+    def _wait_service(self, state: State, name: str, progress: Progress,
+                      timeout_s: float = SERVICE_START_TIMEOUT_S) -> None:  # fmt: skip
+        self._wait_healthy(state, name, timeout_s)
         progress(name, "ready", state["parts"][name]["address"])
 
     def _wait_healthy(self, state: State, name: str, timeout_s: float) -> None:
@@ -349,7 +409,7 @@ class LocalStack:
                 return None
             result = DownResult(stopped=running)
             # Services first (they flush to PostgreSQL on the way out), PostgreSQL last.
-            for group in (list(SERVICES), ["ray", "s3"], ["postgres"]):
+            for group in ([*SERVICES, "platform"], ["ray", "s3"], ["postgres"]):
                 result.survivors += self._stop_parts(state, group)
             leftovers = [proc for procs in tagged_processes(state["stack_id"]).values() for proc in procs]
             result.survivors += [f"pid {p.pid} ({_name(p)})" for p in stop([StopPlan("leftovers", None, leftovers)])]

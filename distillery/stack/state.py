@@ -2,11 +2,12 @@
 
     {"version": 1, "home": ..., "stack_id": ...,
      "secrets": {"postgres_password", "s3_access_key", "s3_secret_key", "admin_token", "master_key",
-                 "service_token"},
+                 "service_token", "platform_api_key"},
      "tenant_id": the dev tenant,
      "parts": {"postgres": {"address": "127.0.0.1:P", "pid": N, "create_time": T, "ports": {...}, "log": ...},
                "s3": {..., "bucket"}, "ray": {..., "dashboard": "http://127.0.0.1:D", "token_file", "temp_dir"},
-               "registry": {..., "config": settings fingerprint}, "ingest": ..., "teacher": ..., "trainer": ...}}
+               "registry": {..., "config": settings fingerprint}, "ingest": ..., "teacher": ..., "trainer": ...,
+               "platform": {..., "base_url": "http://127.0.0.1:P/v1"} or {"external": URL, "ports": {}}}}
 
 Secrets are made on the first ``up`` and kept, so later ones find the data they
 protect. The file is written atomically and readable by its owner only.
@@ -28,7 +29,7 @@ from distillery.stack.processes import ProcessRef
 from distillery.stack.servers import free_port, postgres_url
 from services.common.auth import new_admin_token, new_service_token
 
-PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer")
+PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer")
 SERVICES = ("registry", "ingest", "teacher", "trainer")
 BUCKET = "distillery"
 
@@ -47,6 +48,7 @@ def new_state(home: Path) -> State:
             "admin_token": new_admin_token(),
             "master_key": base64.b64encode(os.urandom(32)).decode(),
             "service_token": new_service_token(),
+            "platform_api_key": secrets.token_urlsafe(24),
         },
         "tenant_id": None,
         "parts": {},
@@ -60,7 +62,9 @@ def load(path: Path) -> State | None:
         return None
     if not isinstance(state, dict) or "secrets" not in state:
         return None
-    state["secrets"].setdefault("service_token", new_service_token())  # stacks made before it existed
+    # Stacks made before these existed.
+    state["secrets"].setdefault("service_token", new_service_token())
+    state["secrets"].setdefault("platform_api_key", secrets.token_urlsafe(24))
     return state
 
 
@@ -129,6 +133,7 @@ def service_env(state: State, name: str, addresses: dict[str, str]) -> dict[str,
         env["DISTILLERY_ADMIN_TOKEN"] = keys["admin_token"]
     if name == "teacher":
         env["DISTILLERY_MASTER_KEY"] = keys["master_key"]
+        env.update(platform_env(state))
     if name == "trainer":
         ray = parts["ray"]
         env.update(ray_head.client_env(Path(ray["token_file"])))
@@ -136,6 +141,21 @@ def service_env(state: State, name: str, addresses: dict[str, str]) -> dict[str,
         env["DISTILLERY_RAY_GCS_ADDRESS"] = ray["address"]
         env["DISTILLERY_RAY_TOKEN_FILE"] = ray["token_file"]
     return env
+
+
+def platform_env(state: State) -> dict[str, str]:
+    """Where the teacher's ``platform`` provider is: the stack's llama.cpp server, or the URL given at ``up``.
+
+    With neither (llama-cpp-python not installed) the teacher has no platform endpoint.
+    """
+    platform = state["parts"].get("platform", {})
+    if platform.get("external"):
+        # DISTILLERY_PLATFORM_API_KEY, if any, comes with the environment of `up` itself.
+        return {"DISTILLERY_PLATFORM_BASE_URL": platform["external"]}
+    if platform.get("base_url"):
+        return {"DISTILLERY_PLATFORM_BASE_URL": platform["base_url"],
+                "DISTILLERY_PLATFORM_API_KEY": state["secrets"]["platform_api_key"]}  # fmt: skip
+    return {}
 
 
 def fingerprint(state: State, name: str, addresses: dict[str, str]) -> str:
