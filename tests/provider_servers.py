@@ -21,7 +21,8 @@ normalised across vendors. What it answers:
   (checked first). Behaviour keys, combinable:
       {"status": 429, "retry_after": 0.2}   the vendor's error body for that status; retry_after
                                             (seconds, or a string sent verbatim, e.g. an HTTP date)
-                                            and "retry_after_ms" set those headers
+                                            and "retry_after_ms" set those headers (google: seconds
+                                            go in the body's RetryInfo, as Google does)
       {"status": 429, "spend_limit": True}  the vendor's out-of-credit body
       {"status": 400, "message": "..."}     the vendor's error body with that message ("code" too)
       {"status": 529} / 500 / 503 / 401     (anthropic 529: overloaded_error)
@@ -69,7 +70,7 @@ class Call:
     # Words in every text of the request: the default input usage.
     input_words: int = 0
     method: str = "POST"
-    # What was answered; 0 while the answer is pending.
+    # What was answered; 0 while the answer is pending, 499 for a dropped connection.
     status: int = 0
 
 
@@ -367,6 +368,8 @@ class _OpenAI(_Wire):
         response_format = body.get("response_format") or {}
         if response_format.get("type") == "json_schema":
             call.response_schema = response_format.get("json_schema", {}).get("schema")
+        elif response_format.get("type") == "json_object":  # the older JSON mode, schema optional
+            call.response_schema = response_format.get("schema") or {}
 
     def completion(self, call: Call, answer: Answer, usage: tuple[int, int]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": answer.text or None, "refusal": None}
@@ -576,10 +579,12 @@ class _Google(_Wire):
             )
         else:
             error["message"] = behaviour.get("message") or _DEFAULT_MESSAGES.get(status, "Internal error encountered.")
+        headers = _retry_headers(behaviour)
         if isinstance(behaviour.get("retry_after"), (int, float)):
-            error["details"] = [
-                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{behaviour['retry_after']}s"}
-            ]
+            # Google says how long to wait in the body (RetryInfo), not in a header.
+            del headers["retry-after"]
+            retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{behaviour['retry_after']}s"}
+            error["details"] = [retry]
         if behaviour.get("reason"):
             error["details"] = [
                 {
@@ -588,7 +593,7 @@ class _Google(_Wire):
                     "domain": "googleapis.com",
                 }
             ]
-        return web.json_response({"error": error}, status=status, headers=_retry_headers(behaviour))
+        return web.json_response({"error": error}, status=status, headers=headers)
 
     def bad_key(self, key: str) -> web.Response:
         # Google answers a bad key with 400, not 401.

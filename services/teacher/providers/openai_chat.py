@@ -7,6 +7,8 @@ Requests are already in the chat shape; only tool calls and tools are rewrapped.
 
 from __future__ import annotations
 
+import json
+import weakref
 from typing import Any
 
 import openai
@@ -17,6 +19,9 @@ PROVIDER = "openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Sent when no key is set: the SDK refuses to send a request without one.
 NO_KEY = "none"
+# Clients of servers that refused the json_schema response format and take only the older JSON
+# mode with a schema ({"type": "json_object", "schema": ...}), as llama-cpp-python's server does.
+_JSON_OBJECT_ONLY: weakref.WeakSet[openai.AsyncOpenAI] = weakref.WeakSet()
 
 
 def connect(credentials: Credentials) -> openai.AsyncOpenAI:
@@ -45,16 +50,29 @@ async def complete(client: openai.AsyncOpenAI, request: Request) -> Completion:
         params["max_tokens"] = request.max_output_tokens
     if request.tools:
         params["tools"] = [{"type": "function", "function": _function(t)} for t in request.tools]
-    if request.response_schema is not None:
-        params["response_format"] = {
-            "type": "json_schema",
-            "json_schema": {"name": "answer", "schema": request.response_schema, "strict": False},
-        }
     if request.temperature is not None:
         params["temperature"] = request.temperature
     if request.seed is not None:
         params["seed"] = request.seed
-    response = await _call(client, client.chat.completions.create(**params))
+    create = client.chat.completions.create
+    schema = request.response_schema
+    if schema is None:
+        return _checked(await _call(client, create(**params)))
+    if client not in _JSON_OBJECT_ONLY:
+        json_schema = {"name": "answer", "schema": schema, "strict": False}
+        params["response_format"] = {"type": "json_schema", "json_schema": json_schema}
+        try:
+            return _checked(await _call(client, create(**params)))
+        except ProviderError as exc:
+            # llama-cpp-python answers 500 (not 4xx) with its validation error.
+            if not (exc.status in (400, 422, 500) and "response_format" in exc.message):
+                raise
+            _JSON_OBJECT_ONLY.add(client)
+    params["response_format"] = {"type": "json_object", "schema": schema}
+    return _checked(await _call(client, create(**params)))
+
+
+def _checked(response: Any) -> Completion:
     try:
         return _completion(response)
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
@@ -90,8 +108,11 @@ def _function(tool: dict[str, Any]) -> dict[str, Any]:
 def _completion(response: Any) -> Completion:
     choice = response.choices[0]
     message = choice.message
-    if message.refusal and not message.content:
-        raise ProviderError("refused", f"{PROVIDER} refused to answer: {message.refusal[:300]}")
+    if not message.content and not message.tool_calls:
+        if message.refusal:
+            raise ProviderError("refused", f"{PROVIDER} refused to answer: {message.refusal[:300]}")
+        if choice.finish_reason == "content_filter":
+            raise ProviderError("refused", f"{PROVIDER} withheld the answer (content filter)")
     calls = [
         ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
         for c in message.tool_calls or []
@@ -125,9 +146,10 @@ async def _call(client: openai.AsyncOpenAI, pending: Any) -> Any:
 
 
 def _status_error(exc: openai.APIStatusError, api_key: str) -> ProviderError:
-    # The SDK hands over the body's "error" object; some compatible servers send a bare string.
+    # The SDK hands over the body's "error" object (or the whole body when it has none).
     error = exc.body if isinstance(exc.body, dict) else {"message": str(exc.body or "")}
-    text = error.get("message") or ""
+    # FastAPI-based servers (llama-cpp-python) answer a 422 with {"detail": [...]}.
+    text = error.get("message") or json.dumps(error.get("detail", error))
     kind = None
     # The one 429 that waiting does not cure: the account has no credit left.
     if exc.status_code == 429 and "insufficient_quota" in (exc.code, exc.type):
