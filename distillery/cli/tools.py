@@ -112,19 +112,43 @@ def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
 
 
 def struct_value(value: Any) -> Any:
-    """A Struct as plain JSON, whole numbers back as integers (a Struct keeps every number as a double)."""
-    plain = json_format.MessageToDict(value)
+    """A Struct as plain JSON: whole numbers back as integers (a Struct keeps every number as a double),
+    and keys in a readable, stable order (a Struct keeps none; see ``schema_order``)."""
+    return schema_order(_ints(json_format.MessageToDict(value)))
 
-    def ints(v: Any) -> Any:
-        if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-            return int(v)
-        if isinstance(v, dict):
-            return {k: ints(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [ints(x) for x in v]
-        return v
 
-    return ints(plain)
+def _ints(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _ints(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_ints(x) for x in v]
+    return v
+
+
+# Schema keywords first in this order, then the rest by name.
+_KEYWORDS = ["type", "title", "description", "enum", "const", "format", "default", "properties", "items", "required"]
+
+
+def schema_order(schema: Any) -> Any:
+    """A JSON Schema with its keywords in the usual order and its properties required-first, then by name."""
+    if isinstance(schema, list):
+        return [schema_order(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rank = {k: i for i, k in enumerate(_KEYWORDS)}
+    out = {k: schema[k] for k in sorted(schema, key=lambda k: (rank.get(k, len(rank)), k))}
+    for key, sub in out.items():
+        if key == "properties" and isinstance(sub, dict):
+            required = (
+                [r for r in schema.get("required", []) if r in sub] if isinstance(schema.get("required"), list) else []
+            )
+            names = required + sorted(n for n in sub if n not in required)
+            out[key] = {n: schema_order(sub[n]) for n in names}
+        elif key not in ("enum", "const", "default", "examples", "required"):
+            out[key] = schema_order(sub)
+    return out
 
 
 @group.command("list")
