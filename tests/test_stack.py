@@ -1,10 +1,12 @@
 """The local stack end to end: `distillery up`, `status`, `down` as real subprocesses.
 
-One test walks the whole life of a stack (starting all seven parts takes ~10 s
+One test walks the whole life of a stack (starting all eight parts takes ~15 s
 here, so the checks share starts): up; everything SERVING on 127.0.0.1 with
-reflection; a second stack side by side; a killed service reported; down leaves
-no port and no process; a second up finds the earlier data; up after every part
-was SIGKILLed.
+reflection; the platform teacher (llama.cpp) answers and the teacher is told
+where it is; a killed platform teacher restarted alone; a second stack side by
+side, pointed at the first one's platform teacher; a killed service reported;
+down leaves no port and no process; a second up finds the earlier data; up after
+every part was SIGKILLed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ from distillery.stack import health
 from distillery.stack.processes import tagged_processes
 from distillery.stack.servers import port_open
 
-PARTS = ["postgres", "s3", "ray", "registry", "ingest", "teacher", "trainer"]
+PARTS = ["postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer"]
 SERVICE_NAMES = {
     "registry": "distillery.registry.v1.RegistryService",
     "ingest": "distillery.ingest.v1.IngestService",
@@ -40,18 +43,22 @@ SERVICE_NAMES = {
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1")
 
 
-def distillery(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def distillery(
+    home: Path, *args: str, timeout: float = 240, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DISTILLERY_HOME": str(home)}
-    for name in ("DISTILLERY_API_KEY", *(f"DISTILLERY_{s.upper()}_ADDRESS" for s in SERVICE_NAMES)):
+    for name in ("DISTILLERY_API_KEY", "DISTILLERY_PLATFORM_BASE_URL", "DISTILLERY_PLATFORM_API_KEY",
+                 *(f"DISTILLERY_{s.upper()}_ADDRESS" for s in SERVICE_NAMES)):  # fmt: skip
         env.pop(name, None)
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", "distillery.cli.main", *args],
         env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 
-def up(home: Path) -> None:
-    result = distillery(home, "up")
+def up(home: Path, extra_env: dict[str, str] | None = None) -> None:
+    result = distillery(home, "up", extra_env=extra_env)
     assert result.returncode == 0, f"up failed:\n{result.stdout}\n{result.stderr}\n{logs(home)}"
 
 
@@ -108,11 +115,14 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     return result
 
 
-def assert_all_serving(home: Path) -> dict[str, dict[str, Any]]:
+def assert_all_serving(home: Path, off: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
     code, parts = status(home)
     assert sorted(parts) == sorted(PARTS)
     assert code == 0, parts
     for name, part in parts.items():
+        if name in off:  # not run on purpose
+            assert part["health"] == "OFF" and part["pid"] is None, (name, part)
+            continue
         assert part["health"] == "SERVING", (name, part, logs(home))
         host, port = part["address"].rsplit(":", 1)
         assert host == "127.0.0.1" and int(port) > 0, part
@@ -135,6 +145,18 @@ def assert_stopped(home: Path, processes: list[psutil.Process]) -> None:
     assert listening == [], f"ports still listening after down: {listening}"
     survivors = alive(processes) + alive(stack_processes(home))
     assert survivors == [], f"processes left after down: {[(p.pid, p.name()) for p in survivors]}"
+
+
+def environment(pid: int) -> dict[str, str]:
+    return dict(psutil.Process(pid).environ())
+
+
+def chat(base_url: str, api_key: str, content: str) -> dict[str, Any]:
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    request = urllib.request.Request(f"{base_url}/chat/completions", json.dumps(body).encode(), headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return dict(json.load(response))
 
 
 def listed_services(address: str) -> set[str]:
@@ -187,6 +209,30 @@ def test_local_stack_lifecycle() -> None:
         assert again.returncode == 0 and "already running" in again.stdout
         assert {name: part["pid"] for name, part in status(home)[1].items()} == pids
 
+        # The platform teacher: llama.cpp's server answers with the stack's key, and the teacher knows where it is.
+        platform = state(home)["parts"]["platform"]
+        platform_key = state(home)["secrets"]["platform_api_key"]
+        assert platform["base_url"] == f"http://{parts['platform']['address']}/v1"
+        answer = chat(platform["base_url"], platform_key, "Say hello.")
+        assert answer["choices"][0]["message"]["content"] and answer["usage"]["completion_tokens"] > 0
+        teacher_env = environment(parts["teacher"]["pid"])
+        assert teacher_env["DISTILLERY_PLATFORM_BASE_URL"] == platform["base_url"]
+        assert teacher_env["DISTILLERY_PLATFORM_API_KEY"] == platform_key
+        assert teacher_env["DISTILLERY_INGEST_ADDRESS"] == parts["ingest"]["address"]
+        assert platform_key not in " ".join(psutil.Process(parts["platform"]["pid"]).cmdline())
+
+        # A killed platform teacher: status names it; `up` starts it again alone, on its port.
+        os.kill(parts["platform"]["pid"], signal.SIGKILL)
+        psutil.wait_procs([psutil.Process(parts["platform"]["pid"])], timeout=10)
+        code, after_kill = status(home)
+        assert code == 3 and after_kill["platform"]["health"] == "DOWN"
+        up(home)
+        parts = assert_all_serving(home)
+        assert parts["platform"]["address"] == platform["address"]
+        assert {name: part["pid"] for name, part in parts.items() if name != "platform"} == {
+            name: pid for name, pid in pids.items() if name != "platform"
+        }
+
         # Data written now must survive down/up: a registry row (an API key) and an S3 object.
         stub, auth, channel = registry(home)
         with channel:
@@ -195,9 +241,15 @@ def test_local_stack_lifecycle() -> None:
                               metadata=auth, timeout=10)  # fmt: skip
         s3_client(home).put_object("distillery", f"{tenant_id}/survivor.txt", _bytes(b"kept"), 4)
 
-        # A second stack with another home runs beside the first.
-        up(other)
-        assert_all_serving(other)
+        # A second stack with another home runs beside the first, its teacher pointed at the first one's
+        # platform teacher (as a deployment points it at its own vLLM): it starts no llama.cpp of its own.
+        up(other, {"DISTILLERY_PLATFORM_BASE_URL": platform["base_url"]})
+        other_parts = assert_all_serving(other, off=("platform",))
+        assert platform["base_url"] in other_parts["platform"]["detail"]
+        other_teacher_env = environment(other_parts["teacher"]["pid"])
+        assert other_teacher_env["DISTILLERY_PLATFORM_BASE_URL"] == platform["base_url"]
+        assert "DISTILLERY_PLATFORM_API_KEY" not in other_teacher_env
+        assert not [p for p in stack_processes(other) if "llama_cpp.server" in p.cmdline()]
         assert not stack_ports(home) & stack_ports(other)
         assert_all_serving(home)
         assert_stopped(other, stack_processes(other))
