@@ -172,7 +172,8 @@ class ProviderServer:
 
         self._thread = threading.Thread(target=run, name=f"fake-{self.protocol}", daemon=True)
         self._thread.start()
-        started.wait(10)
+        if not started.wait(10):
+            raise RuntimeError(f"the fake {self.protocol} server did not start within 10 s")
         if failure:
             raise failure[0]
         return self
