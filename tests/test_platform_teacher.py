@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -139,3 +140,10 @@ def test_server_ignores_settings_in_the_environment(tmp_path: Path, monkeypatch:
                      and c.laddr.port == port]  # fmt: skip
         assert [address.ip for address in listeners] == ["127.0.0.1"]
         assert os.environ["HOST"] == "0.0.0.0"  # the test's own environment was left alone
+
+
+def test_missing_names_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert platform_teacher.missing() is None
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    why = platform_teacher.missing()
+    assert why is not None and "llama_cpp" in why and "platform-teacher" in why

@@ -11,6 +11,7 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from distillery.client import home
@@ -34,7 +35,8 @@ def _parts_table(parts: list[PartStatus]) -> Table:
         table.add_column(column)
     for part in parts:
         style = _HEALTH_STYLE.get(part.health, "red")
-        table.add_row(part.name, part.address or "-", str(part.pid or "-"), f"[{style}]{part.health}[/]", part.detail)
+        cells = (part.name, part.address or "-", str(part.pid or "-"))
+        table.add_row(*map(escape, cells), f"[{style}]{part.health}[/]", escape(part.detail))
     return table
 
 
