@@ -110,6 +110,8 @@ def test_an_untyped_property_is_the_import_check_violation(services, make_tenant
         ("Sure! Here is the tool you asked for: search_flights(origin, destination)", "", "unparseable_answer"),
         ('["search_flights"]', "", "unparseable_answer"),
         ('{"name": "search_flights", "description": "Search fli', "length", "answer_too_long"),
+        ('{"a": ' * 5000 + "1" + "}" * 5000, "", "unparseable_answer"),  # nests beyond what json reads
+        ("[" + "1, " * 200_000 + "1]", "", "answer_too_long"),  # an endpoint that ignores max_tokens
     ],
 )
 def test_an_answer_that_is_not_a_json_object_is_a_violation(
@@ -207,3 +209,12 @@ def test_cli_describe_with_violations_exits_1_and_saves_nothing(services, make_t
     assert result.exit_code == 1
     assert "untyped_property" in result.output and "nothing saved" in result.output
     assert client_for(tenant).ingest.ListTools(ingest_pb2.ListToolsRequest()).tools == []
+
+
+def test_a_deeply_nested_bad_answer_comes_back_as_violations_only(services, make_tenant, client_for, providers):
+    nested: dict[str, Any] = {"description": "untyped at the bottom"}
+    for _ in range(40):
+        nested = {"type": "object", "properties": {"inner": nested}, "required": ["inner"]}
+    answering(providers["platform"], {**FLIGHTS, "parameters": nested})
+    reply = describe(client_for(make_tenant()))
+    assert reply.violations and not reply.HasField("parameters")  # too deep to travel as a Struct

@@ -31,6 +31,11 @@ from services.teacher.providers.base import Completion, Credentials, ProviderErr
 
 MAX_DESCRIPTION_CHARS = 8000
 MAX_OUTPUT_TOKENS = 2048
+# An endpoint may ignore max_output_tokens: answers beyond this are not read.
+MAX_ANSWER_CHARS = 256 * 1024
+# The teacher's own answer is sent back beside its violations only up to this nesting
+# (a Struct takes two protobuf levels per JSON level, and protobuf parses at most 100).
+MAX_ECHO_DEPTH = 24
 
 SYSTEM_PROMPT = """\
 You turn a plain-language description of a tool (a function an assistant can call) into its definition.
@@ -136,6 +141,8 @@ async def describe_tool(
         name: Any = answer.get("name")
         text: Any = answer.get("description")
         tool, report = check_tool(name, text, answer.get("parameters"), source=PLAIN_LANGUAGE)
+        if tool is None and _depth(answer) > MAX_ECHO_DEPTH:
+            answer = None  # the violations say what is wrong; the answer itself cannot travel
     return Described(tool, report, answer, completion.input_tokens, completion.output_tokens, credentials.billed)
 
 
@@ -146,8 +153,16 @@ def read_answer(completion: Completion) -> tuple[dict[str, Any] | None, Report]:
     fenced = _FENCE.match(text)  # some models wrap JSON in a Markdown fence even when asked not to
     if fenced:
         text = fenced.group(1).strip()
+    if len(text) > MAX_ANSWER_CHARS:
+        report.add(0, "", "answer_too_long", f"the teacher's answer is {len(text)} characters, over {MAX_ANSWER_CHARS}",
+                   "describe fewer arguments, or split the tool in two", entry="tool")  # fmt: skip
+        return None, report
     try:
         answer = json.loads(text)
+    except RecursionError:
+        report.add(0, "", "unparseable_answer", "the teacher's answer nests too deeply to read",
+                   "try again, or use a teacher that supports structured output", entry="tool")  # fmt: skip
+        return None, report
     except json.JSONDecodeError as err:
         if completion.finish_reason == "length":
             report.add(0, "", "answer_too_long", f"the teacher's answer was cut off after {completion.output_tokens} "
@@ -162,9 +177,22 @@ def read_answer(completion: Completion) -> tuple[dict[str, Any] | None, Report]:
         return None, report
     parameters = answer.get("parameters")
     if isinstance(parameters, str):  # some teachers write the schema as JSON text
-        with contextlib.suppress(json.JSONDecodeError):  # if not, check_tool names it: not an object schema
+        with contextlib.suppress(json.JSONDecodeError, RecursionError):  # else check_tool: not an object schema
             answer["parameters"] = json.loads(parameters)
     return answer, report
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests (lists and objects), without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+    return deepest
 
 
 async def _complete(
