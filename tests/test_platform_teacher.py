@@ -1,6 +1,6 @@
 """The platform teacher for real: llama.cpp's server with SmolLM2-135M-Instruct, through the teacher's adapter.
 
-One server for the module (started as the local stack starts it, ~2 s), with an
+One server for the session (started as the local stack starts it, ~2 s), with an
 API key, spoken to through ``PROVIDERS["platform"]`` as the teacher speaks to it.
 Answers stay a few dozen tokens (~100 tokens/s on CPU here).
 """
@@ -30,7 +30,7 @@ KEY = "platform-test-key-0123456789"
 PLATFORM = PROVIDERS["platform"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def platform_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_platform_teacher(tmp_path_factory.mktemp("platform"), api_key=KEY) as url:
         yield url
