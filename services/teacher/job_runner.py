@@ -111,7 +111,7 @@ class JobRunner:
             key, field = dataset.canonical_key, "dataset_id"
         else:
             key, field = request.source_key, "source_key"
-            if not key.startswith(tenant_key(tenant_id, "")):
+            if not key.startswith(tenant_key(tenant_id) + "/") or "/../" in key:
                 raise InvalidArgument("source_key must be an object of your own (a split's train_key)", field=field)
         path = folder / "source.jsonl"
         try:

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.teacher.text_jobs import pair_key
 from services.trainer import runs
 from services.trainer.runs import RunFailed
 
@@ -112,16 +113,23 @@ async def _report_outcome(pipeline: Pipeline, run: runs.Run, job: teacher_pb2.Ge
 
 
 async def _add_to_train(pipeline: Pipeline, run: runs.Run, job: teacher_pb2.GenerationJob) -> None:
-    """The train split plus the new pairs, as the run's own train file."""
+    """The train split plus the new pairs, as the run's own train file. A new pair that repeats an
+    eval row is dropped: it would put the eval set into training."""
     split = dict(run.split or {})
-    original = await asyncio.to_thread(pipeline.store.get_bytes, split["train_key"])
-    generated = await asyncio.to_thread(pipeline.store.get_bytes, job.output_key)
-    new_lines = [orjson.dumps({"messages": orjson.loads(line)["messages"]}) for line in generated.splitlines() if line]
+    original, eval_rows, generated = [
+        await asyncio.to_thread(pipeline.store.get_bytes, key)
+        for key in (split["train_key"], split["eval_key"], job.output_key)
+    ]
+    held_out = {pair_key(orjson.loads(line)["messages"]) for line in eval_rows.splitlines() if line}
+    new_rows = [orjson.loads(line)["messages"] for line in generated.splitlines() if line]
+    kept = [orjson.dumps({"messages": m}) for m in new_rows if pair_key(m) not in held_out]
     key = f"{runs.run_prefix(run)}/train_augmented.jsonl"
-    merged = original.rstrip(b"\n") + b"\n" + b"\n".join(new_lines) + b"\n"
+    merged = original.rstrip(b"\n") + b"\n" + b"\n".join(kept) + b"\n" if kept else original
     await asyncio.to_thread(pipeline.store.put_bytes, key, merged, "application/jsonl")
-    split.update(train_key=key, train_rows=split["train_rows"] + len(new_lines), augmented_rows=len(new_lines))
+    before = split["train_rows"]
+    split.update(train_key=key, train_rows=before + len(kept), augmented_rows=len(kept))
     await runs.save(pipeline.pool, run.id, split=split)
-    before = split["train_rows"] - len(new_lines)
-    await pipeline.note(run, f"added {len(new_lines)} teacher-written pairs to the {before} train rows "
+    if len(kept) < len(new_rows):
+        await pipeline.note(run, f"dropped {len(new_rows) - len(kept)} generated pairs that repeat an eval row")
+    await pipeline.note(run, f"added {len(kept)} teacher-written pairs to the {before} train rows "
                         f"(eval rows untouched): {split['train_rows']} train rows")  # fmt: skip
