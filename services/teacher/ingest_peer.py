@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -22,13 +23,13 @@ class Ingest:
     def __init__(self, address: str, service_token: str, timeout_s: float) -> None:
         self._token = service_token
         self._channel = service_channel(address, timeout_s) if address else None
-        self.stub = ingest_pb2_grpc.IngestServiceStub(self._channel) if self._channel else None
+        self.stub: Any = ingest_pb2_grpc.IngestServiceStub(self._channel) if self._channel else None
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close(None)
 
-    def _stub(self) -> ingest_pb2_grpc.IngestServiceStub:
+    def _stub(self) -> Any:
         if self.stub is None:
             raise FailedPrecondition("the teacher has no ingest address: set DISTILLERY_INGEST_ADDRESS")
         return self.stub

@@ -123,8 +123,9 @@ class JobRunner:
 
     async def _stored_source(self, job: jobs.Job) -> Rows:
         request = pb.CreateGenerationJobRequest(
-            kind=job.kind, dataset_id=job.request.get("dataset_id", ""), source_key=job.request.get("source_key", "")
-        )
+            kind=pb.JobKind.ValueType(job.kind), dataset_id=job.request.get("dataset_id", ""),
+            source_key=job.request.get("source_key", ""),
+        )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
             return await self._source(job.tenant_id, request, Path(tmp))
 
@@ -187,10 +188,18 @@ class JobRunner:
             task = in_flight.pop(outcome.row)
             await jobs.save_row(self.pool, job.id, text_jobs.stored_row(job.kind, job.request, task, outcome))
 
-        await generate(
-            tracked(), partial(adapter.complete, client), self.limiters[provider], store,
-            max_attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
-        )  # fmt: skip
+        try:
+            await generate(
+                tracked(), partial(adapter.complete, client), self.limiters[provider], store,
+                max_attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
+            )  # fmt: skip
+        except JobStopped as stopped:
+            if provider == "platform" and stopped.error.kind == "auth":
+                stopped.error.message = ("the platform endpoint refused the teacher service's key: the operator "
+                                         "sets DISTILLERY_PLATFORM_API_KEY")  # fmt: skip
+            raise
+        finally:
+            await adapter.close(client)
 
     async def _finish(self, job: jobs.Job) -> None:
         tally = await jobs.tally(self.pool, job.id)
@@ -216,8 +225,8 @@ class JobRunner:
             await asyncio.to_thread(self.store.put_file, key, path, "application/jsonl")
             uploaded = await self.ingest.upload_pairs(job.tenant_id, path, f"{job.teacher} answers ({job.id})")
         if not uploaded.dataset.valid:
-            first = uploaded.report.violations[0] if uploaded.report.violations else None
-            where = f": line {first.line}, {first.field}: {first.message}" if first else ""
+            bad = uploaded.report.violations[0] if uploaded.report.violations else None
+            where = f": line {bad.line}, {bad.field}: {bad.message}" if bad else ""
             await self._fail(job, f"the generated rows are not a valid pairs dataset{where}")
             return
         await jobs.finish(self.pool, job.id, pb.JOB_STATE_SUCCEEDED, output_key=key,

@@ -305,9 +305,9 @@ class Pipeline:
 
     async def wind_down(self, run: runs.Run) -> None:
         """Stop the run's generation and training jobs and give its quota slot back; each best effort, logged."""
-        if job_id := (run.generation or {}).get("job_id"):
+        if generation_job := (run.generation or {}).get("job_id"):
             try:
-                await self.peers.cancel_job(run.tenant_id, job_id)
+                await self.peers.cancel_job(run.tenant_id, generation_job)
             except DistilleryError as err:
                 log.warning("cannot cancel the generation job of run %s: %s", run.id, err.message)
         if run.job_attempt:
