@@ -8,13 +8,16 @@ server speaking the OpenAI protocol (the "platform" provider), driven by the rea
 
 from __future__ import annotations
 
+import grpc
 import orjson
 import psycopg
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from minio import Minio
 from provider_servers import Answer, Call
 from test_services import upload
-from test_training import QUICK, states, watch
+from test_training import QUICK, states, wait_for, watch
 from tiny_models import build_llama
 
 from distillery.common.v1 import common_pb2
@@ -49,10 +52,10 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def distill_request(dataset_id: str, student: str, prompts=PROMPTS, **extra) -> pb.CreateRunRequest:
+    extra.setdefault("teacher", "platform:colour-teacher")
     return pb.CreateRunRequest(
-        path=DISTILL, dataset_id=dataset_id, student_model=student, teacher="platform:colour-teacher",
-        system_prompts=prompts, sft=QUICK, **extra,
-    )  # fmt: skip
+        path=DISTILL, dataset_id=dataset_id, student_model=student, system_prompts=prompts, sft=QUICK, **extra
+    )
 
 
 def read_object(services, key: str) -> bytes:
@@ -103,8 +106,7 @@ def test_distill_text_answers_every_input_under_every_prompt_then_trains(
     assert progress.index(generating[-1]) < max(i for i, p in enumerate(progress) if p.total_steps)
 
     # Every input under every prompt: 196 answers tagged with their prompt, 4 failures with their reason.
-    job_id = [e.log.text for e in events if "job gj_" in e.log.text][0].split("job ")[1].split(",")[0]
-    job = client.teacher.GetGenerationJob(teacher_pb2.GetGenerationJobRequest(id=job_id))
+    (job,) = client.teacher.ListGenerationJobs(teacher_pb2.ListGenerationJobsRequest()).jobs
     assert job.state == teacher_pb2.JOB_STATE_SUCCEEDED
     assert (job.rows_total, job.rows_done, job.rows_failed) == (200, 196, 4)
     assert dict(job.rows_by_prompt) == {"french": 98, "shout": 98}
@@ -158,9 +160,7 @@ def test_too_many_failed_rows_fail_the_run_naming_them(services, client_for, mak
     assert done.metrics["teacher_rows"] == 18 and done.metrics["teacher_rows_failed"] == 2
 
 
-def test_a_refused_key_fails_the_job_at_once_and_byok_usage_is_not_billed(
-    services, client_for, make_tenant, providers
-):
+def test_a_refused_key_fails_the_job_at_once_and_byok_usage_is_not_billed(services, client_for, make_tenant, providers):
     vendor = providers["openai"]
     vendor.valid_keys = {"sk-good-0123456789"}
     client = client_for(make_tenant())
@@ -205,7 +205,9 @@ def wait_final(client, job_id: str, timeout: float = 60) -> teacher_pb2.Generati
     for job in client.teacher.WatchGenerationJob(teacher_pb2.GetGenerationJobRequest(id=job_id), timeout=timeout):
         final = job
     assert final is not None and final.state in (
-        teacher_pb2.JOB_STATE_SUCCEEDED, teacher_pb2.JOB_STATE_FAILED, teacher_pb2.JOB_STATE_CANCELLED
+        teacher_pb2.JOB_STATE_SUCCEEDED,
+        teacher_pb2.JOB_STATE_FAILED,
+        teacher_pb2.JOB_STATE_CANCELLED,
     ), final
     return final
 
@@ -265,3 +267,57 @@ def test_augmentation_adds_new_pairs_from_train_rows_only(services, client_for, 
     assert not any(f"input: {text}\n" in shown + "\n" for text in eval_inputs)
     train = read_object(services, split["train_key"]).splitlines()
     assert len(train) == 33 and sum(b"say " in line for line in train) == 9
+
+
+def test_cancelling_a_run_while_generating_stops_the_teacher(services, client_for, make_tenant, student, providers):
+    teacher = providers["platform"]
+    teacher.latency_s = 0.3  # slow enough to cancel mid-way
+    client = client_for(make_tenant())
+    dataset = upload(client, inputs_file(INPUTS), kind=ingest_pb2.DATASET_KIND_INPUTS).dataset
+    run = client.trainer.CreateRun(distill_request(dataset.id, student))
+    wait_for(lambda: client.trainer.GetRun(pb.GetRunRequest(id=run.id)).progress.rows_done >= 4, timeout=60)
+    client.trainer.CancelRun(pb.CancelRunRequest(id=run.id))
+    jobs = client.teacher.ListGenerationJobs(teacher_pb2.ListGenerationJobsRequest()).jobs
+    assert len(jobs) == 1
+    job = wait_final(client, jobs[0].id, timeout=30)
+    assert job.state == teacher_pb2.JOB_STATE_CANCELLED and job.rows_done < 200
+    asked = len(teacher.calls)
+    wait_for(lambda: all(c.status for c in teacher.calls), timeout=10)  # those in flight end
+    assert len(teacher.calls) <= asked + 8  # no new requests after the cancel (at most one per worker in flight)
+    assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0
+
+
+def test_distillation_requests_are_checked_before_anything_starts(services, client_for, make_tenant, providers):
+    client = client_for(make_tenant())
+    inputs = upload(client, inputs_file(INPUTS[:5]), kind=ingest_pb2.DATASET_KIND_INPUTS).dataset
+    cases = [
+        (distill_request(inputs.id, "m", teacher=""), "teacher"),
+        (distill_request(inputs.id, "m", teacher="nobody:model"), "teacher"),
+        (distill_request(inputs.id, "m", augment_count=5), "augment_count"),
+        (distill_request(inputs.id, "m", eval_dataset_id="ds_x"), "eval_dataset_id"),
+        (distill_request(inputs.id, "m", max_failed_fraction=1.5), "max_failed_fraction"),
+        (distill_request(inputs.id, "m", generation=teacher_pb2.GenerationParameters(temperature=5)),
+         "generation.temperature"),
+        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_TEXT, dataset_id="ds_x", student_model="m",
+                             augment_count=5), "teacher"),
+    ]  # fmt: skip
+    for request, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            client.trainer.CreateRun(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, err.value.details())
+        bad = error_details_pb2.BadRequest()
+        assert rpc_status.from_call(err.value).details[0].Unpack(bad)
+        assert bad.field_violations[0].field == field, (field, err.value.details())
+    # A pairs dataset is not an input-only one: the run fails at VALIDATING, saying what to upload.
+    pairs = upload(client, b'{"system_prompt": "s", "input": "i", "output": "o"}\n').dataset
+    run = client.trainer.CreateRun(distill_request(pairs.id, "m"))
+    watch(client, run.id, timeout=30)
+    failed = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert failed.error.code == "invalid_dataset" and "--kind inputs" in failed.error.message
+    # The teacher's estimate: exact rows, and a price from the table for a priced model.
+    estimate = client.teacher.EstimateJob(teacher_pb2.CreateGenerationJobRequest(
+        kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher="openai:gpt-4.1-mini", dataset_id=inputs.id,
+        system_prompts=PROMPTS, parameters=teacher_pb2.GenerationParameters(max_output_tokens=100),
+    ))  # fmt: skip
+    assert (estimate.rows, estimate.output_tokens) == (10, 10 * 50)
+    assert estimate.estimated_cost_usd == pytest.approx((estimate.input_tokens * 0.4 + 500 * 1.6) / 1e6)

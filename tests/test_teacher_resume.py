@@ -65,9 +65,7 @@ def finished_rows(services, job_id: str) -> set[int]:
     return {r[0] for r in rows}
 
 
-def test_a_killed_teacher_resumes_without_asking_again_for_a_finished_row(
-    services, client_for, make_tenant, tmp_path
-):
+def test_a_killed_teacher_resumes_without_asking_again_for_a_finished_row(services, client_for, make_tenant, tmp_path):
     tenant = make_tenant()
     dataset = upload(client_for(tenant), inputs_file(INPUTS), kind=ingest_pb2.DATASET_KIND_INPUTS).dataset
     port, log = free_port(), tmp_path / "teacher.log"
@@ -112,4 +110,3 @@ def test_a_killed_teacher_resumes_without_asking_again_for_a_finished_row(
         assert set(asked) == set(row_key.values()) and max(asked.values()) <= 2
         assert len(provider.calls) - asked_before <= 120 - len(before) + 4  # the rest, plus those in flight
     assert first.returncode == -signal.SIGKILL and second.returncode is not None
-
