@@ -1,0 +1,116 @@
+"""Distillation - Text Generation on the local stack, with no outside key (`make distill`).
+
+The teacher is the stack's platform teacher (SmolLM2-135M-Instruct served by llama.cpp's
+server as `platform:smollm2`); the student is the same model converted for training.
+
+1. uploads `examples/support_inputs.jsonl` (100 support messages, inputs only);
+2. prints the teacher's estimate, then starts a distill-text run with two named system
+   prompts: the teacher answers every input under each (100 x 2 = 200 pairs), the run
+   shows generation progress (rows, tokens, cost), then trains the student with LoRA;
+3. prints the teacher's usage, the rows it skipped, and the trained model's answers
+   under each prompt.
+
+Running it again reuses the finished run (a run still going is followed).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from distillery.cli.run_watch import follow
+from distillery.client import Client, home
+from distillery.common.v1 import common_pb2
+from distillery.demo_model import ensure_demo_model
+from distillery.ingest.v1 import ingest_pb2
+from distillery.registry.v1 import registry_pb2
+from distillery.teacher.v1 import teacher_pb2
+from distillery.trainer.v1 import trainer_pb2 as pb
+from distillery.uploads import Upload, send
+from examples.main_job import FINAL_BAD, model_exists, say
+
+DATASET = Path(__file__).parent / "support_inputs.jsonl"
+TEACHER = "platform:smollm2"
+PROMPTS = [
+    teacher_pb2.NamedSystemPrompt(
+        name="reply", text="You are a support agent. Reply to the customer in one or two short sentences."
+    ),
+    teacher_pb2.NamedSystemPrompt(
+        name="category",
+        text="Classify the support message. Answer with one word: billing, bug, account, shipping, feature or praise.",
+    ),
+]
+GENERATION = teacher_pb2.GenerationParameters(max_output_tokens=160)
+SFT = pb.SftSettings(max_steps=40, batch_size=4, learning_rate=1e-3, lora_r=16, max_seq_length=256)
+SAMPLE = "I was charged twice for my annual plan this morning, please refund one of them."
+
+
+def upload(client: Client) -> ingest_pb2.Dataset:
+    reply = send(client.ingest, Upload([DATASET], ingest_pb2.DATASET_KIND_INPUTS))
+    say(f"{'reused' if reply.reused else 'uploaded'} input-only dataset {reply.dataset.id}: {reply.report.rows} rows")
+    if not reply.report.valid:
+        sys.exit(f"the example dataset has violations: {reply.report.violations[0].message}")
+    return reply.dataset
+
+
+def distill_run(client: Client, dataset_id: str, student: str) -> pb.Run:
+    prefix = f"distill-demo-{dataset_id}-"
+    listed = client.trainer.ListRuns(pb.ListRunsRequest(page={"page_size": 500})).runs
+    earlier = [r for r in listed if r.request.idempotency_key.startswith(prefix)]
+    for run in earlier:
+        if run.state not in FINAL_BAD and (run.state != pb.RUN_STATE_SUCCEEDED or model_exists(client, run.model_id)):
+            say(f"found the earlier distill run {run.id} ({pb.RunState.Name(run.state).removeprefix('RUN_STATE_')})")
+            return run
+    estimate = client.teacher.EstimateJob(teacher_pb2.CreateGenerationJobRequest(
+        kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher=TEACHER, dataset_id=dataset_id, system_prompts=PROMPTS,
+        parameters=GENERATION,
+    ))  # fmt: skip
+    say(f"estimate: {estimate.rows} rows, about {estimate.input_tokens:,} input and {estimate.output_tokens:,} "
+        f"output tokens, ${estimate.estimated_cost_usd:.4f} (the platform's own model)")  # fmt: skip
+    request = pb.CreateRunRequest(
+        path=common_pb2.TRAINING_PATH_DISTILL_TEXT, dataset_id=dataset_id, student_model=student, teacher=TEACHER,
+        system_prompts=PROMPTS, generation=GENERATION, sft=SFT, model_name="support-distilled",
+        idempotency_key=f"{prefix}{len(earlier) + 1}",
+    )  # fmt: skip
+    try:
+        run = client.trainer.CreateRun(request)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            sys.exit(f"{err.details()}\nFree a slot with `distillery models list` and `distillery models delete ID`.")
+        raise
+    say(f"created run {run.id}: {TEACHER} answers every input under {len(PROMPTS)} prompts, then LoRA SFT")
+    return run
+
+
+def main() -> None:
+    started = time.monotonic()
+    client = Client.from_environment(timeout=60)
+    student = str(ensure_demo_model(home() / "models"))
+    dataset = upload(client)
+    run = distill_run(client, dataset.id, student)
+    if run.state != pb.RUN_STATE_SUCCEEDED:
+        final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
+        if final != pb.RUN_STATE_SUCCEEDED:
+            sys.exit(f"run {run.id} ended {pb.RunState.Name(final)}; see `distillery runs show {run.id}`")
+        run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    usage = run.teacher_usage
+    pairs, skipped = run.metrics["teacher_rows"], run.metrics["teacher_rows_failed"]
+    say(f"\nteacher: {usage.requests} requests, {usage.input_tokens:,} input and {usage.output_tokens:,} output "
+        f"tokens; {pairs:.0f} pairs, {skipped:.0f} rows skipped")  # fmt: skip
+    say(f"model id:  {run.model_id}")
+    say(f"eval loss: {run.metrics['eval_loss_before']:.4f} before training -> {run.metrics['eval_loss_after']:.4f}")
+    for prompt in PROMPTS:
+        messages = [registry_pb2.ChatMessage(role="system", content=prompt.text),
+                    registry_pb2.ChatMessage(role="user", content=SAMPLE)]  # fmt: skip
+        reply = client.registry.Generate(
+            registry_pb2.GenerateRequest(model_id=run.model_id, messages=messages, max_new_tokens=40), timeout=300
+        )
+        say(f"\n  {prompt.name}: {SAMPLE}\n  trained: {reply.message.content.strip()[:200]!r}")
+    say(f"\ndone in {time.monotonic() - started:.0f} s.")
+
+
+if __name__ == "__main__":
+    main()
