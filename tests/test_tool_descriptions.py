@@ -192,7 +192,7 @@ def test_cli_describe_prints_the_schema_and_saves_it_as_an_active_tool(services,
     assert "Saved" in saved.output and "search_flights" in saved.output
     listed = runner.invoke(cli, ["tools", "list", "--json"], env=env)
     [tool] = json.loads(listed.output)
-    assert tool["name"] == "search_flights"
+    assert tool["name"] == "search_flights" and tool["source"] == "TOOL_SOURCE_PLAIN_LANGUAGE"
     assert tool["parameters"] == {**FLIGHTS_PARAMETERS, "additionalProperties": False}
 
 

@@ -90,7 +90,7 @@ def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
     saved: ingest_pb2.ImportToolsResponse | None = None
     if save and not reply.violations:
         document = json.dumps(tool, indent=2).encode()
-        request = ingest_pb2.ImportToolsRequest(document=document, filename="described-tool.json")
+        request = ingest_pb2.ImportToolsRequest(document=document, filename="described-tool.json", plain_language=True)
         with rpc_errors():
             saved = client.ingest.ImportTools(request)
     violations = list(reply.violations) + list(saved.violations if saved else [])

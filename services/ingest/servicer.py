@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -151,6 +152,8 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         checked = report_pb(report.to_json())
         if report.counts:
             return ingest_pb2.ImportToolsResponse(violations=checked.violations, warnings=checked.warnings)
+        if request.plain_language:
+            found = [dataclasses.replace(t, source=ingest_pb2.TOOL_SOURCE_PLAIN_LANGUAGE) for t in found]
         stored = await tool_list.add(self.pool, auth.current_caller().tenant_id, found, replace=request.replace)
         return ingest_pb2.ImportToolsResponse(tools=[tool_pb(t) for t in stored], warnings=checked.warnings)
 

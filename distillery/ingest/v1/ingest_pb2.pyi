@@ -769,6 +769,7 @@ class ImportToolsRequest(_message.Message):
     DOCUMENT_FIELD_NUMBER: _builtins.int
     FILENAME_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    PLAIN_LANGUAGE_FIELD_NUMBER: _builtins.int
     document: _builtins.bytes
     """The document as uploaded (JSON or YAML text): OpenAI `tools`/`functions`,
     Anthropic `input_schema` tools, bare JSON Schema, or OpenAPI 3.0/3.1.
@@ -778,16 +779,21 @@ class ImportToolsRequest(_message.Message):
     filename: _builtins.str
     replace: _builtins.bool
     """Replace the active tool list instead of adding to it."""
+    plain_language: _builtins.bool
+    """The document holds tools the teacher wrote from plain-language descriptions
+    (DescribeTool): they are stored with TOOL_SOURCE_PLAIN_LANGUAGE.
+    """
     def __init__(
         self,
         *,
         document: _builtins.bytes = ...,
         filename: _builtins.str = ...,
         replace: _builtins.bool = ...,
+        plain_language: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "filename", b"filename", "replace", b"replace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document", "filename", b"filename", "plain_language", b"plain_language", "replace", b"replace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
