@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-
 from distillery.cli.run_watch import follow
 from distillery.client import Client, home
 from distillery.common.v1 import common_pb2
@@ -30,7 +28,7 @@ from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.uploads import Upload, send
-from examples.main_job import FINAL_BAD, model_exists, say
+from examples.main_job import create_run, reusable_run, say
 
 DATASET = Path(__file__).parent / "support_inputs.jsonl"
 TEACHER = "platform:smollm2"
@@ -57,13 +55,9 @@ def upload(client: Client) -> ingest_pb2.Dataset:
 
 
 def distill_run(client: Client, dataset_id: str, student: str) -> pb.Run:
-    prefix = f"distill-demo-{dataset_id}-"
-    listed = client.trainer.ListRuns(pb.ListRunsRequest(page={"page_size": 500})).runs
-    earlier = [r for r in listed if r.request.idempotency_key.startswith(prefix)]
-    for run in earlier:
-        if run.state not in FINAL_BAD and (run.state != pb.RUN_STATE_SUCCEEDED or model_exists(client, run.model_id)):
-            say(f"found the earlier distill run {run.id} ({pb.RunState.Name(run.state).removeprefix('RUN_STATE_')})")
-            return run
+    earlier, key = reusable_run(client, f"distill-demo-{dataset_id}-")
+    if earlier is not None:
+        return earlier
     estimate = client.teacher.EstimateJob(teacher_pb2.CreateGenerationJobRequest(
         kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher=TEACHER, dataset_id=dataset_id, system_prompts=PROMPTS,
         parameters=GENERATION,
@@ -73,14 +67,9 @@ def distill_run(client: Client, dataset_id: str, student: str) -> pb.Run:
     request = pb.CreateRunRequest(
         path=common_pb2.TRAINING_PATH_DISTILL_TEXT, dataset_id=dataset_id, student_model=student, teacher=TEACHER,
         system_prompts=PROMPTS, generation=GENERATION, sft=SFT, model_name="support-distilled",
-        idempotency_key=f"{prefix}{len(earlier) + 1}",
+        idempotency_key=key,
     )  # fmt: skip
-    try:
-        run = client.trainer.CreateRun(request)
-    except grpc.RpcError as err:
-        if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            sys.exit(f"{err.details()}\nFree a slot with `distillery models list` and `distillery models delete ID`.")
-        raise
+    run = create_run(client, request)
     say(f"created run {run.id}: {TEACHER} answers every input under {len(PROMPTS)} prompts, then LoRA SFT")
     return run
 

@@ -63,7 +63,21 @@ def upload(client: Client, path: Path) -> ingest_pb2.Dataset:
 
 def demo_run(client: Client, dataset_id: str, student: str) -> pb.Run:
     """The run to show: an earlier demo run on this dataset that succeeded or still goes, else a new one."""
-    prefix = f"demo-{dataset_id}-"
+    earlier, key = reusable_run(client, f"demo-{dataset_id}-")
+    if earlier is not None:
+        return earlier
+    request = pb.CreateRunRequest(
+        path=3, dataset_id=dataset_id, student_model=student, sft=SFT, model_name="support-triage",
+        idempotency_key=key,
+    )  # fmt: skip
+    run = create_run(client, request)
+    say(f"created run {run.id}: LoRA on {Path(student).name}, {SFT.max_steps} steps")
+    return run
+
+
+def reusable_run(client: Client, prefix: str) -> tuple[pb.Run | None, str]:
+    """An earlier demo run (idempotency key starting with ``prefix``) that succeeded and whose model
+    still exists, or still goes; else None and the key for a new one."""
     listed = client.trainer.ListRuns(pb.ListRunsRequest(page={"page_size": 500})).runs
     earlier = [r for r in listed if r.request.idempotency_key.startswith(prefix)]
     for run in earlier:  # newest first
@@ -71,19 +85,17 @@ def demo_run(client: Client, dataset_id: str, student: str) -> pb.Run:
             continue
         if run.state != pb.RUN_STATE_SUCCEEDED or model_exists(client, run.model_id):
             say(f"found the earlier demo run {run.id} ({pb.RunState.Name(run.state).removeprefix('RUN_STATE_')})")
-            return run
-    request = pb.CreateRunRequest(
-        path=3, dataset_id=dataset_id, student_model=student, sft=SFT, model_name="support-triage",
-        idempotency_key=f"{prefix}{len(earlier) + 1}",
-    )  # fmt: skip
+            return run, ""
+    return None, f"{prefix}{len(earlier) + 1}"
+
+
+def create_run(client: Client, request: pb.CreateRunRequest) -> pb.Run:
     try:
-        run = client.trainer.CreateRun(request)
+        return client.trainer.CreateRun(request)
     except grpc.RpcError as err:
         if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
             sys.exit(f"{err.details()}\nFree a slot with `distillery models list` and `distillery models delete ID`.")
         raise
-    say(f"created run {run.id}: LoRA on {Path(student).name}, {SFT.max_steps} steps")
-    return run
 
 
 def model_exists(client: Client, model_id: str) -> bool:
