@@ -36,12 +36,12 @@ PROMPTS = [
     teacher_pb2.NamedSystemPrompt(
         name="reply", text="You are a support agent. Reply to the customer in one or two short sentences."
     ),
-    teacher_pb2.NamedSystemPrompt(
-        name="category",
-        text="Classify the support message. Answer with one word: billing, bug, account, shipping, feature or praise.",
-    ),
+    teacher_pb2.NamedSystemPrompt(name="summary", text="Summarize the customer's message in one short sentence."),
 ]
-GENERATION = teacher_pb2.GenerationParameters(max_output_tokens=160)
+# SmolLM2-135M sometimes rambles past the cap; such answers are skipped (answer_truncated), and up to
+# 10% of skipped rows still train on the rest.
+GENERATION = teacher_pb2.GenerationParameters(max_output_tokens=200)
+MAX_FAILED_FRACTION = 0.1
 SFT = pb.SftSettings(max_steps=40, batch_size=4, learning_rate=1e-3, lora_r=16, max_seq_length=256)
 SAMPLE = "I was charged twice for my annual plan this morning, please refund one of them."
 
@@ -67,6 +67,7 @@ def distill_run(client: Client, dataset_id: str, student: str) -> pb.Run:
     request = pb.CreateRunRequest(
         path=common_pb2.TRAINING_PATH_DISTILL_TEXT, dataset_id=dataset_id, student_model=student, teacher=TEACHER,
         system_prompts=PROMPTS, generation=GENERATION, sft=SFT, model_name="support-distilled",
+        max_failed_fraction=MAX_FAILED_FRACTION,
         idempotency_key=key,
     )  # fmt: skip
     run = create_run(client, request)

@@ -41,6 +41,17 @@ log = logging.getLogger("distillery.teacher.jobs")
 Rows = list[list[dict[str, Any]]]
 
 
+def failure_summary(tally: jobs.Tally) -> str:
+    """Failed rows by reason, most frequent first: count, code, the first rows, one message."""
+    parts = []
+    for code, count in tally.failed_by_code.items():
+        examples = [f for f in tally.failures if f.code == code]
+        rows = ", ".join(str(f.row) for f in examples[:5]) + (", ..." if count > 5 else "")
+        message = f": {examples[0].message}" if examples else ""
+        parts.append(f"{count} {code} (rows {rows}){message}")
+    return "; ".join(parts)
+
+
 class JobRunner:
     def __init__(self, pool: Any, store: ObjectStore, keys: KeyStore, ingest: Ingest, settings: Settings) -> None:
         self.pool, self.store, self.keys, self.ingest, self.settings = pool, store, keys, ingest, settings
@@ -205,11 +216,9 @@ class JobRunner:
         tally = await jobs.tally(self.pool, job.id)
         limit = float(job.request.get("max_failed_fraction", job_requests.DEFAULT_MAX_FAILED_FRACTION))
         if tally.rows_failed > limit * job.rows_total:
-            first = "; ".join(f"row {f.row}{f' ({f.prompt_name})' * bool(f.prompt_name)}: {f.code}: {f.message}"
-                              for f in tally.failures[:3])  # fmt: skip
             await self._fail(job, f"{tally.rows_failed} of {job.rows_total} rows failed "
-                             f"({tally.rows_failed / job.rows_total:.1%}), over the limit of {limit:.0%}. "
-                             f"First: {first}")  # fmt: skip
+                             f"({tally.rows_failed / job.rows_total:.1%}), over the limit of {limit:.0%}: "
+                             f"{failure_summary(tally)}")  # fmt: skip
             return
         generated = await jobs.outputs(self.pool, job.id)
         duplicates = 0

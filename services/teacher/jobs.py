@@ -68,6 +68,7 @@ class Tally:
     requests: int = 0
     by_prompt: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
+    failed_by_code: dict[str, int] = field(default_factory=dict)
 
     def cost_usd(self, teacher: str) -> float:
         provider, _, model = teacher.partition(":")
@@ -223,6 +224,11 @@ async def tally(pool: AsyncConnectionPool, job_id: str) -> Tally:
             else:
                 tally.rows_failed += n
         if tally.rows_failed:
+            codes = await conn.execute(
+                "SELECT code, count(*) FROM generation_rows WHERE job_id = %s AND NOT ok GROUP BY code ORDER BY 2 DESC",
+                (job_id,),
+            )
+            tally.failed_by_code = {code: int(n) for code, n in await codes.fetchall()}
             fail_cur = conn.cursor(row_factory=class_row(Failure))
             await fail_cur.execute(
                 "SELECT row, prompt_name, code, message FROM generation_rows WHERE job_id = %s AND NOT ok"
