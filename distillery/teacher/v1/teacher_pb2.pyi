@@ -260,35 +260,77 @@ class GenerationParameters(_message.Message):
     NO_TOOL_SHARE_FIELD_NUMBER: _builtins.int
     MAX_TURNS_FIELD_NUMBER: _builtins.int
     AUGMENT_COUNT_FIELD_NUMBER: _builtins.int
+    SEMANTIC_CHECK_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
     max_output_tokens: _builtins.int
     trajectories_per_prompt: _builtins.int
-    """Tool trajectories: per seed prompt, paraphrases, share of no-tool cases,
-    maximum turns.
+    """Tool trajectories: trajectories per prompt (0: 2); rewordings of each seed
+    prompt written by the teacher (unset: 2); the share of all prompts that no
+    tool fits (unset: 0.2); assistant turns per trajectory at most (0: 4).
     """
     paraphrases: _builtins.int
     no_tool_share: _builtins.float
     max_turns: _builtins.int
     augment_count: _builtins.int
     """Augmentation: how many new pairs to write."""
+    semantic_check: _builtins.bool
+    """Tool trajectories: the teacher also judges whether each trajectory's calls
+    serve the request (yes/no); a "no" rejects it (reason "semantic_mismatch").
+    """
     def __init__(
         self,
         *,
         temperature: _builtins.float = ...,
         max_output_tokens: _builtins.int = ...,
         trajectories_per_prompt: _builtins.int = ...,
-        paraphrases: _builtins.int = ...,
-        no_tool_share: _builtins.float = ...,
+        paraphrases: _builtins.int | None = ...,
+        no_tool_share: _builtins.float | None = ...,
         max_turns: _builtins.int = ...,
         augment_count: _builtins.int = ...,
+        semantic_check: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_no_tool_share", b"_no_tool_share", "_paraphrases", b"_paraphrases", "no_tool_share", b"no_tool_share", "paraphrases", b"paraphrases"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_no_tool_share", b"_no_tool_share", "_paraphrases", b"_paraphrases", "augment_count", b"augment_count", "max_output_tokens", b"max_output_tokens", "max_turns", b"max_turns", "no_tool_share", b"no_tool_share", "paraphrases", b"paraphrases", "semantic_check", b"semantic_check", "temperature", b"temperature", "trajectories_per_prompt", b"trajectories_per_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__no_tool_share: _TypeAlias = _typing.Literal["no_tool_share"]  # noqa: Y015
+    _WhichOneofArgType__no_tool_share: _TypeAlias = _typing.Literal["_no_tool_share", b"_no_tool_share"]  # noqa: Y015
+    _WhichOneofReturnType__paraphrases: _TypeAlias = _typing.Literal["paraphrases"]  # noqa: Y015
+    _WhichOneofArgType__paraphrases: _TypeAlias = _typing.Literal["_paraphrases", b"_paraphrases"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__no_tool_share) -> _WhichOneofReturnType__no_tool_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__paraphrases) -> _WhichOneofReturnType__paraphrases | None: ...
+
+Global___GenerationParameters: _TypeAlias = GenerationParameters  # noqa: Y015
+
+@_typing.final
+class ToolResponseExample(_message.Message):
+    """Tool trajectories: what a tool answers, given by the user; a call of that tool
+    gets one of its examples as its result instead of one simulated by the teacher.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_NAME_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    tool_name: _builtins.str
+    """The tool's name (of the job's tools)."""
+    response: _builtins.str
+    """The result as the tool returns it (JSON text, usually)."""
+    def __init__(
+        self,
+        *,
+        tool_name: _builtins.str = ...,
+        response: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "max_output_tokens", b"max_output_tokens", "max_turns", b"max_turns", "no_tool_share", b"no_tool_share", "paraphrases", b"paraphrases", "temperature", b"temperature", "trajectories_per_prompt", b"trajectories_per_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["response", b"response", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GenerationParameters: _TypeAlias = GenerationParameters  # noqa: Y015
+Global___ToolResponseExample: _TypeAlias = ToolResponseExample  # noqa: Y015
 
 @_typing.final
 class CreateGenerationJobRequest(_message.Message):
@@ -305,6 +347,7 @@ class CreateGenerationJobRequest(_message.Message):
     MAX_FAILED_FRACTION_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     SOURCE_KEY_FIELD_NUMBER: _builtins.int
+    TOOL_RESPONSES_FIELD_NUMBER: _builtins.int
     kind: Global___JobKind.ValueType
     teacher: _builtins.str
     """"<provider>:<model>"."""
@@ -330,6 +373,12 @@ class CreateGenerationJobRequest(_message.Message):
     def objectives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def parameters(self) -> Global___GenerationParameters: ...
+    @_builtins.property
+    def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolResponseExample]:
+        """Tool trajectories: example results of the job's tools, used instead of
+        results simulated by the teacher (several per tool are taken in turn).
+        """
+
     def __init__(
         self,
         *,
@@ -344,10 +393,11 @@ class CreateGenerationJobRequest(_message.Message):
         max_failed_fraction: _builtins.float = ...,
         run_id: _builtins.str = ...,
         source_key: _builtins.str = ...,
+        tool_responses: _abc.Iterable[Global___ToolResponseExample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "kind", b"kind", "max_failed_fraction", b"max_failed_fraction", "objectives", b"objectives", "parameters", b"parameters", "run_id", b"run_id", "seed_prompts", b"seed_prompts", "source_key", b"source_key", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "kind", b"kind", "max_failed_fraction", b"max_failed_fraction", "objectives", b"objectives", "parameters", b"parameters", "run_id", b"run_id", "seed_prompts", b"seed_prompts", "source_key", b"source_key", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,6 +455,26 @@ class GenerationJob(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class RejectedByReasonEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -422,6 +492,9 @@ class GenerationJob(_message.Message):
     ESTIMATE_FIELD_NUMBER: _builtins.int
     OUTPUT_KEY_FIELD_NUMBER: _builtins.int
     ROWS_DUPLICATE_FIELD_NUMBER: _builtins.int
+    REJECTED_BY_REASON_FIELD_NUMBER: _builtins.int
+    ROWS_REJECTED_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___JobKind.ValueType
     state: Global___JobState.ValueType
@@ -440,6 +513,7 @@ class GenerationJob(_message.Message):
     """Augmentation: generated pairs dropped as duplicates of the originals or of
     each other.
     """
+    rows_rejected: _builtins.int
     @_builtins.property
     def usage(self) -> _common_pb2.Usage: ...
     @_builtins.property
@@ -448,7 +522,9 @@ class GenerationJob(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def rows_by_prompt(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Rows done per named system prompt (distillation)."""
+        """Rows done per named system prompt (distillation), or per prompt kind
+        ("seed", "paraphrase", "no_tool": tool trajectories).
+        """
 
     @_builtins.property
     def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowFailure]:
@@ -457,6 +533,21 @@ class GenerationJob(_message.Message):
     @_builtins.property
     def estimate(self) -> Global___JobEstimate:
         """What the job was expected to take before it started."""
+
+    @_builtins.property
+    def rejected_by_reason(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Tool trajectories: trajectories that failed verification (kept, not in the
+        dataset), by reason: "unknown_tool", "malformed_call", "missing_required",
+        "wrong_type", "unexpected_tool_call", "no_final_answer", ... A trajectory
+        counts once under each of its reasons. rows_done counts verified ones;
+        rows_failed only rows the provider could not answer.
+        """
+
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___RowFailure]:
+        """The first rejected trajectories (at most 100): code = the first reason,
+        message = every reason with its detail.
+        """
 
     def __init__(
         self,
@@ -478,10 +569,13 @@ class GenerationJob(_message.Message):
         estimate: Global___JobEstimate | None = ...,
         output_key: _builtins.str = ...,
         rows_duplicate: _builtins.int = ...,
+        rejected_by_reason: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        rows_rejected: _builtins.int = ...,
+        rejections: _abc.Iterable[Global___RowFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "estimate", b"estimate", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "estimate", b"estimate", "failures", b"failures", "id", b"id", "kind", b"kind", "output_dataset_id", b"output_dataset_id", "output_key", b"output_key", "rows_by_prompt", b"rows_by_prompt", "rows_done", b"rows_done", "rows_duplicate", b"rows_duplicate", "rows_failed", b"rows_failed", "rows_total", b"rows_total", "state", b"state", "teacher", b"teacher", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "estimate", b"estimate", "failures", b"failures", "id", b"id", "kind", b"kind", "output_dataset_id", b"output_dataset_id", "output_key", b"output_key", "rejected_by_reason", b"rejected_by_reason", "rejections", b"rejections", "rows_by_prompt", b"rows_by_prompt", "rows_done", b"rows_done", "rows_duplicate", b"rows_duplicate", "rows_failed", b"rows_failed", "rows_rejected", b"rows_rejected", "rows_total", b"rows_total", "state", b"state", "teacher", b"teacher", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -501,7 +595,10 @@ class RowFailure(_message.Message):
     """The row's index in the job (input index x prompts + prompt index)."""
     prompt_name: _builtins.str
     code: _builtins.str
-    """e.g. "input_too_long", "retries_exhausted", "malformed_response"."""
+    """e.g. "input_too_long", "retries_exhausted", "malformed_response".
+    (Tool trajectories: prompt_name is the prompt's kind: "seed", "paraphrase"
+    or "no_tool"; the row is prompt index x trajectories_per_prompt + trajectory.)
+    """
     message: _builtins.str
     def __init__(
         self,
