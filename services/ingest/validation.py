@@ -4,7 +4,8 @@
 - asr: a manifest and .wav files (``asr``); each canonical row also names the S3
   key of its audio;
 - ocr: a manifest and an image ZIP (``ocr``); each canonical row also names the
-  S3 key of the ZIP it lies in.
+  S3 key of the ZIP it lies in;
+- tool_calls: one JSONL file of OpenAI-format conversations with tools (``tool_rows``).
 
 The limits of every kind come from the service's settings; an upload may lower
 or raise the clip length and context size it is checked against.
@@ -19,8 +20,8 @@ from pathlib import Path
 import orjson
 
 from distillery.ingest.v1 import ingest_pb2
-from services.common.errors import Unimplemented
-from services.ingest import asr, ocr, text_rows
+from services.common.errors import InvalidArgument
+from services.ingest import asr, ocr, text_rows, tool_rows
 from services.ingest.reports import Report
 from services.ingest.uploads import Plan, local_path
 
@@ -51,6 +52,12 @@ def check(plan: Plan, folder: Path, limits: Limits, object_keys: dict[str, str] 
                 f, sink, inputs_only=plan.kind == ingest_pb2.DATASET_KIND_INPUTS,
                 csv_format=plan.source_format == ingest_pb2.FILE_FORMAT_CSV, limits=text,
             )  # fmt: skip
+    if plan.kind == ingest_pb2.DATASET_KIND_TOOL_CALLS:
+        if plan.source_format == ingest_pb2.FILE_FORMAT_CSV:
+            return tool_rows.csv_refused()
+        tool_limits = tool_rows.ToolRowLimits(limits.text.max_line_bytes, limits.text.near_duplicate_rows)
+        with local_path(folder, 0).open("rb") as f, out.open("wb") as sink:
+            return tool_rows.validate_tool_calls(f, sink, tool_limits)
     names = [spec.name for spec in plan.files]
     manifest_path = local_path(folder, names.index(plan.manifest))
     others = {name: local_path(folder, i) for i, name in enumerate(names) if name != plan.manifest}
@@ -69,7 +76,7 @@ def check(plan: Plan, folder: Path, limits: Limits, object_keys: dict[str, str] 
         for row in rows:
             row["archive_key"] = keys.get(archive_name, "")
     else:
-        raise Unimplemented("tool-call datasets are checked once tool-calling distillation lands; nothing was stored")
+        raise InvalidArgument(f"unknown dataset kind {plan.kind}", field="header.kind")
     if report.valid:
         with out.open("wb") as sink:
             for row in rows:
