@@ -20,12 +20,12 @@ KINDS = {
     "inputs": ingest_pb2.DATASET_KIND_INPUTS,
     "asr": ingest_pb2.DATASET_KIND_ASR,
     "ocr": ingest_pb2.DATASET_KIND_OCR,
-    "tool_calls": ingest_pb2.DATASET_KIND_TOOL_CALLS,
+    "tool-calls": ingest_pb2.DATASET_KIND_TOOL_CALLS,
 }
 
 
 def kind_name(kind: int) -> str:
-    return ingest_pb2.DatasetKind.Name(kind).removeprefix("DATASET_KIND_").lower()
+    return ingest_pb2.DatasetKind.Name(kind).removeprefix("DATASET_KIND_").lower().replace("_", "-")
 
 
 @click.group("datasets")
@@ -34,8 +34,8 @@ def group() -> None:
 
 
 def _upload(path: Path, kind: str, manifest: Path | None, name: str, options: dict[str, Any]) -> Upload:
-    """What ``path`` means for the kind: the text file; or for asr an audio file or a folder of them,
-    for ocr the image ZIP, each with its manifest (found in the folder when not named)."""
+    """What ``path`` means for the kind: the JSONL (or CSV) file; or for asr an audio file or a folder of
+    them, for ocr the image ZIP, each with its manifest (found in the folder when not named)."""
     if KINDS[kind] in BUNDLE_KINDS:
         try:
             files, manifest = bundle(KINDS[kind], path, manifest)
@@ -43,7 +43,8 @@ def _upload(path: Path, kind: str, manifest: Path | None, name: str, options: di
             raise click.UsageError(str(err)) from None
     else:
         if path.is_dir() or manifest is not None:
-            raise click.UsageError(f"a {kind} dataset is one JSONL or CSV file (--manifest is for asr and ocr)")
+            what = "one JSONL file" if kind == "tool-calls" else "one JSONL or CSV file"
+            raise click.UsageError(f"a {kind} dataset is {what} (--manifest is for asr and ocr)")
         files = [path]
     return Upload(files, KINDS[kind], manifest=manifest, display_name=name, **options)
 
@@ -80,6 +81,7 @@ def upload(
 
     \b
     pairs, inputs: PATH is a .jsonl or .csv file
+    tool-calls: PATH is a .jsonl file (OpenAI fine-tuning format with tools)
     asr: PATH is a folder of .wav files (or one .wav) plus --manifest
     ocr: PATH is the image ZIP plus --manifest
     """
