@@ -1,6 +1,7 @@
 """The teacher's calls to ingest on a tenant's behalf (the shared service token and the
-job's tenant): read a dataset's record, and upload generated rows as a new dataset,
-checked by ingest exactly like a user's upload."""
+job's tenant): read a dataset's record, list the tenant's active tools, and upload
+generated rows (pairs, or tool-calling trajectories) as a new dataset, checked by ingest
+exactly like a user's upload."""
 
 from __future__ import annotations
 
@@ -42,13 +43,33 @@ class Ingest:
         except grpc.aio.AioRpcError as err:
             raise domain_error(err, "ingest") from None
 
+    async def list_tools(self, tenant_id: str) -> list[ingest_pb2.Tool]:
+        try:
+            listed = await self._stub().ListTools(
+                ingest_pb2.ListToolsRequest(), metadata=auth.service_metadata(self._token, tenant_id)
+            )
+        except grpc.aio.AioRpcError as err:
+            raise domain_error(err, "ingest") from None
+        return list(listed.tools)
+
     async def upload_pairs(self, tenant_id: str, path: Path, display_name: str) -> ingest_pb2.UploadDatasetResponse:
+        return await self.upload(tenant_id, path, display_name, ingest_pb2.DATASET_KIND_PAIRS)
+
+    async def upload_tool_calls(
+        self, tenant_id: str, path: Path, display_name: str
+    ) -> ingest_pb2.UploadDatasetResponse:
+        return await self.upload(tenant_id, path, display_name, ingest_pb2.DATASET_KIND_TOOL_CALLS)
+
+    async def upload(
+        self, tenant_id: str, path: Path, display_name: str, kind: ingest_pb2.DatasetKind.ValueType
+    ) -> ingest_pb2.UploadDatasetResponse:
+        """Upload a JSONL file as a dataset of ``kind``."""
         digest = hashlib.sha256()
         with path.open("rb") as f:
             while block := f.read(CHUNK_BYTES):
                 digest.update(block)
         header = ingest_pb2.UploadHeader(
-            filename=path.name, kind=ingest_pb2.DATASET_KIND_PAIRS, format=ingest_pb2.FILE_FORMAT_JSONL,
+            filename=path.name, kind=kind, format=ingest_pb2.FILE_FORMAT_JSONL,
             size_bytes=path.stat().st_size, sha256=digest.hexdigest(), display_name=display_name,
         )  # fmt: skip
 

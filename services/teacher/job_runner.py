@@ -9,6 +9,12 @@ engine with the provider's shared limiter, stores each row as it finishes, then:
     too many failed rows (over max_failed_fraction)  -> FAILED, naming the first failures
     otherwise -> the rows (tagged with their prompt name) written to the object store
                  and uploaded to ingest as a pairs dataset -> SUCCEEDED
+
+A tool-trajectory job (``tool_jobs``) first writes its prompts, once (stored with the
+job as its plan), then walks its trajectories as the engine's rows, each request of a
+walk through the provider's limiter; the engine's own limiter only bounds how many walk
+at once. Its verified trajectories become a tool-calls dataset; rejected ones stay in
+its rows with their reasons, and do not count toward max_failed_fraction.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import contextlib
 import logging
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,17 +34,19 @@ import orjson
 from distillery.teacher.v1 import teacher_pb2 as pb
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore, tenant_key
-from services.teacher import job_requests, jobs, text_jobs
+from services.teacher import job_requests, jobs, text_jobs, tool_jobs, tool_prompts
 from services.teacher.engine import JobStopped, Outcome, Task, generate
 from services.teacher.ingest_peer import Ingest
 from services.teacher.keys import KeyStore
 from services.teacher.limits import Limiter
 from services.teacher.providers import PROVIDERS, split_teacher
+from services.teacher.providers.base import Completion, Request
 from services.teacher.settings import Settings
 
 log = logging.getLogger("distillery.teacher.jobs")
 
 Rows = list[list[dict[str, Any]]]
+Call = Callable[[Request], Awaitable[Completion]]
 
 
 def failure_summary(tally: jobs.Tally) -> str:
@@ -79,18 +87,15 @@ class JobRunner:
     # --- requests ---
 
     async def estimate(self, tenant_id: str, request: pb.CreateGenerationJobRequest) -> dict[str, Any]:
-        job = job_requests.checked(request)
-        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
-            source = await self._source(tenant_id, request, Path(tmp))
+        job, source = await self._prepared(tenant_id, request, job_requests.checked(request))
         return job_requests.estimate(job, source)
 
     async def create(self, tenant_id: str, request: pb.CreateGenerationJobRequest) -> jobs.Job:
         """Check, estimate and store a job; the same run id (per kind) returns the job made first."""
         job = job_requests.checked(request)
         credentials = await self.keys.credentials(tenant_id, job.provider)  # no key: refused now, not later
-        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
-            source = await self._source(tenant_id, request, Path(tmp))
-        if not source:
+        job, source = await self._prepared(tenant_id, request, job)
+        if not source and job.kind != pb.JOB_KIND_TOOL_TRAJECTORIES:
             raise InvalidArgument("the source has no rows to generate from", field="dataset_id")
         estimate = job_requests.estimate(job, source)
         stored, created = await jobs.create(self.pool, {
@@ -109,6 +114,15 @@ class JobRunner:
         if driver is not None:
             driver.cancel()
         return job
+
+    async def _prepared(
+        self, tenant_id: str, request: pb.CreateGenerationJobRequest, job: job_requests.Checked
+    ) -> tuple[job_requests.Checked, Rows]:
+        """The job with what it generates from: its tools (trajectories), or its source rows."""
+        if job.kind == pb.JOB_KIND_TOOL_TRAJECTORIES:
+            return job_requests.with_tools(job, request, await self.ingest.list_tools(tenant_id)), []
+        with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
+            return job, await self._source(tenant_id, request, Path(tmp))
 
     async def _source(self, tenant_id: str, request: pb.CreateGenerationJobRequest, folder: Path) -> Rows:
         """The canonical rows the job generates from: the dataset's, or the train split's."""
@@ -182,6 +196,21 @@ class JobRunner:
         provider, model = split_teacher(job.teacher)
         adapter = PROVIDERS[provider]
         client = adapter.connect(await self.keys.credentials(job.tenant_id, provider))
+        try:
+            if job.kind == pb.JOB_KIND_TOOL_TRAJECTORIES:
+                await self._walk(job, partial(adapter.complete, client), provider, model)
+            else:
+                await self._answer(job, partial(adapter.complete, client), provider, model)
+        except JobStopped as stopped:
+            if provider == "platform" and stopped.error.kind == "auth":
+                stopped.error.message = ("the platform endpoint refused the teacher service's key: the operator "
+                                         "sets DISTILLERY_PLATFORM_API_KEY")  # fmt: skip
+            raise
+        finally:
+            await adapter.close(client)
+
+    async def _answer(self, job: jobs.Job, call: Call, provider: str, model: str) -> None:
+        """A text job: each row one request."""
         done = await jobs.done_rows(self.pool, job.id)
         source = await self._stored_source(job)
         if job.kind == pb.JOB_KIND_TEXT_DISTILLATION:
@@ -199,20 +228,41 @@ class JobRunner:
             task = in_flight.pop(outcome.row)
             await jobs.save_row(self.pool, job.id, text_jobs.stored_row(job.kind, job.request, task, outcome))
 
-        try:
-            await generate(
-                tracked(), partial(adapter.complete, client), self.limiters[provider], store,
-                max_attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
-            )  # fmt: skip
-        except JobStopped as stopped:
-            if provider == "platform" and stopped.error.kind == "auth":
-                stopped.error.message = ("the platform endpoint refused the teacher service's key: the operator "
-                                         "sets DISTILLERY_PLATFORM_API_KEY")  # fmt: skip
-            raise
-        finally:
-            await adapter.close(client)
+        await generate(
+            tracked(), call, self.limiters[provider], store,
+            max_attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
+        )  # fmt: skip
+
+    async def _walk(self, job: jobs.Job, call: Call, provider: str, model: str) -> None:
+        """A tool-trajectory job: its prompts written once, then each row one trajectory."""
+        spec = tool_jobs.spec_of(job.request)
+        limiter = self.limiters[provider]
+        teacher = tool_jobs.Teacher(call, limiter, max_attempts=self.settings.max_attempts,
+                                    max_backoff_s=self.settings.max_backoff_s)  # fmt: skip
+        plan = job.plan
+        if plan is None:
+            usage = tool_jobs.Usage()
+            try:
+                prompts = await tool_prompts.expand(teacher, spec, model, usage)
+            except tool_jobs.Unanswered as err:
+                raise FailedPrecondition(f"the teacher could not write the job's prompts ({err.code}): "
+                                         f"{err.message}") from None  # fmt: skip
+            plan = await jobs.set_plan(self.pool, job.id, tool_prompts.plan_of(prompts, usage),
+                                       len(prompts) * spec.per_prompt)  # fmt: skip
+            log.info("job %s: %s prompts from %s seeds", job.id, len(plan["prompts"]), len(spec.seeds))
+        trajectories = tool_jobs.Trajectories(teacher, spec, tool_prompts.prompts_of(plan), model)
+        done = await jobs.done_rows(self.pool, job.id)
+
+        async def store(outcome: Outcome) -> None:
+            row = tool_jobs.stored_row(spec, trajectories.prompt(outcome.row), outcome)
+            await jobs.save_row(self.pool, job.id, row)
+
+        # Concurrency only: every request of a walk waits for the provider's own limiter.
+        walkers = Limiter(limiter.concurrency)
+        await generate(trajectories.tasks(done), trajectories.walk, walkers, store, max_attempts=1)
 
     async def _finish(self, job: jobs.Job) -> None:
+        job = await jobs.get(self.pool, job.tenant_id, job.id)  # a trajectory job's rows_total is set by its plan
         tally = await jobs.tally(self.pool, job.id)
         limit = float(job.request.get("max_failed_fraction", job_requests.DEFAULT_MAX_FAILED_FRACTION))
         if tally.rows_failed > limit * job.rows_total:
@@ -225,23 +275,33 @@ class JobRunner:
         if job.kind == pb.JOB_KIND_AUGMENTATION:
             generated, duplicates = text_jobs.deduplicated(generated, await self._stored_source(job))
         if not generated:
-            await self._fail(job, "the teacher produced no usable rows")
+            rejected = ", ".join(f"{n} {code}" for code, n in tally.rejected_by_reason.items())
+            await self._fail(job, f"no trajectory passed verification: {rejected}" if rejected
+                             else "the teacher produced no usable rows")  # fmt: skip
             return
+        trajectories = job.kind == pb.JOB_KIND_TOOL_TRAJECTORIES
         key = tenant_key(job.tenant_id, "teacher", "jobs", job.id, "rows.jsonl")
         with tempfile.TemporaryDirectory(prefix="distillery-teacher-") as tmp:
-            path = Path(tmp) / f"{job.id}.jsonl"
+            path, dataset = Path(tmp) / "rows.jsonl", Path(tmp) / f"{job.id}.jsonl"
             path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in generated))
             await asyncio.to_thread(self.store.put_file, key, path, "application/jsonl")
-            uploaded = await self.ingest.upload_pairs(job.tenant_id, path, f"{job.teacher} answers ({job.id})")
+            if trajectories:  # the dataset holds the trajectories alone, without where each came from
+                dataset.write_bytes(b"".join(orjson.dumps(tool_jobs.dataset_row(row)) + b"\n" for row in generated))
+                uploaded = await self.ingest.upload_tool_calls(job.tenant_id, dataset,
+                                                               f"{job.teacher} trajectories ({job.id})")  # fmt: skip
+            else:
+                path.rename(dataset)
+                uploaded = await self.ingest.upload_pairs(job.tenant_id, dataset, f"{job.teacher} answers ({job.id})")
         if not uploaded.dataset.valid:
             bad = uploaded.report.violations[0] if uploaded.report.violations else None
             where = f": line {bad.line}, {bad.field}: {bad.message}" if bad else ""
-            await self._fail(job, f"the generated rows are not a valid pairs dataset{where}")
+            kind = "tool-calls" if trajectories else "pairs"
+            await self._fail(job, f"the generated rows are not a valid {kind} dataset{where}")
             return
         await jobs.finish(self.pool, job.id, pb.JOB_STATE_SUCCEEDED, output_key=key,
                           output_dataset_id=uploaded.dataset.id, rows_duplicate=duplicates)  # fmt: skip
-        log.info("job %s succeeded: %s rows, %s failed, %s duplicates dropped", job.id, len(generated),
-                 tally.rows_failed, duplicates)  # fmt: skip
+        log.info("job %s succeeded: %s rows, %s failed, %s rejected, %s duplicates dropped", job.id, len(generated),
+                 tally.rows_failed, tally.rows_rejected, duplicates)  # fmt: skip
 
     async def _fail(self, job: jobs.Job, message: str) -> None:
         if await jobs.finish(self.pool, job.id, pb.JOB_STATE_FAILED, error=message) is not None:

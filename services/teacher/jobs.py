@@ -2,8 +2,11 @@
 
 A job is QUEUED, RUNNING, then SUCCEEDED, FAILED or CANCELLED. Each finished row is
 one ``generation_rows`` row, written as it finishes: the rows of a job that are not
-there yet are exactly the ones still to ask for. A job is driven by the teacher
-instance holding its lease (``owner``, ``lease_until``), renewed while it works.
+there yet are exactly the ones still to ask for. A row is done (``ok``), failed (the
+provider could not answer it), or rejected (a tool trajectory that failed verification:
+kept with its reasons). A job is driven by the teacher instance holding its lease
+(``owner``, ``lease_until``), renewed while it works. A tool-trajectory job's prompts
+are its ``plan``, written once (``set_plan``).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Job:
     lease_until: datetime | None
     created_at: datetime
     updated_at: datetime
+    # Tool trajectories: the prompts, once written (tool_jobs.plan_of).
+    plan: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ class Tally:
     by_prompt: dict[str, int] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     failed_by_code: dict[str, int] = field(default_factory=dict)
+    # Tool trajectories that failed verification: how many, by reason code, the first ones.
+    rows_rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    rejections: list[Failure] = field(default_factory=list)
 
     def cost_usd(self, teacher: str) -> float:
         provider, _, model = teacher.partition(":")
@@ -175,6 +184,20 @@ async def let_go(pool: AsyncConnectionPool, owner: str, job_ids: list[str]) -> N
             )
 
 
+async def set_plan(pool: AsyncConnectionPool, job_id: str, plan: dict[str, Any], rows_total: int) -> dict[str, Any]:
+    """Store a job's plan and its real row count; the plan stored first when there is one already."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE generation_jobs SET plan = %s, rows_total = %s, updated_at = now() WHERE id = %s AND plan IS NULL",
+            (Jsonb(plan), rows_total, job_id),
+        )
+        cur = await conn.execute("SELECT plan FROM generation_jobs WHERE id = %s", (job_id,))
+        stored = await cur.fetchone()
+    if stored is None or stored[0] is None:
+        raise NotFound(f"generation job {job_id} not found")
+    return dict(stored[0])
+
+
 # --- rows ---
 
 
@@ -185,15 +208,20 @@ async def done_rows(pool: AsyncConnectionPool, job_id: str) -> set[int]:
 
 
 async def save_row(pool: AsyncConnectionPool, job_id: str, row: dict[str, Any]) -> None:
-    """Store one finished row (a second store of the same row keeps the first)."""
-    output = row.get("output")
+    """Store one finished row (a second store of the same row keeps the first).
+
+    Done: an ``output``; failed: none; rejected: ``rejected`` with its ``reasons`` (the output kept).
+    """
+    output, rejected = row.get("output"), bool(row.get("rejected"))
     async with pool.connection() as conn:
         await conn.execute(
             "INSERT INTO generation_rows (job_id, row, prompt_name, ok, output, code, message, input_tokens,"
-            " output_tokens, attempts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (job_id, row["row"], row.get("prompt_name", ""), output is not None,
+            " output_tokens, attempts, rejected, reasons) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (job_id, row["row"], row.get("prompt_name", ""), output is not None and not rejected,
              Jsonb(output) if output is not None else None, row.get("code", ""), row.get("message", ""),
-             row.get("input_tokens", 0), row.get("output_tokens", 0), row.get("attempts", 1)),
+             row.get("input_tokens", 0), row.get("output_tokens", 0), row.get("attempts", 1), rejected,
+             list(row.get("reasons", []))),
         )  # fmt: skip
 
 
@@ -205,11 +233,12 @@ async def outputs(pool: AsyncConnectionPool, job_id: str) -> list[dict[str, Any]
 
 
 async def tally(pool: AsyncConnectionPool, job_id: str) -> Tally:
+    """Rows done, failed and rejected, and the usage of every request: the rows', and the plan's."""
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            "SELECT prompt_name, ok, count(*) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o,"
-            " sum(attempts) AS a FROM generation_rows WHERE job_id = %s GROUP BY prompt_name, ok",
+            "SELECT prompt_name, ok, rejected, count(*) AS n, sum(input_tokens) AS i, sum(output_tokens) AS o,"
+            " sum(attempts) AS a FROM generation_rows WHERE job_id = %s GROUP BY prompt_name, ok, rejected",
             (job_id,),
         )
         tally = Tally()
@@ -221,19 +250,41 @@ async def tally(pool: AsyncConnectionPool, job_id: str) -> Tally:
             if group["ok"]:
                 tally.rows_done += n
                 tally.by_prompt[group["prompt_name"]] = tally.by_prompt.get(group["prompt_name"], 0) + n
+            elif group["rejected"]:
+                tally.rows_rejected += n
             else:
                 tally.rows_failed += n
+        plan_cur = await conn.execute("SELECT plan FROM generation_jobs WHERE id = %s", (job_id,))
+        plan = await plan_cur.fetchone()
+        if plan is not None and plan[0]:
+            tally.input_tokens += int(plan[0].get("input_tokens", 0))
+            tally.output_tokens += int(plan[0].get("output_tokens", 0))
+            tally.requests += int(plan[0].get("requests", 0))
         if tally.rows_failed:
             codes = await conn.execute(
-                "SELECT code, count(*) FROM generation_rows WHERE job_id = %s AND NOT ok GROUP BY code ORDER BY 2 DESC",
+                "SELECT code, count(*) FROM generation_rows WHERE job_id = %s AND NOT ok AND NOT rejected"
+                " GROUP BY code ORDER BY 2 DESC",
                 (job_id,),
             )
             tally.failed_by_code = {code: int(n) for code, n in await codes.fetchall()}
-            fail_cur = conn.cursor(row_factory=class_row(Failure))
-            await fail_cur.execute(
-                "SELECT row, prompt_name, code, message FROM generation_rows WHERE job_id = %s AND NOT ok"
-                " ORDER BY row LIMIT %s",
-                (job_id, FAILURES_SHOWN),
+            tally.failures = await _first(conn, job_id, "NOT ok AND NOT rejected")
+        if tally.rows_rejected:
+            reasons = await conn.execute(
+                "SELECT split_part(reason, ':', 1), count(DISTINCT row) FROM generation_rows, unnest(reasons) AS reason"
+                " WHERE job_id = %s AND rejected GROUP BY 1 ORDER BY 2 DESC, 1",
+                (job_id,),
             )
-            tally.failures = await fail_cur.fetchall()
+            tally.rejected_by_reason = {code: int(n) for code, n in await reasons.fetchall()}
+            tally.rejections = await _first(conn, job_id, "rejected")
         return tally
+
+
+async def _first(conn: Any, job_id: str, condition: str) -> list[Failure]:
+    """The first rows (by index) meeting ``condition``, a fixed SQL condition."""
+    cur = conn.cursor(row_factory=class_row(Failure))
+    await cur.execute(
+        f"SELECT row, prompt_name, code, message FROM generation_rows WHERE job_id = %s AND {condition}"
+        " ORDER BY row LIMIT %s",
+        (job_id, FAILURES_SHOWN),
+    )
+    return list(await cur.fetchall())

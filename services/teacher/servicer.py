@@ -138,4 +138,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             failures=[teacher_pb2.RowFailure(row=f.row, prompt_name=f.prompt_name, code=f.code, message=f.message)
                       for f in tally.failures],
             estimate=estimate_pb(job.estimate), output_key=job.output_key, rows_duplicate=job.rows_duplicate,
+            rejected_by_reason=tally.rejected_by_reason, rows_rejected=tally.rows_rejected,
+            rejections=[teacher_pb2.RowFailure(row=f.row, prompt_name=f.prompt_name, code=f.code, message=f.message)
+                        for f in tally.rejections],
         )  # fmt: skip
