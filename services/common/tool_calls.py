@@ -81,7 +81,8 @@ MAX_OUTPUT_CHARS = 1_000_000
 MAX_DEPTH = 64
 NEUTRAL = 0.5
 _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
-_VALIDATORS: dict[str, Draft202012Validator] = {}
+_VALIDATORS: dict[bytes, Draft202012Validator] = {}
+_BY_ID: dict[int, tuple[Any, Draft202012Validator]] = {}
 _MAX_VALIDATORS = 1024
 # Keywords that let an object hold properties its "properties" do not list.
 _OPEN_ENDED = frozenset({"additionalProperties", "patternProperties", "unevaluatedProperties", "allOf", "anyOf",
@@ -261,12 +262,22 @@ def _strict(schema: Any, combined: bool = False) -> Any:
 
 
 def _validator(schema: Any) -> Draft202012Validator:
-    key = json.dumps(schema, sort_keys=True)
+    """The strict validator of ``schema``, cached by its canonical JSON (and by identity, holding the schema)."""
+    held = _BY_ID.get(id(schema))
+    if held is not None and held[0] is schema:
+        return held[1]
+    try:
+        key = orjson.dumps(schema, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer past 64 bits
+        key = json.dumps(schema, sort_keys=True).encode()
     validator = _VALIDATORS.get(key)
     if validator is None:
         if len(_VALIDATORS) >= _MAX_VALIDATORS:
             _VALIDATORS.clear()
+            _BY_ID.clear()
         validator = _VALIDATORS[key] = Draft202012Validator(_strict(schema))
+    if len(_BY_ID) < _MAX_VALIDATORS:
+        _BY_ID[id(schema)] = (schema, validator)
     return validator
 
 

@@ -144,12 +144,21 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _keys(value: Any) -> int:
+    """The keys of every object in ``value`` (nested at most ``MAX_DEPTH`` levels)."""
+    if isinstance(value, dict):
+        return len(value) + sum(_keys(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_keys(v) for v in value)
+    return 0
+
+
 class _Check:
     def __init__(self, limits: ToolRowLimits) -> None:
         self.limits, self.report = limits, Report()
         self.seen: dict[int, int] = {}  # near-duplicate key hash -> first line
         # A tool's JSON -> its canonical form, or its violations as (field under the tool, code, message, hint).
-        self.checked: dict[str, tuple[dict[str, Any] | None, list[tuple[str, str, str, str]]]] = {}
+        self.checked: dict[bytes, tuple[dict[str, Any] | None, list[tuple[str, str, str, str]]]] = {}
 
     def row(self, obj: dict[str, Any], number: int) -> bytes | None:
         """The row's canonical line, or None after reporting what is wrong."""
@@ -204,10 +213,7 @@ class _Check:
             function = item.get("function") if isinstance(item, dict) else None
             if not isinstance(function, dict) or item.get("type") != "function":
                 fail(add, where, "unrecognised_tool", f"{where} is not a function tool", f"write {_TOOL_SHAPE}")
-            if too_deep(function, tools.LIMITS.max_depth):
-                fail(add, f"{where}.function", "nested_too_deeply", f"{where} nests over {tools.LIMITS.max_depth} "
-                     "levels", "flatten the tool's parameters")  # fmt: skip
-            key = json.dumps(function, sort_keys=True)
+            key = self._key(function, f"{where}.function", add)
             found = self.checked.get(key) or self._check_tool(function)
             if len(self.checked) < _MAX_CACHED_TOOLS:
                 self.checked[key] = found
@@ -221,6 +227,17 @@ class _Check:
                      f"{canonical['name']!r}", "give each tool its own name")  # fmt: skip
             out.append(canonical)
         return out
+
+    @staticmethod
+    def _key(function: dict[str, Any], where: str, add: Add) -> bytes:
+        """The tool's canonical JSON, which it is remembered by."""
+        try:
+            return orjson.dumps(function, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # nested past orjson's limit (255), or an integer past 64 bits
+            if too_deep(function, tools.LIMITS.max_depth):
+                fail(add, where, "nested_too_deeply", f"the tool nests over {tools.LIMITS.max_depth} levels",
+                     "flatten the tool's parameters")  # fmt: skip
+            return json.dumps(function, sort_keys=True).encode()
 
     @staticmethod
     def _check_tool(function: dict[str, Any]) -> tuple[dict[str, Any] | None, list[tuple[str, str, str, str]]]:
@@ -356,7 +373,7 @@ class _Messages:
         if error:
             fail(self.add, field, error, f"the arguments are not a JSON object ({error})",
                  "write the arguments as one flat-enough JSON object")  # fmt: skip
-        if isinstance(raw, str):
+        if isinstance(raw, str) and raw.count(":") > _keys(arguments):  # else no key can have been dropped
             try:
                 json.loads(raw, object_pairs_hook=_no_duplicates)
             except jsonl.DuplicateKey as dup:
