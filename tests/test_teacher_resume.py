@@ -2,9 +2,11 @@
 asking the provider again for any row it had finished.
 
 The teacher runs as its own process (``python -m services.teacher``) against the session's
-PostgreSQL, S3, registry and ingest; the provider is a local OpenAI-protocol server that
-counts every request. SIGKILL gives the process no chance to tidy up: only what it stored
-row by row survives.
+PostgreSQL, S3, registry and ingest; the provider is the session's local OpenAI-protocol
+server, which counts every request. SIGKILL gives the process no chance to tidy up: only what
+it stored row by row survives. The job is then resumed by whichever teacher instance takes
+its lapsed lease first: the new process or the session's in-process teacher (both ask the
+same server), as replicas of one deployment would.
 """
 
 from __future__ import annotations
@@ -65,48 +67,51 @@ def finished_rows(services, job_id: str) -> set[int]:
     return {r[0] for r in rows}
 
 
-def test_a_killed_teacher_resumes_without_asking_again_for_a_finished_row(services, client_for, make_tenant, tmp_path):
+def test_a_killed_teacher_resumes_without_asking_again_for_a_finished_row(
+    services, client_for, make_tenant, providers, tmp_path
+):
     tenant = make_tenant()
     dataset = upload(client_for(tenant), inputs_file(INPUTS), kind=ingest_pb2.DATASET_KIND_INPUTS).dataset
     port, log = free_port(), tmp_path / "teacher.log"
-    with ProviderServer("openai", latency_s=0.05) as provider:
-        first = start_teacher(services, provider, port, log)
-        client = Client({**services.addresses, "teacher": f"127.0.0.1:{port}"}, tenant.api_key, timeout=20)
+    provider = providers["platform"]
+    provider.latency_s = 0.05
+    first = start_teacher(services, provider, port, log)
+    client = Client({**services.addresses, "teacher": f"127.0.0.1:{port}"}, tenant.api_key, timeout=20)
+    try:
+        job = client.teacher.CreateGenerationJob(teacher_pb2.CreateGenerationJobRequest(
+            kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher="platform:counted", dataset_id=dataset.id,
+            system_prompts=PROMPTS,
+        ))  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(finished_rows(services, job.id)) < 40:
+            assert time.monotonic() < deadline and first.poll() is None, log.read_text()
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        before = finished_rows(services, job.id)
+        asked_before = len(provider.calls)
+        assert 40 <= len(before) < 120
+
+        second = start_teacher(services, provider, port, log)
         try:
-            job = client.teacher.CreateGenerationJob(teacher_pb2.CreateGenerationJobRequest(
-                kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher="platform:counted", dataset_id=dataset.id,
-                system_prompts=PROMPTS,
-            ))  # fmt: skip
-            deadline = time.monotonic() + 60
-            while len(finished_rows(services, job.id)) < 40:
-                assert time.monotonic() < deadline and first.poll() is None, log.read_text()
-                time.sleep(0.05)
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
-            before = finished_rows(services, job.id)
-            asked_before = len(provider.calls)
-            assert 40 <= len(before) < 120
-
-            second = start_teacher(services, provider, port, log)
-            try:
-                final = wait_final(client, job.id, timeout=90)
-            finally:
-                second.send_signal(signal.SIGTERM)
-                second.wait(15)
+            final = wait_final(client, job.id, timeout=90)
         finally:
-            if first.poll() is None:
-                first.kill()
-            client.close()
+            second.send_signal(signal.SIGTERM)
+            second.wait(15)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        client.close()
 
-        assert final is not None and final.state == teacher_pb2.JOB_STATE_SUCCEEDED, (final, log.read_text())
-        assert (final.rows_done, final.rows_failed) == (120, 0)
-        assert dict(final.rows_by_prompt) == {"french": 60, "shout": 60}
-        # No finished row was asked for again; the rows in flight at the kill were asked at most twice.
-        asked: dict[tuple[str, str], int] = {}
-        for call in provider.calls:
-            asked[(call.system_text, call.user_text)] = asked.get((call.system_text, call.user_text), 0) + 1
-        row_key = {i * 2 + p: (prompt.text, text) for i, text in enumerate(INPUTS) for p, prompt in enumerate(PROMPTS)}
-        assert all(asked[row_key[row]] == 1 for row in before)
-        assert set(asked) == set(row_key.values()) and max(asked.values()) <= 2
-        assert len(provider.calls) - asked_before <= 120 - len(before) + 4  # the rest, plus those in flight
+    assert final.state == teacher_pb2.JOB_STATE_SUCCEEDED, (final, log.read_text())
+    assert (final.rows_done, final.rows_failed) == (120, 0)
+    assert dict(final.rows_by_prompt) == {"french": 60, "shout": 60}
+    # No finished row was asked for again; the rows in flight at the kill were asked at most twice.
+    asked: dict[tuple[str, str], int] = {}
+    for call in provider.calls:
+        asked[(call.system_text, call.user_text)] = asked.get((call.system_text, call.user_text), 0) + 1
+    row_key = {i * 2 + p: (prompt.text, text) for i, text in enumerate(INPUTS) for p, prompt in enumerate(PROMPTS)}
+    assert all(asked[row_key[row]] == 1 for row in before)
+    assert set(asked) == set(row_key.values()) and max(asked.values()) <= 2
+    assert len(provider.calls) - asked_before <= 120 - len(before) + 4  # the rest, plus those in flight
     assert first.returncode == -signal.SIGKILL and second.returncode is not None
