@@ -262,7 +262,8 @@ def _strict(schema: Any, combined: bool = False) -> Any:
 
 
 def _validator(schema: Any) -> Draft202012Validator:
-    """The strict validator of ``schema``, cached by its canonical JSON (and by identity, holding the schema)."""
+    """The strict validator of ``schema``, cached by its canonical JSON, and by identity while the cache holds
+    the schema (schemas are never changed in place)."""
     held = _BY_ID.get(id(schema))
     if held is not None and held[0] is schema:
         return held[1]
@@ -316,7 +317,9 @@ def check_call(call: Call, tools: Mapping[str, Mapping[str, Any]]) -> list[str]:
     reasons: list[str] = []
     try:
         for error in _validator(tool.get("parameters") or _EMPTY_SCHEMA).iter_errors(call.arguments):
-            reasons += (reason for reason in _reasons(error) if reason not in reasons)
+            for reason in _reasons(error):
+                if reason not in reasons:
+                    reasons.append(reason)
     except Exception:  # a schema jsonschema cannot use (a bad pattern, a broken $ref): data, not our bug
         return ["invalid_tool_schema"]
     return reasons
