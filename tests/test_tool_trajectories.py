@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import time
 
 import grpc
 import orjson
@@ -17,7 +19,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from provider_servers import Answer, Call
 from test_distill_text import read_object, wait_final
+from test_teacher_resume import free_port, start_teacher
 
+from distillery.client import Client
 from distillery.ingest.v1 import ingest_pb2
 from distillery.teacher.v1 import teacher_pb2 as pb
 
@@ -267,3 +271,51 @@ def test_bad_trajectory_requests_are_refused_naming_the_field(client_for, make_t
     assert rpc_status.from_call(refused.value).details[0].Unpack(bad)
     assert bad.field_violations[0].field == field, refused.value.details()
     assert not providers["platform"].calls
+
+
+def test_a_killed_teacher_resumes_without_writing_the_prompts_again_or_walking_a_stored_row(
+    services, client_for, make_tenant, providers, tmp_path
+):
+    teacher = providers["platform"]
+    teacher.responder = weather_teacher
+    teacher.latency_s = 0.1  # long enough to stop the teacher in the middle
+    tenant = make_tenant()
+    tool_ids = import_tools(client_for(tenant), WEATHER)
+    port, log = free_port(), tmp_path / "teacher.log"
+    first = start_teacher(services, teacher, port, log)
+    client = Client({**services.addresses, "teacher": f"127.0.0.1:{port}"}, tenant.api_key, timeout=20)
+    try:
+        job = client.teacher.CreateGenerationJob(trajectory_job(tool_ids))
+        deadline = time.monotonic() + 60
+        while len(before := stored_rows(services, job.id)) < 4:
+            assert time.monotonic() < deadline and first.poll() is None, log.read_text()
+            time.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        before = stored_rows(services, job.id)
+        asked_before = len(teacher.calls)
+        second = start_teacher(services, teacher, port, log)
+        try:
+            final = wait_final(client, job.id, timeout=60)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(15)
+    finally:
+        teacher.latency_s = 0.0
+        if first.poll() is None:
+            first.kill()
+        client.close()
+
+    assert final.state == pb.JOB_STATE_SUCCEEDED, (final.error, log.read_text()[-3000:])
+    assert (final.rows_total, final.rows_done) == (16, 16) and 4 <= len(before) < 16
+    assert sum("Rewrite the user's request" in c.system_text for c in teacher.calls) == 2  # written once
+    # A trajectory's requests carry its row as their seed: no row stored before the kill was walked again.
+    walked_after = {c.body["seed"] for c in teacher.calls[asked_before:] if "seed" in (c.body or {})}
+    assert walked_after and not walked_after & before
+    assert len(output_rows(services, final)) == 16
+
+
+def stored_rows(services, job_id: str) -> set[int]:
+    with psycopg.connect(services.postgres_url) as conn:
+        rows = conn.execute("SELECT row FROM teacher.generation_rows WHERE job_id = %s", (job_id,)).fetchall()
+    return {r[0] for r in rows}

@@ -86,7 +86,13 @@ async def expand(teacher: Teacher, spec: Spec, model: str, usage: Usage) -> list
                                  per_seed[i])  # fmt: skip
         return rewordings, unserved
 
-    written_for = await asyncio.gather(*(for_seed(i, seed) for i, seed in enumerate(spec.seeds)))
+    asking = [asyncio.ensure_future(for_seed(i, seed)) for i, seed in enumerate(spec.seeds)]
+    try:
+        written_for = await asyncio.gather(*asking)
+    finally:  # one failed (the job stops): the others ask no more
+        for task in asking:
+            task.cancel()
+        await asyncio.gather(*asking, return_exceptions=True)
     seen = {_key(seed) for seed in spec.seeds}
     prompts = []
     for i, (seed, (rewordings, unserved)) in enumerate(zip(spec.seeds, written_for, strict=True)):

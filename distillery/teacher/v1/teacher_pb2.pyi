@@ -500,6 +500,9 @@ class GenerationJob(_message.Message):
     state: Global___JobState.ValueType
     teacher: _builtins.str
     rows_total: _builtins.int
+    """Tool trajectories: the estimate until the job's prompts are written, then
+    their number x trajectories_per_prompt.
+    """
     rows_done: _builtins.int
     rows_failed: _builtins.int
     output_dataset_id: _builtins.str
