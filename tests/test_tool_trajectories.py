@@ -246,6 +246,16 @@ def test_tool_responses_given_by_the_user_are_used_instead_of_simulated_ones(
     assert client.ingest.GetDataset(ingest_pb2.GetDatasetRequest(id=job.output_dataset_id)).valid
 
 
+def test_a_job_whose_trajectories_all_fail_verification_fails_saying_why(client_for, make_tenant, providers):
+    teacher = providers["platform"]
+    teacher.responder = lambda call: Answer(tool_calls=[("get_wether", {"city": "Paris"})])
+    client = client_for(make_tenant())
+    request = trajectory_job(import_tools(client, WEATHER), paraphrases=0, no_tool_share=0.0, trajectories_per_prompt=1)
+    job = wait_final(client, client.teacher.CreateGenerationJob(request).id)
+    assert job.state == pb.JOB_STATE_FAILED and (job.rows_done, job.rows_rejected, job.rows_failed) == (0, 2, 0)
+    assert job.error == "no trajectory passed verification: 2 unknown_tool" and not job.output_dataset_id
+
+
 @pytest.mark.parametrize(
     "change, field",
     [
