@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import click
+from google.protobuf import json_format, struct_pb2
 
 from distillery.cli.output import as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.cli.runs import path_name
 from distillery.client import Client
+from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 
 
@@ -64,18 +68,34 @@ def delete(model_id: str, yes: bool) -> None:
 @click.argument("prompt")
 @click.option("--system", default="", help="A system prompt.")
 @click.option("--max-new-tokens", default=128, show_default=True)
+@click.option(
+    "--tools", "with_tools", is_flag=True, help="Offer your active tools: a tool model answers with tool calls."
+)
 @json_option
-def generate(model_id: str, prompt: str, system: str, max_new_tokens: int, as_json: bool) -> None:
+def generate(model_id: str, prompt: str, system: str, max_new_tokens: int, with_tools: bool, as_json: bool) -> None:
     """Ask a model one question (runtime testing)."""
     messages = [registry_pb2.ChatMessage(role="system", content=system)] if system else []
     messages.append(registry_pb2.ChatMessage(role="user", content=prompt))
     with rpc_errors():
-        reply = Client.from_environment(timeout=600).registry.Generate(
-            registry_pb2.GenerateRequest(model_id=model_id, messages=messages, max_new_tokens=max_new_tokens)
+        client = Client.from_environment(timeout=600)
+        tools = []
+        if with_tools:
+            for tool in client.ingest.ListTools(ingest_pb2.ListToolsRequest()).tools:
+                schema = struct_pb2.Struct()
+                schema.update({"name": tool.name, "description": tool.description,
+                               "parameters": json_format.MessageToDict(tool.parameters)})  # fmt: skip
+                tools.append(schema)
+        reply = client.registry.Generate(
+            registry_pb2.GenerateRequest(
+                model_id=model_id, messages=messages, max_new_tokens=max_new_tokens, tools=tools
+            )
         )
     if as_json:
         print_json(reply)
-    else:
+        return
+    for call in reply.message.tool_calls:
+        click.echo(f"call {call.name} {json.dumps(json_format.MessageToDict(call.arguments))}")
+    if reply.message.content:
         click.echo(reply.message.content)
 
 

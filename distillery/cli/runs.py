@@ -8,11 +8,17 @@ import click
 
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.cli.run_watch import follow, generation_text
+from distillery.cli.tool_run_options import tool_fields, tool_options
 from distillery.client import Client
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 
+TOOL_OPTION_NAMES = (
+    "tool_ids", "seed_prompts", "objectives", "tool_responses", "mode", "trajectories", "paraphrases",
+    "no_tool_share", "max_turns", "semantic_check", "grpo_generations", "grpo_max_completion", "grpo_beta",
+    "grpo_learning_rate", "grpo_steps",
+)  # fmt: skip
 FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 
 
@@ -32,6 +38,7 @@ def group() -> None:
 PATHS = {
     "finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT,
     "distill-text": common_pb2.TRAINING_PATH_DISTILL_TEXT,
+    "distill-tools": common_pb2.TRAINING_PATH_DISTILL_TOOLS,
 }
 
 
@@ -86,6 +93,7 @@ PATHS = {
     is_flag=True,
     help="Print the teacher's estimate (rows, tokens, cost) and stop without starting the run.",
 )
+@tool_options
 @click.option("--idempotency-key", default="", help="Repeat the command safely: the same key returns the same run.")
 @click.option("--watch/--no-watch", "follow_it", default=False, help="Follow the run until it ends.")
 @json_option
@@ -93,9 +101,11 @@ def create(
     path: str, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float, model_name: str,
     system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool, teacher: str,
     augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
-    estimate_only: bool, **sft: Any,
+    estimate_only: bool, **options: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
+    tools = tool_fields(**{name: options.pop(name) for name in TOOL_OPTION_NAMES})
+    sft = options
     named = []
     for given in system_prompts:
         name, sep, text = given.partition("=")
@@ -106,9 +116,14 @@ def create(
         path=PATHS[path], dataset_id=dataset_id, student_model=student_model, eval_dataset_id=eval_dataset_id,
         eval_fraction=eval_fraction, model_name=model_name, idempotency_key=idempotency_key,
         sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,
-        max_failed_fraction=max_failed_fraction,
-        generation=teacher_pb2.GenerationParameters(temperature=temperature, max_output_tokens=max_output_tokens),
+        max_failed_fraction=max_failed_fraction, tool_ids=tools["tool_ids"], seed_prompts=tools["seed_prompts"],
+        objectives=tools["objectives"], tool_responses=tools["tool_responses"], mode=tools["mode"],
+        generation=teacher_pb2.GenerationParameters(
+            temperature=temperature, max_output_tokens=max_output_tokens, **tools["generation"]
+        ),
     )  # fmt: skip
+    if "grpo" in tools:
+        request.grpo.CopyFrom(tools["grpo"])
     with rpc_errors():
         if path == "distill-text" and not as_json:
             _print_estimate(request)

@@ -18,14 +18,16 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distillery.registry.v1 import registry_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
+from services.common.tool_calls import Call, parse_output
 from services.registry.models import Model
+from services.trainer.recipes import tool_format
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -41,6 +43,8 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
+    # With tools: the calls the model made (parsed from its <tool_call> blocks); text is what is left.
+    tool_calls: list[Call] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -191,10 +195,16 @@ def _generate(
     started = time.perf_counter()
     tokenizer = loaded.tokenizer
     try:
-        inputs = tokenizer.apply_chat_template(
-            [dict(m) for m in messages], tools=[dict(t) for t in tools] or None,
-            add_generation_prompt=True, return_dict=True, return_tensors="pt",
-        )  # fmt: skip
+        if tools:  # rendered as the tool-calling recipe trained it (the template's own way, or its fallback)
+            canonical = [dict(t.get("function", t)) for t in tools]
+            fmt = tool_format.detect(tokenizer)
+            conversation = [dict(m) for m in messages]
+            text = tool_format.render(fmt, tokenizer, conversation, canonical, add_generation_prompt=True)
+            inputs = tokenizer(tool_format.without_added_bos(tokenizer, text), return_tensors="pt")
+        else:
+            inputs = tokenizer.apply_chat_template(
+                [dict(m) for m in messages], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
     except ValueError as err:  # no chat template, or one that refuses these messages
         raise FailedPrecondition(f"the model's chat template cannot format these messages: {err}") from None
     inputs = inputs.to(loaded.model.device)
@@ -208,8 +218,14 @@ def _generate(
         )
     prompt_tokens = inputs["input_ids"].shape[1]
     new_tokens = output[0, prompt_tokens:]
+    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    calls: list[Call] = []
+    if tools:
+        parsed = parse_output(text)
+        calls, text = parsed.calls, parsed.text if parsed.calls else text
     return Reply(
-        text=tokenizer.decode(new_tokens, skip_special_tokens=True),
+        text=text,
+        tool_calls=calls,
         prompt_tokens=prompt_tokens,
         completion_tokens=len(new_tokens),
         latency_ms=(time.perf_counter() - started) * 1000,

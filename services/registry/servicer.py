@@ -201,8 +201,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             temperature=request.temperature,
             tools=[json_format.MessageToDict(t) for t in request.tools],
         )
+        calls = [
+            registry_pb2.ToolCall(id=f"call_{i + 1}", name=c.name, arguments=struct(c.arguments))
+            for i, c in enumerate(reply.tool_calls)
+        ]
         return registry_pb2.GenerateResponse(
-            message=registry_pb2.ChatMessage(role="assistant", content=reply.text),
+            message=registry_pb2.ChatMessage(role="assistant", content=reply.text, tool_calls=calls),
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             latency_ms=reply.latency_ms,

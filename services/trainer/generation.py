@@ -2,6 +2,9 @@
 
 distill-text   every input of the input-only dataset under every named system prompt;
                the generated pairs (a dataset ingest checked) are then split train/eval
+distill-tools  tool-calling trajectories for the active tools from the seed prompts, each
+               verified against the tools' schemas (rejected ones counted by reason); the
+               verified ones (a tool-calls dataset) are then split train/eval
 finetune-text  with augment_count, new pairs in the style of the train split (the eval
                rows are never shown to the teacher) added to the train split
 
@@ -30,13 +33,27 @@ if TYPE_CHECKING:
 POLL_S = 1.0
 
 
+def generates(run: runs.Run) -> bool:
+    """Whether the run has a GENERATING stage."""
+    if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
+        return not run.request.get("dataset_id")
+    return run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT or bool(run.request.get("augment_count"))
+
+
 def job_request(run: runs.Run) -> teacher_pb2.CreateGenerationJobRequest:
     request = run.request
     job = teacher_pb2.CreateGenerationJobRequest(
         teacher=request["teacher"], run_id=run.id, max_failed_fraction=request.get("max_failed_fraction", 0.0)
     )
     json_format.ParseDict(request.get("generation", {}), job.parameters)
-    if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+    if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
+        job.kind = teacher_pb2.JOB_KIND_TOOL_TRAJECTORIES
+        job.tool_ids.extend(request.get("tool_ids", []))
+        job.seed_prompts.extend(request.get("seed_prompts", []))
+        job.objectives.extend(request.get("objectives", []))
+        for example in request.get("tool_responses", []):
+            job.tool_responses.add(**example)
+    elif run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
         job.kind = teacher_pb2.JOB_KIND_TEXT_DISTILLATION
         job.dataset_id = request["dataset_id"]
         for prompt in request.get("system_prompts", []):
@@ -87,7 +104,7 @@ async def follow(pipeline: Pipeline, run: runs.Run) -> bool:
             raise RunFailed("generation_cancelled", f"the teacher's job {job.id} was cancelled outside the run")
         await asyncio.sleep(POLL_S)
     await _report_outcome(pipeline, run, job)
-    if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+    if run.path in (common_pb2.TRAINING_PATH_DISTILL_TEXT, common_pb2.TRAINING_PATH_DISTILL_TOOLS):
         await pipeline._split(run, job.output_dataset_id)
     else:
         await _add_to_train(pipeline, run, job)
@@ -104,11 +121,15 @@ async def _report_outcome(pipeline: Pipeline, run: runs.Run, job: teacher_pb2.Ge
         lines.append(f"skipped {job.rows_failed} rows the teacher could not answer "
                      f"(under the limit of failed rows); the first:")  # fmt: skip
         lines += [f"  row {f.row} {f.prompt_name}: {f.code}: {f.message}" for f in job.failures[:5]]
+    if job.rows_rejected:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(job.rejected_by_reason.items()))
+        lines.append(f"rejected {job.rows_rejected} trajectories that failed verification ({reasons})")
     if job.rows_duplicate:
         lines.append(f"dropped {job.rows_duplicate} generated pairs that repeated another pair")
     for line in lines:
         await pipeline.note(run, line)
-    teacher_metrics = {"teacher_rows": float(job.rows_done), "teacher_rows_failed": float(job.rows_failed)}
+    teacher_metrics = {"teacher_rows": float(job.rows_done), "teacher_rows_failed": float(job.rows_failed),
+                       "teacher_rows_rejected": float(job.rows_rejected)}  # fmt: skip
     await runs.save(pipeline.pool, run.id, metrics={**run.metrics, **teacher_metrics})
 
 

@@ -53,6 +53,12 @@ ARTIFACT_KINDS = {
     "lora_adapter": registry_pb2.ARTIFACT_KIND_LORA_ADAPTER,
     "full_weights": registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS,
 }
+# The recipe each path's Ray job runs.
+RECIPES = {
+    common_pb2.TRAINING_PATH_FINETUNE_TEXT: "services.trainer.recipes.sft",
+    common_pb2.TRAINING_PATH_DISTILL_TEXT: "services.trainer.recipes.sft",
+    common_pb2.TRAINING_PATH_DISTILL_TOOLS: "services.trainer.recipes.tool_calling",
+}
 # Environment of every training job: what ENVIRONMENT.md measured to help.
 JOB_TUNING = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -111,7 +117,7 @@ class Pipeline:
             await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_VALIDATING)
         elif run.state == pb.RUN_STATE_VALIDATING:
             await self.validate(run)
-            generates = run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT or run.request.get("augment_count")
+            generates = generation.generates(run)
             next_state = pb.RUN_STATE_GENERATING if generates else pb.RUN_STATE_TRAINING
             await runs.transition(self.pool, run.tenant_id, run.id, next_state)
         elif run.state == pb.RUN_STATE_GENERATING:
@@ -136,6 +142,12 @@ class Pipeline:
         if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
             await self._check_dataset(run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_INPUTS)
             return  # split after generation, on the generated pairs
+        if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
+            if not request.get("dataset_id"):
+                return  # the teacher's trajectories are split after generation
+            await self._check_dataset(run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_TOOL_CALLS)
+            await self._split(run, request["dataset_id"])
+            return
         await self._check_dataset(run, request["dataset_id"], "dataset_id")
         if request.get("eval_dataset_id"):
             await self._check_dataset(run, request["eval_dataset_id"], "eval_dataset_id")
@@ -174,6 +186,8 @@ class Pipeline:
             kind = ingest_pb2.DatasetKind.Name(dataset.kind).removeprefix("DATASET_KIND_").lower()
             if wanted == ingest_pb2.DATASET_KIND_INPUTS:
                 needed = "distillation answers an input-only dataset (upload it with --kind inputs)"
+            elif wanted == ingest_pb2.DATASET_KIND_TOOL_CALLS:
+                needed = "distill-tools trains on a tool-calls dataset (upload it with --kind tool-calls)"
             else:
                 needed = "fine-tuning text trains on a pairs dataset"
             raise RunFailed("invalid_dataset", f"{needed}; {dataset_id} is a {kind} dataset", field)
@@ -223,7 +237,7 @@ class Pipeline:
         spec = {
             "run_id": run.id, "tenant_id": run.tenant_id, "student_model": run.request["student_model"],
             "train_key": (run.split or {})["train_key"], "eval_key": (run.split or {})["eval_key"],
-            "output_prefix": prefix, "sft": run.request["sft"],
+            "output_prefix": prefix, "sft": run.request["sft"], "grpo": run.request.get("grpo"),
             "num_workers": self.train_workers, "use_gpu": self.train_use_gpu,
         }  # fmt: skip
         spec_key = f"{prefix}/spec.json"
@@ -238,7 +252,8 @@ class Pipeline:
             "DISTILLERY_S3_SECURE": str(self.s3.secure).lower(), "DISTILLERY_S3_REGION": self.s3.region,
             "DISTILLERY_TRAINER_ADDRESS": self.push_address, "DISTILLERY_RUN_TOKEN": token,
         }  # fmt: skip
-        entrypoint = f"{shlex.quote(sys.executable)} -m services.trainer.recipes.sft --spec-key {shlex.quote(spec_key)}"
+        recipe = RECIPES[common_pb2.TrainingPath.ValueType(run.path)]
+        entrypoint = f"{shlex.quote(sys.executable)} -m {recipe} --spec-key {shlex.quote(spec_key)}"
         await self.jobs.submit(job_id(run, attempt), entrypoint, env)
         await self.note(run, f"submitted Ray job {job_id(run, attempt)}")
         return attempt

@@ -14,9 +14,15 @@ from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import InvalidArgument, Unimplemented
 from services.teacher.job_requests import MAX_AUGMENT_COUNT, check_parameters, check_system_prompts
 from services.teacher.providers import split_teacher
+from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
 
 DEFAULT_EVAL_FRACTION = 0.1
+WORKING_PATHS = (
+    common_pb2.TRAINING_PATH_FINETUNE_TEXT,
+    common_pb2.TRAINING_PATH_DISTILL_TEXT,
+    common_pb2.TRAINING_PATH_DISTILL_TOOLS,
+)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PATH_NAMES = {
     common_pb2.TRAINING_PATH_DISTILL_TOOLS: "distill-tools",
@@ -47,21 +53,56 @@ def _check_teacher(request: pb.CreateRunRequest) -> None:
                               field="max_failed_fraction")  # fmt: skip
 
 
+def _check_tools(request: pb.CreateRunRequest) -> None:
+    """Distill-tools trains on a tool-calls dataset as it is, or on trajectories a teacher writes
+    for the active tools from seed prompts."""
+    if request.augment_count:
+        raise InvalidArgument("augment_count is for finetune-text runs", field="augment_count")
+    if request.dataset_id:
+        if request.teacher:
+            raise InvalidArgument("a tool-calls dataset is trained on as it is: leave out the teacher, or the "
+                                  "dataset to have the teacher write trajectories", field="teacher")  # fmt: skip
+        return
+    if not request.teacher:
+        raise InvalidArgument("a teacher is required to write trajectories: --teacher PROVIDER:MODEL (or give a "
+                              "tool-calls dataset with --dataset)", field="teacher")  # fmt: skip
+    split_teacher(request.teacher)
+    check_parameters(request.generation)
+    if not request.tool_ids:
+        raise InvalidArgument("distill-tools needs the tools to call: --tool ID for each (see `distillery tools "
+                              "list`; import or describe them first)", field="tool_ids")  # fmt: skip
+    if not [p for p in request.seed_prompts if p.strip()]:
+        raise InvalidArgument("distill-tools needs at least one seed prompt: a request a user would make "
+                              "(--seed-prompt TEXT)", field="seed_prompts")  # fmt: skip
+    if request.eval_dataset_id:
+        raise InvalidArgument("a distill-tools run holds out a share of the generated trajectories for eval: "
+                              "give eval_fraction, not eval_dataset_id", field="eval_dataset_id")  # fmt: skip
+    if not 0.0 <= request.max_failed_fraction <= 1.0:
+        raise InvalidArgument(f"max_failed_fraction must be between 0 and 1 (got {request.max_failed_fraction})",
+                              field="max_failed_fraction")  # fmt: skip
+
+
 def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     """The request as stored with the run (proto JSON, snake_case), defaults filled in."""
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
+    tools = request.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS
     if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
         check_system_prompts(request.system_prompts)
-    if request.path not in (common_pb2.TRAINING_PATH_FINETUNE_TEXT, common_pb2.TRAINING_PATH_DISTILL_TEXT):
+    if request.path not in WORKING_PATHS:
         raise Unimplemented(
             f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "
-            "finetune-text and distill-text work today"
+            "finetune-text, distill-text and distill-tools work today"
         )
-    _check_teacher(request)
-    if request.mode == common_pb2.TRAINING_MODE_SFT_RL:
+    if tools:
+        _check_tools(request)
+    else:
+        _check_teacher(request)
+    if request.mode == common_pb2.TRAINING_MODE_SFT_RL and not tools:
         raise InvalidArgument("SFT + RL (GRPO) is only available for the tool-calling distillation path", field="mode")
-    if not request.dataset_id:
+    if request.HasField("grpo") and request.mode != common_pb2.TRAINING_MODE_SFT_RL:
+        raise InvalidArgument("GRPO settings need the SFT + RL mode (--mode sft-rl)", field="mode")
+    if not request.dataset_id and not tools:
         kind = "an input-only" if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT else "a pairs"
         raise InvalidArgument(f"dataset_id is required: upload {kind} dataset and pass its id", field="dataset_id")
     if not request.student_model.strip():
@@ -86,10 +127,17 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
             field="model_name",
         )
     stored = json_format.MessageToDict(request, preserving_proto_field_name=True)
-    stored["mode"] = common_pb2.TrainingMode.Name(common_pb2.TRAINING_MODE_SFT)
+    rl = request.mode == common_pb2.TRAINING_MODE_SFT_RL
+    stored["mode"] = common_pb2.TrainingMode.Name(
+        common_pb2.TRAINING_MODE_SFT_RL if rl else common_pb2.TRAINING_MODE_SFT
+    )
     stored["student_model"] = request.student_model.strip()
     if not request.eval_dataset_id:
         stored["eval_fraction"] = request.eval_fraction or DEFAULT_EVAL_FRACTION
     sft = resolve_sft(json_format.MessageToDict(request.sft, preserving_proto_field_name=True))
     stored["sft"] = dataclasses.asdict(sft)
+    stored.pop("grpo", None)
+    if rl:
+        grpo = resolve_grpo(json_format.MessageToDict(request.grpo, preserving_proto_field_name=True))
+        stored["grpo"] = dataclasses.asdict(grpo)
     return stored

@@ -204,6 +204,7 @@ class CreateRunRequest(_message.Message):
     AUGMENT_COUNT_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
     MAX_FAILED_FRACTION_FIELD_NUMBER: _builtins.int
+    TOOL_RESPONSES_FIELD_NUMBER: _builtins.int
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
     dataset_id: _builtins.str
@@ -244,6 +245,12 @@ class CreateRunRequest(_message.Message):
     def grpo(self) -> Global___GrpoSettings: ...
     @_builtins.property
     def rubric(self) -> Global___Rubric: ...
+    @_builtins.property
+    def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.ToolResponseExample]:
+        """distill-tools: example results per tool, used instead of results the
+        teacher simulates from the tool's schema.
+        """
+
     def __init__(
         self,
         *,
@@ -267,10 +274,11 @@ class CreateRunRequest(_message.Message):
         augment_count: _builtins.int = ...,
         language: _builtins.str = ...,
         max_failed_fraction: _builtins.float = ...,
+        tool_responses: _abc.Iterable[_teacher_pb2.ToolResponseExample] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "grpo", b"grpo", "rubric", b"rubric", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
