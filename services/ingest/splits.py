@@ -103,14 +103,18 @@ def remove_overlap(train: list[str], eval_lines: list[str]) -> Sides:
     return Sides(train=kept, eval=eval_lines, overlap_removed=len(train) - len(kept))
 
 
+SPLITTABLE = (ingest_pb2.DATASET_KIND_PAIRS, ingest_pb2.DATASET_KIND_TOOL_CALLS)
+
+
 async def _trainable(pool: AsyncConnectionPool, tenant_id: str, ds_id: str, field: str) -> datasets.Dataset:
-    """A valid pairs dataset of the tenant, or an error naming ``field`` and what to do."""
+    """A valid pairs or tool-calls dataset of the tenant, or an error naming ``field`` and what to do."""
     found = await datasets.find(pool, tenant_id, ds_id)
     if found is None:
         raise NotFound(f"dataset {ds_id} not found; upload it first (UploadDataset)", field=field)
-    if found.kind != ingest_pb2.DATASET_KIND_PAIRS:
+    if found.kind not in SPLITTABLE:
         raise InvalidArgument(
-            f"dataset {ds_id} is not a pairs dataset; only pairs datasets are split here: upload the file as pairs",
+            f"dataset {ds_id} is not a pairs or tool-calls dataset; only those are split here: upload the file as "
+            "pairs (or tool-calls)",
             field=field,
         )
     if not found.valid or not found.canonical_key:
@@ -205,6 +209,9 @@ async def split_dataset(
     dataset = await _trainable(pool, tenant_id, dataset_id, "dataset_id")
     if eval_dataset_id:
         eval_dataset = await _trainable(pool, tenant_id, eval_dataset_id, "eval_dataset_id")
+        if eval_dataset.kind != dataset.kind:
+            raise InvalidArgument("the eval dataset must be of the same kind as the training dataset",
+                                  field="eval_dataset_id")  # fmt: skip
         train, eval_lines = await _lines(store, dataset), await _lines(store, eval_dataset)
         sides = await asyncio.to_thread(remove_overlap, train, eval_lines)
         if not sides.train:
