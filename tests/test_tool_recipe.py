@@ -76,7 +76,7 @@ def text_row(user: str, answer: str) -> dict[str, Any]:
 
 
 def tool_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """About 40 train and 10 eval rows over three tools, a fifth wanting no call; every call valid."""
+    """40 train and 10 eval rows over three tools, 15 of the 50 wanting no call."""
     rows = []
     for i, city in enumerate(CITIES):
         rows.append(call_row(f"Weather in {city}?", "get_weather", {"city": city}, '{"temp": 21}', "It is 21.", i))
@@ -90,7 +90,9 @@ def tool_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         )
         rows.append(call_row(f"Weather in {city} in fahrenheit?", "get_weather", {"city": city, "units": "fahrenheit"},
                              '{"temp": 70}', "70 degrees.", 50 + i))  # fmt: skip
-    for i, (amount, to) in enumerate([(5, "EUR"), (12, "USD"), (30, "JPY"), (7, "EUR"), (64, "USD")]):
+    pairs = [(5, "EUR"), (12, "USD"), (30, "JPY"), (7, "EUR"), (64, "USD"), (3, "JPY"), (9, "USD"), (100, "EUR"),
+             (2.5, "USD"), (48, "JPY")]  # fmt: skip
+    for i, (amount, to) in enumerate(pairs):
         rows.append(call_row(f"Convert {amount} to {to}.", "convert", {"amount": amount, "to": to}, '{"value": 3}',
                              "That is 3.", 40 + i))  # fmt: skip
     for user, answer in [("Hello!", "Hello! How can I help?"), ("Thanks.", "You are welcome."),
@@ -195,6 +197,12 @@ REFUSES_TOOL_ROLE = (
     "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+USER_AND_ASSISTANT_ONLY = (  # like Gemma's: no system role, no tool role, turns alternate
+    "{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}{{ raise_exception('bad role') }}"
+    "{% endif %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('alternate') }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 BARE_JSON_CALLS = (  # renders tools and calls, but as bare JSON (Llama 3.1 style), which parse_output does not read
     "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
     "{% if m.tool_calls %}{{ m.tool_calls[0].function | tojson }}{% else %}{{ m['content'] }}{% endif %}"
@@ -207,12 +215,23 @@ def test_detect_takes_the_native_template_only_when_its_calls_parse_back(tokeniz
 
     assert tool_format.detect(tokenizers["native"]) == tool_format.ToolFormat(native=True)
     assert tool_format.detect(tokenizers["fallback"]) == tool_format.ToolFormat(native=False, tool_role="tool")
-    refusing, bare = copy.deepcopy(tokenizers["fallback"]), copy.deepcopy(tokenizers["fallback"])
+    refusing, bare, strict, broken = (copy.deepcopy(tokenizers["fallback"]) for _ in range(4))
     refusing.chat_template, bare.chat_template = REFUSES_TOOL_ROLE, BARE_JSON_CALLS
+    strict.chat_template, broken.chat_template = USER_AND_ASSISTANT_ONLY, "{{ raise_exception('no') }}"
     assert tool_format.detect(refusing) == tool_format.ToolFormat(native=False, tool_role="user")
     assert tool_format.detect(bare).native is False
+    assert tool_format.detect(strict) == tool_format.ToolFormat(native=False, tool_role="user", system_role=False)
     assert "native" in tool_format.ToolFormat(native=True).note
     assert "<tool_response>" in tool_format.ToolFormat(native=False, tool_role="user").note
+    assert "first user message" in tool_format.detect(strict).note
+
+    # a template that renders nothing: the run stops, naming the student model
+    with pytest.raises(tool_format.RenderError):
+        tool_format.tokenize(tool_format.detect(broken), broken, tool_rows()[0][0]["messages"], TOOLS)
+    with pytest.raises(RunFailure) as info:
+        tool_calling.eval_examples(tool_rows()[1], tool_format.detect(broken), broken)
+    assert (info.value.code, info.value.field) == ("unknown_model", "student_model")
+    assert "cannot render tool conversations" in info.value.message
 
 
 def assistant_turns(tokenizer: Any, ids: list[int], mask: list[int]) -> list[str]:
@@ -226,14 +245,14 @@ def assistant_turns(tokenizer: Any, ids: list[int], mask: list[int]) -> list[str
     return [tokenizer.decode(run, skip_special_tokens=True) for run in runs]
 
 
-@pytest.mark.parametrize("path", ["native", "fallback", "fallback-user"])
+@pytest.mark.parametrize("path", ["native", "fallback", "fallback-user", "fallback-strict"])
 def test_every_assistant_turn_is_trained_and_its_calls_parse_back(tokenizers: dict[str, Any], path: str) -> None:
     import copy
 
     tokenizer = tokenizers[path.split("-")[0]]
-    if path == "fallback-user":
+    if path in ("fallback-user", "fallback-strict"):
         tokenizer = copy.deepcopy(tokenizer)
-        tokenizer.chat_template = REFUSES_TOOL_ROLE
+        tokenizer.chat_template = REFUSES_TOOL_ROLE if path == "fallback-user" else USER_AND_ASSISTANT_ONLY
     fmt = tool_format.detect(tokenizer)
     assert fmt.name == path.split("-")[0]
     rows, _ = tool_rows()
@@ -262,10 +281,15 @@ def test_every_assistant_turn_is_trained_and_its_calls_parse_back(tokenizers: di
         for message in row["messages"]:
             if message["role"] == "tool":
                 assert message["content"] in context
-    if path == "fallback-user":  # two results in a row: one user message, two wrapped results
+    if path != "native":  # two results in a row: one user message, two wrapped results
         rendered = tool_format.template_messages(fmt, parallel["messages"], TOOLS)
-        assert [m["role"] for m in rendered] == ["system", "user", "assistant", "user", "assistant"]
-        assert rendered[3]["content"].count("<tool_response>") == 2
+        roles = ["user", "assistant", "user", "assistant"] if fmt.tool_role == "user" else None
+        if roles is not None:
+            assert [m["role"] for m in rendered] == (["system"] if fmt.system_role else []) + roles
+            assert rendered[-2]["content"].count("<tool_response>") == 2
+        first_user = next(m for m in rendered if m["role"] == "user")
+        assert first_user["content"].endswith("Weather in Oslo and Rome?")
+        assert ("<tools>" in first_user["content"]) is not fmt.system_role
 
 
 def test_prompts_stop_before_the_first_assistant_turn(tokenizers: dict[str, Any]) -> None:
@@ -442,6 +466,21 @@ def test_a_run_whose_rewards_cannot_vary_ends_in_error_json(store: ObjectStore, 
     assert (error["code"], error["field"]) == ("rewards_without_variance", "grpo.temperature")
     assert "raise grpo.temperature" in error["message"]
     assert "result.json" not in objects(store, spec["output_prefix"] + "/")
+
+
+def test_an_sft_only_run_keeps_the_adapter_and_reports_no_grpo(store: ObjectStore, tmp_path: Path) -> None:
+    student = build_llama(tmp_path / "llama")
+    train, evals = tool_rows()
+    spec = put_spec(store, "run_tools_sft", str(student), train, evals, {"max_steps": 2, "batch_size": 2}, None)
+    tool_calling.attempt(spec, store)
+    result = read(store, f"{spec['output_prefix']}/result.json")
+    metrics = result["metrics"]
+    assert result["artifact_kind"] == "lora_adapter" and result["training_config"]["grpo"] is None
+    assert result["training_config"]["tool_format"] == "fallback" and metrics["steps"] == 2
+    assert metrics["train_rows"] == 40 and metrics["eval_prompts"] == 10
+    assert {"base_correct_rate", "sft_correct_rate", "eval_loss_before", "eval_loss_after"} <= set(metrics)
+    assert not any(name.startswith(("grpo_", "dry_run_")) for name in metrics)
+    assert "adapter_model.safetensors" in objects(store, f"{spec['output_prefix']}/model/")
 
 
 class Recorder(trainer_pb2_grpc.TrainerServiceServicer):

@@ -322,7 +322,10 @@ def eval_examples(rows: list[dict[str, Any]], fmt: ToolFormat, tokenizer: Any) -
     out: dict[str, list[Any]] = {"prompts": [], "expected": [], "tools": []}
     for row in rows:
         _, expected = tool_format.prompt_and_expected(row["messages"])
-        out["prompts"].append(tool_format.prompt_text(fmt, tokenizer, row["messages"], row["tools"]))
+        try:
+            out["prompts"].append(tool_format.prompt_text(fmt, tokenizer, row["messages"], row["tools"]))
+        except tool_format.RenderError as err:
+            raise unrenderable(str(err.__cause__ or err)) from err
         out["expected"].append(expected)
         out["tools"].append(row["tools"])
     return out
@@ -354,7 +357,7 @@ def sft_rows(
     for row in rows:
         try:
             ids, mask = tool_format.tokenize(fmt, tokenizer, row["messages"], row["tools"])
-        except tool_format.NotAPrefix as err:
+        except tool_format.RenderError as err:
             log.warning("%s row left out: %s", name, err)
             left_out += 1
             continue
@@ -363,14 +366,23 @@ def sft_rows(
             left_out += 1
             continue
         out.append({"input_ids": ids, "assistant_masks": mask})
+    if not out and not math.isfinite(shortest):
+        raise unrenderable(f"no conversation of the {name} split renders turn by turn")
     if not out:
         raise failures.invalid_dataset(
             f"no row of the {name} split fits in sft.max_seq_length={max_seq_length} tokens (the shortest has "
             f"{shortest}): raise sft.max_seq_length or shorten the rows"
-            if math.isfinite(shortest) else f"the student's chat template cannot render the {name} split's "
-            "conversations turn by turn: pick another student model"
-        )  # fmt: skip
+        )
     return out, left_out
+
+
+def unrenderable(why: str) -> RunFailure:
+    return RunFailure(
+        failures.UNKNOWN_MODEL,
+        f"the student's chat template cannot render tool conversations ({why}): pick a chat model whose template "
+        "takes system (or user), user and assistant turns in order",
+        "student_model",
+    )
 
 
 # -- 3. evaluation --------------------------------------------------------------------------------
@@ -492,7 +504,10 @@ def grpo_rows(rows: list[dict[str, Any]], fmt: ToolFormat, tokenizer: Any) -> li
     out = []
     for row in rows:
         _, expected = tool_format.prompt_and_expected(row["messages"])
-        prompt = tool_format.prompt_text(fmt, tokenizer, row["messages"], row["tools"])
+        try:
+            prompt = tool_format.prompt_text(fmt, tokenizer, row["messages"], row["tools"])
+        except tool_format.RenderError as err:
+            raise unrenderable(str(err.__cause__ or err)) from err
         out.append({
             "prompt": tool_format.without_added_bos(tokenizer, prompt),
             "tools": json.dumps(row["tools"]), "expected_calls": json.dumps(expected),

@@ -20,11 +20,12 @@ fails the probe and takes the fallback, so the output format stays one.
 **fallback**: any ChatML-ish template. The tools go into the system message (appended
 to the row's own, or a new first message): ``FALLBACK_TOOLS_HEADER``, one JSON line per
 tool between ``<tools>`` tags and ``FALLBACK_INSTRUCTION``, which shows the block
-format. An assistant turn with calls becomes plain text: its content (if any), then
-``tool_calls.render_calls``. A tool result stays a ``tool`` message when the template
-renders that role (``detect`` checks with a probe); otherwise it becomes a ``user``
-message wrapped in ``<tool_response>`` tags, consecutive results merged into one so
-roles still alternate.
+format; a template that refuses the system role (Gemma's) gets that text at the head of
+the first user message instead. An assistant turn with calls becomes plain text: its
+content (if any), then ``tool_calls.render_calls``. A tool result stays a ``tool``
+message when the template renders that role; otherwise it becomes a ``user`` message
+wrapped in ``<tool_response>`` tags, consecutive results merged into one so roles still
+alternate. ``detect`` finds out both with probe conversations.
 
 **Tokens and labels** (``tokenize``): the text before each assistant turn (rendered with
 the generation prompt) and each assistant turn (what rendering it adds after that) are
@@ -32,7 +33,8 @@ tokenized piece by piece, so a turn's tokens are exactly what the model generate
 the prompt of the same conversation; ``assistant_masks`` is 1 on assistant turns (calls,
 answers and the template's end-of-turn token) and 0 on everything else. A template
 whose rendering of a longer conversation does not extend the shorter one's (it rewrites
-earlier turns) cannot be split so: ``tokenize`` raises ``NotAPrefix`` for that row.
+earlier turns) cannot be split so: ``tokenize`` raises ``RenderError`` for that row, as
+``render`` does when the template raises.
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ _PROBE_TOOL: dict[str, Any] = {
 }
 _PROBE_CALL = Call("probe_lookup", {"key": "probe-value-7c"})
 _PROBE_RESULT = "probe-result-93e"
+_PROBE_SYSTEM = "probe-system-4d2"
 
 
-class NotAPrefix(ValueError):
-    """The template's rendering of a conversation does not extend that of its first turns."""
+class RenderError(ValueError):
+    """The student's chat template cannot render a conversation, or not turn by turn."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class ToolFormat:
 
     native: bool
     tool_role: str = "tool"  # fallback only: "tool", or "user" with <tool_response> tags
+    system_role: bool = True  # fallback only: False puts the tools at the head of the first user message
 
     @property
     def name(self) -> str:
@@ -81,24 +85,34 @@ class ToolFormat:
         if self.native:
             return "native: the student's chat template renders the tools and <tool_call> blocks"
         results = "tool messages" if self.tool_role == "tool" else "user messages in <tool_response> tags"
-        return f"fallback: tools listed in the system message, calls as <tool_call> blocks, results as {results}"
+        where = "the system message" if self.system_role else "the first user message"
+        return f"fallback: tools listed in {where}, calls as <tool_call> blocks, results as {results}"
 
 
 def detect(tokenizer: Any) -> ToolFormat:
     """The native path when the template renders tools and <tool_call> blocks that parse back; else the fallback."""
     if _native_probe(tokenizer):
         return ToolFormat(native=True)
-    conversation = [
+    results = [
         {"role": "user", "content": "Probe request"},
         {"role": "assistant", "content": render_calls([_PROBE_CALL])},
         {"role": "tool", "content": _PROBE_RESULT},
         {"role": "assistant", "content": "Done."},
     ]
+    system = [{"role": "system", "content": _PROBE_SYSTEM}, {"role": "user", "content": "Probe request"}]
+    return ToolFormat(
+        native=False,
+        tool_role="tool" if _renders(tokenizer, results, _PROBE_RESULT) else "user",
+        system_role=_renders(tokenizer, system, _PROBE_SYSTEM),
+    )
+
+
+def _renders(tokenizer: Any, messages: list[dict[str, Any]], text: str) -> bool:
+    """Whether the template renders ``messages`` with ``text`` in (one that refuses a role raises or drops it)."""
     try:
-        rendered = _template(tokenizer, conversation)
-    except Exception:  # a template that refuses the role raises (jinja's raise_exception)
-        return ToolFormat(native=False, tool_role="user")
-    return ToolFormat(native=False, tool_role="tool" if _PROBE_RESULT in rendered else "user")
+        return text in _template(tokenizer, messages)
+    except Exception:
+        return False
 
 
 def _native_probe(tokenizer: Any) -> bool:
@@ -157,7 +171,7 @@ def template_messages(
     fmt: ToolFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """A row's messages as ``fmt`` hands them to the chat template (module docstring)."""
-    return _native_messages(messages) if fmt.native else _fallback_messages(messages, tools, fmt.tool_role)
+    return _native_messages(messages) if fmt.native else _fallback_messages(fmt, messages, tools)
 
 
 def _native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -178,22 +192,27 @@ def _native_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _fallback_messages(
-    messages: list[dict[str, Any]], tools: list[dict[str, Any]], tool_role: str
+    fmt: ToolFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    described = tools_text(tools)
+    system = tools_text(tools)
     if messages and messages[0]["role"] == "system":
-        out = [{"role": "system", "content": f"{messages[0].get('content') or ''}\n\n{described}".lstrip()}]
+        system = f"{messages[0].get('content') or ''}\n\n{system}".lstrip()
         messages = messages[1:]
+    out: list[dict[str, Any]] = []
+    if fmt.system_role:
+        out.append({"role": "system", "content": system})
+    elif messages and messages[0]["role"] == "user":
+        messages = [{"role": "user", "content": f"{system}\n\n{messages[0].get('content') or ''}"}, *messages[1:]]
     else:
-        out = [{"role": "system", "content": described}]
+        messages = [{"role": "user", "content": system}, *messages]
     for message in messages:
         role, content = message["role"], message.get("content") or ""
         if role == "assistant" and message.get("tool_calls"):
             calls = render_calls(calls_of(message))
             out.append({"role": "assistant", "content": f"{content}\n{calls}" if content else calls})
-        elif role == "tool" and tool_role == "user":
+        elif role == "tool" and fmt.tool_role == "user":
             wrapped = f"<tool_response>\n{content}\n</tool_response>"
-            if out[-1]["role"] == "user" and out[-1]["content"].startswith("<tool_response>"):
+            if out and out[-1]["role"] == "user" and out[-1]["content"].startswith("<tool_response>"):
                 out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n{wrapped}"}
             else:
                 out.append({"role": "user", "content": wrapped})
@@ -214,7 +233,10 @@ def render(
     kwargs: dict[str, Any] = {"add_generation_prompt": add_generation_prompt}
     if fmt.native:
         kwargs["tools"] = [{"type": "function", "function": tool} for tool in tools]
-    return _template(tokenizer, template_messages(fmt, messages, tools), **kwargs)
+    try:
+        return _template(tokenizer, template_messages(fmt, messages, tools), **kwargs)
+    except Exception as err:  # jinja's TemplateError, raise_exception in the template, a TypeError...
+        raise RenderError(f"the student's chat template cannot render the conversation: {err}") from err
 
 
 def prompt_and_expected(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -258,7 +280,7 @@ def tokenize(
         before = render(fmt, tokenizer, messages[:i], tools, add_generation_prompt=True)
         with_turn = render(fmt, tokenizer, messages[: i + 1], tools)
         if not before.startswith(covered) or not with_turn.startswith(before):
-            raise NotAPrefix(f"the chat template renders turn {i} so that it does not extend the turns before it")
+            raise RenderError(f"the chat template renders turn {i} so that it does not extend the turns before it")
         for piece, trained in ((before[len(covered) :], 0), (with_turn[len(before) :], 1)):
             piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
             ids += piece_ids
