@@ -66,9 +66,17 @@ def split_id(dataset_id: str, eval_dataset_id: str, eval_fraction: float, seed: 
 
 
 def normalised(line: str) -> str:
-    """One canonical row, compared ignoring case and whitespace."""
-    messages = json.loads(line)["messages"]
-    return json.dumps([[m["role"], " ".join(m["content"].casefold().split())] for m in messages], ensure_ascii=False)
+    """One canonical row, compared ignoring case and whitespace. A tool-calls row is keyed by its
+    request (the turns before the first assistant turn): the trajectories of one request stay on
+    one side of the split, so no eval request was seen in training."""
+    row = json.loads(line)
+    messages = row["messages"]
+    if "tools" in row:
+        first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+        messages = messages[:first]
+    return json.dumps(
+        [[m["role"], " ".join((m.get("content") or "").casefold().split())] for m in messages], ensure_ascii=False
+    )
 
 
 def hold_out(lines: list[str], fraction: float, seed: int) -> Sides:
