@@ -138,6 +138,8 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     stored["sft"] = dataclasses.asdict(sft)
     stored.pop("grpo", None)
     if rl:
-        grpo = resolve_grpo(json_format.MessageToDict(request.grpo, preserving_proto_field_name=True))
+        grpo = resolve_grpo(
+            json_format.MessageToDict(request.grpo, preserving_proto_field_name=True), full_finetune=sft.full_finetune
+        )
         stored["grpo"] = dataclasses.asdict(grpo)
     return stored
