@@ -41,6 +41,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,18 @@ LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.trainer.recipes.sft", description=__doc__.split("\n")[0])
+    return drive(argv, "python -m services.trainer.recipes.sft", lambda spec: SftSettings(**spec["sft"]), fit)
+
+
+def drive(
+    argv: list[str] | None,
+    prog: str,
+    check_settings: Callable[[dict[str, Any]], object],
+    fit: Callable[[dict[str, Any], S3Settings], None],
+) -> int:
+    """A recipe's Ray job from start to exit code: read the spec, skip a run that has its result,
+    check the settings and the student, ``fit``, and record what went wrong in error.json."""
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--spec-key", required=True, help="S3 key of the run's spec.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -77,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     store.delete_prefix(f"{prefix}/error.json")  # from an earlier attempt
     try:
-        SftSettings(**spec["sft"])
+        check_settings(spec)
         check_student_model(spec["student_model"])
         fit(spec, s3)
     except KeyboardInterrupt:
@@ -99,6 +111,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def start_ray() -> None:
+    """Join the job's Ray cluster (RAY_ADDRESS under the Jobs API), else start a local one."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:  # a local cluster, for tests and direct runs
+        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
+
+
+def checkpoint_storage(s3: S3Settings) -> Any:
+    """The S3 filesystem Ray Train keeps a run's checkpoints in."""
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=s3.endpoint, scheme="https" if s3.secure else "http",
+        access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region,
+    )  # fmt: skip
+
+
 def check_student_model(student_model: str) -> None:
     """Fail before starting any worker when the student cannot be loaded or has no chat template."""
     from transformers import AutoConfig, AutoTokenizer
@@ -117,19 +149,11 @@ def check_student_model(student_model: str) -> None:
 
 
 def fit(spec: dict[str, Any], s3: S3Settings) -> None:
-    import pyarrow.fs
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # a local cluster, for tests and direct runs
-        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
-    storage = pyarrow.fs.S3FileSystem(
-        endpoint_override=s3.endpoint, scheme="https" if s3.secure else "http",
-        access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region,
-    )  # fmt: skip
+    start_ray()
+    storage = checkpoint_storage(s3)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=spec,

@@ -43,13 +43,11 @@ starts over. Failures that retrying cannot fix end in ``<output_prefix>/error.js
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import sys
@@ -68,7 +66,7 @@ from services.common.settings import S3Settings
 from services.trainer.recipes import failures, tool_format
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
-from services.trainer.recipes.sft import LOCAL_OBJECT_STORE_BYTES, Watch, check_student_model, read_json, upload_dir
+from services.trainer.recipes.sft import Watch, checkpoint_storage, drive, start_ray, upload_dir
 from services.trainer.recipes.sft_settings import SftSettings
 from services.trainer.recipes.tool_format import ToolFormat
 
@@ -81,61 +79,21 @@ RATES = ("valid_call_rate", "right_tool_rate", "schema_valid_rate", "args_match_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.trainer.recipes.tool_calling")
-    parser.add_argument("--spec-key", required=True, help="S3 key of the run's spec.json")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return drive(argv, "python -m services.trainer.recipes.tool_calling", check_settings, fit)
 
-    s3 = S3Settings.from_env()
-    store = ObjectStore(s3)
-    spec = read_json(store, args.spec_key)
-    if spec is None:
-        log.error("no spec at s3://%s/%s", s3.bucket, args.spec_key)
-        return 2
-    prefix = spec["output_prefix"]
-    if read_json(store, f"{prefix}/result.json") is not None:
-        log.info("run %s already has its result; nothing to do", spec["run_id"])
-        return 0
-    store.delete_prefix(f"{prefix}/error.json")  # from an earlier attempt
-    try:
-        SftSettings(**spec["sft"])
-        if spec.get("grpo") is not None:
-            GrpoSettings(**spec["grpo"])
-        check_student_model(spec["student_model"])
-        fit(spec, s3)
-    except KeyboardInterrupt:
-        log.info("cancelled")
-        return 130
-    except Exception as err:
-        failure = failures.classify(err)
-        log.exception("run %s failed: %s: %s", spec["run_id"], failure.code, failure.message)
-        store.put_bytes(f"{prefix}/error.json", json.dumps(failure.to_dict()).encode(), "application/json")
-        return 1
-    if read_json(store, f"{prefix}/result.json") is not None:
-        log.info("run %s done", spec["run_id"])
-        return 0
-    error = read_json(store, f"{prefix}/error.json")
-    if error is not None:
-        log.error("run %s failed: %s: %s", spec["run_id"], error.get("code"), error.get("message"))
-    else:
-        log.error("run %s stopped before the end (cancelled, or the trainer said it is final)", spec["run_id"])
-    return 1
+
+def check_settings(spec: dict[str, Any]) -> None:
+    SftSettings(**spec["sft"])
+    if spec.get("grpo") is not None:
+        GrpoSettings(**spec["grpo"])
 
 
 def fit(spec: dict[str, Any], s3: S3Settings) -> None:
-    import pyarrow.fs
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    else:  # a local cluster, for tests and direct runs
-        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
-    storage = pyarrow.fs.S3FileSystem(
-        endpoint_override=s3.endpoint, scheme="https" if s3.secure else "http",
-        access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region,
-    )  # fmt: skip
+    start_ray()
+    storage = checkpoint_storage(s3)
     if int(spec.get("num_workers", 1)) != 1:
         log.info("the tool-calling recipe trains on one worker (num_workers=%s asked)", spec.get("num_workers"))
     trainer = TorchTrainer(
