@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help setup protos run distill test lint bench down clean
+.PHONY: help setup protos run distill distill-tools test lint bench down clean
 
 help:
 	@echo "make setup  - create .venv and install everything (idempotent)"
 	@echo "make run    - start the local stack (with its platform teacher) and run the main job"
 	@echo "make distill - start the local stack and distill the platform teacher into a student (no outside key)"
+	@echo "make distill-tools - start the local stack and teach SmolLM2 to call 4 tools, SFT then GRPO (no outside key)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make lint   - ruff, mypy, and a check that generated stubs match protos/"
 	@echo "make protos - regenerate the gRPC stubs from protos/"
@@ -43,6 +44,10 @@ run: setup
 distill: setup
 	$(BIN)/distillery up
 	$(BIN)/python -m examples.distill_text_job
+
+distill-tools: setup
+	$(BIN)/distillery up
+	$(BIN)/python -m examples.distill_tools_job
 
 down: setup
 	$(BIN)/distillery down
