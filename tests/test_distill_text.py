@@ -8,14 +8,14 @@ server speaking the OpenAI protocol (the "platform" provider), driven by the rea
 
 from __future__ import annotations
 
-import grpc
+from functools import partial
+
 import orjson
 import psycopg
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from minio import Minio
 from provider_servers import Answer, Call
+from rpc_refusals import assert_refused
 from test_services import upload
 from test_training import QUICK, states, wait_for, watch
 from tiny_models import build_llama
@@ -302,12 +302,7 @@ def test_distillation_requests_are_checked_before_anything_starts(services, clie
                              augment_count=5), "teacher"),
     ]  # fmt: skip
     for request, field in cases:
-        with pytest.raises(grpc.RpcError) as err:
-            client.trainer.CreateRun(request)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, err.value.details())
-        bad = error_details_pb2.BadRequest()
-        assert rpc_status.from_call(err.value).details[0].Unpack(bad)
-        assert bad.field_violations[0].field == field, (field, err.value.details())
+        assert_refused(partial(client.trainer.CreateRun, request), field)
     # A pairs dataset is not an input-only one: the run fails at VALIDATING, saying what to upload.
     pairs = upload(client, b'{"system_prompt": "s", "input": "i", "output": "o"}\n').dataset
     run = client.trainer.CreateRun(distill_request(pairs.id, "m"))

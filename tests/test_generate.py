@@ -14,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from click.testing import CliRunner
-from google.rpc import error_details_pb2, status_pb2
 from minio import Minio
+from rpc_refusals import field_of, raised
 from tiny_models import build_llama
 
 from distillery.cli.main import cli
@@ -111,23 +111,6 @@ def generate(client, model_id: str, content: str = QUESTION, **options) -> regis
     return client.registry.Generate(request, timeout=GENERATE_TIMEOUT_S)
 
 
-def error_of(call) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as err:
-        call()
-    return err.value
-
-
-def field_of(err: grpc.RpcError) -> str:
-    """The field named by the error's BadRequest detail."""
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                bad = error_details_pb2.BadRequest()
-                if detail.Unpack(bad):
-                    return bad.field_violations[0].field
-    raise AssertionError("no BadRequest detail in the error")
-
-
 @pytest.mark.parametrize(("kind", "answer"), [(LORA, "bleu"), (FULL, "rouge")], ids=["lora", "full"])
 def test_a_trained_model_answers(services, make_tenant, client_for, service_registry_for, artifacts, kind, answer):
     tenant = make_tenant()
@@ -176,7 +159,7 @@ def test_deleting_a_model_removes_its_artifacts_and_frees_its_slot(
     assert keys_under(services, prefix) == []
     quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
     assert (quota.used, quota.reserved) == (0, 0)
-    assert error_of(lambda: generate(client, model.id)).code() == grpc.StatusCode.NOT_FOUND
+    assert raised(lambda: generate(client, model.id)).code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_another_tenant_cannot_generate_with_a_model(
@@ -184,7 +167,7 @@ def test_another_tenant_cannot_generate_with_a_model(
 ):
     owner = make_tenant()
     model = trained_model(services, service_registry_for(owner), owner.tenant_id, artifacts, FULL)
-    err = error_of(lambda: generate(client_for(make_tenant()), model.id))
+    err = raised(lambda: generate(client_for(make_tenant()), model.id))
     assert err.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -202,7 +185,7 @@ def test_bad_arguments_are_refused(services, make_tenant, client_for, service_re
         ({"messages": [user], "temperature": -0.1}, "temperature"),
     ):
         request = registry_pb2.GenerateRequest(model_id=model.id, **fields)
-        err = error_of(lambda: client.registry.Generate(request, timeout=GENERATE_TIMEOUT_S))  # noqa: B023
+        err = raised(lambda: client.registry.Generate(request, timeout=GENERATE_TIMEOUT_S))  # noqa: B023
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, fields
         assert field_of(err) == named, err.details()
 
@@ -224,7 +207,7 @@ def test_artifacts_outside_the_tenants_prefix_are_never_read(
         )
     ):
         model = register(service, f"run_steal_{n}_{secrets.token_hex(4)}", FULL, uri, "base")
-        err = error_of(lambda: generate(client, model.id))  # noqa: B023
+        err = raised(lambda: generate(client, model.id))  # noqa: B023
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, uri
         assert "artifact" in err.details()
         client.registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model.id))
@@ -239,7 +222,7 @@ def test_a_base_model_that_cannot_be_loaded_is_named(
     run_id = f"run_{secrets.token_hex(6)}"
     uri = upload(services, artifacts["lora"], f"tenants/{tenant.tenant_id}/runs/{run_id}/model/")
     model = register(service_registry_for(tenant), run_id, LORA, uri, "/nonexistent/base-model")
-    err = error_of(lambda: generate(client, model.id))
+    err = raised(lambda: generate(client, model.id))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "/nonexistent/base-model" in err.details()
 

@@ -19,9 +19,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from conftest import SPANS
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from psycopg import sql
+from rpc_refusals import named_field, raised
 from test_tracing_and_cli import cli_env
 
 from distillery.cli.main import cli
@@ -51,15 +50,8 @@ def listed(client) -> list[teacher_pb2.ProviderKey]:
 
 def refusal(call) -> tuple[grpc.StatusCode, str, str, grpc.RpcError]:
     """The status code, message and BadRequest field of a refused call, and the error itself."""
-    with pytest.raises(grpc.RpcError) as caught:
-        call()
-    status = rpc_status.from_call(caught.value)
-    named = ""
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            named = bad.field_violations[0].field
-    return caught.value.code(), caught.value.details(), named, caught.value
+    err = raised(call)
+    return err.code(), err.details(), named_field(err), err
 
 
 @contextmanager

@@ -7,9 +7,8 @@ import json
 
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from minio.error import S3Error
+from rpc_refusals import named_field, raised
 from test_services import upload
 
 from distillery.ingest.v1 import ingest_pb2
@@ -48,15 +47,8 @@ def split(client, **fields) -> ingest_pb2.Split:
 
 def refused(client, **fields) -> tuple[grpc.StatusCode, str, str]:
     """The status code, message and BadRequest field of a refused SplitDataset."""
-    with pytest.raises(grpc.RpcError) as err:
-        split(client, **fields)
-    status = rpc_status.from_call(err.value)
-    named = ""
-    for detail in status.details if status else []:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            named = bad.field_violations[0].field
-    return err.value.code(), err.value.details(), named
+    err = raised(lambda: split(client, **fields))
+    return err.code(), err.details(), named_field(err)
 
 
 def test_default_holdout_is_ten_percent_of_the_rows(services, client_for, make_tenant):

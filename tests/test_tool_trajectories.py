@@ -11,13 +11,11 @@ import re
 import signal
 import time
 
-import grpc
 import orjson
 import psycopg
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from provider_servers import Answer, Call
+from rpc_refusals import assert_refused
 from test_distill_text import read_object, wait_final
 from test_teacher_resume import free_port, start_teacher
 
@@ -274,12 +272,7 @@ def test_bad_trajectory_requests_are_refused_naming_the_field(client_for, make_t
     ids = import_tools(client, WEATHER)
     request = trajectory_job(ids)
     change(request, ids)
-    with pytest.raises(grpc.RpcError) as refused:
-        client.teacher.CreateGenerationJob(request)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    bad = error_details_pb2.BadRequest()
-    assert rpc_status.from_call(refused.value).details[0].Unpack(bad)
-    assert bad.field_violations[0].field == field, refused.value.details()
+    assert_refused(lambda: client.teacher.CreateGenerationJob(request), field)
     assert not providers["platform"].calls
 
 

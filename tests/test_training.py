@@ -5,12 +5,14 @@ recipe: upload -> CreateRun -> Ray job (Ray Train + trl SFT, LoRA) -> registered
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from rpc_refusals import field_of, refused
 from test_services import upload
 from tiny_models import build_llama
 
@@ -227,15 +229,11 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
          grpc.StatusCode.INVALID_ARGUMENT, "system_prompts[1].name"),
     ]  # fmt: skip
     for request, code, field in cases:
-        with pytest.raises(grpc.RpcError) as err:
-            client.trainer.CreateRun(request)
-        assert err.value.code() == code, request
+        err = refused(partial(client.trainer.CreateRun, request), code)
         if field == "system_prompts":
-            assert "needs at least one named system prompt" in err.value.details()
+            assert "needs at least one named system prompt" in err.details()
         if field:
-            bad = error_details_pb2.BadRequest()
-            assert rpc_status.from_call(err.value).details[0].Unpack(bad)
-            assert bad.field_violations[0].field == field
+            assert field_of(err) == field, err.details()
     assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0  # nothing held
 
 
