@@ -1,4 +1,5 @@
-"""services/common/tool_calls.py: parsing and rendering calls, schema checks, comparison, GRPO rewards, eval rates."""
+"""services/common/tool_calls.py (parsing and rendering calls, schema checks, comparison) and tool_rewards.py (GRPO
+rewards, eval rates)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from services.common import tool_calls as tc
+from services.common import tool_rewards as tr
 from services.common.tool_calls import Call, check_call, parse_output, render_call
 
 WEATHER = {
@@ -223,7 +225,7 @@ def rewards(completions: list, expected: list[dict]) -> list[list[float]]:
     prompts = [[{"role": "user", "content": "Weather in Paris?"}]] * len(completions)
     extra = {"completion_ids": [[1, 2]] * len(completions), "trainer_state": None, "log_extra": None}
     per_function = [f(prompts=prompts, completions=completions, **columns(expected, len(completions)), **extra)
-                    for f in tc.REWARD_FUNCTIONS]  # fmt: skip
+                    for f in tr.REWARD_FUNCTIONS]  # fmt: skip
     return [list(row) for row in zip(*per_function, strict=True)]
 
 
@@ -272,11 +274,11 @@ def test_rewards_when_no_call_is_wanted():
 
 
 def test_rewards_need_their_columns_and_weights_match():
-    assert len(tc.REWARD_WEIGHTS) == len(tc.REWARD_FUNCTIONS)
-    assert [f.__name__ for f in tc.REWARD_FUNCTIONS] == [
+    assert len(tr.REWARD_WEIGHTS) == len(tr.REWARD_FUNCTIONS)
+    assert [f.__name__ for f in tr.REWARD_FUNCTIONS] == [
         "reward_format", "reward_tool", "reward_schema", "reward_arguments", "reward_no_call"]  # fmt: skip
     with pytest.raises(KeyError, match="expected_calls"):
-        tc.reward_format(prompts=["p"], completions=["c"], tools=["[]"])
+        tr.reward_format(prompts=["p"], completions=["c"], tools=["[]"])
 
 
 # -- rates ---------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def test_score_rates_on_a_hand_made_set():
         (render_call("get_time", {"timezone": "UTC"}), []),  # a call where none is wanted
         ("<tool_call>{", []),  # broken
     ]
-    got = tc.score([r[0] for r in rows], [r[1] for r in rows], [tools] * len(rows))
+    got = tr.score([r[0] for r in rows], [r[1] for r in rows], [tools] * len(rows))
     assert got == {
         "valid_call_rate": 5 / 7,  # rows 1, 2, 3, 4, 7
         "right_tool_rate": 4 / 7,  # rows 1, 2, 3, 7
@@ -310,4 +312,4 @@ def test_score_rates_on_a_hand_made_set():
         "call_rows": 7.0,
         "no_call_rows": 3.0,
     }
-    assert tc.score([], [], [])["correct_rate"] == 0.0
+    assert tr.score([], [], [])["correct_rate"] == 0.0

@@ -7,6 +7,7 @@ import json
 import click
 from google.protobuf import json_format, struct_pb2
 
+from distillery.cli.metrics_view import print_metrics
 from distillery.cli.output import as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.cli.runs import path_name
 from distillery.client import Client
@@ -47,8 +48,7 @@ def show(model_id: str, as_json: bool) -> None:
     console.print(
         f"[bold]{model.id}[/bold] {model.name} v{model.version} ({path_name(model.path)}) from {model.base_model}"
     )
-    for key, value in sorted(model.metrics.items()):
-        console.print(f"  {key}: {value:.4g}")
+    print_metrics(model.metrics)
 
 
 @group.command("delete")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import click
 
+from distillery.cli.metrics_view import print_metrics
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.cli.run_watch import follow, generation_text
 from distillery.cli.tool_run_options import tool_fields, tool_options
@@ -14,11 +16,7 @@ from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 
-TOOL_OPTION_NAMES = (
-    "tool_ids", "seed_prompts", "objectives", "tool_responses", "mode", "trajectories", "paraphrases",
-    "no_tool_share", "max_turns", "semantic_check", "grpo_generations", "grpo_max_completion", "grpo_beta",
-    "grpo_learning_rate", "grpo_steps",
-)  # fmt: skip
+TOOL_OPTION_NAMES = tuple(inspect.signature(tool_fields).parameters)
 FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 
 
@@ -190,8 +188,7 @@ def show(run_id: str, as_json: bool) -> None:
         console.print(generation_text(run.progress))
     if run.model_id:
         console.print(f"model [bold]{run.model_id}[/bold]")
-    for key, value in sorted(run.metrics.items()):
-        console.print(f"  {key}: {value:.4g}")
+    print_metrics(run.metrics)
     if run.HasField("error"):
         console.print(f"[red]{run.error.code}[/red]: {run.error.message}")
 

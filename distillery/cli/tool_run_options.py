@@ -35,6 +35,9 @@ OPTIONS = [
     click.option("--grpo-beta", type=float, default=0.0, help="GRPO: KL weight [default: 0]."),
     click.option("--grpo-learning-rate", type=float, default=0.0, help="GRPO: learning rate."),
     click.option("--grpo-steps", type=int, default=0, help="GRPO: steps [default: 30]."),
+    click.option("--grpo-temperature", type=float, default=0.0,
+                 help="GRPO: sampling temperature, in (0, 2] [default: 1.0]."),
+    click.option("--grpo-prompts-per-step", type=int, default=0, help="GRPO: prompts per step [default: 2]."),
 ]  # fmt: skip
 
 
@@ -49,6 +52,7 @@ def tool_fields(
     tool_responses: tuple[str, ...], mode: str, trajectories: int, paraphrases: int | None,
     no_tool_share: float | None, max_turns: int, semantic_check: bool, grpo_generations: int,
     grpo_max_completion: int, grpo_beta: float, grpo_learning_rate: float, grpo_steps: int,
+    grpo_temperature: float, grpo_prompts_per_step: int,
 ) -> dict[str, Any]:  # fmt: skip
     """CreateRunRequest fields (``generation`` as parameters to merge) from the options."""
     examples = []
@@ -70,6 +74,7 @@ def tool_fields(
     if mode == "sft-rl":
         fields["grpo"] = pb.GrpoSettings(
             num_generations=grpo_generations, max_completion_length=grpo_max_completion, beta=grpo_beta,
-            learning_rate=grpo_learning_rate, max_steps=grpo_steps,
+            learning_rate=grpo_learning_rate, max_steps=grpo_steps, temperature=grpo_temperature,
+            prompts_per_step=grpo_prompts_per_step,
         )  # fmt: skip
     return fields

@@ -11,6 +11,7 @@ requests load it once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,8 @@ class Reply:
 class Loaded:
     model: Any  # a transformers PreTrainedModel
     tokenizer: Any
+    # The system message the model was trained under (distill-tools), used when a request brings none.
+    system_prompt: str = ""
 
 
 def check_request(messages: Sequence[Mapping[str, Any]], max_new_tokens: int, temperature: float) -> None:
@@ -180,7 +183,9 @@ def _load(model: Model, directory: Path) -> Loaded:
     if torch.cuda.is_available():
         network = network.to("cuda")
     network.eval()
-    return Loaded(network, tokenizer)
+    config_file = directory / "training_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    return Loaded(network, tokenizer, str(config.get("system_prompt") or ""))
 
 
 def _generate(
@@ -199,6 +204,8 @@ def _generate(
             canonical = [dict(t.get("function", t)) for t in tools]
             fmt = tool_format.detect(tokenizer)
             conversation = [dict(m) for m in messages]
+            if loaded.system_prompt and conversation[0].get("role") != "system":
+                conversation.insert(0, {"role": "system", "content": loaded.system_prompt})
             text = tool_format.render(fmt, tokenizer, conversation, canonical, add_generation_prompt=True)
             inputs = tokenizer(tool_format.without_added_bos(tokenizer, text), return_tensors="pt")
         else:

@@ -124,7 +124,9 @@ Global___SftSettings: _TypeAlias = SftSettings  # noqa: Y015
 
 @_typing.final
 class GrpoSettings(_message.Message):
-    """GRPO settings for SFT + RL mode (tool-calling path only)."""
+    """GRPO settings for SFT + RL mode (tool-calling path only).
+    GRPO (SFT + RL mode). 0 in any field means its default (docs/api.md).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -133,11 +135,17 @@ class GrpoSettings(_message.Message):
     BETA_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     MAX_STEPS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    PROMPTS_PER_STEP_FIELD_NUMBER: _builtins.int
     num_generations: _builtins.int
     max_completion_length: _builtins.int
     beta: _builtins.float
     learning_rate: _builtins.float
     max_steps: _builtins.int
+    temperature: _builtins.float
+    """Sampling temperature of the completions, in (0, 2]; default 1.0."""
+    prompts_per_step: _builtins.int
+    """Prompts per optimizer step, each with num_generations completions; default 2."""
     def __init__(
         self,
         *,
@@ -146,10 +154,12 @@ class GrpoSettings(_message.Message):
         beta: _builtins.float = ...,
         learning_rate: _builtins.float = ...,
         max_steps: _builtins.int = ...,
+        temperature: _builtins.float = ...,
+        prompts_per_step: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta", b"beta", "learning_rate", b"learning_rate", "max_completion_length", b"max_completion_length", "max_steps", b"max_steps", "num_generations", b"num_generations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta", b"beta", "learning_rate", b"learning_rate", "max_completion_length", b"max_completion_length", "max_steps", b"max_steps", "num_generations", b"num_generations", "prompts_per_step", b"prompts_per_step", "temperature", b"temperature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -121,6 +121,19 @@ def start_ray() -> None:
         ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
 
 
+def scaling(workers: int, use_gpu: bool) -> Any:
+    """The workers a job asks Ray for. Ray gives a worker one CPU unless told otherwise, and sets its torch
+    to one thread to match; a CPU job asks instead for the CPUs of the largest node, shared among its workers
+    (so two CPU jobs on one node take turns rather than share it). A GPU worker asks for one GPU."""
+    import ray
+    from ray.train import ScalingConfig
+
+    if use_gpu:
+        return ScalingConfig(num_workers=workers, use_gpu=True)
+    node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]), default=1)
+    return ScalingConfig(num_workers=workers, resources_per_worker={"CPU": max(1, node_cpus // workers)})
+
+
 def checkpoint_storage(s3: S3Settings) -> Any:
     """The S3 filesystem Ray Train keeps a run's checkpoints in."""
     import pyarrow.fs
@@ -149,7 +162,7 @@ def check_student_model(student_model: str) -> None:
 
 
 def fit(spec: dict[str, Any], s3: S3Settings) -> None:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     start_ray()
@@ -157,7 +170,7 @@ def fit(spec: dict[str, Any], s3: S3Settings) -> None:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=spec,
-        scaling_config=ScalingConfig(num_workers=int(spec.get("num_workers", 1)), use_gpu=bool(spec.get("use_gpu"))),
+        scaling_config=scaling(int(spec.get("num_workers", 1)), bool(spec.get("use_gpu"))),
         run_config=RunConfig(
             name=spec["run_id"],
             storage_path=f"{s3.bucket}/{spec['output_prefix']}/ray",

@@ -17,7 +17,7 @@ would each generate the same evaluations. The stages, in order (``run``):
    (the prompt) and that turn's calls (``[]`` when it answered in text: no call wanted);
 2. pick how the student renders tools (``tool_format.detect``: its own template, or the
    fallback) and tokenize the train and eval rows with the loss on assistant turns only;
-3. evaluate the base student: greedy generation on the eval prompts, ``tool_calls.score``
+3. evaluate the base student: greedy generation on the eval prompts, ``tool_rewards.score``
    -> metrics ``base_<rate>``;
 4. SFT with trl's ``SFTTrainer`` on the pre-tokenized rows (``input_ids`` +
    ``assistant_masks``), LoRA unless ``sft.full_finetune``; eval loss before and after;
@@ -25,7 +25,7 @@ would each generate the same evaluations. The stages, in order (``run``):
 5. with ``grpo``: a reward dry run (a few training prompts, ``num_generations`` samples
    each at the GRPO temperature); when no prompt's samples differ in total reward it
    stops with ``rewards_without_variance``. Then trl's ``GRPOTrainer`` from the SFT model
-   with ``tool_calls.REWARD_FUNCTIONS``/``REWARD_WEIGHTS`` on text prompts (the tools
+   with ``tool_rewards.REWARD_FUNCTIONS``/``REWARD_WEIGHTS`` on text prompts (the tools
    rendered into them here: trl does not pass per-row tools to the template) and the
    columns ``tools`` and ``expected_calls``. LoRA goes on training the SFT adapter (with
    ``beta > 0`` trl keeps a frozen copy of it as the reference); a full fine-tune is saved
@@ -59,14 +59,14 @@ from typing import Any
 from minio.error import S3Error
 from transformers import TrainerCallback
 
-from services.common import tool_calls
+from services.common import tool_calls, tool_rewards
 from services.common.errors import NotFound
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import failures, tool_format
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
-from services.trainer.recipes.sft import Watch, checkpoint_storage, drive, start_ray, upload_dir
+from services.trainer.recipes.sft import Watch, checkpoint_storage, drive, scaling, start_ray, upload_dir
 from services.trainer.recipes.sft_settings import SftSettings
 from services.trainer.recipes.tool_format import ToolFormat
 
@@ -89,7 +89,7 @@ def check_settings(spec: dict[str, Any]) -> None:
 
 
 def fit(spec: dict[str, Any], s3: S3Settings) -> None:
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     start_ray()
@@ -99,7 +99,7 @@ def fit(spec: dict[str, Any], s3: S3Settings) -> None:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=spec,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=bool(spec.get("use_gpu"))),
+        scaling_config=scaling(1, bool(spec.get("use_gpu"))),
         run_config=RunConfig(
             name=spec["run_id"], storage_path=f"{s3.bucket}/{spec['output_prefix']}/ray", storage_filesystem=storage,
             failure_config=FailureConfig(max_failures=0),
@@ -226,7 +226,7 @@ def run(spec: dict[str, Any], store: ObjectStore, workdir: Path) -> None:
         "sft": dataclasses.asdict(sft), "grpo": dataclasses.asdict(grpo) if grpo else None,
         "student_model": spec["student_model"], "artifact_kind": sft.artifact_kind, "use_gpu": use_gpu,
         "tool_format": fmt.name, "tool_format_note": fmt.note, "output_format": "<tool_call> blocks (Hermes style)",
-        "train_rows": len(train_set), "eval_rows": len(eval_set),
+        "train_rows": len(train_set), "eval_rows": len(eval_set), "system_prompt": shared_system_prompt(train_rows),
     }  # fmt: skip
     (model_dir / "training_config.json").write_text(json.dumps(training_config, indent=2))
     upload_dir(store, model_dir, f"{prefix}/model")
@@ -334,6 +334,15 @@ def sft_rows(
     return out, left_out
 
 
+def shared_system_prompt(rows: list[dict[str, Any]]) -> str:
+    """The system message every training conversation opens with ("" when they differ or some have none):
+    ``Generate`` puts it first when a request brings no system message, so the model is asked as it was trained."""
+    found = {
+        row["messages"][0].get("content") or "" if row["messages"][0]["role"] == "system" else "" for row in rows
+    }  # fmt: skip
+    return found.pop() if len(found) == 1 else ""
+
+
 def unrenderable(why: str) -> RunFailure:
     return RunFailure(
         failures.UNKNOWN_MODEL,
@@ -388,10 +397,10 @@ def evaluate(
     model: Any, tokenizer: Any, examples: dict[str, list[Any]], max_new_tokens: int, stage: str,
     progress: Any = None, step: int = 0,
 ) -> dict[str, float]:  # fmt: skip
-    """Greedy outputs on the eval prompts, scored: ``<stage>_<rate>`` for each rate of ``tool_calls.score``."""
+    """Greedy outputs on the eval prompts, scored: ``<stage>_<rate>`` for each rate of ``tool_rewards.score``."""
     started = time.monotonic()
     outputs = generate(model, tokenizer, examples["prompts"], max_new_tokens=max_new_tokens)
-    scores = tool_calls.score(outputs, examples["expected"], examples["tools"])
+    scores = tool_rewards.score(outputs, examples["expected"], examples["tools"])
     rates = {f"{stage}_{name}": scores[name] for name in RATES}
     log.info("%s eval (%.1f s): %s; first output: %r", stage, time.monotonic() - started, rates, outputs[:1])
     if progress is not None:
@@ -478,7 +487,7 @@ def total_rewards(rows: list[dict[str, str]], completions: list[str]) -> list[fl
     columns = {"tools": [r["tools"] for r in rows], "expected_calls": [r["expected_calls"] for r in rows]}
     prompts = [r["prompt"] for r in rows]
     totals = [0.0] * len(completions)
-    for function, weight in zip(tool_calls.REWARD_FUNCTIONS, tool_calls.REWARD_WEIGHTS, strict=True):
+    for function, weight in zip(tool_rewards.REWARD_FUNCTIONS, tool_rewards.REWARD_WEIGHTS, strict=True):
         for i, value in enumerate(function(prompts, completions, **columns)):
             totals[i] += weight * value
     return totals
@@ -531,13 +540,13 @@ def grpo_train(
         seed=seed, learning_rate=settings.learning_rate, max_steps=settings.max_steps,
         per_device_train_batch_size=settings.completions_per_step, num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length, temperature=settings.temperature, beta=settings.beta,
-        reward_weights=list(tool_calls.REWARD_WEIGHTS), logging_steps=1, logging_nan_inf_filter=False,
+        reward_weights=list(tool_rewards.REWARD_WEIGHTS), logging_steps=1, logging_nan_inf_filter=False,
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
     times = StepTimes()
     diverged = GrpoWatch()
     trainer = GRPOTrainer(
-        model=model, reward_funcs=list[Any](tool_calls.REWARD_FUNCTIONS), args=config, processing_class=tokenizer,
+        model=model, reward_funcs=list[Any](tool_rewards.REWARD_FUNCTIONS), args=config, processing_class=tokenizer,
         train_dataset=Dataset.from_list(rows), callbacks=[times, diverged, *callbacks],
     )  # fmt: skip
     times.wrap(trainer)
