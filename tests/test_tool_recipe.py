@@ -292,6 +292,15 @@ def test_every_assistant_turn_is_trained_and_its_calls_parse_back(tokenizers: di
         assert ("<tools>" in first_user["content"]) is not fmt.system_role
 
 
+def test_the_system_prompt_kept_with_the_model_is_the_one_every_row_shares() -> None:
+    train, _ = tool_rows()
+    assert tool_calling.shared_system_prompt(train) == SYSTEM  # Generate puts it first when a request has none
+    other = text_row("Hi.", "Hello.")
+    other["messages"][0]["content"] = "Be terse."
+    assert tool_calling.shared_system_prompt([*train, other]) == ""
+    assert tool_calling.shared_system_prompt([*train, {**other, "messages": other["messages"][1:]}]) == ""
+
+
 def test_prompts_stop_before_the_first_assistant_turn(tokenizers: dict[str, Any]) -> None:
     rows, _ = tool_rows()
     call = next(r for r in rows if len(r["messages"]) > 3)
