@@ -167,3 +167,22 @@ def test_distill_tools_requests_are_checked_naming_the_field(services, client_fo
     for request, field in cases:
         assert_refused(partial(client.trainer.CreateRun, request), field)
     assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0
+
+
+def test_the_cli_sends_every_grpo_setting(services, make_tenant):
+    """`runs create --mode sft-rl --grpo-*`: each flag reaches the trainer, which checks it and names it."""
+    tenant = make_tenant()
+    base = ["runs", "create", "--path", "distill-tools", "--student", "m", "--teacher", "platform:t", "--tool", "tl_x",
+            "--seed-prompt", "What's the weather?", "--mode", "sft-rl"]  # fmt: skip
+    for flags, field in [
+        (["--grpo-temperature", "2.5"], "grpo.temperature"),
+        (["--grpo-prompts-per-step", "-1"], "grpo.prompts_per_step"),
+        (["--grpo-generations", "1"], "grpo.num_generations"),
+        (["--grpo-beta", "-1"], "grpo.beta"),
+        (["--grpo-steps", "-2"], "grpo.max_steps"),
+    ]:
+        result = CliRunner().invoke(cli, base + flags, env=cli_env(services, tenant.api_key))
+        assert result.exit_code == 1 and field in result.output, (flags, result.output)
+    # --dataset is optional on the command line (distill-tools with a teacher needs none); the trainer asks for it
+    result = CliRunner().invoke(cli, ["runs", "create", "--student", "m"], env=cli_env(services, tenant.api_key))
+    assert result.exit_code == 1 and "dataset_id" in result.output, result.output
