@@ -13,11 +13,12 @@ seeded generator, standing in for a real teacher model. It:
 3. prints each stage's held-out rates, the SFT and GRPO deltas in points, and where GRPO's
    step time goes.
 
-Running it again reuses the finished run (a run still going is followed).
+Running it again reuses the finished run with the same settings (a run still going is followed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Mapping
@@ -39,9 +40,10 @@ EVAL_FRACTION = 0.125  # 30 held-out requests
 # On CPU a row's activations take about 1.5 GB, so 2 rows at a time, twice per step (4 rows a step).
 SFT = pb.SftSettings(max_steps=30, batch_size=2, gradient_accumulation_steps=2, learning_rate=1e-3, lora_r=16,
                      max_seq_length=576)  # fmt: skip
-# Gentle, so it cannot undo SFT: a few steps at LoRA's GRPO default rate. A step takes 2 prompts x
-# num_generations completions, all in one batch: 2 x 4 needed 14 GB here, 2 x 2 needs 7.5.
-GRPO = pb.GrpoSettings(num_generations=2, max_completion_length=64, beta=0.0, learning_rate=5e-5, max_steps=6)
+# Gentle, so it cannot undo SFT: a few steps at LoRA's GRPO default rate. A step's completions go in one
+# batch, about 1.7 GB each on CPU (2 prompts x 4 needed 14 GB here), so 1 prompt x 4 completions.
+GRPO = pb.GrpoSettings(num_generations=4, prompts_per_step=1, max_completion_length=64, beta=0.0,
+                       learning_rate=5e-5, max_steps=6)  # fmt: skip
 STAGES = ("base", "sft", "grpo")
 COLUMNS = [("valid call", "valid_call_rate"), ("right tool", "right_tool_rate"), ("schema valid", "schema_valid_rate"),
            ("args match", "args_match_rate"), ("no call", "no_call_rate"), ("correct", "correct_rate")]  # fmt: skip
@@ -59,7 +61,7 @@ def upload(client: Client) -> ingest_pb2.Dataset:
 
 
 def tools_run(client: Client, dataset_id: str, student: str) -> pb.Run:
-    earlier, key = reusable_run(client, f"distill-tools-demo-{dataset_id}-")
+    earlier, key = reusable_run(client, f"distill-tools-demo-{dataset_id}-{settings_tag()}-")
     if earlier is not None:
         return earlier
     request = pb.CreateRunRequest(
@@ -70,6 +72,12 @@ def tools_run(client: Client, dataset_id: str, student: str) -> pb.Run:
     run = create_run(client, request)
     say(f"created run {run.id}: LoRA SFT ({SFT.max_steps} steps), then GRPO ({GRPO.max_steps} steps)")
     return run
+
+
+def settings_tag() -> str:
+    """A short hash of the run's settings: a run is reused only while they stay the same."""
+    settings = SFT.SerializeToString(deterministic=True) + GRPO.SerializeToString(deterministic=True)
+    return hashlib.sha256(settings + str(EVAL_FRACTION).encode()).hexdigest()[:8]
 
 
 def table(metrics: Mapping[str, float]) -> str:
