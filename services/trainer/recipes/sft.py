@@ -306,10 +306,8 @@ def train(spec: dict[str, Any], store: ObjectStore, rank: int, workdir: Path) ->
     log.info("run %s: %s", spec["run_id"], json.dumps(metrics))
 
 
-def load_split(
-    store: ObjectStore, key: str, name: str, tokenizer: Any, max_seq_length: int
-) -> tuple[list[dict[str, Any]], int]:
-    """A split's rows as trl conversational prompt-completion rows, and how many were left out as too long."""
+def read_split(store: ObjectStore, key: str, name: str) -> str:
+    """A split's JSONL text; a split that cannot be read or decoded is an invalid dataset, saying what to do."""
     try:
         text = store.get_bytes(key).decode("utf-8")
     except (S3Error, NotFound) as err:
@@ -321,6 +319,14 @@ def load_split(
         raise failures.invalid_dataset(
             f"the {name} split at {key} is not UTF-8 text: upload the dataset again"
         ) from None
+    return text
+
+
+def load_split(
+    store: ObjectStore, key: str, name: str, tokenizer: Any, max_seq_length: int
+) -> tuple[list[dict[str, Any]], int]:
+    """A split's rows as trl conversational prompt-completion rows, and how many were left out as too long."""
+    text = read_split(store, key, name)
     rows, too_long, shortest = [], 0, math.inf
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -56,17 +56,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from minio.error import S3Error
 from transformers import TrainerCallback
 
 from services.common import tool_calls, tool_rewards
-from services.common.errors import NotFound
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import failures, tool_format
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
-from services.trainer.recipes.sft import Watch, checkpoint_storage, drive, scaling, start_ray, upload_dir
+from services.trainer.recipes.sft import (
+    Watch,
+    checkpoint_storage,
+    drive,
+    read_split,
+    scaling,
+    start_ray,
+    upload_dir,
+)
 from services.trainer.recipes.sft_settings import SftSettings
 from services.trainer.recipes.tool_format import ToolFormat
 
@@ -243,17 +249,7 @@ def run(spec: dict[str, Any], store: ObjectStore, workdir: Path) -> None:
 
 def load_rows(store: ObjectStore, key: str, name: str) -> list[dict[str, Any]]:
     """A split's canonical tool-call rows (``{"messages", "tools"}``), each with an assistant turn."""
-    try:
-        text = store.get_bytes(key).decode("utf-8")
-    except (S3Error, NotFound) as err:
-        code = err.code if isinstance(err, S3Error) else "NoSuchKey"
-        raise failures.invalid_dataset(
-            f"cannot read the {name} split at {key} ({code}): split the dataset again"
-        ) from None
-    except UnicodeDecodeError:
-        raise failures.invalid_dataset(
-            f"the {name} split at {key} is not UTF-8 text: upload the dataset again"
-        ) from None
+    text = read_split(store, key, name)
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
