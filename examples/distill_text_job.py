@@ -27,8 +27,7 @@ from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from distillery.uploads import Upload, send
-from examples.main_job import create_run, reusable_run, say
+from examples.main_job import create_run, reusable_run, say, upload
 
 DATASET = Path(__file__).parent / "support_inputs.jsonl"
 TEACHER = "platform:smollm2"
@@ -44,14 +43,6 @@ GENERATION = teacher_pb2.GenerationParameters(max_output_tokens=200)
 MAX_FAILED_FRACTION = 0.1
 SFT = pb.SftSettings(max_steps=40, batch_size=4, learning_rate=1e-3, lora_r=16, max_seq_length=256)
 SAMPLE = "I was charged twice for my annual plan this morning, please refund one of them."
-
-
-def upload(client: Client) -> ingest_pb2.Dataset:
-    reply = send(client.ingest, Upload([DATASET], ingest_pb2.DATASET_KIND_INPUTS))
-    say(f"{'reused' if reply.reused else 'uploaded'} input-only dataset {reply.dataset.id}: {reply.report.rows} rows")
-    if not reply.report.valid:
-        sys.exit(f"the example dataset has violations: {reply.report.violations[0].message}")
-    return reply.dataset
 
 
 def distill_run(client: Client, dataset_id: str, student: str) -> pb.Run:
@@ -79,7 +70,7 @@ def main() -> None:
     started = time.monotonic()
     client = Client.from_environment(timeout=60)
     student = str(ensure_demo_model(home() / "models"))
-    dataset = upload(client)
+    dataset = upload(client, DATASET, ingest_pb2.DATASET_KIND_INPUTS, "input-only dataset")
     run = distill_run(client, dataset.id, student)
     if run.state != pb.RUN_STATE_SUCCEEDED:
         final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)

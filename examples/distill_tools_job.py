@@ -29,8 +29,7 @@ from distillery.common.v1 import common_pb2
 from distillery.demo_model import ensure_demo_model
 from distillery.ingest.v1 import ingest_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from distillery.uploads import Upload, send
-from examples.main_job import create_run, reusable_run, say
+from examples.main_job import create_run, reusable_run, say, upload
 from examples.tools import stand_in_teacher
 
 DATASET = home() / "examples" / "stand_in_tool_calls.jsonl"
@@ -49,15 +48,10 @@ COLUMNS = [("valid call", "valid_call_rate"), ("right tool", "right_tool_rate"),
            ("args match", "args_match_rate"), ("no call", "no_call_rate"), ("correct", "correct_rate")]  # fmt: skip
 
 
-def upload(client: Client) -> ingest_pb2.Dataset:
+def stand_in_dataset(client: Client) -> ingest_pb2.Dataset:
     rows = stand_in_teacher.write(DATASET, ROWS, SEED)
     say(f"{stand_in_teacher.NAME}: {rows} trajectories in {DATASET}")
-    reply = send(client.ingest, Upload([DATASET], ingest_pb2.DATASET_KIND_TOOL_CALLS))
-    say(f"{'reused' if reply.reused else 'uploaded'} tool-calls dataset {reply.dataset.id}: {reply.report.rows} rows")
-    if not reply.report.valid:
-        first = reply.report.violations[0]
-        sys.exit(f"the stand-in teacher's dataset has violations: line {first.line} {first.field}: {first.message}")
-    return reply.dataset
+    return upload(client, DATASET, ingest_pb2.DATASET_KIND_TOOL_CALLS, "tool-calls dataset")
 
 
 def tools_run(client: Client, dataset_id: str, student: str) -> pb.Run:
@@ -96,7 +90,7 @@ def main() -> None:
     started = time.monotonic()
     client = Client.from_environment(timeout=60)
     student = str(ensure_demo_model(home() / "models"))
-    dataset = upload(client)
+    dataset = stand_in_dataset(client)
     run = tools_run(client, dataset.id, student)
     if run.state != pb.RUN_STATE_SUCCEEDED:
         final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)

@@ -52,12 +52,18 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def upload(client: Client, path: Path) -> ingest_pb2.Dataset:
-    reply = send(client.ingest, Upload([path], ingest_pb2.DATASET_KIND_PAIRS))
-    verb = "reused" if reply.reused else "uploaded"
-    say(f"{verb} dataset {reply.dataset.id}: {reply.report.rows} rows, valid={reply.report.valid}")
+def upload(
+    client: Client,
+    path: Path,
+    kind: ingest_pb2.DatasetKind.ValueType = ingest_pb2.DATASET_KIND_PAIRS,
+    what: str = "dataset",
+) -> ingest_pb2.Dataset:
+    """Upload an example file (the same bytes are reused) and stop, naming the first violation, if it is invalid."""
+    reply = send(client.ingest, Upload([path], kind))
+    say(f"{'reused' if reply.reused else 'uploaded'} {what} {reply.dataset.id}: {reply.report.rows} rows")
     if not reply.report.valid:
-        sys.exit(f"the example dataset has violations: {reply.report.violations[0].message}")
+        first = reply.report.violations[0]
+        sys.exit(f"the {what} has violations: line {first.line} {first.field}: {first.message}")
     return reply.dataset
 
 
