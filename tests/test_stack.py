@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -221,17 +222,22 @@ def test_local_stack_lifecycle() -> None:
         assert teacher_env["DISTILLERY_INGEST_ADDRESS"] == parts["ingest"]["address"]
         assert platform_key not in " ".join(psutil.Process(parts["platform"]["pid"]).cmdline())
 
-        # A killed platform teacher: status names it; `up` starts it again alone, on its port.
-        os.kill(parts["platform"]["pid"], signal.SIGKILL)
-        psutil.wait_procs([psutil.Process(parts["platform"]["pid"])], timeout=10)
-        code, after_kill = status(home)
-        assert code == 3 and after_kill["platform"]["health"] == "DOWN"
-        up(home)
-        parts = assert_all_serving(home)
-        assert parts["platform"]["address"] == platform["address"]
-        assert {name: part["pid"] for name, part in parts.items() if name != "platform"} == {
-            name: pid for name, pid in pids.items() if name != "platform"
-        }
+        # It loaded the CPU backend this machine runs, and said which.
+        assert re.search(r"llama\.cpp CPU backend: \S+", (home / "logs" / "platform.log").read_text())
+
+        # A killed platform teacher, then one that crashes as a build for another CPU does (SIGILL):
+        # status says DOWN at its next check; `up` starts it again alone, on its port.
+        for crash in (signal.SIGKILL, signal.SIGILL):
+            os.kill(parts["platform"]["pid"], crash)
+            psutil.wait_procs([psutil.Process(parts["platform"]["pid"])], timeout=10)
+            code, after_kill = status(home)
+            assert code == 3 and after_kill["platform"]["health"] == "DOWN", after_kill["platform"]
+            up(home)
+            parts = assert_all_serving(home)
+            assert parts["platform"]["address"] == platform["address"]
+            assert {name: part["pid"] for name, part in parts.items() if name != "platform"} == {
+                name: pid for name, pid in pids.items() if name != "platform"
+            }
 
         # Data written now must survive down/up: a registry row (an API key) and an S3 object.
         stub, auth, channel = registry(home)
@@ -249,7 +255,7 @@ def test_local_stack_lifecycle() -> None:
         other_teacher_env = environment(other_parts["teacher"]["pid"])
         assert other_teacher_env["DISTILLERY_PLATFORM_BASE_URL"] == platform["base_url"]
         assert "DISTILLERY_PLATFORM_API_KEY" not in other_teacher_env
-        assert not [p for p in stack_processes(other) if "llama_cpp.server" in p.cmdline()]
+        assert not [p for p in stack_processes(other) if "distillery.stack.llama_server" in p.cmdline()]
         assert not stack_ports(home) & stack_ports(other)
         assert_all_serving(home)
         assert_stopped(other, stack_processes(other))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-from google.protobuf import json_format, struct_pb2
 
 from distillery.cli.metrics_view import print_metrics
 from distillery.cli.output import as_dict, console, json_option, print_json, print_table, rpc_errors
@@ -49,6 +48,11 @@ def show(model_id: str, as_json: bool) -> None:
         f"[bold]{model.id}[/bold] {model.name} v{model.version} ({path_name(model.path)}) from {model.base_model}"
     )
     print_metrics(model.metrics)
+    if model.tools_json:
+        tools = [json.loads(text) for text in model.tools_json]
+        rows = [(i + 1, t.get("name", ""), t.get("description", "")) for i, t in enumerate(tools)]
+        print_table("Tools it was trained with (`models generate --tools` offers them)", ["#", "name", "description"],
+                    rows, whole=["name"])  # fmt: skip
 
 
 @group.command("delete")
@@ -67,36 +71,54 @@ def delete(model_id: str, yes: bool) -> None:
 @click.argument("model_id")
 @click.argument("prompt")
 @click.option("--system", default="", help="A system prompt.")
-@click.option("--max-new-tokens", default=128, show_default=True)
 @click.option(
-    "--tools", "with_tools", is_flag=True, help="Offer your active tools: a tool model answers with tool calls."
+    "--max-new-tokens", default=0, help="The most tokens to generate (default: the model's own, as its run used)."
 )
+@click.option(
+    "--tools", "with_tools", is_flag=True,
+    help="Offer the tools the model was trained with (in training order): a tool model answers with tool calls.",
+)  # fmt: skip
+@click.option("--tool", "tool_ids", multiple=True, metavar="ID", help="Offer this tool of yours (repeatable).")
 @json_option
-def generate(model_id: str, prompt: str, system: str, max_new_tokens: int, with_tools: bool, as_json: bool) -> None:
+def generate(
+    model_id: str, prompt: str, system: str, max_new_tokens: int, with_tools: bool, tool_ids: tuple[str, ...],
+    as_json: bool,
+) -> None:  # fmt: skip
     """Ask a model one question (runtime testing)."""
     messages = [registry_pb2.ChatMessage(role="system", content=system)] if system else []
     messages.append(registry_pb2.ChatMessage(role="user", content=prompt))
     with rpc_errors():
         client = Client.from_environment(timeout=600)
-        tools = []
-        if with_tools:
-            for tool in client.ingest.ListTools(ingest_pb2.ListToolsRequest()).tools:
-                schema = struct_pb2.Struct()
-                schema.update({"name": tool.name, "description": tool.description,
-                               "parameters": json_format.MessageToDict(tool.parameters)})  # fmt: skip
-                tools.append(schema)
+        tools_json = chosen_tools(client, tool_ids) if tool_ids else []
         reply = client.registry.Generate(
             registry_pb2.GenerateRequest(
-                model_id=model_id, messages=messages, max_new_tokens=max_new_tokens, tools=tools
+                model_id=model_id, messages=messages, max_new_tokens=max_new_tokens, model_tools=with_tools,
+                tools_json=tools_json,
             )
-        )
+        )  # fmt: skip
     if as_json:
         print_json(reply)
         return
     for call in reply.message.tool_calls:
-        click.echo(f"call {call.name} {json.dumps(json_format.MessageToDict(call.arguments))}")
+        click.echo(f"call {call.name} {call.arguments_json}")
+    for invalid in reply.invalid_tool_calls:
+        click.echo(f"invalid tool call ({invalid.error}): {invalid.raw}")
     if reply.message.content:
         click.echo(reply.message.content)
+    if reply.finish_reason == "length":
+        click.echo(f"(cut off at {reply.completion_tokens} tokens: raise --max-new-tokens)", err=True)
+
+
+def chosen_tools(client: Client, tool_ids: tuple[str, ...]) -> list[str]:
+    """The tools named by id, from your active list, as canonical JSON text."""
+    listed = {t.id: t for t in client.ingest.ListTools(ingest_pb2.ListToolsRequest()).tools}
+    unknown = [tool_id for tool_id in tool_ids if tool_id not in listed]
+    if unknown:
+        raise click.UsageError(f"no tool {', '.join(unknown)} in your tool list (`distillery tools list`)")
+    return [
+        json.dumps({"name": t.name, "description": t.description, "parameters": json.loads(t.parameters_json)})
+        for t in (listed[tool_id] for tool_id in tool_ids)
+    ]
 
 
 @group.command("snippet")

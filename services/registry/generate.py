@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from distillery.registry.v1 import registry_pb2
+from services.common import decoding, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
-from services.common.tool_calls import Call, parse_output
+from services.common.tool_calls import Call
+from services.common.tool_format import ToolFormat
 from services.registry.models import Model
-from services.trainer.recipes import tool_format
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -46,14 +47,25 @@ class Reply:
     latency_ms: float
     # With tools: the calls the model made (parsed from its <tool_call> blocks); text is what is left.
     tool_calls: list[Call] = field(default_factory=list)
+    finish_reason: str = decoding.STOP
+    # With tools: what opened a <tool_call> block that did not parse (the raw text, and why), instead of text.
+    invalid_raw: str = ""
+    invalid_error: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Loaded:
+    """A model in memory, with what its run recorded about asking it (``training_config.json``)."""
+
     model: Any  # a transformers PreTrainedModel
     tokenizer: Any
     # The system message the model was trained under (distill-tools), used when a request brings none.
     system_prompt: str = ""
+    # How it renders tools: recorded at training (detected again only for models registered before that).
+    tool_format: ToolFormat | None = None
+    # The token budget its run's evaluation answered in; a request's max_new_tokens of 0 takes it.
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
 
 def check_request(messages: Sequence[Mapping[str, Any]], max_new_tokens: int, temperature: float) -> None:
@@ -66,8 +78,11 @@ def check_request(messages: Sequence[Mapping[str, Any]], max_new_tokens: int, te
                 f"messages[{i}].role is {message.get('role')!r}: use one of {', '.join(ROLES)}",
                 field=f"messages[{i}].role",
             )
-    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise InvalidArgument(f"max_new_tokens is {max_new_tokens}: use 1 to {MAX_NEW_TOKENS}", field="max_new_tokens")
+    if not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise InvalidArgument(
+            f"max_new_tokens is {max_new_tokens}: use 1 to {MAX_NEW_TOKENS} (0: the model's default)",
+            field="max_new_tokens",
+        )
     if not 0 <= temperature <= MAX_TEMPERATURE:  # also refuses NaN
         raise InvalidArgument(f"temperature is {temperature}: use 0 (greedy) to {MAX_TEMPERATURE}", field="temperature")
 
@@ -108,14 +123,16 @@ class Generator:
         self,
         model: Model,
         messages: Sequence[Mapping[str, Any]],
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        max_new_tokens: int = 0,
         temperature: float = 0.0,
         tools: Sequence[Mapping[str, Any]] = (),
     ) -> Reply:
-        """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant."""
+        """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant; ``max_new_tokens``
+        0 is the model's default. ``tools`` are canonical tools, rendered as given (key order kept)."""
         check_request(messages, max_new_tokens, temperature)
         loaded = await self._load(model)
-        return await asyncio.to_thread(_generate, loaded, messages, max_new_tokens, temperature, tools)
+        budget = max_new_tokens or loaded.max_new_tokens
+        return await asyncio.to_thread(_generate, loaded, messages, budget, temperature, tools)
 
     async def forget(self, model_id: str) -> None:
         """Drop a (deleted) model from memory and from the local cache."""
@@ -185,7 +202,29 @@ def _load(model: Model, directory: Path) -> Loaded:
     network.eval()
     config_file = directory / "training_config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    return Loaded(network, tokenizer, str(config.get("system_prompt") or ""))
+    recorded = config.get("tool_format_detail")
+    return Loaded(
+        network, tokenizer, str(config.get("system_prompt") or ""),
+        ToolFormat.from_dict(recorded) if isinstance(recorded, dict) else None,
+        int((config.get("decoding") or {}).get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+    )  # fmt: skip
+
+
+def _prompt_ids(loaded: Loaded, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The prompt as token ids: with tools, exactly as the tool-calling recipe's evaluation asked the model
+    (``tool_format.prompt_ids``, its recorded format, its system message first when the request has none)."""
+    tokenizer = loaded.tokenizer
+    conversation = [dict(m) for m in messages]
+    try:
+        if not tools:
+            return list(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=True)
+                        ["input_ids"])  # fmt: skip
+        fmt = loaded.tool_format or tool_format.detect(tokenizer)
+        if loaded.system_prompt and conversation[0].get("role") != "system":
+            conversation.insert(0, {"role": "system", "content": loaded.system_prompt})
+        return tool_format.prompt_ids(fmt, tokenizer, conversation, [dict(t) for t in tools])
+    except (ValueError, tool_format.RenderError) as err:  # no chat template, or one that refuses these messages
+        raise FailedPrecondition(f"the model's chat template cannot format these messages: {err}") from None
 
 
 def _generate(
@@ -195,45 +234,24 @@ def _generate(
     temperature: float,
     tools: Sequence[Mapping[str, Any]],
 ) -> Reply:
+    """One answer, decoded as the recipes' evaluations decode (``decoding``)."""
     import torch
 
     started = time.perf_counter()
     tokenizer = loaded.tokenizer
-    try:
-        if tools:  # rendered as the tool-calling recipe trained it (the template's own way, or its fallback)
-            canonical = [dict(t.get("function", t)) for t in tools]
-            fmt = tool_format.detect(tokenizer)
-            conversation = [dict(m) for m in messages]
-            if loaded.system_prompt and conversation[0].get("role") != "system":
-                conversation.insert(0, {"role": "system", "content": loaded.system_prompt})
-            text = tool_format.render(fmt, tokenizer, conversation, canonical, add_generation_prompt=True)
-            inputs = tokenizer(tool_format.without_added_bos(tokenizer, text), return_tensors="pt")
-        else:
-            inputs = tokenizer.apply_chat_template(
-                [dict(m) for m in messages], add_generation_prompt=True, return_dict=True, return_tensors="pt"
-            )
-    except ValueError as err:  # no chat template, or one that refuses these messages
-        raise FailedPrecondition(f"the model's chat template cannot format these messages: {err}") from None
-    inputs = inputs.to(loaded.model.device)
-    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    prompt = _prompt_ids(loaded, messages, tools)
+    ends = decoding.end_ids(loaded.model, tokenizer)
+    input_ids = torch.tensor([prompt], device=loaded.model.device)
     with torch.inference_mode():
         output = loaded.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            **sampling,
-        )
-    prompt_tokens = inputs["input_ids"].shape[1]
-    new_tokens = output[0, prompt_tokens:]
-    text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-    calls: list[Call] = []
-    if tools:
-        parsed = parse_output(text)
-        calls, text = parsed.calls, parsed.text if parsed.calls else text
+            eos_token_id=ends, **decoding.sampling(temperature),
+        )  # fmt: skip
+    text, finish, generated = decoding.completion(tokenizer, output[0, len(prompt) :].tolist(), ends)
+    answer = decoding.tool_answer(text, finish) if tools else decoding.ToolAnswer(text, finish_reason=finish)
     return Reply(
-        text=text,
-        tool_calls=calls,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=len(new_tokens),
-        latency_ms=(time.perf_counter() - started) * 1000,
-    )
+        text=answer.content, tool_calls=answer.calls, finish_reason=answer.finish_reason,
+        invalid_raw=answer.invalid_raw, invalid_error=answer.invalid_error, prompt_ids=prompt,
+        prompt_tokens=len(prompt), completion_tokens=generated, latency_ms=(time.perf_counter() - started) * 1000,
+    )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -30,6 +31,7 @@ class Model:
     created_at: datetime
     metrics: dict[str, float] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)
+    tools_json: list[str] = field(default_factory=list)  # a tool model's tools, in training order
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class NewModel:
     artifact_uri: str
     metrics: dict[str, float]
     training_config: dict[str, Any]
+    tools_json: list[str] = field(default_factory=list)
 
 
 async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> Model:
@@ -51,6 +54,7 @@ async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> 
     for name in ("run_id", "base_model", "artifact_uri"):
         if not getattr(new, name):
             raise InvalidArgument(f"{name} is required to register a model", field=name)
+    check_tools_json(new.tools_json)
     name = new.name or new.run_id
     async with pool.connection() as conn, conn.transaction():
         quota = await quotas.quota_in(conn, tenant_id, lock=True)  # also serialises racing registrations
@@ -80,14 +84,27 @@ async def register(pool: AsyncConnectionPool, tenant_id: str, new: NewModel) -> 
         )
         await rows.execute(
             "INSERT INTO models (id, tenant_id, name, path, base_model, run_id, version, artifact_kind,"
-            " artifact_uri, metrics, training_config) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            " RETURNING *",
+            " artifact_uri, metrics, training_config, tools_json)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
             (new_id("mdl"), tenant_id, name, new.path, new.base_model, new.run_id, version_row[0],
-             new.artifact_kind, new.artifact_uri, Jsonb(new.metrics), Jsonb(new.training_config)),
+             new.artifact_kind, new.artifact_uri, Jsonb(new.metrics), Jsonb(new.training_config), new.tools_json),
         )  # fmt: skip
         model = await rows.fetchone()
     assert model is not None
     return model
+
+
+def check_tools_json(texts: list[str]) -> None:
+    """Each tool is JSON text of an object with a name (a canonical tool); else InvalidArgument naming it."""
+    for i, text in enumerate(texts):
+        try:
+            tool = json.loads(text)
+        except ValueError as err:
+            raise InvalidArgument(f"tools_json[{i}] is not JSON ({err}): give each tool as JSON text",
+                                  field=f"tools_json[{i}]") from None  # fmt: skip
+        if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
+            raise InvalidArgument(f"tools_json[{i}] is not a tool: give an object with name, description and "
+                                  "parameters", field=f"tools_json[{i}]")  # fmt: skip
 
 
 async def get(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model:

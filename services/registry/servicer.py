@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -11,12 +12,12 @@ from google.protobuf import json_format
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common import auth
+from services.common import auth, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from services.common.objects import ObjectStore
 from services.common.protoconv import page_size, struct, timestamp
 from services.registry import models, quotas, snippets, tenants
-from services.registry.generate import DEFAULT_MAX_NEW_TOKENS, Generator, artifact_prefix
+from services.registry.generate import Generator, artifact_prefix
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def model_pb(m: models.Model) -> registry_pb2.Model:
     return registry_pb2.Model(
         id=m.id, tenant_id=m.tenant_id, name=m.name, path=m.path, base_model=m.base_model, run_id=m.run_id,
         version=m.version, artifact_kind=m.artifact_kind, artifact_uri=m.artifact_uri, metrics=m.metrics,
-        training_config=struct(m.training_config), created_at=timestamp(m.created_at),
+        training_config=struct(m.training_config), created_at=timestamp(m.created_at), tools_json=m.tools_json,
     )  # fmt: skip
 
 
@@ -60,13 +61,18 @@ def chat_message(m: registry_pb2.ChatMessage) -> dict[str, Any]:
     message: dict[str, Any] = {"role": m.role, "content": m.content}
     if m.tool_calls:
         message["tool_calls"] = [
-            {"id": c.id, "type": "function",
-             "function": {"name": c.name, "arguments": json_format.MessageToDict(c.arguments)}}
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json or "{}"}}
             for c in m.tool_calls
         ]  # fmt: skip
     if m.tool_call_id:
         message["tool_call_id"] = m.tool_call_id
     return message
+
+
+def tools_of(texts: list[str]) -> list[dict[str, Any]]:
+    """Offered tools (JSON text) as the renderer takes them, key order and numbers as written."""
+    models.check_tools_json(texts)
+    return tool_format.tools_from_json(texts)
 
 
 def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
@@ -166,7 +172,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         new = models.NewModel(
             run_id=request.run_id, name=request.name, path=request.path, base_model=request.base_model,
             artifact_kind=request.artifact_kind, artifact_uri=request.artifact_uri, metrics=dict(request.metrics),
-            training_config=json_format.MessageToDict(request.training_config),
+            training_config=json_format.MessageToDict(request.training_config), tools_json=list(request.tools_json),
         )  # fmt: skip
         return model_pb(await models.register(self.pool, tenant_id, new))
 
@@ -194,22 +200,34 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     async def Generate(self, request: Any, context: Any) -> registry_pb2.GenerateResponse:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        if request.model_tools and not model.tools_json:
+            raise FailedPrecondition(
+                f"model {model.id} was not trained with tools: offer tools with tools_json (`--tool ID`)",
+                field="model_tools",
+            )
+        offered = [*(model.tools_json if request.model_tools else []), *request.tools_json]
         reply = await self.generator.generate(
             model,
             [chat_message(m) for m in request.messages],
-            max_new_tokens=request.max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            max_new_tokens=request.max_new_tokens,
             temperature=request.temperature,
-            tools=[json_format.MessageToDict(t) for t in request.tools],
+            tools=tools_of(offered),
         )
         calls = [
-            registry_pb2.ToolCall(id=f"call_{i + 1}", name=c.name, arguments=struct(c.arguments))
+            registry_pb2.ToolCall(id=f"call_{i + 1}", name=c.name, arguments_json=json.dumps(c.arguments))
             for i, c in enumerate(reply.tool_calls)
         ]
+        invalid = []
+        if reply.invalid_raw:
+            invalid.append(registry_pb2.InvalidToolCall(raw=reply.invalid_raw, error=reply.invalid_error))
         return registry_pb2.GenerateResponse(
             message=registry_pb2.ChatMessage(role="assistant", content=reply.text, tool_calls=calls),
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             latency_ms=reply.latency_ms,
+            finish_reason=reply.finish_reason,
+            invalid_tool_calls=invalid,
+            prompt_token_ids=reply.prompt_ids if request.return_prompt_token_ids else [],
         )
 
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:

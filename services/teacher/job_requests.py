@@ -8,6 +8,7 @@ prices them from ``prices.py``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,8 +154,7 @@ def with_tools(job: Checked, request: pb.CreateGenerationJobRequest, listed: lis
         raise InvalidArgument(f"no tool {', '.join(missing)} in your tool list (`distillery tools list`); import it "
                               "first", field="tool_ids")  # fmt: skip
     tools = [
-        {"name": tool.name, "description": tool.description,
-         "parameters": _integral(json_format.MessageToDict(tool.parameters))}
+        {"name": tool.name, "description": tool.description, "parameters": json.loads(tool.parameters_json or "{}")}
         for tool in (by_id[i] for i in request.tool_ids)
     ]  # fmt: skip
     names = {tool["name"] for tool in tools}
@@ -168,17 +168,6 @@ def with_tools(job: Checked, request: pb.CreateGenerationJobRequest, listed: lis
         raise InvalidArgument(f"the job would make {rows} trajectories, over the limit of {MAX_TRAJECTORIES}: fewer "
                               "seed prompts, paraphrases or trajectories per prompt", field="seed_prompts")  # fmt: skip
     return Checked(job.kind, job.provider, job.model, stored)
-
-
-def _integral(value: Any) -> Any:
-    """A Struct's JSON with whole numbers as ints again (a Struct holds every number as a double)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _integral(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_integral(item) for item in value]
-    return value
 
 
 def check_source(request: pb.CreateGenerationJobRequest, dataset: ingest_pb2.Dataset) -> None:

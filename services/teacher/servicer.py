@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
@@ -12,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
-from services.common.protoconv import page_size, struct, timestamp
+from services.common.protoconv import page_size, timestamp
 from services.teacher import jobs, tool_descriptions
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
@@ -80,14 +81,17 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         if described.tool is not None:
             tool = described.tool
             return teacher_pb2.DescribeToolResponse(
-                name=tool.name, description=tool.description, parameters=struct(tool.parameters), violations=violations
+                name=tool.name,
+                description=tool.description,
+                violations=violations,
+                parameters_json=json.dumps(tool.parameters, ensure_ascii=False),
             )
         answer = described.answer or {}
         name, text, parameters = answer.get("name"), answer.get("description"), answer.get("parameters")
         return teacher_pb2.DescribeToolResponse(
             name=name if isinstance(name, str) else "",
             description=text if isinstance(text, str) else "",
-            parameters=struct(parameters) if isinstance(parameters, dict) else None,
+            parameters_json=json.dumps(parameters, ensure_ascii=False) if isinstance(parameters, dict) else "",
             violations=violations,
         )
 

@@ -298,7 +298,7 @@ class Pipeline:
             "path": run.path, "base_model": run.request["student_model"],
             "artifact_kind": ARTIFACT_KINDS.get(result.get("artifact_kind", ""), 0),
             "artifact_uri": result.get("artifact_uri", ""),
-            "metrics": numbers(result),
+            "metrics": numbers(result), "tools_json": list(result.get("tools_json") or []),
         }  # fmt: skip
         model_id = await self.peers.register(run.tenant_id, model, result.get("training_config", {}))
         await runs.save(self.pool, run.id, model_id=model_id)

@@ -10,7 +10,6 @@ from collections import abc as _abc
 from distillery.common.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -730,18 +729,20 @@ class Tool(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
-    PARAMETERS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
     SOURCE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     """Sanitised, unique within the tenant's active list: ^[a-zA-Z0-9_-]{1,64}$."""
     description: _builtins.str
+    parameters_json: _builtins.str
+    """A JSON Schema 2020-12 object schema with a type on every property, as
+    JSON text: key order and number types as stored (a Struct would reorder
+    keys from process to process and make every number a double, and a model
+    must be asked with the tool text it was trained on).
+    """
     source: Global___ToolSource.ValueType
-    @_builtins.property
-    def parameters(self) -> _struct_pb2.Struct:
-        """A JSON Schema 2020-12 object schema with a type on every property."""
-
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -750,13 +751,13 @@ class Tool(_message.Message):
         id: _builtins.str = ...,
         name: _builtins.str = ...,
         description: _builtins.str = ...,
-        parameters: _struct_pb2.Struct | None = ...,
+        parameters_json: _builtins.str = ...,
         source: Global___ToolSource.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "parameters", b"parameters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "id", b"id", "name", b"name", "parameters", b"parameters", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "id", b"id", "name", b"name", "parameters_json", b"parameters_json", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -524,6 +524,7 @@ class Model(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     TRAINING_CONFIG_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    TOOLS_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"mdl_..."; private to the tenant."""
     tenant_id: _builtins.str
@@ -544,6 +545,13 @@ class Model(_message.Message):
     def training_config(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def tools_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tool models: the tools it was trained with, in training order, each a
+        canonical tool ({name, description, parameters}) as JSON text. `Generate`
+        offers them when a request asks for the model's tools.
+        """
+
     def __init__(
         self,
         *,
@@ -559,10 +567,11 @@ class Model(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         training_config: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        tools_json: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "training_config", b"training_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "created_at", b"created_at", "id", b"id", "metrics", b"metrics", "name", b"name", "path", b"path", "run_id", b"run_id", "tenant_id", b"tenant_id", "training_config", b"training_config", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "created_at", b"created_at", "id", b"id", "metrics", b"metrics", "name", b"name", "path", b"path", "run_id", b"run_id", "tenant_id", b"tenant_id", "tools_json", b"tools_json", "training_config", b"training_config", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,6 +609,7 @@ class RegisterModelRequest(_message.Message):
     ARTIFACT_URI_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     TRAINING_CONFIG_FIELD_NUMBER: _builtins.int
+    TOOLS_JSON_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     name: _builtins.str
     path: _common_pb2.TrainingPath.ValueType
@@ -610,6 +620,10 @@ class RegisterModelRequest(_message.Message):
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
     def training_config(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def tools_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tool models: the tools it was trained with (see Model.tools_json)."""
+
     def __init__(
         self,
         *,
@@ -621,10 +635,11 @@ class RegisterModelRequest(_message.Message):
         artifact_uri: _builtins.str = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         training_config: _struct_pb2.Struct | None = ...,
+        tools_json: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training_config", b"training_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "metrics", b"metrics", "name", b"name", "path", b"path", "run_id", b"run_id", "training_config", b"training_config"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "metrics", b"metrics", "name", b"name", "path", b"path", "run_id", b"run_id", "tools_json", b"tools_json", "training_config", b"training_config"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -766,23 +781,23 @@ class ToolCall(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
-    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
-    @_builtins.property
-    def arguments(self) -> _struct_pb2.Struct:
-        """Arguments as a JSON object."""
-
+    arguments_json: _builtins.str
+    """Arguments as JSON text of an object, as the model wrote them (key order
+    and number types kept).
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         name: _builtins.str = ...,
-        arguments: _struct_pb2.Struct | None = ...,
+        arguments_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -796,17 +811,29 @@ class GenerateRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
-    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOLS_JSON_FIELD_NUMBER: _builtins.int
+    MODEL_TOOLS_FIELD_NUMBER: _builtins.int
+    RETURN_PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     max_new_tokens: _builtins.int
-    """default 128"""
+    """0: the model's own default (a tool model: the token budget its run's
+    evaluation used; otherwise 128).
+    """
     temperature: _builtins.float
     """0 = greedy (default)"""
+    model_tools: _builtins.bool
+    """Offer the tools the model was trained with (Model.tools_json), in training
+    order; with tools_json as well, those follow.
+    """
+    return_prompt_token_ids: _builtins.bool
+    """Return the prompt's token ids (to check what the model was asked)."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     @_builtins.property
-    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
-        """Tools the model may call (canonical schemas as JSON objects)."""
+    def tools_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools the model may call: canonical tools ({name, description,
+        parameters}), each as JSON text, rendered exactly as written.
+        """
 
     def __init__(
         self,
@@ -815,15 +842,45 @@ class GenerateRequest(_message.Message):
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         max_new_tokens: _builtins.int = ...,
         temperature: _builtins.float = ...,
-        tools: _abc.Iterable[_struct_pb2.Struct] | None = ...,
+        tools_json: _abc.Iterable[_builtins.str] | None = ...,
+        model_tools: _builtins.bool = ...,
+        return_prompt_token_ids: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_new_tokens", b"max_new_tokens", "messages", b"messages", "model_id", b"model_id", "temperature", b"temperature", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_new_tokens", b"max_new_tokens", "messages", b"messages", "model_id", b"model_id", "model_tools", b"model_tools", "return_prompt_token_ids", b"return_prompt_token_ids", "temperature", b"temperature", "tools_json", b"tools_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GenerateRequest: _TypeAlias = GenerateRequest  # noqa: Y015
+
+@_typing.final
+class InvalidToolCall(_message.Message):
+    """Text that opened a tool-call block but did not parse (a call cut off at the
+    token cap, a key repeated, broken JSON): not an answer, and not content.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RAW_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    raw: _builtins.str
+    """Everything the model wrote."""
+    error: _builtins.str
+    """Why it did not parse: unclosed_tool_call, invalid_json, not_an_object, ..."""
+    def __init__(
+        self,
+        *,
+        raw: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "raw", b"raw"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidToolCall: _TypeAlias = InvalidToolCall  # noqa: Y015
 
 @_typing.final
 class GenerateResponse(_message.Message):
@@ -833,11 +890,24 @@ class GenerateResponse(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    INVALID_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     latency_ms: _builtins.float
+    finish_reason: _builtins.str
+    """"stop" (the model ended its answer), "length" (max_new_tokens ran out) or
+    "tool_calls" (its answer is message.tool_calls).
+    """
     @_builtins.property
     def message(self) -> Global___ChatMessage: ...
+    @_builtins.property
+    def invalid_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvalidToolCall]: ...
+    @_builtins.property
+    def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """With return_prompt_token_ids: the prompt as token ids."""
+
     def __init__(
         self,
         *,
@@ -845,10 +915,13 @@ class GenerateResponse(_message.Message):
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         latency_ms: _builtins.float = ...,
+        finish_reason: _builtins.str = ...,
+        invalid_tool_calls: _abc.Iterable[Global___InvalidToolCall] | None = ...,
+        prompt_token_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "latency_ms", b"latency_ms", "message", b"message", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "finish_reason", b"finish_reason", "invalid_tool_calls", b"invalid_tool_calls", "latency_ms", b"latency_ms", "message", b"message", "prompt_token_ids", b"prompt_token_ids", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,7 +32,10 @@ would each generate the same evaluations. The stages, in order (``run``):
    and reloaded first so trl's reference model is the SFT model, not the base. Step time
    is split into generation (trl's sampling call) and the rest; evaluate -> ``grpo_<rate>``;
 6. upload the model (adapter or full weights, tokenizer, ``training_config.json`` with
-   the ``tool_format``) to ``<output_prefix>/model/`` and write ``result.json`` last.
+   the ``tool_format``, its system prompt and the decoding its evaluation used: ``Generate``
+   asks the model exactly so) to ``<output_prefix>/model/`` and write ``result.json`` last,
+   with ``tools_json``: the tools it was trained with, in training order, as JSON text (the
+   model is registered with them).
 
 Progress goes to the trainer service (``progress.ProgressPush``) as one step count over
 SFT and GRPO together, with a log line when each stage begins. There are no mid-run
@@ -58,10 +61,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from services.common import tool_calls, tool_rewards
+from services.common import decoding, tool_calls, tool_format, tool_rewards
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import failures, tool_format
+from services.common.tool_format import ToolFormat
+from services.trainer.recipes import failures
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from services.trainer.recipes.sft import (
@@ -74,7 +78,6 @@ from services.trainer.recipes.sft import (
     upload_dir,
 )
 from services.trainer.recipes.sft_settings import SftSettings
-from services.trainer.recipes.tool_format import ToolFormat
 
 log = logging.getLogger("distillery.recipes.tool_calling")
 
@@ -232,13 +235,16 @@ def run(spec: dict[str, Any], store: ObjectStore, workdir: Path) -> None:
         "sft": dataclasses.asdict(sft), "grpo": dataclasses.asdict(grpo) if grpo else None,
         "student_model": spec["student_model"], "artifact_kind": sft.artifact_kind, "use_gpu": use_gpu,
         "tool_format": fmt.name, "tool_format_note": fmt.note, "output_format": "<tool_call> blocks (Hermes style)",
+        "tool_format_detail": fmt.to_dict(),
         "train_rows": len(train_set), "eval_rows": len(eval_set), "system_prompt": shared_system_prompt(train_rows),
+        "decoding": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
     }  # fmt: skip
     (model_dir / "training_config.json").write_text(json.dumps(training_config, indent=2))
     upload_dir(store, model_dir, f"{prefix}/model")
     result = {
         "metrics": metrics, "artifact_kind": sft.artifact_kind,
         "artifact_uri": f"s3://{store.bucket}/{prefix}/model/", "training_config": training_config,
+        "tools_json": [tool_format.tool_json(tool) for tool in trained_tools(train_rows)],
     }  # fmt: skip
     store.put_bytes(f"{prefix}/result.json", json.dumps(result, indent=2).encode(), "application/json")
     log.info("run %s: %s", spec["run_id"], json.dumps(metrics))
@@ -339,6 +345,16 @@ def shared_system_prompt(rows: list[dict[str, Any]]) -> str:
     return found.pop() if len(found) == 1 else ""
 
 
+def trained_tools(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tools the model was trained with, each once by name, in the order the training rows first offer them,
+    as the rows hold them: registered with the model, they are what ``Generate`` offers it by default."""
+    seen: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for tool in row["tools"]:
+            seen.setdefault(tool["name"], tool)
+    return list(seen.values())
+
+
 def unrenderable(why: str) -> RunFailure:
     return RunFailure(
         failures.UNKNOWN_MODEL,
@@ -355,17 +371,13 @@ def generate(
     model: Any, tokenizer: Any, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
     per_prompt: int = 1, batch_size: int = 8,
 ) -> list[str]:  # fmt: skip
-    """Completions (``per_prompt`` per prompt, in prompt order): greedy when ``temperature`` is 0, else sampled."""
+    """Completions (``per_prompt`` per prompt, in prompt order): greedy when ``temperature`` is 0, else sampled.
+
+    Each prompt is tokenized as ``tool_format.prompt_ids`` tokenizes it, and stop tokens, sampling and decoding
+    are ``decoding``'s, as in ``Generate``: what this reports is what the registered model answers."""
     import torch
 
-    end_ids = {tokenizer.eos_token_id}
-    configured = model.generation_config.eos_token_id
-    end_ids.update(configured if isinstance(configured, list) else [configured])
-    end_ids.discard(None)
-    sampling: dict[str, Any] = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-        if temperature > 0 else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-    )  # fmt: skip
+    ends = decoding.end_ids(model, tokenizer)
     was_training, side = model.training, tokenizer.padding_side
     model.eval()
     tokenizer.padding_side = "left"
@@ -378,11 +390,10 @@ def generate(
             with torch.no_grad():
                 ids = model.generate(
                     **batch, max_new_tokens=max_new_tokens, num_return_sequences=per_prompt,
-                    pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(end_ids), **sampling,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=ends, **decoding.sampling(temperature),
                 )  # fmt: skip
             for row in ids[:, batch["input_ids"].shape[1] :].tolist():
-                end = next((i for i, token in enumerate(row) if token in end_ids), len(row))
-                out.append(tokenizer.decode(row[:end], skip_special_tokens=True))
+                out.append(decoding.completion(tokenizer, row, ends)[0])
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

@@ -79,6 +79,16 @@ class ToolFormat:
     def name(self) -> str:
         return NATIVE if self.native else FALLBACK
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``training_config.json`` records, so ``Generate`` renders as training did without detecting again."""
+        return {"native": self.native, "tool_role": self.tool_role, "system_role": self.system_role}
+
+    @classmethod
+    def from_dict(cls, recorded: dict[str, Any]) -> ToolFormat:
+        return cls(
+            bool(recorded["native"]), str(recorded.get("tool_role", "tool")), bool(recorded.get("system_role", True))
+        )
+
     @property
     def note(self) -> str:
         """One line for training_config.json: which path, and how tool results are given."""
@@ -252,6 +262,27 @@ def prompt_text(fmt: ToolFormat, tokenizer: Any, messages: list[dict[str, Any]],
     """The prompt of an eval or GRPO example: the turns before the first assistant turn, and the generation prompt."""
     prompt, _ = prompt_and_expected(messages)
     return render(fmt, tokenizer, prompt, tools, add_generation_prompt=True)
+
+
+def prompt_ids(
+    fmt: ToolFormat, tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+) -> list[int]:
+    """The token ids a tool model is asked with: ``messages`` rendered with the generation prompt, tokenized as
+    SFT tokenized the text before an assistant turn (``tokenize``). The recipe's evaluation and ``Generate``
+    both ask with these, so a run's reported rates are what its users get."""
+    text = render(fmt, tokenizer, messages, tools, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def tools_from_json(texts: list[str]) -> list[dict[str, Any]]:
+    """Tools as they cross the wire (JSON text, one per tool) as the renderer takes them: key order and number
+    types as written (a ``Struct`` would reorder keys and make every number a float)."""
+    return [json.loads(text) for text in texts]
+
+
+def tool_json(tool: dict[str, Any]) -> str:
+    """One tool as JSON text for the wire, key order and number types as they are."""
+    return json.dumps(tool, ensure_ascii=False)
 
 
 def without_added_bos(tokenizer: Any, text: str) -> str:
