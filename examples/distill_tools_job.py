@@ -11,7 +11,9 @@ seeded generator, standing in for a real teacher model. It:
    (``TRAINING_MODE_SFT_RL``), holding out 12.5% of the requests; the recipe evaluates the
    student on the held-out requests before training, after SFT and after GRPO;
 3. prints each stage's held-out rates, the SFT and GRPO deltas in points, and where GRPO's
-   step time goes.
+   step time goes;
+4. asks the registered model three new requests through Generate, as a user would
+   (`distillery models generate MODEL TEXT --tools`), and prints the calls it made.
 
 Running it again reuses the finished run with the same settings (a run still going is followed).
 """
@@ -22,12 +24,14 @@ import hashlib
 import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from distillery.cli.run_watch import follow
 from distillery.client import Client, home
 from distillery.common.v1 import common_pb2
 from distillery.demo_model import ensure_demo_model
 from distillery.ingest.v1 import ingest_pb2
+from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from examples.main_job import create_run, reusable_run, say, upload
 from examples.tools import stand_in_teacher
@@ -106,7 +110,38 @@ def main() -> None:
     say(f"GRPO step time: {m['grpo_generation_s_per_step']:.1f} s generating + "
         f"{m['grpo_training_s_per_step']:.1f} s training per step ({m['grpo_steps']:.0f} steps); "
         f"SFT: {m['train_runtime_s'] / max(m['steps'], 1):.1f} s per step ({m['steps']:.0f} steps)")  # fmt: skip
+    ask_through_generate(client, run.model_id)
     say(f"\ndone in {time.monotonic() - started:.0f} s.")
+
+
+def ask_through_generate(client: Client, model_id: str, count: int = 3) -> None:
+    """New requests (the stand-in teacher's, another seed, none in the training data) asked through Generate
+    as a user asks the registered model: its own tools and decoding. Prints the calls it made."""
+
+    def request(row: dict[str, Any]) -> str:
+        return str(next(m["content"] for m in row["messages"] if m["role"] == "user"))
+
+    def wanted_call(row: dict[str, Any]) -> dict[str, Any] | None:
+        first = next(m for m in row["messages"] if m["role"] == "assistant")
+        return first["tool_calls"][0]["function"] if first.get("tool_calls") else None
+
+    trained = {request(row) for row in stand_in_teacher.trajectories(ROWS, SEED)}
+    fresh = [row for row in stand_in_teacher.trajectories(40, SEED + 1) if request(row) not in trained]
+    picked = {call["name"]: row for row in fresh if (call := wanted_call(row))}  # one request per tool
+    say(f"\n{count} new requests through Generate (`distillery models generate {model_id} TEXT --tools`):")
+    for row in list(picked.values())[:count]:
+        reply = client.registry.Generate(registry_pb2.GenerateRequest(
+            model_id=model_id, model_tools=True, messages=[registry_pb2.ChatMessage(role="user", content=request(row))],
+        ), timeout=600)  # fmt: skip
+        wanted = wanted_call(row) or {}
+        say(f"  {request(row)}")
+        for call in reply.message.tool_calls:
+            say(f"    call {call.name} {call.arguments_json}")
+        for invalid in reply.invalid_tool_calls:
+            say(f"    invalid call ({invalid.error}): {invalid.raw[:200]}")
+        if reply.message.content:
+            say(f"    text: {reply.message.content[:200]}")
+        say(f"    (the stand-in teacher called {wanted['name']} {wanted['arguments']})")
 
 
 if __name__ == "__main__":

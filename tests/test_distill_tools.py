@@ -13,10 +13,12 @@ import itertools
 import json
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
-from google.protobuf import json_format, struct_pb2
-from provider_servers import Answer, Call
+from minio import Minio
+from provider_servers import Answer
+from provider_servers import Call as TeacherCall
 from rpc_refusals import assert_refused
 from test_services import upload
 from test_tool_trajectories import WEATHER, import_tools
@@ -29,6 +31,9 @@ from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common import tool_format, tool_rewards
+from services.common.tool_calls import Call, Parsed
+from services.trainer.recipes import tool_calling
 
 CITIES = ("Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Quito")
 SEEDS = [f"What's the weather in {city}?" for city in CITIES]
@@ -47,7 +52,7 @@ def city_of(text: str) -> str:
 UNITS = itertools.cycle([{"units": "celsius"}, {"units": "fahrenheit"}, {}])
 
 
-def weather_teacher(call: Call) -> Answer:
+def weather_teacher(call: TeacherCall) -> Answer:
     """Rewordings, requests no tool fits, one weather call per request (units varying, as a teacher's
     choices do: GRPO needs completions that differ), simulated results, answers."""
     system, user = call.system_text, call.user_text
@@ -114,18 +119,46 @@ def test_distill_tools_generates_verifies_trains_evaluates_and_registers(
         assert f"{100 * metrics['sft_valid_call_rate']:.0f}%" in rows["SFT"]
         sft_points = 100 * (metrics["sft_correct_rate"] - metrics["base_correct_rate"])
         assert f"SFT {100 * metrics['sft_correct_rate']:.0f}% ({sft_points:+.0f} points)" in shown.output
-    # Generate with the tools offered answers in the shape of the API: structured calls or text.
-    reply = client.registry.Generate(registry_pb2.GenerateRequest(
-        model_id=done.model_id, messages=[registry_pb2.ChatMessage(role="user", content=SEEDS[0])],
-        tools=[json_format.ParseDict(WEATHER["function"], struct_pb2.Struct())], max_new_tokens=48,
-    ))  # fmt: skip
-    assert reply.completion_tokens > 0
-    # Asked as trained (the training system message comes first by default), the student answers with a call:
-    # parsed into tool_calls, or left as text when this tiny model botches the JSON.
-    assert reply.message.tool_calls or "<tool_call>" in reply.message.content, reply.message
-    assert all(call.name == "get_weather" and call.id.startswith("call_") for call in reply.message.tool_calls)
-    if reply.message.tool_calls:  # the calls are taken out of the text
-        assert "<tool_call>" not in reply.message.content
+    # What the run reported is what its users get: its held-out requests asked through Generate, with the
+    # model's own tools and decoding, score the rates the recipe reported for the final stage (GRPO).
+    assert [json.loads(text)["name"] for text in model.tools_json] == ["get_weather"]
+    rows = held_out_rows(services, tenant.tenant_id, run.id)
+    assert len(rows) == metrics["eval_prompts"]
+    got = rates_through_generate(client, done.model_id, rows)
+    call_rows = sum(1 for row in rows if tool_format.prompt_and_expected(row["messages"])[1])
+    for rate in tool_calling.RATES:
+        one_request = 1 / (len(rows) if rate == "correct_rate" else call_rows if rate != "no_call_rate" else
+                           max(len(rows) - call_rows, 1))  # fmt: skip
+        assert abs(got[rate] - metrics[f"grpo_{rate}"]) <= one_request + 1e-9, (rate, got, dict(metrics))
+    assert got["valid_call_rate"] > 0  # the registered weights are the trained ones: the base made no valid call
+    assert metrics["base_valid_call_rate"] == 0
+
+
+def held_out_rows(services, tenant_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's eval split, as its recipe read it (the spec names it)."""
+    s3 = Minio(services.s3.endpoint, services.s3.access_key, services.s3.secret_key, secure=False)
+    spec = json.loads(s3.get_object(services.s3.bucket, f"tenants/{tenant_id}/runs/{run_id}/spec.json").read())
+    text = s3.get_object(services.s3.bucket, spec["eval_key"]).read().decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def rates_through_generate(client, model_id: str, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Each row's prompt asked through Generate (the model's tools and default decoding), scored as the recipe
+    scores its evaluation."""
+    answers, expected, tools = [], [], []
+    for row in rows:
+        prompt, wanted = tool_format.prompt_and_expected(row["messages"])
+        reply = client.registry.Generate(registry_pb2.GenerateRequest(
+            model_id=model_id, model_tools=True,
+            messages=[registry_pb2.ChatMessage(role=m["role"], content=m.get("content") or "") for m in prompt],
+        ), timeout=120)  # fmt: skip
+        calls = [Call(c.name, json.loads(c.arguments_json)) for c in reply.message.tool_calls]
+        error = reply.invalid_tool_calls[0].error if reply.invalid_tool_calls else ""
+        assert reply.finish_reason == "tool_calls" if calls else reply.finish_reason in ("stop", "length")
+        answers.append(Parsed(calls=calls, text=reply.message.content, error=error))
+        expected.append(wanted)
+        tools.append(row["tools"])
+    return tool_rewards.score_parsed(answers, expected, tools)
 
 
 def test_an_openai_format_tool_dataset_trains_as_it_is(services, client_for, make_tenant, tmp_path):

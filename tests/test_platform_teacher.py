@@ -23,9 +23,9 @@ import psutil
 import pytest
 
 from distillery.stack import platform_teacher
+from distillery.stack.servers import free_port
 from services.teacher.providers import PROVIDERS
 from services.teacher.providers.base import Completion, Credentials, ProviderError, Request
-from distillery.stack.servers import free_port
 from tests.platform_teacher import running_platform_teacher
 
 KEY = "platform-test-key-0123456789"

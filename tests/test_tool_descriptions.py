@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 import pytest
 from click.testing import CliRunner
-from google.protobuf import json_format
 from provider_servers import Answer
 from test_keys import refusal
 from test_tracing_and_cli import cli_env
@@ -56,9 +55,9 @@ def describe(client, description: str = FLIGHTS_TEXT, teacher: str = "platform:f
     return client.teacher.DescribeTool(request)
 
 
-def as_plain(struct) -> dict[str, Any]:
-    """A Struct as JSON values (numbers come back as floats; JSON equality ignores that)."""
-    return json_format.MessageToDict(struct)
+def parameters_of(reply) -> dict[str, Any]:
+    """The described tool's parameters (JSON text on the wire)."""
+    return dict(json.loads(reply.parameters_json))
 
 
 def codes(reply) -> list[tuple[str, str]]:
@@ -72,7 +71,7 @@ def test_a_good_answer_becomes_a_canonical_tool(services, make_tenant, client_fo
 
     assert reply.violations == []
     assert (reply.name, reply.description) == ("search_flights", "Search flights between two airports.")
-    assert as_plain(reply.parameters) == {**FLIGHTS_PARAMETERS, "additionalProperties": False}
+    assert parameters_of(reply) == {**FLIGHTS_PARAMETERS, "additionalProperties": False}
     [call] = platform.calls
     assert call.user_text == FLIGHTS_TEXT
     assert "additionalProperties" in call.system_text and "enum" in call.system_text
@@ -90,7 +89,7 @@ def test_every_vendor_answers_with_the_tenants_own_key(services, make_tenant, cl
     reply = describe(client, teacher=f"{provider}:fake-model")
 
     assert reply.violations == [] and reply.name == "search_flights"
-    assert as_plain(reply.parameters)["properties"]["cabin"]["enum"] == ["economy", "business", "first"]
+    assert parameters_of(reply)["properties"]["cabin"]["enum"] == ["economy", "business", "first"]
     [call] = providers[provider].calls
     assert call.api_key == key and call.response_schema is not None and call.user_text == FLIGHTS_TEXT
 
@@ -101,7 +100,7 @@ def test_an_untyped_property_is_the_import_check_violation(services, make_tenant
     reply = describe(client_for(make_tenant()))
     assert codes(reply) == [("parameters.properties.notes", "untyped_property")]
     # What the teacher wrote comes back beside the violation, to fix by hand or describe again.
-    assert reply.name == "search_flights" and "notes" in as_plain(reply.parameters)["properties"]
+    assert reply.name == "search_flights" and "notes" in parameters_of(reply)["properties"]
 
 
 @pytest.mark.parametrize(
