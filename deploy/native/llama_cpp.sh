@@ -27,7 +27,7 @@ LLAMA_CMAKE_ARGS=(
   -DGGML_NATIVE=OFF            # nothing tuned to the building machine
   -DGGML_BACKEND_DL=ON         # backends are modules, chosen at load time
   -DGGML_CPU_ALL_VARIANTS=ON   # one CPU module per instruction-set level
-  -DGGML_BACKEND_DIR=llama_cpp/lib  # where the modules are installed in the wheel
+  -DGGML_BACKEND_DIR:STRING=llama_cpp/lib  # where the modules go in the wheel (STRING: a PATH would be made absolute)
   -DLLAVA_BUILD=OFF            # the teacher serves text only
 )
 KEY=$(printf '%s\n' "$VERSION" "$(uname -m)" "${LLAMA_CMAKE_ARGS[@]}" | sha256sum | cut -c1-16)
