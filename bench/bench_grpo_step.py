@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.ingest.tool_rows import validate_tool_calls
 from services.common import tool_format
+from services.ingest.tool_rows import validate_tool_calls
 from services.trainer.recipes import tool_calling
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from tests.tiny_models import build_qwen2, build_tokenizer

@@ -29,16 +29,22 @@ GENERATE_TIMEOUT_S = 120
 
 def teach(model, tokenizer, answer: str, steps: int = 60, lr: float = 1e-2) -> None:
     """A few optimiser steps on one conversation, so greedy decoding says ``answer``."""
-    import torch
 
     conversation = [{"role": "user", "content": QUESTION}]
     prompt = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     ids = tokenizer(prompt + answer + "<|im_end|>\n", return_tensors="pt").input_ids
+    optimise(model, ids, ids, steps, lr)
+
+
+def optimise(model, ids, labels, steps: int, lr: float) -> None:
+    """``steps`` AdamW steps on one sequence (labels -100 where nothing is learnt)."""
+    import torch
+
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     torch.manual_seed(0)
     model.train()
     for _ in range(steps):
-        model(input_ids=ids, labels=ids).loss.backward()
+        model(input_ids=ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
 

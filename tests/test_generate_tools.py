@@ -28,7 +28,7 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import json_format, struct_pb2
 from rpc_refusals import assert_refused
-from test_generate import GENERATE_TIMEOUT_S, upload
+from test_generate import GENERATE_TIMEOUT_S, optimise, upload
 from test_tracing_and_cli import cli_env
 from tiny_models import build_llama, build_qwen2
 
@@ -137,13 +137,7 @@ def teach(model_dir: Path, answer: str, steps: int = 150) -> None:
     ids = torch.tensor([prompt + tokenizer(answer, add_special_tokens=False)["input_ids"]])
     labels = ids.clone()
     labels[0, : len(prompt)] = -100
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    torch.manual_seed(0)
-    model.train()
-    for _ in range(steps):
-        model(input_ids=ids, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    optimise(model, ids, labels, steps, lr=3e-3)
     model.save_pretrained(model_dir)
 
 
