@@ -17,7 +17,7 @@ from minio import Minio
 from provider_servers import Answer, Call
 from rpc_refusals import assert_refused
 from test_services import upload
-from test_training import QUICK, states, wait_for, watch
+from test_training import LEARN, QUICK, assert_generate_answers_as_reported, states, wait_for, watch
 from tiny_models import build_llama
 
 from distillery.common.v1 import common_pb2
@@ -53,8 +53,9 @@ def student(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def distill_request(dataset_id: str, student: str, prompts=PROMPTS, **extra) -> pb.CreateRunRequest:
     extra.setdefault("teacher", "platform:colour-teacher")
+    extra.setdefault("sft", QUICK)
     return pb.CreateRunRequest(
-        path=DISTILL, dataset_id=dataset_id, student_model=student, system_prompts=prompts, sft=QUICK, **extra
+        path=DISTILL, dataset_id=dataset_id, student_model=student, system_prompts=prompts, **extra
     )
 
 
@@ -89,7 +90,7 @@ def test_distill_text_answers_every_input_under_every_prompt_then_trains(
     ))  # fmt: skip
     assert estimate.rows == 200 and estimate.input_tokens > 0 and estimate.estimated_cost_usd == 0.0
 
-    run = client.trainer.CreateRun(distill_request(dataset.id, student, model_name="colours-distilled"))
+    run = client.trainer.CreateRun(distill_request(dataset.id, student, model_name="colours-distilled", sft=LEARN))
     events = watch(client, run.id, timeout=300)
     done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
     assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
@@ -133,6 +134,8 @@ def test_distill_text_answers_every_input_under_every_prompt_then_trains(
     assert done.metrics["train_rows"] + done.metrics["eval_rows"] == 196
     model = client.registry.GetModel(registry_pb2.GetModelRequest(id=done.model_id))
     assert model.path == DISTILL and model.name == "colours-distilled"
+    # ... and answers as the run reports, better than before, through Generate.
+    assert_generate_answers_as_reported(services, client, model, done.metrics)
 
 
 def test_too_many_failed_rows_fail_the_run_naming_them(services, client_for, make_tenant, student, providers):

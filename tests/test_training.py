@@ -4,7 +4,10 @@ recipe: upload -> CreateRun -> Ray job (Ray Train + trl SFT, LoRA) -> registered
 
 from __future__ import annotations
 
+import difflib
+import json
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common.objects import ObjectStore
 
 FINETUNE_TEXT = common_pb2.TRAINING_PATH_FINETUNE_TEXT
 COLOURS = {"red": "rouge", "blue": "bleu", "green": "vert", "white": "blanc", "black": "noir", "grey": "gris"}
@@ -32,6 +36,9 @@ ROWS = b"".join(
 )
 FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 QUICK = pb.SftSettings(max_steps=24, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=12, lora_r=8)
+# Long enough for the tiny student to answer the eval prompts right (QUICK's 24 steps learn little more than
+# the answers' form; 150 steps got 2 of 5 right, 300 steps 5 of 5).
+LEARN = pb.SftSettings(max_steps=300, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=150, lora_r=8)
 LONG = pb.SftSettings(max_steps=5000, learning_rate=1e-3, batch_size=2, checkpoint_every_steps=1000)
 
 
@@ -81,7 +88,7 @@ def training_step(client, run_id: str) -> int:
 def test_a_finetune_text_run_trains_registers_and_generates(services, client_for, make_tenant, student):
     client = client_for(make_tenant())
     dataset = upload(client, ROWS).dataset
-    run = client.trainer.CreateRun(run_request(dataset.id, student, model_name="colours"))
+    run = client.trainer.CreateRun(run_request(dataset.id, student, LEARN, model_name="colours"))
     assert run.state == pb.RUN_STATE_QUEUED and run.request.sft.lora_alpha == 32  # defaults filled in
     assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 1
 
@@ -94,7 +101,7 @@ def test_a_finetune_text_run_trains_registers_and_generates(services, client_for
     ]  # fmt: skip
     # Live progress and metrics came from the training job while it ran.
     progress = [e.progress for e in events if e.WhichOneof("payload") == "progress"]
-    assert progress and progress[-1].step == progress[-1].total_steps == 24
+    assert progress and progress[-1].step == progress[-1].total_steps == LEARN.max_steps
     assert [p.step for p in progress] == sorted(p.step for p in progress)
     losses = [e.metrics.values["loss"] for e in events if "loss" in e.metrics.values]
     assert losses and any("tokens_per_second" in e.metrics.values for e in events)
@@ -115,9 +122,65 @@ def test_a_finetune_text_run_trains_registers_and_generates(services, client_for
         registry_pb2.GenerateRequest(model_id=done.model_id, messages=[message], max_new_tokens=8)
     )
     assert reply.message.role == "assistant" and reply.message.content and reply.completion_tokens > 0
+    assert_generate_answers_as_reported(services, client, model, done.metrics)
 
     logs = client.trainer.GetRunLogs(pb.GetRunLogsRequest(id=run.id, tail=50)).lines
     assert logs  # the Ray job's own output
+
+
+def assert_generate_answers_as_reported(
+    services, client, model: registry_pb2.Model, metrics, *, learnt: bool = True
+) -> None:
+    """What the run reports about its model's answers is what Generate answers: the run's own answers
+    (eval_answers.json, uploaded with the model) are Generate's answers to the same prompts at the model's
+    default budget (max_new_tokens=0), their scores are the reported final_* metrics, and (``learnt``) the
+    model answers clearly better than the base student did (the reported base_* metrics)."""
+    recorded = eval_answers(services, model.artifact_uri)
+    asked = recorded["answers"]
+    n = len(asked)
+    assert n >= 4 and metrics["answer_eval_prompts"] == n, recorded
+    budget = recorded["decoding"]["max_new_tokens"]
+    assert model.training_config["decoding"]["max_new_tokens"] == budget == metrics["answer_max_new_tokens"]
+    replies = []
+    for row in asked:
+        request = registry_pb2.GenerateRequest(
+            model_id=model.id, messages=[registry_pb2.ChatMessage(**m) for m in row["messages"]], max_new_tokens=0
+        )
+        reply = client.registry.Generate(request)
+        assert reply.finish_reason == "stop" or reply.completion_tokens == budget, reply  # the model's budget
+        replies.append(reply.message.content)
+    # (a) the same answers (a merged LoRA may round one differently)
+    differ = [(row["answer"], reply) for row, reply in zip(asked, replies, strict=True) if row["answer"] != reply]
+    assert len(differ) <= 1, differ
+    # (b) the same scores, within one answer's difference
+    exact, similarity = scores(replies, [row["reference"] for row in asked])
+    assert abs(exact - metrics["final_answer_exact_rate"]) <= 1 / n + 1e-9, (exact, metrics)
+    assert abs(similarity - metrics["final_answer_similarity"]) <= 1 / n + 1e-9, (similarity, metrics)
+    # (c) better than the base student, by a margin that neither untrained weights (the base's scores) nor a model
+    # that learnt only the answers' form (one answer to every prompt: right on the commonest reference's rows) reach
+    references = [row["reference"] for row in asked]
+    one_answer = max(Counter(references).values()) / n
+    print(f"answers: {n} asked, {len(differ)} differ; exact {metrics['base_answer_exact_rate']:.2f} -> {exact:.2f} "
+          f"(one answer for all: {one_answer:.2f}), similarity {metrics['base_answer_similarity']:.2f} -> "
+          f"{similarity:.2f}: {list(zip(replies, references, strict=True))}")  # fmt: skip
+    if not learnt:
+        return
+    assert exact > max(metrics["base_answer_exact_rate"], one_answer), (exact, one_answer, metrics, replies)
+    assert similarity >= metrics["base_answer_similarity"] + 0.5, (similarity, metrics, replies)
+
+
+def eval_answers(services, artifact_uri: str) -> dict:
+    """The run's eval_answers.json, next to its model's artifacts (``s3://<bucket>/<prefix>/``)."""
+    bucket, _, prefix = artifact_uri.removeprefix("s3://").partition("/")
+    assert bucket == services.s3.bucket
+    return json.loads(ObjectStore(services.s3).get_bytes(f"{prefix.rstrip('/')}/eval_answers.json"))
+
+
+def scores(answers: list[str], references: list[str]) -> tuple[float, float]:
+    """Exact-match rate (after strip and casefold) and mean character similarity, as the recipe defines them."""
+    pairs = [(a.strip().casefold(), r.strip().casefold()) for a, r in zip(answers, references, strict=True)]
+    exact = sum(a == r for a, r in pairs) / len(pairs)
+    return exact, sum(difflib.SequenceMatcher(None, a, r).ratio() for a, r in pairs) / len(pairs)
 
 
 def test_a_full_allowance_refuses_a_run_and_cancel_frees_the_slot(services, client_for, make_tenant, student):
@@ -203,6 +266,8 @@ def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for,
     message = registry_pb2.ChatMessage(role="user", content="blue, please (99)")
     reply = restarted.registry.Generate(registry_pb2.GenerateRequest(model_id=done.model_id, messages=[message]))
     assert reply.message.content
+    # Full weights answer through Generate as the run reported (this short run need not have learnt the answers).
+    assert_generate_answers_as_reported(services, restarted, model, done.metrics, learnt=False)
 
 
 def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, make_tenant):

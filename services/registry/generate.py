@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.registry.v1 import registry_pb2
-from services.common import decoding, tool_format
+from services.common import decoding, served_models, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.tool_calls import Call
@@ -178,28 +178,15 @@ class Generator:
 
 
 def _load(model: Model, directory: Path) -> Loaded:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(directory)
     adapter = model.artifact_kind == registry_pb2.ARTIFACT_KIND_LORA_ADAPTER or (
         model.artifact_kind == registry_pb2.ARTIFACT_KIND_UNSPECIFIED and (directory / "adapter_config.json").exists()
     )
-    if adapter:
-        from peft import PeftModel
-
-        try:
-            base = AutoModelForCausalLM.from_pretrained(model.base_model, dtype="auto")
-        except (OSError, ValueError) as err:
-            raise FailedPrecondition(
-                f"the base model {model.base_model!r} cannot be loaded: {err}", field="base_model"
-            ) from None
-        network = PeftModel.from_pretrained(base, directory).merge_and_unload()
-    else:
-        network = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
-    if torch.cuda.is_available():
-        network = network.to("cuda")
-    network.eval()
+    try:
+        network, tokenizer = served_models.load(directory, model.base_model, adapter)
+    except served_models.BaseModelUnavailable as err:
+        raise FailedPrecondition(
+            f"the base model {model.base_model!r} cannot be loaded: {err}", field="base_model"
+        ) from None
     config_file = directory / "training_config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     recorded = config.get("tool_format_detail")

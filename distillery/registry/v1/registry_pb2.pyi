@@ -816,8 +816,8 @@ class GenerateRequest(_message.Message):
     RETURN_PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     max_new_tokens: _builtins.int
-    """0: the model's own default (a tool model: the token budget its run's
-    evaluation used; otherwise 128).
+    """0: the model's own default: the token budget its run's evaluation
+    answered in ("decoding" in its training_config.json), else 128.
     """
     temperature: _builtins.float
     """0 = greedy (default)"""

@@ -23,11 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
-from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from distillery.common.v1 import common_pb2 as distillery_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#distillery/teacher/v1/teacher.proto\x12\x15\x64istillery.teacher.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a!distillery/common/v1/common.proto\"\xaf\x01\n\x0bProviderKey\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.distillery.teacher.v1.Provider\x12\r\n\x05last4\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nchecked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x15SetProviderKeyRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.distillery.teacher.v1.Provider\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x12\n\nskip_check\x18\x03 \x01(\x08\"\x19\n\x17ListProviderKeysRequest\"L\n\x18ListProviderKeysResponse\x12\x30\n\x04keys\x18\x01 \x03(\x0b\x32\".distillery.teacher.v1.ProviderKey\"M\n\x18\x44\x65leteProviderKeyRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.distillery.teacher.v1.Provider\"\x1b\n\x19\x44\x65leteProviderKeyResponse\"/\n\x11NamedSystemPrompt\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x81\x02\n\x14GenerationParameters\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\x05\x12\x1f\n\x17trajectories_per_prompt\x18\x03 \x01(\x05\x12\x18\n\x0bparaphrases\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rno_tool_share\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tmax_turns\x18\x06 \x01(\x05\x12\x15\n\raugment_count\x18\x07 \x01(\x05\x12\x16\n\x0esemantic_check\x18\x08 \x01(\x08\x42\x0e\n\x0c_paraphrasesB\x10\n\x0e_no_tool_share\":\n\x13ToolResponseExample\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"\xb3\x03\n\x1a\x43reateGenerationJobRequest\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.distillery.teacher.v1.JobKind\x12\x0f\n\x07teacher\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12@\n\x0esystem_prompts\x18\x04 \x03(\x0b\x32(.distillery.teacher.v1.NamedSystemPrompt\x12\x10\n\x08tool_ids\x18\x05 \x03(\t\x12\x14\n\x0cseed_prompts\x18\x06 \x03(\t\x12\x12\n\nobjectives\x18\x07 \x03(\t\x12?\n\nparameters\x18\x08 \x01(\x0b\x32+.distillery.teacher.v1.GenerationParameters\x12\x1b\n\x13max_failed_fraction\x18\t \x01(\x01\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x12\n\nsource_key\x18\x0b \x01(\t\x12\x42\n\x0etool_responses\x18\x0c \x03(\x0b\x32*.distillery.teacher.v1.ToolResponseExample\"d\n\x0bJobEstimate\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\x04 \x01(\x01\"\xf7\x06\n\rGenerationJob\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.distillery.teacher.v1.JobKind\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.distillery.teacher.v1.JobState\x12\x0f\n\x07teacher\x18\x04 \x01(\t\x12\x12\n\nrows_total\x18\x05 \x01(\x03\x12\x11\n\trows_done\x18\x06 \x01(\x03\x12\x13\n\x0brows_failed\x18\x07 \x01(\x03\x12*\n\x05usage\x18\x08 \x01(\x0b\x32\x1b.distillery.common.v1.Usage\x12\x19\n\x11output_dataset_id\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12N\n\x0erows_by_prompt\x18\r \x03(\x0b\x32\x36.distillery.teacher.v1.GenerationJob.RowsByPromptEntry\x12\x33\n\x08\x66\x61ilures\x18\x0e \x03(\x0b\x32!.distillery.teacher.v1.RowFailure\x12\x34\n\x08\x65stimate\x18\x0f \x01(\x0b\x32\".distillery.teacher.v1.JobEstimate\x12\x12\n\noutput_key\x18\x10 \x01(\t\x12\x16\n\x0erows_duplicate\x18\x11 \x01(\x03\x12V\n\x12rejected_by_reason\x18\x12 \x03(\x0b\x32:.distillery.teacher.v1.GenerationJob.RejectedByReasonEntry\x12\x15\n\rrows_rejected\x18\x13 \x01(\x03\x12\x35\n\nrejections\x18\x14 \x03(\x0b\x32!.distillery.teacher.v1.RowFailure\x1a\x33\n\x11RowsByPromptEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"M\n\nRowFailure\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x13\n\x0bprompt_name\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"%\n\x17GetGenerationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"L\n\x19ListGenerationJobsRequest\x12/\n\x04page\x18\x01 \x01(\x0b\x32!.distillery.common.v1.PageRequest\"\x82\x01\n\x1aListGenerationJobsResponse\x12\x32\n\x04jobs\x18\x01 \x03(\x0b\x32$.distillery.teacher.v1.GenerationJob\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".distillery.common.v1.PageResponse\"(\n\x1a\x43\x61ncelGenerationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x13\x44\x65scribeToolRequest\x12\x0f\n\x07teacher\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x99\x01\n\x14\x44\x65scribeToolResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x05 \x01(\t\x12\x33\n\nviolations\x18\x04 \x03(\x0b\x32\x1f.distillery.common.v1.ViolationJ\x04\x08\x03\x10\x04R\nparameters*}\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROVIDER_OPENAI\x10\x01\x12\x16\n\x12PROVIDER_ANTHROPIC\x10\x02\x12\x13\n\x0fPROVIDER_GOOGLE\x10\x03\x12\x15\n\x11PROVIDER_PLATFORM\x10\x04*~\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aJOB_KIND_TEXT_DISTILLATION\x10\x01\x12\x19\n\x15JOB_KIND_AUGMENTATION\x10\x02\x12\x1e\n\x1aJOB_KIND_TOOL_TRAJECTORIES\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xe3\x08\n\x0eTeacherService\x12\x62\n\x0eSetProviderKey\x12,.distillery.teacher.v1.SetProviderKeyRequest\x1a\".distillery.teacher.v1.ProviderKey\x12s\n\x10ListProviderKeys\x12..distillery.teacher.v1.ListProviderKeysRequest\x1a/.distillery.teacher.v1.ListProviderKeysResponse\x12v\n\x11\x44\x65leteProviderKey\x12/.distillery.teacher.v1.DeleteProviderKeyRequest\x1a\x30.distillery.teacher.v1.DeleteProviderKeyResponse\x12\x64\n\x0b\x45stimateJob\x12\x31.distillery.teacher.v1.CreateGenerationJobRequest\x1a\".distillery.teacher.v1.JobEstimate\x12n\n\x13\x43reateGenerationJob\x12\x31.distillery.teacher.v1.CreateGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob\x12h\n\x10GetGenerationJob\x12..distillery.teacher.v1.GetGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob\x12y\n\x12ListGenerationJobs\x12\x30.distillery.teacher.v1.ListGenerationJobsRequest\x1a\x31.distillery.teacher.v1.ListGenerationJobsResponse\x12n\n\x13\x43\x61ncelGenerationJob\x12\x31.distillery.teacher.v1.CancelGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob\x12l\n\x12WatchGenerationJob\x12..distillery.teacher.v1.GetGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob0\x01\x12g\n\x0c\x44\x65scribeTool\x12*.distillery.teacher.v1.DescribeToolRequest\x1a+.distillery.teacher.v1.DescribeToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#distillery/teacher/v1/teacher.proto\x12\x15\x64istillery.teacher.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!distillery/common/v1/common.proto\"\xaf\x01\n\x0bProviderKey\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.distillery.teacher.v1.Provider\x12\r\n\x05last4\x18\x02 \x01(\t\x12.\n\ncreated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nchecked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x15SetProviderKeyRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.distillery.teacher.v1.Provider\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\x12\x12\n\nskip_check\x18\x03 \x01(\x08\"\x19\n\x17ListProviderKeysRequest\"L\n\x18ListProviderKeysResponse\x12\x30\n\x04keys\x18\x01 \x03(\x0b\x32\".distillery.teacher.v1.ProviderKey\"M\n\x18\x44\x65leteProviderKeyRequest\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.distillery.teacher.v1.Provider\"\x1b\n\x19\x44\x65leteProviderKeyResponse\"/\n\x11NamedSystemPrompt\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x81\x02\n\x14GenerationParameters\x12\x13\n\x0btemperature\x18\x01 \x01(\x01\x12\x19\n\x11max_output_tokens\x18\x02 \x01(\x05\x12\x1f\n\x17trajectories_per_prompt\x18\x03 \x01(\x05\x12\x18\n\x0bparaphrases\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x1a\n\rno_tool_share\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\tmax_turns\x18\x06 \x01(\x05\x12\x15\n\raugment_count\x18\x07 \x01(\x05\x12\x16\n\x0esemantic_check\x18\x08 \x01(\x08\x42\x0e\n\x0c_paraphrasesB\x10\n\x0e_no_tool_share\":\n\x13ToolResponseExample\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\"\xb3\x03\n\x1a\x43reateGenerationJobRequest\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.distillery.teacher.v1.JobKind\x12\x0f\n\x07teacher\x18\x02 \x01(\t\x12\x12\n\ndataset_id\x18\x03 \x01(\t\x12@\n\x0esystem_prompts\x18\x04 \x03(\x0b\x32(.distillery.teacher.v1.NamedSystemPrompt\x12\x10\n\x08tool_ids\x18\x05 \x03(\t\x12\x14\n\x0cseed_prompts\x18\x06 \x03(\t\x12\x12\n\nobjectives\x18\x07 \x03(\t\x12?\n\nparameters\x18\x08 \x01(\x0b\x32+.distillery.teacher.v1.GenerationParameters\x12\x1b\n\x13max_failed_fraction\x18\t \x01(\x01\x12\x0e\n\x06run_id\x18\n \x01(\t\x12\x12\n\nsource_key\x18\x0b \x01(\t\x12\x42\n\x0etool_responses\x18\x0c \x03(\x0b\x32*.distillery.teacher.v1.ToolResponseExample\"d\n\x0bJobEstimate\x12\x0c\n\x04rows\x18\x01 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x1a\n\x12\x65stimated_cost_usd\x18\x04 \x01(\x01\"\xf7\x06\n\rGenerationJob\x12\n\n\x02id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.distillery.teacher.v1.JobKind\x12.\n\x05state\x18\x03 \x01(\x0e\x32\x1f.distillery.teacher.v1.JobState\x12\x0f\n\x07teacher\x18\x04 \x01(\t\x12\x12\n\nrows_total\x18\x05 \x01(\x03\x12\x11\n\trows_done\x18\x06 \x01(\x03\x12\x13\n\x0brows_failed\x18\x07 \x01(\x03\x12*\n\x05usage\x18\x08 \x01(\x0b\x32\x1b.distillery.common.v1.Usage\x12\x19\n\x11output_dataset_id\x18\t \x01(\t\x12\r\n\x05\x65rror\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12N\n\x0erows_by_prompt\x18\r \x03(\x0b\x32\x36.distillery.teacher.v1.GenerationJob.RowsByPromptEntry\x12\x33\n\x08\x66\x61ilures\x18\x0e \x03(\x0b\x32!.distillery.teacher.v1.RowFailure\x12\x34\n\x08\x65stimate\x18\x0f \x01(\x0b\x32\".distillery.teacher.v1.JobEstimate\x12\x12\n\noutput_key\x18\x10 \x01(\t\x12\x16\n\x0erows_duplicate\x18\x11 \x01(\x03\x12V\n\x12rejected_by_reason\x18\x12 \x03(\x0b\x32:.distillery.teacher.v1.GenerationJob.RejectedByReasonEntry\x12\x15\n\rrows_rejected\x18\x13 \x01(\x03\x12\x35\n\nrejections\x18\x14 \x03(\x0b\x32!.distillery.teacher.v1.RowFailure\x1a\x33\n\x11RowsByPromptEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a\x37\n\x15RejectedByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"M\n\nRowFailure\x12\x0b\n\x03row\x18\x01 \x01(\x03\x12\x13\n\x0bprompt_name\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"%\n\x17GetGenerationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"L\n\x19ListGenerationJobsRequest\x12/\n\x04page\x18\x01 \x01(\x0b\x32!.distillery.common.v1.PageRequest\"\x82\x01\n\x1aListGenerationJobsResponse\x12\x32\n\x04jobs\x18\x01 \x03(\x0b\x32$.distillery.teacher.v1.GenerationJob\x12\x30\n\x04page\x18\x02 \x01(\x0b\x32\".distillery.common.v1.PageResponse\"(\n\x1a\x43\x61ncelGenerationJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x13\x44\x65scribeToolRequest\x12\x0f\n\x07teacher\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x99\x01\n\x14\x44\x65scribeToolResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x05 \x01(\t\x12\x33\n\nviolations\x18\x04 \x03(\x0b\x32\x1f.distillery.common.v1.ViolationJ\x04\x08\x03\x10\x04R\nparameters*}\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROVIDER_OPENAI\x10\x01\x12\x16\n\x12PROVIDER_ANTHROPIC\x10\x02\x12\x13\n\x0fPROVIDER_GOOGLE\x10\x03\x12\x15\n\x11PROVIDER_PLATFORM\x10\x04*~\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aJOB_KIND_TEXT_DISTILLATION\x10\x01\x12\x19\n\x15JOB_KIND_AUGMENTATION\x10\x02\x12\x1e\n\x1aJOB_KIND_TOOL_TRAJECTORIES\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xe3\x08\n\x0eTeacherService\x12\x62\n\x0eSetProviderKey\x12,.distillery.teacher.v1.SetProviderKeyRequest\x1a\".distillery.teacher.v1.ProviderKey\x12s\n\x10ListProviderKeys\x12..distillery.teacher.v1.ListProviderKeysRequest\x1a/.distillery.teacher.v1.ListProviderKeysResponse\x12v\n\x11\x44\x65leteProviderKey\x12/.distillery.teacher.v1.DeleteProviderKeyRequest\x1a\x30.distillery.teacher.v1.DeleteProviderKeyResponse\x12\x64\n\x0b\x45stimateJob\x12\x31.distillery.teacher.v1.CreateGenerationJobRequest\x1a\".distillery.teacher.v1.JobEstimate\x12n\n\x13\x43reateGenerationJob\x12\x31.distillery.teacher.v1.CreateGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob\x12h\n\x10GetGenerationJob\x12..distillery.teacher.v1.GetGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob\x12y\n\x12ListGenerationJobs\x12\x30.distillery.teacher.v1.ListGenerationJobsRequest\x1a\x31.distillery.teacher.v1.ListGenerationJobsResponse\x12n\n\x13\x43\x61ncelGenerationJob\x12\x31.distillery.teacher.v1.CancelGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob\x12l\n\x12WatchGenerationJob\x12..distillery.teacher.v1.GetGenerationJobRequest\x1a$.distillery.teacher.v1.GenerationJob0\x01\x12g\n\x0c\x44\x65scribeTool\x12*.distillery.teacher.v1.DescribeToolRequest\x1a+.distillery.teacher.v1.DescribeToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,54 +37,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONJOB_ROWSBYPROMPTENTRY']._serialized_options = b'8\001'
   _globals['_GENERATIONJOB_REJECTEDBYREASONENTRY']._loaded_options = None
   _globals['_GENERATIONJOB_REJECTEDBYREASONENTRY']._serialized_options = b'8\001'
-  _globals['_PROVIDER']._serialized_start=3051
-  _globals['_PROVIDER']._serialized_end=3176
-  _globals['_JOBKIND']._serialized_start=3178
-  _globals['_JOBKIND']._serialized_end=3304
-  _globals['_JOBSTATE']._serialized_start=3307
-  _globals['_JOBSTATE']._serialized_end=3461
-  _globals['_PROVIDERKEY']._serialized_start=161
-  _globals['_PROVIDERKEY']._serialized_end=336
-  _globals['_SETPROVIDERKEYREQUEST']._serialized_start=338
-  _globals['_SETPROVIDERKEYREQUEST']._serialized_end=449
-  _globals['_LISTPROVIDERKEYSREQUEST']._serialized_start=451
-  _globals['_LISTPROVIDERKEYSREQUEST']._serialized_end=476
-  _globals['_LISTPROVIDERKEYSRESPONSE']._serialized_start=478
-  _globals['_LISTPROVIDERKEYSRESPONSE']._serialized_end=554
-  _globals['_DELETEPROVIDERKEYREQUEST']._serialized_start=556
-  _globals['_DELETEPROVIDERKEYREQUEST']._serialized_end=633
-  _globals['_DELETEPROVIDERKEYRESPONSE']._serialized_start=635
-  _globals['_DELETEPROVIDERKEYRESPONSE']._serialized_end=662
-  _globals['_NAMEDSYSTEMPROMPT']._serialized_start=664
-  _globals['_NAMEDSYSTEMPROMPT']._serialized_end=711
-  _globals['_GENERATIONPARAMETERS']._serialized_start=714
-  _globals['_GENERATIONPARAMETERS']._serialized_end=971
-  _globals['_TOOLRESPONSEEXAMPLE']._serialized_start=973
-  _globals['_TOOLRESPONSEEXAMPLE']._serialized_end=1031
-  _globals['_CREATEGENERATIONJOBREQUEST']._serialized_start=1034
-  _globals['_CREATEGENERATIONJOBREQUEST']._serialized_end=1469
-  _globals['_JOBESTIMATE']._serialized_start=1471
-  _globals['_JOBESTIMATE']._serialized_end=1571
-  _globals['_GENERATIONJOB']._serialized_start=1574
-  _globals['_GENERATIONJOB']._serialized_end=2461
-  _globals['_GENERATIONJOB_ROWSBYPROMPTENTRY']._serialized_start=2353
-  _globals['_GENERATIONJOB_ROWSBYPROMPTENTRY']._serialized_end=2404
-  _globals['_GENERATIONJOB_REJECTEDBYREASONENTRY']._serialized_start=2406
-  _globals['_GENERATIONJOB_REJECTEDBYREASONENTRY']._serialized_end=2461
-  _globals['_ROWFAILURE']._serialized_start=2463
-  _globals['_ROWFAILURE']._serialized_end=2540
-  _globals['_GETGENERATIONJOBREQUEST']._serialized_start=2542
-  _globals['_GETGENERATIONJOBREQUEST']._serialized_end=2579
-  _globals['_LISTGENERATIONJOBSREQUEST']._serialized_start=2581
-  _globals['_LISTGENERATIONJOBSREQUEST']._serialized_end=2657
-  _globals['_LISTGENERATIONJOBSRESPONSE']._serialized_start=2660
-  _globals['_LISTGENERATIONJOBSRESPONSE']._serialized_end=2790
-  _globals['_CANCELGENERATIONJOBREQUEST']._serialized_start=2792
-  _globals['_CANCELGENERATIONJOBREQUEST']._serialized_end=2832
-  _globals['_DESCRIBETOOLREQUEST']._serialized_start=2834
-  _globals['_DESCRIBETOOLREQUEST']._serialized_end=2893
-  _globals['_DESCRIBETOOLRESPONSE']._serialized_start=2896
-  _globals['_DESCRIBETOOLRESPONSE']._serialized_end=3049
-  _globals['_TEACHERSERVICE']._serialized_start=3464
-  _globals['_TEACHERSERVICE']._serialized_end=4587
+  _globals['_PROVIDER']._serialized_start=3021
+  _globals['_PROVIDER']._serialized_end=3146
+  _globals['_JOBKIND']._serialized_start=3148
+  _globals['_JOBKIND']._serialized_end=3274
+  _globals['_JOBSTATE']._serialized_start=3277
+  _globals['_JOBSTATE']._serialized_end=3431
+  _globals['_PROVIDERKEY']._serialized_start=131
+  _globals['_PROVIDERKEY']._serialized_end=306
+  _globals['_SETPROVIDERKEYREQUEST']._serialized_start=308
+  _globals['_SETPROVIDERKEYREQUEST']._serialized_end=419
+  _globals['_LISTPROVIDERKEYSREQUEST']._serialized_start=421
+  _globals['_LISTPROVIDERKEYSREQUEST']._serialized_end=446
+  _globals['_LISTPROVIDERKEYSRESPONSE']._serialized_start=448
+  _globals['_LISTPROVIDERKEYSRESPONSE']._serialized_end=524
+  _globals['_DELETEPROVIDERKEYREQUEST']._serialized_start=526
+  _globals['_DELETEPROVIDERKEYREQUEST']._serialized_end=603
+  _globals['_DELETEPROVIDERKEYRESPONSE']._serialized_start=605
+  _globals['_DELETEPROVIDERKEYRESPONSE']._serialized_end=632
+  _globals['_NAMEDSYSTEMPROMPT']._serialized_start=634
+  _globals['_NAMEDSYSTEMPROMPT']._serialized_end=681
+  _globals['_GENERATIONPARAMETERS']._serialized_start=684
+  _globals['_GENERATIONPARAMETERS']._serialized_end=941
+  _globals['_TOOLRESPONSEEXAMPLE']._serialized_start=943
+  _globals['_TOOLRESPONSEEXAMPLE']._serialized_end=1001
+  _globals['_CREATEGENERATIONJOBREQUEST']._serialized_start=1004
+  _globals['_CREATEGENERATIONJOBREQUEST']._serialized_end=1439
+  _globals['_JOBESTIMATE']._serialized_start=1441
+  _globals['_JOBESTIMATE']._serialized_end=1541
+  _globals['_GENERATIONJOB']._serialized_start=1544
+  _globals['_GENERATIONJOB']._serialized_end=2431
+  _globals['_GENERATIONJOB_ROWSBYPROMPTENTRY']._serialized_start=2323
+  _globals['_GENERATIONJOB_ROWSBYPROMPTENTRY']._serialized_end=2374
+  _globals['_GENERATIONJOB_REJECTEDBYREASONENTRY']._serialized_start=2376
+  _globals['_GENERATIONJOB_REJECTEDBYREASONENTRY']._serialized_end=2431
+  _globals['_ROWFAILURE']._serialized_start=2433
+  _globals['_ROWFAILURE']._serialized_end=2510
+  _globals['_GETGENERATIONJOBREQUEST']._serialized_start=2512
+  _globals['_GETGENERATIONJOBREQUEST']._serialized_end=2549
+  _globals['_LISTGENERATIONJOBSREQUEST']._serialized_start=2551
+  _globals['_LISTGENERATIONJOBSREQUEST']._serialized_end=2627
+  _globals['_LISTGENERATIONJOBSRESPONSE']._serialized_start=2630
+  _globals['_LISTGENERATIONJOBSRESPONSE']._serialized_end=2760
+  _globals['_CANCELGENERATIONJOBREQUEST']._serialized_start=2762
+  _globals['_CANCELGENERATIONJOBREQUEST']._serialized_end=2802
+  _globals['_DESCRIBETOOLREQUEST']._serialized_start=2804
+  _globals['_DESCRIBETOOLREQUEST']._serialized_end=2863
+  _globals['_DESCRIBETOOLRESPONSE']._serialized_start=2866
+  _globals['_DESCRIBETOOLRESPONSE']._serialized_end=3019
+  _globals['_TEACHERSERVICE']._serialized_start=3434
+  _globals['_TEACHERSERVICE']._serialized_end=4557
 # @@protoc_insertion_point(module_scope)

@@ -13,8 +13,9 @@ exactly as ``Generate`` does, one prompt at a time:
   ``training_config.json`` (``"decoding": {"max_new_tokens": N, "temperature": 0.0}``) so that
   ``Generate`` asked with ``max_new_tokens=0`` (the model's default) answers within the same.
 
-The final stage asks the model as users get it (``load_as_served``): reloaded from the directory
-that is uploaded, a LoRA adapter merged into its base as ``Generate`` merges it.
+The final stage asks the model as users get it: reloaded from the directory that is uploaded
+by ``Generate``'s own loader (``services.common.served_models.load``: a LoRA adapter merged into
+its base).
 
 Each answer is scored against the reference answer: an exact match after ``strip`` and
 ``casefold``, and a character similarity (``difflib.SequenceMatcher`` ratio, 0 to 1, of the same
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.common import decoding
+from services.common import decoding, served_models
 
 log = logging.getLogger("distillery.recipes.answers")
 
@@ -112,10 +113,10 @@ def evaluate_served(
     before: dict[str, Any],
 ) -> dict[str, float]:  # fmt: skip
     """Stage ``final``: the answers of the model saved in ``directory`` as ``Generate`` serves it
-    (``load_as_served``). Writes them to ``directory/eval_answers.json`` next to the base's (``before``:
+    (``served_models.load``). Writes them to ``directory/eval_answers.json`` next to the base's (``before``:
     ``answer_metrics`` and ``answers`` of stage ``base``, as ``eval_before.json`` keeps them) with the
     decoding; returns the metrics of both stages and the budget (``answer_max_new_tokens``)."""
-    model, tokenizer = load_as_served(directory, base_model, adapter)
+    model, tokenizer = served_models.load(directory, base_model, adapter)
     final, answers = evaluate(model, tokenizer, rows, max_new_tokens, "final")
     metrics = {**before.get("answer_metrics", {}), **final, "answer_max_new_tokens": float(max_new_tokens)}
     record = {
@@ -124,22 +125,3 @@ def evaluate_served(
     }  # fmt: skip
     (directory / "eval_answers.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
     return metrics
-
-
-def load_as_served(directory: Path, base_model: str, adapter: bool) -> tuple[Any, Any]:
-    """(model, tokenizer) as ``Generate`` loads them from an uploaded model directory (its ``_load``):
-    the tokenizer saved there; an adapter merged into its base model, else the saved weights."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    if adapter:
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(base_model, dtype="auto")
-        model = PeftModel.from_pretrained(base, directory).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype="auto")
-    if torch.cuda.is_available():
-        model = model.to("cuda")
-    return model.eval(), tokenizer

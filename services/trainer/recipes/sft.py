@@ -13,10 +13,13 @@ eval splits (canonical ``{"messages": [...]}`` JSONL), the output prefix, the re
 2. builds trl's ``SFTTrainer`` (LoRA unless ``full_finetune``) with checkpoints to S3 through
    Ray Train; the run id is the Ray run name, so a job submitted again for the same run
    resumes from its last checkpoint;
-3. evaluates before training (once per run: kept in ``eval_before.json``), trains, evaluates
-   after;
-4. on rank 0, uploads the model (the adapter or the full weights, the tokenizer and
-   ``training_config.json``) to ``<output_prefix>/model/`` and writes ``result.json``.
+3. evaluates before training (once per run: kept in ``eval_before.json``): the eval loss, and on
+   rank 0 the base student's answers to the first eval prompts (``answers.py``); trains, evaluates
+   the loss after;
+4. on rank 0, saves the model (the adapter or the full weights, the tokenizer and
+   ``training_config.json`` with the evaluation's decoding), asks the saved model as ``Generate``
+   serves it the same prompts (``eval_answers.json``), uploads it all to ``<output_prefix>/model/``
+   and writes ``result.json``: what it reports about answers is what ``Generate`` answers.
 
 Failures end in ``<output_prefix>/error.json`` (``{"code", "message", "field"}``, see
 ``failures.py``) and a non-zero exit. The loop writes it itself for what retrying cannot fix
@@ -51,7 +54,7 @@ from transformers import TrainerCallback
 from services.common.errors import NotFound
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import failures
+from services.trainer.recipes import answers, failures
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.sft_settings import SftSettings
 
@@ -218,6 +221,7 @@ def train(spec: dict[str, Any], store: ObjectStore, rank: int, workdir: Path) ->
     tokenizer = AutoTokenizer.from_pretrained(spec["student_model"])
     train_rows, train_too_long = load_split(store, spec["train_key"], "train", tokenizer, settings.max_seq_length)
     eval_rows, eval_too_long = load_split(store, spec["eval_key"], "eval", tokenizer, settings.max_seq_length)
+    max_new_tokens = answers.budget(eval_rows, tokenizer)  # the evaluation's, and Generate's default
     bf16 = use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     model = AutoModelForCausalLM.from_pretrained(spec["student_model"], dtype=torch.bfloat16 if bf16 else torch.float32)
     evals = settings.eval_every_steps > 0
@@ -250,12 +254,15 @@ def train(spec: dict[str, Any], store: ObjectStore, rank: int, workdir: Path) ->
     )  # fmt: skip
     prepare_trainer(trainer)  # swaps the class in place
 
-    # --- train: eval loss before (once per run), train or resume, eval loss after ---
+    # --- train: eval loss and the base's answers before (once per run), train or resume, eval loss after ---
     try:
         before = read_json(store, f"{prefix}/eval_before.json")
         if before is None:
             before = {"eval_loss": trainer.evaluate()["eval_loss"]}
             if rank == 0:
+                before["answer_metrics"], before["answers"] = answers.evaluate(
+                    trainer.model, tokenizer, eval_rows, max_new_tokens, "base"
+                )
                 store.put_bytes(f"{prefix}/eval_before.json", json.dumps(before).encode(), "application/json")
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
@@ -275,7 +282,7 @@ def train(spec: dict[str, Any], store: ObjectStore, rank: int, workdir: Path) ->
     finally:
         progress.close()
 
-    # --- save: the model, then result.json (written last: it says the run is done) ---
+    # --- save: the model, its answers as Generate serves it, then result.json (last: it says the run is done) ---
     model_dir = workdir / "model"
     trainer.save_model(str(model_dir))
     if rank != 0:
@@ -287,8 +294,12 @@ def train(spec: dict[str, Any], store: ObjectStore, rank: int, workdir: Path) ->
         "artifact_kind": settings.artifact_kind, "num_workers": spec.get("num_workers", 1), "use_gpu": use_gpu,
         "train_rows": len(train_rows), "eval_rows": len(eval_rows),
         "train_rows_too_long": train_too_long, "eval_rows_too_long": eval_too_long,
+        "decoding": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
     }  # fmt: skip
     (model_dir / "training_config.json").write_text(json.dumps(training_config, indent=2))
+    answer_metrics = answers.evaluate_served(
+        model_dir, spec["student_model"], not settings.full_finetune, eval_rows, max_new_tokens, before
+    )  # writes eval_answers.json
     upload_dir(store, model_dir, f"{prefix}/model")
     runtime = float(output.metrics.get("train_runtime", 0.0))
     tokens = int(trainer.state.num_input_tokens_seen)
@@ -296,7 +307,7 @@ def train(spec: dict[str, Any], store: ObjectStore, rank: int, workdir: Path) ->
         "eval_loss_before": float(before["eval_loss"]), "eval_loss_after": float(after),
         "train_loss": float(output.training_loss), "train_runtime_s": runtime, "steps": trainer.state.global_step,
         "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_tokens": tokens,
-        "tokens_per_second": (tokens - watch.tokens_at_begin) / runtime if runtime > 0 else 0.0,
+        "tokens_per_second": (tokens - watch.tokens_at_begin) / runtime if runtime > 0 else 0.0, **answer_metrics,
     }  # fmt: skip
     result = {
         "metrics": metrics, "artifact_kind": settings.artifact_kind,
