@@ -10,6 +10,7 @@ loaded here is the best this CPU runs. The platform-teacher tests
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -80,14 +81,28 @@ def test_always_loaded_code_uses_only_the_baseline_instruction_set(stem: str) ->
     assert not beyond, f"{path.name} uses instructions beyond x86-64's baseline: {beyond[:10]} ({len(beyond)} in all)"
 
 
-def test_the_best_variant_this_cpu_runs_is_loaded() -> None:
-    loaded = subprocess.run(
+def loaded_backend(**env: str) -> str:
+    done = subprocess.run(
         [sys.executable, "-m", "distillery.stack.llama_server", "--backend"],
-        capture_output=True, text=True, timeout=60, check=True,
-    ).stdout.strip()  # fmt: skip
+        capture_output=True, text=True, timeout=60, check=True, env={**os.environ, **env},
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_the_best_variant_this_cpu_runs_is_loaded_and_llama_cpp_sees_it() -> None:
+    """``--backend`` exits non-zero unless libllama itself sees the loaded backend."""
+    loaded = loaded_backend()
     flags = cpu_flags()
     assert loaded in NEEDS, f"loaded {loaded!r}, not a CPU variant of the portable build"
     assert NEEDS[loaded] <= flags, f"{loaded} needs {sorted(NEEDS[loaded] - flags)}, which this CPU lacks"
+    assert loaded not in llama_server.AMX_VARIANTS  # advertised AMX died with SIGILL on such a VM: not by default
     runnable = [v for v in llama_server.variants(llama_server.library_dir()) if NEEDS[v] <= flags]
-    better = [v for v in runnable if NEEDS[v] > NEEDS[loaded]]
+    better = [v for v in runnable if NEEDS[v] > NEEDS[loaded] and v not in llama_server.AMX_VARIANTS]
     assert not better, f"loaded {loaded} although this CPU runs {better}"
+
+
+def test_an_operator_can_name_the_variant() -> None:
+    assert loaded_backend(**{llama_server.VARIANT_VARIABLE: "x64"}) == "x64"
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        loaded_backend(**{llama_server.VARIANT_VARIABLE: "pentium4"})
+    assert "not a CPU variant of this build" in refused.value.stderr

@@ -53,7 +53,7 @@ CHECK_TIMEOUT_S = 2.0
 # What `python -m llama_cpp.server` imports besides llama_cpp (its [server] extra).
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
 # Environment variables the server may keep; everything else could change its settings.
-_KEPT_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
+_KEPT_VARIABLES = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "DISTILLERY_LLAMA_CPU_VARIANT")
 
 
 def missing() -> str | None:
