@@ -26,11 +26,12 @@ import grpc
 import pytest
 
 from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.common import tool_format
 from services.common.errors import InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.common.tool_calls import Call, check_call, parse_output, tools_by_name
-from services.trainer.recipes import tool_calling, tool_format
+from services.trainer.recipes import tool_calling
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings, resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
@@ -372,6 +373,63 @@ def test_the_reward_dry_run_refuses_rewards_without_variance(tmp_path: Path) -> 
     wanted = json.loads(row["expected_calls"])[0]
     right = f"<tool_call>\n{json.dumps(wanted)}\n</tool_call>"
     assert tool_calling.total_rewards([row, row, row], [right, "It is sunny.", "<tool_call>{"]) == [5.5, 0.5, 0.5]
+
+
+# --- GRPO learns ---
+
+
+def noisy_teacher_task() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One prompt, "Weather in Paris?", from a teacher that calls the wrong tool (get_time) two times in three: six
+    SFT rows, four of them wrong, and the right row, whose expected call (get_weather) GRPO's rewards compare with."""
+    right = call_row("Weather in Paris?", "get_weather", {"city": "Paris"}, '{"temp": 21}', "It is 21.", 0)
+    wrong = call_row("Weather in Paris?", "get_time", {"city": "Paris"}, '{"time": "9:30"}', "It is 9:30.", 1)
+    right["tools"] = wrong["tools"] = TOOLS[:2]  # the two tools in question: a shorter prompt
+    return [right, wrong, wrong] * 2, [right]
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread: a tiny model gains nothing from two, and on a busy machine two threads wait for each
+    other (the test below took 7.5 minutes with two, 1 minute with one, beside another CPU-bound process)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room(tmp_path: Path) -> None:
+    """GRPO learns, not only runs: SFT on ``noisy_teacher_task`` gives a student that, like its teacher, often calls
+    get_time (its calls parse: the format is learnt), and 40 GRPO steps rewarded against the right call raise the
+    mean total reward of its samples (5.5 a right call, 2.5 get_time) from the first quarter of the steps to the
+    last. With a near-zero learning rate the rewards stay where SFT left them, and this fails."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    student = build_qwen2(tmp_path / "qwen2", tools=True)
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    fmt = tool_format.detect(tokenizer)
+    train, right = noisy_teacher_task()
+    train_set, _ = tool_calling.sft_rows(train, fmt, tokenizer, 2048, "train")
+    sft = resolve_sft({"max_steps": 200, "learning_rate": 1e-2, "batch_size": 4, "full_finetune": True, "seed": 1})
+    model = AutoModelForCausalLM.from_pretrained(student)
+    trainer = tool_calling.sft_trainer(model, tokenizer, train_set, train_set, sft, tmp_path, False, False)
+    trainer.train()
+    model = tool_calling.grpo_start(trainer.model, tmp_path / "sft")
+
+    # 16 samples of the prompt a step at temperature 1; 1e-3 is about as high as this tiny model takes (at 2e-3
+    # one step can wreck its format, and then every sample gets the same reward and nothing is learnt)
+    grpo = GrpoSettings(num_generations=16, prompts_per_step=1, max_completion_length=40, learning_rate=1e-3,
+                        max_steps=40)  # fmt: skip
+    rows = tool_calling.grpo_rows(right, fmt, tokenizer)
+    _, metrics = tool_calling.grpo_train(model, tokenizer, rows, grpo, 1, tmp_path, False, False, [])
+    first, last = metrics["grpo_reward_first_quarter"], metrics["grpo_reward_last_quarter"]
+    print(f"GRPO mean reward: first quarter {first:.2f}, last quarter {last:.2f}; {time.monotonic() - started:.0f} s")
+    assert metrics["grpo_steps"] == 40
+    assert 2.5 < first < 4.5  # SFT left room: many samples call get_time
+    assert last > first + 0.5  # a sixth of the gap between a right and a wrong call: some 17 points more right calls
 
 
 # --- whole runs ---

@@ -564,15 +564,18 @@ def grpo_train(
             f"the GRPO loss became {diverged.at[1]} at step {diverged.at[0]}: lower grpo.learning_rate and try again",
             "grpo.learning_rate",
         )
-    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    rewards = [float(entry["reward"]) for entry in trainer.state.log_history if "reward" in entry]
+    quarter = max(len(rewards) // 4, 1)  # the mean reward over the first and the last quarter of the logged steps
     steps = max(len(times.step_s), 1)
     generation = times.generation_s / steps
     metrics = {
         "grpo_steps": trainer.state.global_step, "grpo_runtime_s": float(output.metrics.get("train_runtime", 0.0)),
         "grpo_generation_s_per_step": generation,
         "grpo_training_s_per_step": max(sum(times.step_s) / steps - generation, 0.0),
-        "grpo_reward_first": float(rewards[0]) if rewards else math.nan,
-        "grpo_reward_last": float(rewards[-1]) if rewards else math.nan,
+        "grpo_reward_first": rewards[0] if rewards else math.nan,
+        "grpo_reward_last": rewards[-1] if rewards else math.nan,
+        "grpo_reward_first_quarter": sum(rewards[:quarter]) / quarter if rewards else math.nan,
+        "grpo_reward_last_quarter": sum(rewards[-quarter:]) / quarter if rewards else math.nan,
     }  # fmt: skip
     return trainer.model, metrics
 
