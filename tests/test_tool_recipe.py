@@ -419,9 +419,10 @@ def test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room(tmp_path:
     trainer.train()
     model = tool_calling.grpo_start(trainer.model, tmp_path / "sft")
 
-    # 16 samples of the prompt a step at temperature 1; 1e-3 is about as high as this tiny model takes (at 2e-3
-    # one step can wreck its format, and then every sample gets the same reward and nothing is learnt)
-    grpo = GrpoSettings(num_generations=16, prompts_per_step=1, max_completion_length=40, learning_rate=1e-3,
+    # 16 samples of the prompt a step at temperature 1. The learning rate is half of what wrecks this tiny model's
+    # format in a step or two (1.4e-3 did with one seed in three, 2e-3 with every seed tried), after which every
+    # sample gets the same reward and nothing is learnt
+    grpo = GrpoSettings(num_generations=16, prompts_per_step=1, max_completion_length=40, learning_rate=7e-4,
                         max_steps=40)  # fmt: skip
     rows = tool_calling.grpo_rows(right, fmt, tokenizer)
     _, metrics = tool_calling.grpo_train(model, tokenizer, rows, grpo, 1, tmp_path, False, False, [])
