@@ -26,7 +26,9 @@ def test_migrations_apply_once(services):
     from services.registry.server import MIGRATIONS
 
     assert services.loop.run(db.migrate(services.postgres_url, "registry", MIGRATIONS)) == []
-    assert services.loop.run(db.migrate(services.postgres_url, "scratch_schema", MIGRATIONS)) == [1]
+    versions = sorted(int(path.name[:4]) for path in MIGRATIONS.glob("*.sql"))
+    assert versions[:2] == [1, 2]
+    assert services.loop.run(db.migrate(services.postgres_url, "scratch_schema", MIGRATIONS)) == versions
     assert services.loop.run(db.migrate(services.postgres_url, "scratch_schema", MIGRATIONS)) == []
 
 

@@ -57,8 +57,9 @@ def watch(client, run_id: str, timeout: float = 240) -> list[pb.RunEvent]:
     events: list[pb.RunEvent] = []
     while time.monotonic() < deadline:
         after = events[-1].sequence if events else 0
-        try:
-            events += list(client.trainer.WatchRun(pb.WatchRunRequest(id=run_id, after_sequence=after), timeout=30))
+        try:  # kept as they come: a stream cut by its deadline keeps what it delivered
+            for event in client.trainer.WatchRun(pb.WatchRunRequest(id=run_id, after_sequence=after), timeout=30):
+                events.append(event)
         except grpc.RpcError as err:
             if err.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
                 raise
