@@ -286,7 +286,7 @@ def test_a_model_is_downloaded_once_loaded_once_and_the_two_last_stay_loaded(
         return replies
 
     replies = asyncio.run(scenario())
-    assert {r.text.strip() for r in replies} == {"rouge"}
+    assert {r.answer.content.strip() for r in replies} == {"rouge"}
     assert loads == [first.id, second.id, third.id, first.id]
     assert len(downloads) == 3  # the first model's files came from the local cache the second time
     assert sorted(p.name for p in cache.iterdir()) == sorted(m.id for m in made)  # no partial copies left

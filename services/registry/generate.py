@@ -27,7 +27,6 @@ from distillery.registry.v1 import registry_pb2
 from services.common import decoding, served_models, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
-from services.common.tool_calls import Call
 from services.common.tool_format import ToolFormat
 from services.registry.models import Model
 
@@ -41,16 +40,11 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 @dataclass(frozen=True)
 class Reply:
-    text: str
+    # The text, and with tools the calls made or the block that did not parse; why generation ended.
+    answer: decoding.ToolAnswer
     prompt_tokens: int
     completion_tokens: int
     latency_ms: float
-    # With tools: the calls the model made (parsed from its <tool_call> blocks); text is what is left.
-    tool_calls: list[Call] = field(default_factory=list)
-    finish_reason: str = decoding.STOP
-    # With tools: what opened a <tool_call> block that did not parse (the raw text, and why), instead of text.
-    invalid_raw: str = ""
-    invalid_error: str = ""
     prompt_ids: list[int] = field(default_factory=list)
 
 
@@ -238,7 +232,9 @@ def _generate(
     text, finish, generated = decoding.completion(tokenizer, output[0, len(prompt) :].tolist(), ends)
     answer = decoding.tool_answer(text, finish) if tools else decoding.ToolAnswer(text, finish_reason=finish)
     return Reply(
-        text=answer.content, tool_calls=answer.calls, finish_reason=answer.finish_reason,
-        invalid_raw=answer.invalid_raw, invalid_error=answer.invalid_error, prompt_ids=prompt,
-        prompt_tokens=len(prompt), completion_tokens=generated, latency_ms=(time.perf_counter() - started) * 1000,
-    )  # fmt: skip
+        answer=answer,
+        prompt_ids=prompt,
+        prompt_tokens=len(prompt),
+        completion_tokens=generated,
+        latency_ms=(time.perf_counter() - started) * 1000,
+    )

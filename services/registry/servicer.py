@@ -215,17 +215,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         calls = [
             registry_pb2.ToolCall(id=f"call_{i + 1}", name=c.name, arguments_json=json.dumps(c.arguments))
-            for i, c in enumerate(reply.tool_calls)
+            for i, c in enumerate(reply.answer.calls)
         ]
         invalid = []
-        if reply.invalid_raw:
-            invalid.append(registry_pb2.InvalidToolCall(raw=reply.invalid_raw, error=reply.invalid_error))
+        if reply.answer.invalid_raw:
+            invalid.append(registry_pb2.InvalidToolCall(raw=reply.answer.invalid_raw, error=reply.answer.invalid_error))
         return registry_pb2.GenerateResponse(
-            message=registry_pb2.ChatMessage(role="assistant", content=reply.text, tool_calls=calls),
+            message=registry_pb2.ChatMessage(role="assistant", content=reply.answer.content, tool_calls=calls),
             prompt_tokens=reply.prompt_tokens,
             completion_tokens=reply.completion_tokens,
             latency_ms=reply.latency_ms,
-            finish_reason=reply.finish_reason,
+            finish_reason=reply.answer.finish_reason,
             invalid_tool_calls=invalid,
             prompt_token_ids=reply.prompt_ids if request.return_prompt_token_ids else [],
         )
