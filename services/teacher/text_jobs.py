@@ -14,13 +14,13 @@ the job ends (``deduplicated``).
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
 
 from distillery.teacher.v1 import teacher_pb2 as pb
+from services.common.pairs import pair_key
 from services.teacher.engine import Outcome, Task
 from services.teacher.providers.base import Request
 
@@ -150,14 +150,6 @@ def _augmented(task: Task, text: str) -> dict[str, Any]:
         {"role": "assistant", "content": new_output},
     ]
     return {"output": {"messages": messages}}
-
-
-_NOT_WORD = re.compile(r"\W+")
-
-
-def pair_key(messages: list[dict[str, Any]]) -> str:
-    """Two pairs with the same key are duplicates: case, spacing and punctuation aside."""
-    return " ".join(_NOT_WORD.sub(" ", m["content"].casefold()).strip() for m in messages[1:3])
 
 
 def deduplicated(

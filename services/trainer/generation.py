@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.teacher.text_jobs import pair_key
+from services.common.pairs import pair_key
 from services.trainer import runs
 from services.trainer.runs import RunFailed
 
