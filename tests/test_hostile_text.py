@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from bounded import run_bounded
 
+from services.common.reports import Report
 from services.ingest import jsonl
-from services.ingest.reports import Report
 
 MIB = 1024 * 1024
 CODES_OF = "services.ingest.text_rows:codes_of"

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
+from services.common.reports import Report
 from services.ingest import text_rows
-from services.ingest.reports import Report
 
 USER = {"role": "user", "content": "Rewrite this email more politely"}
 

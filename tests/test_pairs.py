@@ -11,8 +11,8 @@ from minio import Minio
 from test_tracing_and_cli import cli_env
 
 from distillery.cli.main import cli
+from services.common.reports import Report
 from services.ingest import text_rows
-from services.ingest.reports import Report
 from services.ingest.text_rules import PAIRS_FIELDS
 
 FLAT = {"system_prompt": "You are a concise assistant.", "input": "Summarize the note", "output": "A summary"}

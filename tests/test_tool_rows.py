@@ -20,8 +20,8 @@ from test_tracing_and_cli import cli_env
 
 from distillery.cli.main import cli
 from distillery.ingest.v1 import ingest_pb2
+from services.common.reports import Report
 from services.ingest import tool_rows, validation
-from services.ingest.reports import Report
 from services.ingest.uploads import FileSpec, Plan, local_path
 
 ROOT = Path(__file__).parent.parent

@@ -41,7 +41,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from distillery.ingest.v1 import ingest_pb2
-from services.ingest.reports import Report
+from services.common.reports import Report
 
 JSON_SCHEMA = ingest_pb2.TOOL_SOURCE_JSON_SCHEMA
 OPENAPI = ingest_pb2.TOOL_SOURCE_OPENAPI

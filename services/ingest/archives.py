@@ -45,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from services.ingest.reports import Report
+from services.common.reports import Report
 
 CHUNK = 64 * 1024
 RATIO_FLOOR = 1024 * 1024

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from services.common.reports import Report
 from services.ingest import jsonl, languages, wav
-from services.ingest.reports import Report
 
 FIELDS = ("audio", "text", "language")
 ALTERNATES = {

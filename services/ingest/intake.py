@@ -23,8 +23,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore, tenant_key
+from services.common.reports import Report
 from services.ingest import datasets, upload_sessions, validation
-from services.ingest.reports import Report
 from services.ingest.uploads import (
     Plan,
     Writer,

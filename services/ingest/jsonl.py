@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import orjson
 
-from services.ingest.reports import Report
+from services.common.reports import Report
 
 MAX_LINE_BYTES = 8 * 1024 * 1024
 BLOCK_BYTES = 64 * 1024

@@ -32,9 +32,9 @@ from typing import IO, Any
 
 from PIL import Image, UnidentifiedImageError
 
+from services.common.reports import Report
 from services.ingest import jsonl
 from services.ingest.archives import ArchiveError, ArchiveLimits, SafeZip, entry_key, open_zip
-from services.ingest.reports import Report
 
 PLUGINS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")  # the only Pillow parsers a file is shown to
 FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}

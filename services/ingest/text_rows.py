@@ -43,8 +43,8 @@ from typing import IO, Any
 
 import orjson
 
+from services.common.reports import Report
 from services.ingest import jsonl
-from services.ingest.reports import Report
 from services.ingest.text_rules import ALTERNATES, PAIRS_FIELDS, Messages, Rules
 
 FORMULA_STARTS = "=+-@"

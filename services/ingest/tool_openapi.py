@@ -25,7 +25,7 @@ import re
 from collections import Counter
 from typing import Any
 
-from services.ingest.tool_schemas import OPENAPI, Draft, Refused, SchemaChecker
+from services.common.tool_schemas import OPENAPI, Draft, Refused, SchemaChecker
 
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 IGNORED_HEADERS = {"accept", "content-type", "authorization"}

@@ -54,9 +54,9 @@ from typing import IO, Any, NoReturn
 
 import orjson
 
+from services.common.reports import Report
 from services.common.tool_calls import Call, arguments_text, check_call, decode_arguments, too_deep
 from services.ingest import jsonl, tools
-from services.ingest.reports import Report
 from services.ingest.text_rows import _DROP, _FOLD, FEW_ROWS
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -12,7 +12,7 @@ name only labels violations) in one of these shapes:
 - OpenAPI 3.0.x and 3.1.x: one tool per operation (``tool_openapi`` has the rules).
 
 Tools described in plain language are turned into a schema by the teacher service
-(a later issue) and come in through ``check_tool``, which applies the same checks
+(``services.teacher.tool_descriptions``) and come in through ``check_tool``, which applies the same checks
 (source ``TOOL_SOURCE_PLAIN_LANGUAGE``).
 
 A canonical tool has:
@@ -34,47 +34,42 @@ carry (YAML binary, NaN) are ``not_json_value``; ``$ref`` inlining has its own b
 from __future__ import annotations
 
 import json
-import math
-import re
-from dataclasses import dataclass, replace
-from datetime import date
+from dataclasses import replace
 from typing import Any
 
 import yaml
 
+from services.common.canonical_tools import (
+    LIMITS,
+    NAME,
+    CanonicalTool,
+    Limits,
+    canonical,
+    check_tool,
+    plain,
+)
+from services.common.reports import Report
+from services.common.tool_schemas import JSON_SCHEMA, OPENAPI, PLAIN_LANGUAGE, Draft, Refused, SchemaChecker
 from services.ingest import tool_openapi
-from services.ingest.reports import Report
-from services.ingest.tool_schemas import JSON_SCHEMA, OPENAPI, PLAIN_LANGUAGE, Draft, Refused, SchemaChecker
 
-__all__ = ["JSON_SCHEMA", "OPENAPI", "PLAIN_LANGUAGE", "CanonicalTool", "Limits", "check_tool", "import_document"]
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_document_bytes: int = 4 * 1024 * 1024
-    max_nodes: int = 500_000  # values in the loaded document, YAML aliases expanded
-    max_depth: int = 100  # nesting of the loaded document
-    max_schema_depth: int = 64  # nesting of one tool's parameters, $refs inlined
-    max_schema_nodes: int = 250_000  # schema values of the whole document, $refs inlined
-    max_schema_checks: int = 8_000  # distinct schema objects given to the meta-schema, the whole document
-    max_tools: int = 1000
+__all__ = [
+    "JSON_SCHEMA",
+    "LIMITS",
+    "NAME",
+    "OPENAPI",
+    "PLAIN_LANGUAGE",
+    "CanonicalTool",
+    "Limits",
+    "check_tool",
+    "import_document",
+]
 
 
-LIMITS = Limits()
-NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 SHAPES_HINT = (
     "give OpenAI tools or functions, Anthropic tools (input_schema), JSON Schema objects with a title and "
     "description, or an OpenAPI 3.0/3.1 document"
 )
 _SAFE_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # yaml.safe_load's loader, in C when built
-
-
-@dataclass(frozen=True)
-class CanonicalTool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    source: int
 
 
 def load(document: bytes, limits: Limits = LIMITS) -> Any:
@@ -103,71 +98,7 @@ def load(document: bytes, limits: Limits = LIMITS) -> Any:
                               "fix the YAML syntax", mark.line + 1 if mark else 0) from None  # fmt: skip
     except RecursionError:
         raise Refused("nested_too_deeply", "the document nests too deeply to read", "flatten the document") from None
-    return _plain(loaded, limits)
-
-
-def _plain(value: Any, limits: Limits) -> Any:
-    """A fresh copy of the loaded tree (str keys, dates as ISO text), within the node and depth limits."""
-    budget = [limits.max_nodes]
-
-    def key(k: Any, where: str) -> str:
-        if isinstance(k, str):
-            return k
-        if isinstance(k, bool) or k is None:
-            return json.dumps(k)
-        if isinstance(k, int | float | date):
-            return k.isoformat() if isinstance(k, date) else str(k)
-        raise Refused("not_json_value", f"{where or '/'} has a key of type {type(k).__name__}", "use text keys")
-
-    def copy(v: Any, depth: int, where: str) -> Any:
-        budget[0] -= 1
-        if budget[0] < 0:
-            raise Refused("document_too_complex", f"the document holds over {limits.max_nodes} values (YAML "
-                          "aliases expanded)", "write fewer tools per document, without repeated aliases")  # fmt: skip
-        if depth > limits.max_depth:
-            raise Refused("nested_too_deeply", f"{where} nests over {limits.max_depth} levels", "flatten the document")
-        if isinstance(v, dict):
-            return {(k2 := key(k, where)): copy(x, depth + 1, f"{where}/{k2}") for k, x in v.items()}
-        if isinstance(v, list):
-            return [copy(x, depth + 1, f"{where}/{i}") for i, x in enumerate(v)]
-        if v is None or isinstance(v, bool | int | str) or (isinstance(v, float) and math.isfinite(v)):
-            return v
-        if isinstance(v, date):
-            return v.isoformat()
-        raise Refused("not_json_value", f"{where or '/'} holds a value JSON cannot carry ({v!r:.40})",
-                      "use JSON values only: strings, finite numbers, booleans, null, lists and objects")  # fmt: skip
-
-    return copy(value, 0, "")
-
-
-def _tool(checker: SchemaChecker, draft: Draft) -> CanonicalTool | None:
-    checker.entry = draft.entry
-    before = checker.report.violation_count
-    name = _name(checker, draft.name, draft.name_from_path)
-    description = draft.description
-    if not isinstance(description, str) or not description.strip():
-        hint = "add a summary or description to the operation" if draft.source == OPENAPI else \
-            "add a description saying what the tool does and when to call it"  # fmt: skip
-        checker.add("description", "missing_description", "the tool has no description", hint)
-    parameters = checker.parameters(draft.parameters, draft.root)
-    if checker.report.violation_count > before or name is None or parameters is None:
-        return None
-    return CanonicalTool(name, description.strip(), parameters, draft.source)
-
-
-def _name(checker: SchemaChecker, raw: Any, from_path: bool) -> str | None:
-    if not isinstance(raw, str) or not raw.strip():
-        checker.add("name", "missing_name", "the tool has no name", "add a name (letters, digits, _ and -)")
-        return None
-    clean = re.sub(r"[^a-zA-Z0-9_-]", "_", raw.strip())
-    if from_path:
-        clean = re.sub(r"_+", "_", clean).strip("_") or "operation"
-        checker.warn("name", "name_from_path", f"the operation has no operationId; named {clean[:64]!r}",
-                     "give the operation an operationId to choose its name")  # fmt: skip
-    elif clean[:64] != raw:
-        checker.warn("name", "name_sanitised", f"name {raw!r} became {clean[:64]!r}",
-                     "use only letters, digits, _ and -, at most 64")  # fmt: skip
-    return clean[:64]
+    return plain(loaded, limits)
 
 
 def _function_draft(pointer: str, item: Any, checker: SchemaChecker) -> Draft | None:
@@ -255,31 +186,13 @@ def import_document(document: bytes, filename: str = "", limits: Limits = LIMITS
             raise Refused("too_many_tools", f"the document holds {len(drafts)} tools, over the limit of "
                           f"{limits.max_tools}", "import the tools the model needs, in several documents")  # fmt: skip
         report.rows = len(drafts)
-        tools = [_tool(checker, draft) for draft in drafts]
+        tools = [canonical(checker, draft) for draft in drafts]
     except Refused as refused:
         report.add(refused.line, "", refused.code, refused.message, refused.hint, entry=filename)
         return [], report
     if report.counts:
         return [], report
     return _unique([t for t in tools if t is not None], checker), report
-
-
-def check_tool(
-    name: str, description: str, parameters: Any, source: int, limits: Limits = LIMITS
-) -> tuple[CanonicalTool | None, Report]:
-    """One tool from elsewhere (the teacher's reading of a plain-language tool), under the same checks."""
-    report = Report(rows=1)
-    label = name if isinstance(name, str) and name.strip() else "tool"
-    try:
-        schema = _plain(parameters, limits)
-        tool = _tool(
-            SchemaChecker(report, limits.max_schema_depth, limits.max_schema_nodes, limits.max_schema_checks),
-            Draft(label, name, description, schema, schema, source),
-        )
-    except Refused as refused:
-        report.add(0, "parameters", refused.code, refused.message, refused.hint, entry=label)
-        return None, report
-    return tool, report
 
 
 def codes_of(path: str) -> list[str]:

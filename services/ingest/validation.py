@@ -8,7 +8,9 @@
 - tool_calls: one JSONL file of OpenAI-format conversations with tools (``tool_rows``).
 
 The limits of every kind come from the service's settings; an upload may lower
-or raise the clip length and context size it is checked against.
+or raise the clip length and context size it is checked against. An upload of no
+bytes at all is answered with one ``empty_file`` violation per file (``empty``)
+before any kind is checked.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import orjson
 
 from distillery.ingest.v1 import ingest_pb2
 from services.common.errors import InvalidArgument
+from services.common.reports import Report
 from services.ingest import asr, ocr, text_rows, tool_rows
-from services.ingest.reports import Report
-from services.ingest.uploads import Plan, local_path
+from services.ingest.uploads import Plan, kind_name, local_path
 
 CANONICAL = "canonical.jsonl"
 
@@ -35,12 +37,38 @@ class Limits:
     ocr: ocr.OcrLimits = field(default_factory=ocr.OcrLimits)
 
 
+_EXPECTED = {
+    ingest_pb2.DATASET_KIND_PAIRS: 'one row per line, {"input": ..., "output": ...} (or CSV input,output)',
+    ingest_pb2.DATASET_KIND_INPUTS: 'one row per line, {"input": ...} (or CSV input)',
+    ingest_pb2.DATASET_KIND_TOOL_CALLS: "one conversation with its tools per line (OpenAI fine-tuning format)",
+    ingest_pb2.DATASET_KIND_ASR: "a manifest with one row per clip, and the .wav files it names",
+    ingest_pb2.DATASET_KIND_OCR: "a manifest with one row per image, and the image ZIP it names",
+}
+
+
+def empty(plan: Plan) -> Report:
+    """The report on an upload of no bytes at all: every file is named with ``empty_file``."""
+    report = Report()
+    what = _EXPECTED.get(plan.kind, "its rows")
+    for spec in plan.files:
+        report.add(
+            0, "", "empty_file",
+            f"{spec.name!r} is empty (0 bytes), so nothing was checked or stored: write the dataset's rows into it "
+            "and send it again",
+            f"a {kind_name(plan.kind)} dataset needs {what}; check that whatever wrote {spec.name!r} finished",
+            entry=spec.name,
+        )  # fmt: skip
+    return report
+
+
 def check(plan: Plan, folder: Path, limits: Limits, object_keys: dict[str, str] | None = None) -> Report:
     """Validate the upload in ``folder``; when valid, its canonical JSONL is ``folder/canonical.jsonl``.
 
     ``object_keys`` maps each file name to the S3 key it is stored under (canonical
     ASR and OCR rows point at them); None when nothing will be stored.
     """
+    if plan.total == 0:
+        return empty(plan)
     keys = object_keys or {}
     out = folder / CANONICAL
     if plan.kind in (ingest_pb2.DATASET_KIND_PAIRS, ingest_pb2.DATASET_KIND_INPUTS):

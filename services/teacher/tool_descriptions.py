@@ -2,7 +2,7 @@
 
 ``describe`` asks the teacher for structured output ({"name", "description",
 "parameters"}, ``RESPONSE_SCHEMA``) under ``SYSTEM_PROMPT``, which spells out the
-canonical shape, then puts the answer through ingest's ``check_tool`` exactly as an
+canonical shape, then puts the answer through ``canonical_tools.check_tool`` exactly as an
 imported tool (source ``TOOL_SOURCE_PLAIN_LANGUAGE``). What the teacher got wrong is a
 violation in the report, not an RPC error: an untyped property is ``untyped_property``,
 an answer that is not JSON ``unparseable_answer``, one cut off ``answer_too_long``, a
@@ -22,9 +22,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.canonical_tools import CanonicalTool, check_tool
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, Unavailable
-from services.ingest.reports import Report
-from services.ingest.tools import PLAIN_LANGUAGE, CanonicalTool, check_tool
+from services.common.reports import Report
+from services.common.tool_schemas import PLAIN_LANGUAGE
 from services.teacher import providers
 from services.teacher.keys import KeyStore, close_client
 from services.teacher.providers.base import Completion, Credentials, ProviderError, Request, scrub
