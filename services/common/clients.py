@@ -72,16 +72,22 @@ _DOMAIN_ERRORS: dict[grpc.StatusCode, type[DistilleryError]] = {
 def domain_error(err: grpc.aio.AioRpcError, service: str) -> DistilleryError:
     """The typed error behind another service's status, so it passes on to our caller unchanged."""
     message = err.details() or err.code().name
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    details = status.details if status else ()
     if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
-        for detail in status.details if status else ():
+        for detail in details:
             failure = error_details_pb2.QuotaFailure()
             if detail.Unpack(failure) and failure.violations:
                 found = failure.violations[0]
                 return QuotaExceeded(message, subject=found.subject, description=found.description)
         return QuotaExceeded(message, subject="", description=message)
     if err.code() in _DOMAIN_ERRORS:
-        return _DOMAIN_ERRORS[err.code()](message)
+        field = ""
+        for detail in details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad) and bad.field_violations:
+                field = bad.field_violations[0].field
+        return _DOMAIN_ERRORS[err.code()](message, field=field)
     if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable(f"the {service} service is unavailable ({err.code().name}); try again shortly")
     return DistilleryError(f"the {service} service failed: {message}")

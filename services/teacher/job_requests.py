@@ -70,8 +70,9 @@ class Checked:
     stored: dict[str, Any]
 
 
-def checked(request: pb.CreateGenerationJobRequest) -> Checked:
-    """The request as stored with the job; for tool trajectories ``with_tools`` adds the tools."""
+def check_settings(request: pb.CreateGenerationJobRequest) -> tuple[str, str]:
+    """The job's settings (everything but the data it reads), checked; the teacher's provider and model.
+    ``CheckGenerationJob`` answers with this alone, so a run is refused before it is stored."""
     kinds = (pb.JOB_KIND_TEXT_DISTILLATION, pb.JOB_KIND_AUGMENTATION, pb.JOB_KIND_TOOL_TRAJECTORIES)
     if request.kind not in kinds:
         raise InvalidArgument("kind is required: text distillation, augmentation or tool trajectories", field="kind")
@@ -85,8 +86,6 @@ def checked(request: pb.CreateGenerationJobRequest) -> Checked:
         )
     if request.kind == pb.JOB_KIND_TEXT_DISTILLATION:
         check_system_prompts(request.system_prompts)
-        if not request.dataset_id:
-            raise InvalidArgument("dataset_id is required: an input-only dataset to answer", field="dataset_id")
     elif request.kind == pb.JOB_KIND_TOOL_TRAJECTORIES:
         check_trajectories(request)
     else:
@@ -94,9 +93,17 @@ def checked(request: pb.CreateGenerationJobRequest) -> Checked:
         if not 1 <= count <= MAX_AUGMENT_COUNT:
             raise InvalidArgument(f"augment_count must be between 1 and {MAX_AUGMENT_COUNT} (got {count})",
                                   field="parameters.augment_count")  # fmt: skip
-        if not request.source_key:
-            raise InvalidArgument("source_key is required: the train split's rows to write new pairs like",
-                                  field="source_key")  # fmt: skip
+    return provider, model
+
+
+def checked(request: pb.CreateGenerationJobRequest) -> Checked:
+    """The request as stored with the job; for tool trajectories ``with_tools`` adds the tools."""
+    provider, model = check_settings(request)
+    if request.kind == pb.JOB_KIND_TEXT_DISTILLATION and not request.dataset_id:
+        raise InvalidArgument("dataset_id is required: an input-only dataset to answer", field="dataset_id")
+    if request.kind == pb.JOB_KIND_AUGMENTATION and not request.source_key:
+        raise InvalidArgument("source_key is required: the train split's rows to write new pairs like",
+                              field="source_key")  # fmt: skip
     stored = json_format.MessageToDict(request, preserving_proto_field_name=True)
     stored["max_failed_fraction"] = request.max_failed_fraction or DEFAULT_MAX_FAILED_FRACTION
     return Checked(request.kind, provider, model, stored)

@@ -14,7 +14,7 @@ from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
 from services.common.protoconv import page_size, timestamp
-from services.teacher import jobs, tool_descriptions
+from services.teacher import job_requests, jobs, tool_descriptions
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
 from services.teacher.settings import Settings
@@ -94,6 +94,10 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             parameters_json=json.dumps(parameters, ensure_ascii=False) if isinstance(parameters, dict) else "",
             violations=violations,
         )
+
+    async def CheckGenerationJob(self, request: Any, context: Any) -> teacher_pb2.CheckGenerationJobResponse:
+        job_requests.check_settings(request)
+        return teacher_pb2.CheckGenerationJobResponse()
 
     async def EstimateJob(self, request: Any, context: Any) -> teacher_pb2.JobEstimate:
         found = await self.runner.estimate(auth.current_caller().tenant_id, request)

@@ -69,6 +69,9 @@ class Peers:
         registered = await self._call("registry", self.registry.RegisterModel, request, tenant_id)
         return str(registered.id)
 
+    async def check_job(self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest) -> None:
+        await self._call("teacher", self.teacher.CheckGenerationJob, request, tenant_id)
+
     async def create_job(
         self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest
     ) -> teacher_pb2.GenerationJob:

@@ -10,10 +10,10 @@ from typing import Any
 from google.protobuf import json_format
 
 from distillery.common.v1 import common_pb2
+from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import InvalidArgument, Unimplemented
-from services.teacher.job_requests import MAX_AUGMENT_COUNT, check_parameters, check_system_prompts
-from services.teacher.providers import split_teacher
+from services.trainer.peers import Peers
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
 
@@ -39,15 +39,13 @@ def _check_teacher(request: pb.CreateRunRequest) -> None:
     if request.augment_count and distill:
         raise InvalidArgument("augment_count is for finetune-text runs; distill-text generates all its pairs",
                               field="augment_count")  # fmt: skip
-    if not 0 <= request.augment_count <= MAX_AUGMENT_COUNT:
-        raise InvalidArgument(f"augment_count must be between 0 and {MAX_AUGMENT_COUNT}", field="augment_count")
+    if request.augment_count < 0:
+        raise InvalidArgument(f"augment_count must be 0 or more (got {request.augment_count})", field="augment_count")
     if not (distill or request.augment_count):
         return
     if not request.teacher:
         raise InvalidArgument("a teacher is required to generate pairs: --teacher PROVIDER:MODEL (e.g. "
                               "platform:smollm2 or openai:gpt-4.1-mini)", field="teacher")  # fmt: skip
-    split_teacher(request.teacher)
-    check_parameters(request.generation)
     if not 0.0 <= request.max_failed_fraction <= 1.0:
         raise InvalidArgument(f"max_failed_fraction must be between 0 and 1 (got {request.max_failed_fraction})",
                               field="max_failed_fraction")  # fmt: skip
@@ -66,8 +64,6 @@ def _check_tools(request: pb.CreateRunRequest) -> None:
     if not request.teacher:
         raise InvalidArgument("a teacher is required to write trajectories: --teacher PROVIDER:MODEL (or give a "
                               "tool-calls dataset with --dataset)", field="teacher")  # fmt: skip
-    split_teacher(request.teacher)
-    check_parameters(request.generation)
     if not request.tool_ids:
         raise InvalidArgument("distill-tools needs the tools to call: --tool ID for each (see `distillery tools "
                               "list`; import or describe them first)", field="tool_ids")  # fmt: skip
@@ -87,8 +83,6 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
     tools = request.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS
-    if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
-        check_system_prompts(request.system_prompts)
     if request.path not in WORKING_PATHS:
         raise Unimplemented(
             f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "
@@ -143,3 +137,55 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
         )
         stored["grpo"] = dataclasses.asdict(grpo)
     return stored
+
+
+def generates(path: int, stored: dict[str, Any]) -> bool:
+    """Whether a run (its path and its request as stored) has the teacher write rows first."""
+    if path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
+        return not stored.get("dataset_id")
+    return path == common_pb2.TRAINING_PATH_DISTILL_TEXT or bool(stored.get("augment_count"))
+
+
+def teacher_request(
+    path: int, stored: dict[str, Any], run_id: str = "", source_key: str = ""
+) -> teacher_pb2.CreateGenerationJobRequest:
+    """The teacher's job for a run that generates: trajectories for the run's tools, answers to its
+    inputs under each system prompt, or new pairs like those of its train split (``source_key``)."""
+    job = teacher_pb2.CreateGenerationJobRequest(
+        teacher=stored["teacher"], run_id=run_id, max_failed_fraction=stored.get("max_failed_fraction", 0.0)
+    )
+    json_format.ParseDict(stored.get("generation", {}), job.parameters)
+    if path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
+        job.kind = teacher_pb2.JOB_KIND_TOOL_TRAJECTORIES
+        job.tool_ids.extend(stored.get("tool_ids", []))
+        job.seed_prompts.extend(stored.get("seed_prompts", []))
+        job.objectives.extend(stored.get("objectives", []))
+        for example in stored.get("tool_responses", []):
+            job.tool_responses.add(**example)
+    elif path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
+        job.kind = teacher_pb2.JOB_KIND_TEXT_DISTILLATION
+        job.dataset_id = stored["dataset_id"]
+        for prompt in stored.get("system_prompts", []):
+            job.system_prompts.add(name=prompt["name"], text=prompt["text"])
+    else:
+        job.kind = teacher_pb2.JOB_KIND_AUGMENTATION
+        job.source_key = source_key
+        job.parameters.augment_count = int(stored["augment_count"])
+    return job
+
+
+async def check_with_teacher(peers: Peers, tenant_id: str, path: int, stored: dict[str, Any]) -> None:
+    """The teacher service checks the settings of the job a run will ask of it (CheckGenerationJob), so a
+    bad teacher name or generation setting is refused when the run is created; the refusal names the run's
+    own field (``generation.temperature``, not the job's ``parameters.temperature``)."""
+    if not generates(path, stored):
+        return
+    try:
+        await peers.check_job(tenant_id, teacher_request(path, stored))
+    except InvalidArgument as err:
+        field = err.field
+        if field == "parameters.augment_count":
+            field = "augment_count"
+        elif field.startswith("parameters."):
+            field = "generation." + field.removeprefix("parameters.")
+        raise InvalidArgument(err.message, field=field) from None

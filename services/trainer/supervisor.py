@@ -52,6 +52,7 @@ class Supervisor:
         """Check the request, reserve a slot of the tenant's allowance, store the run, start it.
         The same idempotency key returns the run first made with it."""
         stored = run_requests.checked(request)
+        await run_requests.check_with_teacher(self.pipeline.peers, tenant_id, request.path, stored)
         key = request.idempotency_key
         if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:
             return earlier

@@ -403,6 +403,25 @@ class CreateGenerationJobRequest(_message.Message):
 Global___CreateGenerationJobRequest: _TypeAlias = CreateGenerationJobRequest  # noqa: Y015
 
 @_typing.final
+class CheckGenerationJobResponse(_message.Message):
+    """The settings passed every check; the errors of a failed check are the ones
+    CreateGenerationJob would give (INVALID_ARGUMENT naming the field).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckGenerationJobResponse: _TypeAlias = CheckGenerationJobResponse  # noqa: Y015
+
+@_typing.final
 class JobEstimate(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

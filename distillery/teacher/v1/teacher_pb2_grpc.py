@@ -49,6 +49,11 @@ class TeacherServiceStub:
                 request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DeleteProviderKeyRequest.SerializeToString,
                 response_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DeleteProviderKeyResponse.FromString,
                 _registered_method=True)
+        self.CheckGenerationJob = channel.unary_unary(
+                '/distillery.teacher.v1.TeacherService/CheckGenerationJob',
+                request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CreateGenerationJobRequest.SerializeToString,
+                response_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CheckGenerationJobResponse.FromString,
+                _registered_method=True)
         self.EstimateJob = channel.unary_unary(
                 '/distillery.teacher.v1.TeacherService/EstimateJob',
                 request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CreateGenerationJobRequest.SerializeToString,
@@ -105,6 +110,15 @@ class TeacherServiceServicer:
 
     def DeleteProviderKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckGenerationJob(self, request, context):
+        """Check a job's settings (kind, teacher, parameters, system prompts, tools
+        and seed prompts) without reading its data or running it: the trainer asks
+        this when a run is created, so a bad teacher setting is refused at once.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -173,6 +187,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.DeleteProviderKey,
                     request_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DeleteProviderKeyRequest.FromString,
                     response_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DeleteProviderKeyResponse.SerializeToString,
+            ),
+            'CheckGenerationJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckGenerationJob,
+                    request_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CreateGenerationJobRequest.FromString,
+                    response_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CheckGenerationJobResponse.SerializeToString,
             ),
             'EstimateJob': grpc.unary_unary_rpc_method_handler(
                     servicer.EstimateJob,
@@ -291,6 +310,33 @@ class TeacherService:
             '/distillery.teacher.v1.TeacherService/DeleteProviderKey',
             distillery_dot_teacher_dot_v1_dot_teacher__pb2.DeleteProviderKeyRequest.SerializeToString,
             distillery_dot_teacher_dot_v1_dot_teacher__pb2.DeleteProviderKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckGenerationJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.teacher.v1.TeacherService/CheckGenerationJob',
+            distillery_dot_teacher_dot_v1_dot_teacher__pb2.CreateGenerationJobRequest.SerializeToString,
+            distillery_dot_teacher_dot_v1_dot_teacher__pb2.CheckGenerationJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

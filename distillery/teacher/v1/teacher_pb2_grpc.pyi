@@ -41,6 +41,11 @@ class TeacherServiceStub:
     """
     ListProviderKeys: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.ListProviderKeysRequest, _teacher_pb2.ListProviderKeysResponse]
     DeleteProviderKey: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.DeleteProviderKeyRequest, _teacher_pb2.DeleteProviderKeyResponse]
+    CheckGenerationJob: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.CreateGenerationJobRequest, _teacher_pb2.CheckGenerationJobResponse]
+    """Check a job's settings (kind, teacher, parameters, system prompts, tools
+    and seed prompts) without reading its data or running it: the trainer asks
+    this when a run is created, so a bad teacher setting is refused at once.
+    """
     EstimateJob: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.CreateGenerationJobRequest, _teacher_pb2.JobEstimate]
     """Estimate rows, tokens and cost of a job before it runs."""
     CreateGenerationJob: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.CreateGenerationJobRequest, _teacher_pb2.GenerationJob]
@@ -64,6 +69,11 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     """
     ListProviderKeys: _aio.UnaryUnaryMultiCallable[_teacher_pb2.ListProviderKeysRequest, _teacher_pb2.ListProviderKeysResponse]  # type: ignore[assignment]
     DeleteProviderKey: _aio.UnaryUnaryMultiCallable[_teacher_pb2.DeleteProviderKeyRequest, _teacher_pb2.DeleteProviderKeyResponse]  # type: ignore[assignment]
+    CheckGenerationJob: _aio.UnaryUnaryMultiCallable[_teacher_pb2.CreateGenerationJobRequest, _teacher_pb2.CheckGenerationJobResponse]  # type: ignore[assignment]
+    """Check a job's settings (kind, teacher, parameters, system prompts, tools
+    and seed prompts) without reading its data or running it: the trainer asks
+    this when a run is created, so a bad teacher setting is refused at once.
+    """
     EstimateJob: _aio.UnaryUnaryMultiCallable[_teacher_pb2.CreateGenerationJobRequest, _teacher_pb2.JobEstimate]  # type: ignore[assignment]
     """Estimate rows, tokens and cost of a job before it runs."""
     CreateGenerationJob: _aio.UnaryUnaryMultiCallable[_teacher_pb2.CreateGenerationJobRequest, _teacher_pb2.GenerationJob]  # type: ignore[assignment]
@@ -102,6 +112,17 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _teacher_pb2.DeleteProviderKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_teacher_pb2.DeleteProviderKeyResponse, _abc.Awaitable[_teacher_pb2.DeleteProviderKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckGenerationJob(
+        self,
+        request: _teacher_pb2.CreateGenerationJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_teacher_pb2.CheckGenerationJobResponse, _abc.Awaitable[_teacher_pb2.CheckGenerationJobResponse]]:
+        """Check a job's settings (kind, teacher, parameters, system prompts, tools
+        and seed prompts) without reading its data or running it: the trainer asks
+        this when a run is created, so a bad teacher setting is refused at once.
+        """
 
     @_abc_1.abstractmethod
     def EstimateJob(
