@@ -83,3 +83,29 @@ def test_a_bundle_needs_its_manifest(services, make_tenant, tmp_path):
         env=cli_env(services, make_tenant().api_key),
     )  # fmt: skip
     assert result.exit_code == 2 and "--manifest" in result.output
+
+
+def test_an_empty_file_gets_an_empty_file_report_and_exit_1(services, make_tenant, tmp_path):
+    tenant = make_tenant()
+    for kind, name in [("pairs", "pairs.jsonl"), ("inputs", "inputs.csv"), ("tool-calls", "calls.jsonl")]:
+        empty = tmp_path / name
+        empty.write_bytes(b"")
+        for args in (["validate"], ["upload"], ["upload", "--presigned"]):
+            code, report = run(services, tenant, *args, str(empty), "--kind", kind)
+            assert (code, report["valid"], report["rows"], report["counts"]) == (1, False, 0, {"empty_file": 1}), args
+            [violation] = report["violations"]
+            assert violation["code"] == "empty_file" and violation["entry"] == name
+            assert f"{name!r} is empty (0 bytes)" in violation["message"], violation
+            assert "write the dataset's rows into it and send it again" in violation["message"]
+            assert kind.replace("-", "_") in violation["hint"]
+            if args[0] == "upload":
+                assert report["stored"] is False and "id" not in report
+    # Nothing was stored.
+    result = CliRunner().invoke(cli, ["datasets", "list", "--json"], env=cli_env(services, tenant.api_key))
+    assert result.exit_code == 0 and json.loads(result.output) == []
+    # Without --json the report is printed, with what to do.
+    empty = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(
+        cli, ["datasets", "validate", str(empty), "--kind", "pairs"], env=cli_env(services, tenant.api_key)
+    )
+    assert result.exit_code == 1 and "empty_file" in result.output and "invalid" in result.output

@@ -214,3 +214,52 @@ def test_headers_that_cannot_be_honoured_are_refused_naming_the_field(services, 
     no_manifest = Upload([audio], ingest_pb2.DATASET_KIND_ASR, manifest=manifest).header()
     no_manifest.manifest = "missing.jsonl"
     assert "is not one of the files" in refused(no_manifest).details()
+
+
+def test_an_empty_upload_is_answered_with_its_empty_file_report_and_nothing_is_kept(
+    services, client_for, make_tenant, tmp_path
+):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    upload = Upload([empty], PAIRS)
+
+    for report in (
+        send(client.ingest, upload).report,
+        client.ingest.ValidateDataset(requests(upload, upload.header())),
+    ):
+        assert (report.valid, report.rows, [(c.code, c.count) for c in report.counts]) == (
+            False,
+            0,
+            [("empty_file", 1)],
+        )
+        [violation] = report.violations
+        assert violation.code == "empty_file" and violation.entry == "empty.jsonl"
+        assert "'empty.jsonl' is empty (0 bytes)" in violation.message and "send it again" in violation.message
+    reply = send(client.ingest, upload)
+    assert not reply.HasField("dataset") and not reply.reused
+
+    # Nothing kept: no dataset, no object, no upload session.
+    assert list(client.ingest.ListDatasets(ingest_pb2.ListDatasetsRequest()).datasets) == []
+    s3 = Minio(services.s3.endpoint, services.s3.access_key, services.s3.secret_key, secure=False)
+    assert list(s3.list_objects(services.s3.bucket, prefix=f"tenants/{tenant.tenant_id}/", recursive=True)) == []
+    with pytest.raises(grpc.RpcError) as err:
+        client.ingest.GetUploadStatus(ingest_pb2.GetUploadStatusRequest(upload_id=upload.upload_id))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # A presigned URL for nothing is refused, naming the file (there is nothing to PUT).
+    with pytest.raises(grpc.RpcError) as err:
+        client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(header=upload.header()))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'empty.jsonl' is empty" in err.value.details() and "empty_file" in err.value.details()
+
+    # Declaring 0 bytes and sending some is still a broken header.
+    header = upload.header()
+    header.upload_id = ""
+    sneaked = [ingest_pb2.UploadDatasetRequest(header=header), ingest_pb2.UploadDatasetRequest(chunk={"data": b"x"})]
+    with pytest.raises(grpc.RpcError) as err:
+        client.ingest.UploadDataset(iter(sneaked))
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "more than the declared 0 bytes" in err.value.details()
+    )

@@ -87,7 +87,8 @@ def upload(
     """
     options = {"language": language, "max_clip_seconds": max_clip_seconds, "context_tokens": context_tokens}
     what = _upload(path, kind, manifest, name, options)
-    send_with = send_presigned if presigned else send
+    # An empty upload has nothing to PUT: the stream answers it with its empty_file report.
+    send_with = send_presigned if presigned and what.total else send
     with rpc_errors():
         client = Client.from_environment(timeout=3600)
         if as_json:
@@ -98,14 +99,21 @@ def upload(
                 task = progress.add_task(f"uploading {path.name}", total=what.total)
                 reply = send_with(client.ingest, what, on_progress=lambda n: progress.update(task, completed=n))
     checked = reply.HasField("report") and reply.report.rows + reply.report.violation_count > 0
+    stored = reply.HasField("dataset")  # not stored: an empty upload, answered with its report only
     if as_json:
-        print_json({**as_dict(reply.dataset), "reused": reply.reused, **(report_json(reply.report) if checked else {})})
+        dataset = as_dict(reply.dataset) if stored else {}
+        print_json(
+            {**dataset, "stored": stored, "reused": reply.reused, **(report_json(reply.report) if checked else {})}
+        )
     else:
-        verb = "reused" if reply.reused else "uploaded"
-        console.print(f"{verb} [bold]{reply.dataset.id}[/bold] ({reply.dataset.size_bytes} bytes)")
+        if stored:
+            verb = "reused" if reply.reused else "uploaded"
+            console.print(f"{verb} [bold]{reply.dataset.id}[/bold] ({reply.dataset.size_bytes} bytes)")
+        else:
+            console.print("[red]nothing stored[/red]")
         if checked:
             print_report(reply.report)
-    if checked and not reply.report.valid:
+    if (checked and not reply.report.valid) or not stored:
         raise SystemExit(FAILED)
 
 

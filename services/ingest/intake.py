@@ -1,6 +1,8 @@
 """From an upload to a dataset version: receive the bytes (resumably, or from presigned
 PUTs), check them by kind, store them. Nothing a user sent is lost: an invalid upload
-is stored too, with its report, and cannot be trained on.
+is stored too, with its report, and cannot be trained on. An upload of no bytes
+at all is the exception: it is answered with its ``empty_file`` report and nothing
+(no session, no object, no dataset) is kept.
 
 Streams stage their bytes in S3 under ``tenants/<t>/staging/<upload_id>/`` every
 ``part_bytes`` and acknowledge the offset in the upload's session; a resumed stream
@@ -47,7 +49,7 @@ async def _uncancelled(work: Coroutine[Any, Any, T]) -> T:
 
 @dataclass(frozen=True)
 class Outcome:
-    dataset: datasets.Dataset
+    dataset: datasets.Dataset | None  # None when nothing was stored (an empty upload)
     report: dict[str, Any]
     reused: bool
     upload_id: str
@@ -90,6 +92,8 @@ class Intake:
         self, tenant_id: str, plan: Plan, upload_id: str, offset: int, chunks: AsyncIterator[tuple[int, bytes]]
     ) -> Outcome:
         upload_id = check_upload_id(upload_id) if upload_id else new_upload_id()
+        if plan.total == 0:
+            return Outcome(None, (await self.validate(plan, chunks)).to_json(), False, upload_id)
         session = await _uncancelled(upload_sessions.open_session(self.pool, tenant_id, upload_id, plan, offset=offset))
         if session.dataset_id:  # all of it arrived before and only the answer was lost
             return await self._reuse(tenant_id, session.dataset_id, upload_id)
@@ -130,6 +134,14 @@ class Intake:
 
     async def create_upload_url(self, tenant_id: str, plan: Plan, upload_id: str) -> Presigned:
         upload_id = check_upload_id(upload_id) if upload_id else new_upload_id()
+        if plan.total == 0:
+            names = ", ".join(repr(spec.name) for spec in plan.files)
+            raise InvalidArgument(
+                f"{names} {'is' if len(plan.files) == 1 else 'are'} empty (0 bytes; empty_file): there is nothing to "
+                "PUT; write the dataset's rows into it and send it again (UploadDataset answers an empty upload "
+                "with its validation report)",
+                field="header.files" if plan.is_bundle else "header.filename",
+            )
         await upload_sessions.open_session(self.pool, tenant_id, upload_id, plan, offset=0, presigned=True)
         urls = []
         for i, spec in enumerate(plan.files):

@@ -64,8 +64,8 @@ def tool_pb(t: tool_list.StoredTool) -> ingest_pb2.Tool:
 
 def outcome_pb(outcome: intake.Outcome) -> ingest_pb2.UploadDatasetResponse:
     return ingest_pb2.UploadDatasetResponse(
-        dataset=dataset_pb(outcome.dataset), report=report_pb(outcome.report), reused=outcome.reused,
-        upload_id=outcome.upload_id,
+        dataset=dataset_pb(outcome.dataset) if outcome.dataset is not None else None,  # None: an empty upload
+        report=report_pb(outcome.report), reused=outcome.reused, upload_id=outcome.upload_id,
     )  # fmt: skip
 
 

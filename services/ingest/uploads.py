@@ -118,8 +118,6 @@ def plan_of(header: Any, limit: int) -> Plan:
             )
         files = (_file_spec(header.filename, header.size_bytes, header.sha256, "header.filename"),)
         manifest = ""
-        if files[0].size == 0:
-            raise InvalidArgument("size_bytes must be the file's size in bytes (> 0)", field="header.size_bytes")
     plan = Plan(
         kind=kind, files=files, manifest=manifest, display_name=header.display_name or header.filename or manifest,
         source_format=_format(header, kind), language=header.language.strip().lower(),

@@ -37,7 +37,7 @@ class Limits:
     ocr: ocr.OcrLimits = field(default_factory=ocr.OcrLimits)
 
 
-_EXPECTED = {
+_EXPECTED: dict[int, str] = {
     ingest_pb2.DATASET_KIND_PAIRS: 'one row per line, {"input": ..., "output": ...} (or CSV input,output)',
     ingest_pb2.DATASET_KIND_INPUTS: 'one row per line, {"input": ...} (or CSV input)',
     ingest_pb2.DATASET_KIND_TOOL_CALLS: "one conversation with its tools per line (OpenAI fine-tuning format)",
