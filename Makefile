@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/native/llama_cpp.sh | sha256sum | cut -c1-16)
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: help setup protos run distill distill-tools test lint bench down clean
+.PHONY: help setup protos run distill distill-tools test test-fast lint bench down clean
 
 help:
 	@echo "make setup  - create .venv and install everything (idempotent)"
@@ -15,6 +15,7 @@ help:
 	@echo "make distill - start the local stack and distill the platform teacher into a student (no outside key)"
 	@echo "make distill-tools - start the local stack and teach SmolLM2 to call 4 tools, SFT then GRPO (no outside key)"
 	@echo "make test   - install what the tests need and run the whole suite"
+	@echo "make test-fast - only the tests that start no service and run quickly (under a minute)"
 	@echo "make lint   - ruff, mypy, and a check that generated stubs match protos/"
 	@echo "make protos - regenerate the gRPC stubs from protos/"
 	@echo "make bench  - run the benchmarks under bench/"
@@ -55,6 +56,10 @@ down: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Marks come from tests/conftest.py: `stack` for tests whose fixtures start a service, `slow` for long runs.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not stack and not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -51,6 +51,26 @@ from services.teacher.settings import Settings as TeacherSettings
 from services.trainer import server as trainer_server
 from services.trainer.settings import Settings as TrainerSettings
 
+# --- tiers: `make test-fast` runs what starts no service ---
+
+# A test whose fixtures include one of these starts (or shares) a real service: PostgreSQL, S3, the Ray
+# head, the four gRPC services, or the platform teacher's llama.cpp server. It is marked ``stack``.
+STACK_FIXTURES = frozenset({"postgres_url", "s3_settings", "ray_cluster", "services", "platform_url"})
+# Tests that start services themselves, without a fixture (``distillery up`` as a subprocess).
+STACK_TESTS = frozenset({"test_stack.py::test_local_stack_lifecycle"})
+# Tests that start no service but take long (real training runs, large builds): marked ``slow``.
+SLOW_TESTS = frozenset({"test_tool_recipe.py::test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        name = f"{item.path.name}::{item.originalname if isinstance(item, pytest.Function) else item.name}"
+        if name in STACK_TESTS or STACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+        if name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 SPANS = InMemorySpanExporter()
 _provider = TracerProvider()
 _provider.add_span_processor(SimpleSpanProcessor(SPANS))
