@@ -19,10 +19,17 @@ from distillery.ingest.v1 import ingest_pb2_grpc
 from distillery.registry.v1 import registry_pb2_grpc
 from distillery.teacher.v1 import teacher_pb2_grpc
 from distillery.trainer.v1 import trainer_pb2_grpc
-from services.common.tracing import traced_sync_channel
 
 SERVICES = ("registry", "ingest", "teacher", "trainer")
 DEFAULT_TIMEOUT_S = 30.0
+
+
+def traced_sync_channel(channel: grpc.Channel) -> grpc.Channel:
+    """``channel`` with its calls carrying the trace context, so a CLI call and the calls the
+    services make for it share one trace (OpenTelemetry's gRPC client interceptor)."""
+    from opentelemetry.instrumentation.grpc import client_interceptor, intercept_channel
+
+    return intercept_channel(channel, client_interceptor())
 
 
 def home() -> Path:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from distillery.cli import datasets, keys, models, quota, runs, tools
+from distillery.cli import datasets, keys, models, quota, runs, server_side, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,13 +17,14 @@ def cli() -> None:
     """Distillery: turn your data and a teacher model's behaviour into small models you own."""
 
 
-try:  # the local stack's commands
+try:  # the local stack's commands, where the server side is installed
     from distillery.cli.stack_commands import down, status, up
 
-    for command in (up, down, status):
-        cli.add_command(command)
-except ImportError:  # pragma: no cover - only while the stack module is being written
-    pass
+    stack_commands = [up, down, status]
+except ImportError as err:  # the client alone: each says what to install
+    stack_commands = [server_side.stand_in(name, err.name or "the server side") for name in ("up", "down", "status")]
+for command in stack_commands:
+    cli.add_command(command)
 
 for group in (datasets.group, tools.group, keys.group, runs.group, models.group, quota.command):
     cli.add_command(group)

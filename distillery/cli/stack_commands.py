@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from distillery.cli import server_side
 from distillery.client import home
 from distillery.stack.stack import LocalStack, PartStatus, StackError, part_dicts
 
@@ -47,6 +48,8 @@ def up() -> None:
     Everything lives under $DISTILLERY_HOME (default ~/.distillery); logs go to
     $DISTILLERY_HOME/logs/<part>.log. Parts already running are kept.
     """
+    if missing := server_side.missing():
+        raise click.ClickException(server_side.refusal("up", missing))
     console = _console()
     stack = LocalStack(home())
 

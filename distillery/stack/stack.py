@@ -24,6 +24,7 @@ platform endpoint) when llama-cpp-python is not installed, and when
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -459,9 +460,11 @@ def _base_env(state: State, part: str) -> dict[str, str]:
 
 
 def _repo_root() -> Path:
-    import services
-
-    return Path(services.__file__).resolve().parent.parent
+    """Where the ``services`` package is (found, not imported: the client imports no server code)."""
+    spec = importlib.util.find_spec("services")
+    if spec is None or spec.origin is None:
+        raise StackError("the services package is not installed: pip install 'distillery[server]' (or make setup)")
+    return Path(spec.origin).resolve().parent.parent
 
 
 def _log_excerpt(log: Path) -> str:

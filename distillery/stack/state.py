@@ -27,7 +27,7 @@ from typing import Any
 from distillery.stack import ray_head
 from distillery.stack.processes import ProcessRef
 from distillery.stack.servers import free_port, postgres_url
-from services.common.auth import new_admin_token, new_service_token
+from distillery.tokens import new_admin_token, new_service_token
 
 PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer")
 SERVICES = ("registry", "ingest", "teacher", "trainer")

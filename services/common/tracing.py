@@ -41,9 +41,3 @@ def aio_client_interceptors() -> list[object]:
 
     return list(make())
 
-
-def traced_sync_channel(channel: object) -> object:
-    """Wrap a synchronous channel (the SDK's and CLI's) so its calls carry the trace context."""
-    from opentelemetry.instrumentation.grpc import client_interceptor, intercept_channel
-
-    return intercept_channel(channel, client_interceptor())
