@@ -16,7 +16,7 @@ help:
 	@echo "make distill-tools - start the local stack and teach SmolLM2 to call 4 tools, SFT then GRPO (no outside key)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make test-fast - only the tests that start no service and run quickly (under a minute)"
-	@echo "make lint   - ruff, mypy, and a check that generated stubs match protos/"
+	@echo "make lint   - ruff, mypy, the import contracts (.importlinter), and a check that generated stubs match protos/"
 	@echo "make protos - regenerate the gRPC stubs from protos/"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make down   - stop the local stack"
@@ -65,6 +65,7 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy services distillery
+	$(BIN)/lint-imports
 	$(BIN)/python -m distillery.protos_build --check
 
 bench: setup
