@@ -121,9 +121,13 @@ def chosen_tools(client: Client, tool_ids: tuple[str, ...]) -> list[str]:
     ]
 
 
+# What GetSnippet serves: grpcurl (the services speak gRPC only; there is no HTTP gateway for curl).
+SNIPPET_LANGUAGES = ("grpcurl", "python", "cli")
+
+
 @group.command("snippet")
 @click.argument("model_id")
-@click.option("--language", type=click.Choice(["grpcurl", "python", "cli"]), default=None)
+@click.option("--language", type=click.Choice(SNIPPET_LANGUAGES), default=None, help="One snippet (default: all).")
 @json_option
 def snippet(model_id: str, language: str | None, as_json: bool) -> None:
     """Print API-ready request snippets for a model."""

@@ -1,4 +1,8 @@
-"""API-ready request snippets for calling a model through Generate."""
+"""API-ready request snippets for calling a model through Generate: grpcurl, python (the SDK)
+and cli. There is no curl snippet: the services speak gRPC only, with no HTTP gateway in
+front of them; grpcurl finds Generate through the services' reflection.
+
+tests/test_generate.py runs every snippet against a running stack."""
 
 from __future__ import annotations
 

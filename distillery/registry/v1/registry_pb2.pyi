@@ -935,7 +935,9 @@ class GetSnippetRequest(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     language: _builtins.str
-    """"curl", "python" or "grpcurl"; empty returns all."""
+    """"grpcurl", "python" or "cli"; empty returns all. There is no "curl": the
+    services speak gRPC only and no HTTP gateway stands in front of them.
+    """
     def __init__(
         self,
         *,
