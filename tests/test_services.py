@@ -78,6 +78,59 @@ def test_a_wrong_or_revoked_key_is_unauthenticated(services, client_for, make_te
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_each_method_takes_the_tokens_its_access_table_names(services, make_tenant, client_for):
+    from services.common import auth
+    from services.ingest.access import ACCESS as INGEST
+    from services.registry.access import ACCESS as REGISTRY
+    from services.teacher.access import ACCESS as TEACHER
+    from services.trainer.access import ACCESS as TRAINER
+
+    tenant = make_tenant()
+    as_service = auth.service_metadata(services.service_token, tenant.tenant_id)
+    admin = [("authorization", f"Bearer {services.admin_token}")]
+    key = [("authorization", f"Bearer {tenant.api_key}")]
+
+    def call(name: str, method: str, request, metadata):
+        table = {"registry": REGISTRY, "ingest": INGEST, "teacher": TEACHER, "trainer": TRAINER}[name]
+        channel = grpc.insecure_channel(services.address(name))
+        try:
+            return channel.unary_unary(
+                f"/{table.service}/{method}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=lambda data: data,
+            )(request, metadata=metadata, timeout=10)
+        finally:
+            channel.close()
+
+    def refused(code, *args) -> str:
+        with pytest.raises(grpc.RpcError) as err:
+            call(*args)
+        assert err.value.code() == code, (args[:2], err.value.details())
+        return err.value.details()
+
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+    # Another service acts for the tenant on the tenant's methods of every service.
+    call("registry", "WhoAmI", registry_pb2.WhoAmIRequest(), as_service)
+    call("ingest", "ListDatasets", ingest_pb2.ListDatasetsRequest(), as_service)
+    call("teacher", "ListProviderKeys", teacher_pb2.ListProviderKeysRequest(), as_service)
+    call("trainer", "ListRuns", trainer_pb2.ListRunsRequest(), as_service)
+    # The admin calls take the admin token only; a key is made by the admin or the tenant, not a service.
+    assert "admin token" in refused(unauthenticated, "registry", "GetTenant", registry_pb2.GetTenantRequest(), key)
+    call("registry", "GetTenant", registry_pb2.GetTenantRequest(id=tenant.tenant_id), admin)
+    request = registry_pb2.CreateApiKeyRequest(name="by-service")
+    assert "admin token" in refused(unauthenticated, "registry", "CreateApiKey", request, as_service)
+    assert "admin token" in refused(unauthenticated, "registry", "CreateApiKey", request, [])
+    # A training job's push takes its run's token: no key, service token or admin token does.
+    push = trainer_pb2.ReportRunEventsRequest(run_id="run_nope")
+    for metadata in ([], key, as_service, admin, [("authorization", f"Bearer {auth.new_run_token()}")]):
+        assert refused(unauthenticated, "trainer", "ReportRunEvents", push, metadata) == (
+            "not a valid push token for this run"
+        )
+    # The key check itself is open.
+    reply = call("registry", "AuthenticateKey", registry_pb2.AuthenticateKeyRequest(api_key=tenant.api_key), [])
+    assert registry_pb2.AuthenticateKeyResponse.FromString(reply).tenant_id == tenant.tenant_id
+
+
 def test_keys_are_stored_hashed(services, make_tenant):
     import psycopg
 

@@ -1,20 +1,25 @@
-"""API keys: making, hashing, and resolving the caller of each RPC.
+"""Tokens, the access each method takes, and the caller of each RPC.
 
 Keys look like ``dk_<40 url-safe chars>``. Only their sha256 is stored; the key
 itself is shown once at creation and never logged (logs redact the ``dk_`` shape).
 The registry resolves keys from its own table; every other service asks the
 registry (``AuthenticateKey``) and caches the answer for a short while.
+
+Which token each method takes is declared once per service, in its ``access.py``
+(an ``AccessTable``), and enforced by ``interceptors.AuthInterceptor``: servicers
+read the caller it sets (``current_caller``) and check no token themselves.
 """
 
 from __future__ import annotations
 
 import contextvars
+import enum
 import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -28,15 +33,63 @@ RUN_TOKEN_PREFIX = "drt_"  # a training job's token for pushing its run's progre
 # A call between services carries the service token and names the tenant it acts for.
 TENANT_HEADER = "x-distillery-tenant"
 SERVICE_KEY_ID = "service"
+ADMIN_KEY_ID = "admin"
+RUN_KEY_ID = "run"
+
+
+class Access(enum.Flag):
+    """The tokens a method takes: its entry in its service's access table."""
+
+    OPEN = enum.auto()  # no token (the key check itself; the admin calls that check their own)
+    KEY = enum.auto()  # a tenant's API key
+    SERVICE = enum.auto()  # the service token, naming the tenant it acts for (TENANT_HEADER)
+    ADMIN = enum.auto()  # the registry's admin token
+    RUN = enum.auto()  # a training job's run token, for the run its request names (``run_id``)
+    TENANT = KEY | SERVICE  # a tenant's own key, or another service acting for the tenant
+
+
+@dataclass(frozen=True)
+class AccessTable:
+    """The access of every method of one gRPC service, by method name.
+
+    ``why`` explains, per method, why a caller with the wrong kind of token is refused
+    (shown in the PermissionDenied a tenant's key gets from a service-only method).
+    """
+
+    service: str  # the full service name, e.g. "distillery.registry.v1.RegistryService"
+    methods: Mapping[str, Access]
+    why: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, access in self.methods.items():
+            if Access.OPEN in access and access != Access.OPEN:
+                raise ValueError(f"{self.service}/{name}: an open method takes no token of any kind")
+            if Access.RUN in access and access != Access.RUN:
+                raise ValueError(f"{self.service}/{name}: a run-token method takes no other token")
+        if unknown := set(self.why) - set(self.methods):
+            raise ValueError(f"{self.service}: why names methods not in the table: {sorted(unknown)}")
+
+    def paths(self) -> dict[str, Access]:
+        """The table keyed by gRPC method path (``/<service>/<method>``), as the interceptor sees calls."""
+        return {f"/{self.service}/{name}": access for name, access in self.methods.items()}
+
+    def missing(self, method_names: Iterable[str]) -> list[str]:
+        """The methods of the service's proto that have no entry (each must have one)."""
+        return sorted(set(method_names) - set(self.methods))
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the tenant every object of the call is scoped to."""
+    """Who is calling: the tenant every object of the call is scoped to.
+
+    A call with the admin token has no tenant (``is_admin``); a call with a run token
+    is scoped to that run's tenant and names the run (``run_id``).
+    """
 
     tenant_id: str
     tier: int
     key_id: str
+    run_id: str = ""
 
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("distillery_caller", default=None)
@@ -90,6 +143,17 @@ def is_service(caller: Caller) -> bool:
     return caller.key_id == SERVICE_KEY_ID
 
 
+ADMIN_CALLER = Caller(tenant_id="", tier=0, key_id=ADMIN_KEY_ID)
+
+
+def is_admin(caller: Caller) -> bool:
+    return caller.key_id == ADMIN_KEY_ID
+
+
+def run_caller(tenant_id: str, run_id: str) -> Caller:
+    return Caller(tenant_id=tenant_id, tier=0, key_id=RUN_KEY_ID, run_id=run_id)
+
+
 def hash_key(key: str) -> str:
     """Keys carry 240 random bits, so a plain sha256 is a safe, fast lookup hash."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -111,6 +175,12 @@ def same_secret(given: str, expected: str) -> bool:
 
 KeyResolver = Callable[[str], Awaitable[Caller]]
 """Resolves an API key to its caller; raises Unauthenticated for a bad key."""
+
+AdminCheck = Callable[[str], bool]
+"""Whether a token is the admin token (only the registry has one)."""
+
+RunVerifier = Callable[[str, str], Awaitable[Caller]]
+"""Resolves (run token, run id) to the run's caller (``run_caller``); raises Unauthenticated otherwise."""
 
 
 class CachedResolver:

@@ -1,7 +1,7 @@
 """Server bootstrap shared by the four services.
 
 ``start_server`` builds a grpc.aio server with, outermost first: OpenTelemetry
-tracing, error mapping and API-key authentication; adds grpc health checking and
+tracing, error mapping and authentication by the service's access table; adds grpc health checking and
 reflection; binds and starts it. ``serve_forever`` waits for SIGTERM/SIGINT,
 marks the server NOT_SERVING and stops it gracefully, then runs the cleanups.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -54,17 +54,24 @@ async def start_server(
     *,
     address: str,
     register: Callable[[grpc.aio.Server], list[str]],
+    access: auth.AccessTable,
     resolve_key: auth.KeyResolver,
-    open_methods: Collection[str] = (),
     service_token: str = "",
+    is_admin_token: auth.AdminCheck | None = None,
+    verify_run: auth.RunVerifier | None = None,
     cleanups: list[Cleanup] | None = None,
 ) -> RunningServer:
-    """``register`` adds the servicers and returns their full service names."""
+    """``register`` adds the servicers and returns their full service names.
+
+    ``access`` is the service's access table; ``is_admin_token`` and ``verify_run`` check
+    the tokens only some services take (the registry's admin token, the trainer's run tokens).
+    """
+    auth_interceptor = AuthInterceptor([access], resolve_key, service_token, is_admin_token, verify_run)
     server = grpc.aio.server(
         interceptors=[
             tracing.server_interceptor(),  # type: ignore[list-item]
             ErrorInterceptor(),
-            AuthInterceptor(resolve_key, open_methods, service_token),
+            auth_interceptor,
         ],
         options=[("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)],
     )

@@ -9,6 +9,7 @@ import grpc
 from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.backends import open_backends, registry_keys
 from services.common.server import RunningServer, start_server
+from services.ingest.access import ACCESS
 from services.ingest.intake import Intake
 from services.ingest.servicer import IngestServicer
 from services.ingest.settings import Settings
@@ -34,6 +35,7 @@ async def create(settings: Settings) -> RunningServer:
         address=settings.server.grpc_address,
         service_token=settings.server.service_token,
         register=register,
+        access=ACCESS,
         resolve_key=resolve_key,
         cleanups=[backends.pool.close, registry.close],  # type: ignore[list-item]
     )

@@ -7,12 +7,13 @@ from pathlib import Path
 import grpc
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common.auth import Caller
+from services.common import auth
 from services.common.backends import open_backends
 from services.common.server import RunningServer, start_server
 from services.registry import tenants
+from services.registry.access import ACCESS
 from services.registry.generate import Generator
-from services.registry.servicer import OPEN_METHODS, RegistryServicer
+from services.registry.servicer import RegistryServicer
 from services.registry.settings import Settings
 
 SCHEMA = "registry"
@@ -23,14 +24,17 @@ async def create(settings: Settings) -> RunningServer:
     backends = await open_backends(settings.database_url, SCHEMA, MIGRATIONS, settings.s3)
     pool = backends.pool
 
-    async def resolve(key: str) -> Caller:
+    async def resolve(key: str) -> auth.Caller:
         return await tenants.authenticate(pool, key)
+
+    def is_admin_token(token: str) -> bool:
+        return bool(settings.admin_token) and auth.same_secret(token, settings.admin_token)
 
     generator = Generator(backends.store, Path(settings.model_cache_dir))
 
     def register(server: grpc.aio.Server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(pool, backends.store, settings.admin_token, generator), server
+            RegistryServicer(pool, backends.store, generator), server
         )
         return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]
 
@@ -38,7 +42,8 @@ async def create(settings: Settings) -> RunningServer:
         address=settings.server.grpc_address,
         service_token=settings.server.service_token,
         register=register,
+        access=ACCESS,
         resolve_key=resolve,  # no cache here: a revoked key stops at once
-        open_methods=OPEN_METHODS,
+        is_admin_token=is_admin_token,
         cleanups=[pool.close],
     )

@@ -7,32 +7,18 @@ import json
 import logging
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import auth, tool_format
-from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
+from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.objects import ObjectStore
 from services.common.protoconv import page_size, struct, timestamp
 from services.registry import models, quotas, snippets, tenants
 from services.registry.generate import Generator, artifact_prefix
 
 log = logging.getLogger(__name__)
-
-# Calls that do not take the caller's API key through the auth interceptor.
-OPEN_METHODS = frozenset(
-    f"/distillery.registry.v1.RegistryService/{name}"
-    for name in ("AuthenticateKey", "CreateTenant", "GetTenant", "CreateApiKey")
-)
-
-
-# ReserveQuota and ReleaseQuota answer only the trainer service (the service token).
-QUOTA_BY_SERVICE = (
-    "slots are reserved and released by the trainer service for its runs; start a training run "
-    "(distillery runs create), or free a slot by deleting a model (distillery models delete)"
-)
 
 
 def tenant_pb(t: tenants.Tenant) -> registry_pb2.Tenant:
@@ -83,44 +69,24 @@ def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, admin_token: str, generator: Generator) -> None:
+    """Who may call each method is declared in ``access.py`` and checked before the call."""
+
+    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, generator: Generator) -> None:
         self.pool = pool
         self.store = store
-        self.admin_token = admin_token
         self.generator = generator
-
-    def _is_admin(self, context: grpc.aio.ServicerContext) -> bool:
-        token = auth.bearer_token(context.invocation_metadata())
-        return bool(self.admin_token and token and auth.same_secret(token, self.admin_token))
-
-    def _require_admin(self, context: grpc.aio.ServicerContext) -> None:
-        if not self._is_admin(context):
-            raise Unauthenticated("this call needs the registry's admin token (DISTILLERY_ADMIN_TOKEN)")
-
-    @staticmethod
-    def _require_service(method: str, why: str) -> str:
-        """The tenant a call from another service acts for; PermissionDenied for a tenant's own key."""
-        caller = auth.current_caller()
-        if not auth.is_service(caller):
-            raise PermissionDenied(f"{method} takes the service token only: {why}")
-        return caller.tenant_id
 
     # --- tenants and keys ---
 
     async def CreateTenant(self, request: Any, context: Any) -> registry_pb2.Tenant:
-        self._require_admin(context)
         return tenant_pb(await tenants.create_tenant(self.pool, request.name, request.tier, request.model_allowance))
 
     async def GetTenant(self, request: Any, context: Any) -> registry_pb2.Tenant:
-        self._require_admin(context)
         return tenant_pb(await tenants.get_tenant(self.pool, request.id))
 
     async def CreateApiKey(self, request: Any, context: Any) -> registry_pb2.CreateApiKeyResponse:
-        if not self._is_admin(context):
-            key = auth.bearer_token(context.invocation_metadata())
-            if key is None:
-                raise Unauthenticated("creating an API key needs an API key of the tenant or the admin token")
-            caller = await tenants.authenticate(self.pool, key)
+        caller = auth.current_caller()
+        if not auth.is_admin(caller):
             if request.tenant_id and request.tenant_id != caller.tenant_id:
                 raise PermissionDenied("a tenant's key can only create keys for its own tenant")
             request.tenant_id = caller.tenant_id
@@ -150,25 +116,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return quota_pb(await quotas.get_quota(self.pool, auth.current_caller().tenant_id))
 
     async def ReserveQuota(self, request: Any, context: Any) -> registry_pb2.Reservation:
-        tenant_id = self._require_service("ReserveQuota", QUOTA_BY_SERVICE)
+        tenant_id = auth.current_caller().tenant_id
         if not request.run_id:
             raise InvalidArgument("run_id is required", field="run_id")
         state = await quotas.reserve(self.pool, tenant_id, request.run_id)
         return registry_pb2.Reservation(run_id=request.run_id, state=state)
 
     async def ReleaseQuota(self, request: Any, context: Any) -> registry_pb2.Reservation:
-        tenant_id = self._require_service("ReleaseQuota", QUOTA_BY_SERVICE)
+        tenant_id = auth.current_caller().tenant_id
         state = await quotas.release(self.pool, tenant_id, request.run_id)
         return registry_pb2.Reservation(run_id=request.run_id, state=state)
 
     # --- models ---
 
     async def RegisterModel(self, request: Any, context: Any) -> registry_pb2.Model:
-        tenant_id = self._require_service(
-            "RegisterModel",
-            "it is called by the trainer service when a run ends; start a training run instead "
-            "(distillery runs create)",
-        )
+        tenant_id = auth.current_caller().tenant_id
         new = models.NewModel(
             run_id=request.run_id, name=request.name, path=request.path, base_model=request.base_model,
             artifact_kind=request.artifact_kind, artifact_uri=request.artifact_uri, metrics=dict(request.metrics),

@@ -12,6 +12,7 @@ from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common.backends import open_backends, registry_keys
 from services.common.errors import DistilleryError
 from services.common.server import RunningServer, start_server
+from services.teacher.access import ACCESS
 from services.teacher.ingest_peer import Ingest
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore
@@ -45,6 +46,7 @@ async def create(settings: Settings) -> RunningServer:
         address=settings.server.grpc_address,
         service_token=settings.server.service_token,
         register=register,
+        access=ACCESS,
         resolve_key=resolve_key,
         cleanups=[backends.pool.close, registry.close, ingest.close, runner.stop],  # type: ignore[list-item]
     )

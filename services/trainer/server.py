@@ -7,12 +7,16 @@ from pathlib import Path
 import grpc
 
 from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from services.common import auth
 from services.common.backends import open_backends, registry_keys
+from services.common.errors import Unauthenticated
 from services.common.server import RunningServer, start_server
+from services.trainer import runs
+from services.trainer.access import ACCESS
 from services.trainer.peers import Peers
 from services.trainer.pipeline import Pipeline
 from services.trainer.ray_jobs import RayJobs
-from services.trainer.servicer import OPEN_METHODS, TrainerServicer
+from services.trainer.servicer import TrainerServicer
 from services.trainer.settings import Settings
 from services.trainer.supervisor import Supervisor
 
@@ -34,6 +38,13 @@ async def create(settings: Settings) -> RunningServer:
     )  # fmt: skip
     supervisor = Supervisor(backends.pool, pipeline, settings.lease_s)
 
+    async def verify_run(token: str, run_id: str) -> auth.Caller:
+        """A training job pushes with the token its run was started with (only its hash is kept)."""
+        run = await runs.find_active_job(backends.pool, run_id)
+        if run is None or not auth.same_secret(auth.hash_key(token), run.push_token_hash):
+            raise Unauthenticated("not a valid push token for this run")
+        return auth.run_caller(run.tenant_id, run.id)
+
     def register(server: grpc.aio.Server) -> list[str]:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(backends.pool, supervisor), server)
         return [trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name]
@@ -42,8 +53,9 @@ async def create(settings: Settings) -> RunningServer:
         address=settings.server.grpc_address,
         service_token=settings.server.service_token,
         register=register,
+        access=ACCESS,
         resolve_key=resolve_key,
-        open_methods=OPEN_METHODS,
+        verify_run=verify_run,
         cleanups=[backends.pool.close, registry.close, peers.close, supervisor.stop],  # type: ignore[list-item]
     )
     # Training jobs push progress here; when bound to port 0, the port is known only now.

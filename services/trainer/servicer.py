@@ -12,15 +12,12 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.trainer.v1 import trainer_pb2_grpc
 from services.common import auth
-from services.common.errors import Unauthenticated
 from services.common.protoconv import page_size, timestamp
 from services.trainer import pipeline, runs
 from services.trainer.supervisor import Supervisor
 
 WATCH_POLL_S = 0.5
 LOG_TAIL = 200
-# Called by training jobs with their run's push token, not an API key.
-OPEN_METHODS = ("/distillery.trainer.v1.TrainerService/ReportRunEvents",)
 
 
 def run_pb(run: runs.Run) -> pb.Run:
@@ -48,6 +45,8 @@ def event_pb(event: runs.Event) -> pb.RunEvent:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    """Who may call each method is declared in ``access.py`` and checked before the call."""
+
     def __init__(self, pool: AsyncConnectionPool, supervisor: Supervisor) -> None:
         self.pool = pool
         self.supervisor = supervisor
@@ -89,14 +88,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return pb.GetRunLogsResponse(lines=text.splitlines()[-(request.tail or LOG_TAIL) :])
 
     async def ReportRunEvents(self, request: Any, context: Any) -> pb.ReportRunEventsResponse:
-        token = auth.bearer_token(context.invocation_metadata())
-        run = await runs.find_active_job(self.pool, request.run_id)
-        if token is None or run is None or not auth.same_secret(auth.hash_key(token), run.push_token_hash):
-            raise Unauthenticated("not a valid push token for this run")
+        run_id = auth.current_caller().run_id  # the run whose token the job pushed with
         events = [
             json_format.MessageToDict(e)
             for e in request.events
             if e.WhichOneof("payload") in ("progress", "metrics", "log")
         ]
-        run = await runs.report(self.pool, run.id, events)
+        run = await runs.report(self.pool, run_id, events)
         return pb.ReportRunEventsResponse(keep_going=run.state not in runs.FINAL)
