@@ -11,6 +11,7 @@ quality of distillation, which the bench with a real small model measures.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import random
@@ -31,9 +32,10 @@ from services.common.errors import InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.common.tool_calls import Call, check_call, parse_output, tools_by_name
-from services.trainer.recipes import tool_calling
+from services.trainer.recipes import tool_calling, tool_data, tool_eval, tool_grpo
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings, resolve_grpo
+from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.sft_settings import resolve_sft
 from tests.tiny_models import build_llama, build_qwen2
 
@@ -153,6 +155,48 @@ def tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
+# --- the skeleton ---
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The modules a source file imports (``from a.b import c`` counts as ``a.b`` and ``a.b.c``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_each_recipe_is_one_module_on_the_shared_skeleton() -> None:
+    """No module under recipes/ imports a recipe (the modules the pipeline runs) other than itself, no trainer
+    module passes 400 lines, and the trainer's modules import each other one way (no cycle)."""
+    from services.trainer import pipeline
+
+    recipes = set(pipeline.RECIPES.values())
+    assert recipes == {"services.trainer.recipes.sft", "services.trainer.recipes.tool_calling"}
+    trainer = ROOT / "services" / "trainer"
+    for path in sorted(trainer.rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        if path.parent.name == "recipes":
+            assert not (imported_modules(path) & recipes) - {module}, f"{module} imports another recipe"
+        assert len(path.read_text().splitlines()) <= 400, f"{module} passes 400 lines: split it by what it holds"
+
+    graph = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts): imported_modules(p) for p in trainer.rglob("*.py")
+    }  # fmt: skip
+    graph = {m: {i for i in imports if i in graph and i != m} for m, imports in graph.items()}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and not seen.add(n) and reaches(n, goal, seen)) for n in graph[start])
+
+    cycles = sorted(m for m in graph if reaches(m, m, set()))
+    assert not cycles, f"these trainer modules import each other in a cycle: {cycles}"
+    assert "services.trainer.pipeline" not in graph["services.trainer.generation"]
+
+
 # --- settings ---
 
 
@@ -230,7 +274,7 @@ def test_detect_takes_the_native_template_only_when_its_calls_parse_back(tokeniz
     with pytest.raises(tool_format.RenderError):
         tool_format.tokenize(tool_format.detect(broken), broken, tool_rows()[0][0]["messages"], TOOLS)
     with pytest.raises(RunFailure) as info:
-        tool_calling.eval_examples(tool_rows()[1], tool_format.detect(broken), broken)
+        tool_data.eval_examples(tool_rows()[1], tool_format.detect(broken), broken)
     assert (info.value.code, info.value.field) == ("unknown_model", "student_model")
     assert "cannot render tool conversations" in info.value.message
 
@@ -295,11 +339,11 @@ def test_every_assistant_turn_is_trained_and_its_calls_parse_back(tokenizers: di
 
 def test_the_system_prompt_kept_with_the_model_is_the_one_every_row_shares() -> None:
     train, _ = tool_rows()
-    assert tool_calling.shared_system_prompt(train) == SYSTEM  # Generate puts it first when a request has none
+    assert tool_data.shared_system_prompt(train) == SYSTEM  # Generate puts it first when a request has none
     other = text_row("Hi.", "Hello.")
     other["messages"][0]["content"] = "Be terse."
-    assert tool_calling.shared_system_prompt([*train, other]) == ""
-    assert tool_calling.shared_system_prompt([*train, {**other, "messages": other["messages"][1:]}]) == ""
+    assert tool_data.shared_system_prompt([*train, other]) == ""
+    assert tool_data.shared_system_prompt([*train, {**other, "messages": other["messages"][1:]}]) == ""
 
 
 def test_prompts_stop_before_the_first_assistant_turn(tokenizers: dict[str, Any]) -> None:
@@ -308,7 +352,7 @@ def test_prompts_stop_before_the_first_assistant_turn(tokenizers: dict[str, Any]
     text = next(r for r in rows if len(r["messages"]) == 3)
     for name, tokenizer in tokenizers.items():
         fmt = tool_format.detect(tokenizer)
-        examples = tool_calling.eval_examples([call, text], fmt, tokenizer)
+        examples = tool_data.eval_examples([call, text], fmt, tokenizer)
         arguments = json.loads(call["messages"][2]["tool_calls"][0]["function"]["arguments"])
         assert examples["expected"] == [
             [{"name": call["messages"][2]["tool_calls"][0]["function"]["name"], "arguments": arguments}],
@@ -318,7 +362,7 @@ def test_prompts_stop_before_the_first_assistant_turn(tokenizers: dict[str, Any]
             assert prompt.endswith("<|im_start|>assistant\n"), name
             assert row["messages"][1]["content"] in prompt and "convert" in prompt  # the tools are in the prompt
             assert row["messages"][-1]["content"] not in prompt
-        grpo = tool_calling.grpo_rows([call], fmt, tokenizer)[0]
+        grpo = tool_data.grpo_rows([call], fmt, tokenizer)[0]
         assert grpo["prompt"] == examples["prompts"][0]
         assert json.loads(grpo["expected_calls"]) == examples["expected"][0] and json.loads(grpo["tools"]) == TOOLS
 
@@ -331,7 +375,7 @@ def test_trl_trains_on_the_assistant_turns_only(tokenizers: dict[str, Any], tmp_
     tokenizer = tokenizers["native"]
     fmt = tool_format.detect(tokenizer)
     rows, _ = tool_rows()
-    train_set, left_out = tool_calling.sft_rows(rows[:4], fmt, tokenizer, 2048, "train")
+    train_set, left_out = tool_data.sft_rows(rows[:4], fmt, tokenizer, 2048, "train")
     assert left_out == 0
     settings = resolve_sft({"max_steps": 1, "full_finetune": True})
     trainer = tool_calling.sft_trainer(
@@ -341,7 +385,7 @@ def test_trl_trains_on_the_assistant_turns_only(tokenizers: dict[str, Any], tmp_
         assert prepared["input_ids"] == row["input_ids"]
         assert [label != -100 for label in prepared["labels"]] == [bool(bit) for bit in row["assistant_masks"]]
     with pytest.raises(RunFailure) as info:
-        tool_calling.sft_rows(rows[:4], fmt, tokenizer, 50, "train")
+        tool_data.sft_rows(rows[:4], fmt, tokenizer, 50, "train")
     assert info.value.code == "invalid_dataset" and "sft.max_seq_length=50" in info.value.message
 
 
@@ -355,10 +399,10 @@ def test_the_reward_dry_run_refuses_rewards_without_variance(tmp_path: Path) -> 
     student = build_llama(tmp_path / "llama")
     tokenizer = AutoTokenizer.from_pretrained(student)
     model = AutoModelForCausalLM.from_pretrained(student)
-    rows = tool_calling.grpo_rows(tool_rows()[0], tool_format.detect(tokenizer), tokenizer)
+    rows = tool_data.grpo_rows(tool_rows()[0], tool_format.detect(tokenizer), tokenizer)
     settings = GrpoSettings(num_generations=3, max_completion_length=12, temperature=0.7)
     with pytest.raises(RunFailure) as info:
-        tool_calling.reward_dry_run(model, tokenizer, rows, settings, seed=0)
+        tool_grpo.reward_dry_run(model, tokenizer, rows, settings, seed=0)
     assert (info.value.code, info.value.field) == ("rewards_without_variance", "grpo.temperature")
     for words in (
         "3 completions for each of 4 training prompts",
@@ -372,7 +416,7 @@ def test_the_reward_dry_run_refuses_rewards_without_variance(tmp_path: Path) -> 
     row = next(r for r in rows if json.loads(r["expected_calls"]))
     wanted = json.loads(row["expected_calls"])[0]
     right = f"<tool_call>\n{json.dumps(wanted)}\n</tool_call>"
-    assert tool_calling.total_rewards([row, row, row], [right, "It is sunny.", "<tool_call>{"]) == [5.5, 0.5, 0.5]
+    assert tool_grpo.total_rewards([row, row, row], [right, "It is sunny.", "<tool_call>{"]) == [5.5, 0.5, 0.5]
 
 
 # --- GRPO learns ---
@@ -412,20 +456,20 @@ def test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room(tmp_path:
     tokenizer = AutoTokenizer.from_pretrained(student)
     fmt = tool_format.detect(tokenizer)
     train, right = noisy_teacher_task()
-    train_set, _ = tool_calling.sft_rows(train, fmt, tokenizer, 2048, "train")
+    train_set, _ = tool_data.sft_rows(train, fmt, tokenizer, 2048, "train")
     sft = resolve_sft({"max_steps": 200, "learning_rate": 1e-2, "batch_size": 4, "full_finetune": True, "seed": 1})
     model = AutoModelForCausalLM.from_pretrained(student)
     trainer = tool_calling.sft_trainer(model, tokenizer, train_set, train_set, sft, tmp_path, False, False)
     trainer.train()
-    model = tool_calling.grpo_start(trainer.model, tmp_path / "sft")
+    model = tool_grpo.grpo_start(trainer.model, tmp_path / "sft")
 
     # 16 samples of the prompt a step at temperature 1. The learning rate is half of what wrecks this tiny model's
     # format in a step or two (1.4e-3 did with one seed in three, 2e-3 with every seed tried), after which every
     # sample gets the same reward and nothing is learnt
     grpo = GrpoSettings(num_generations=16, prompts_per_step=1, max_completion_length=40, learning_rate=7e-4,
                         max_steps=40)  # fmt: skip
-    rows = tool_calling.grpo_rows(right, fmt, tokenizer)
-    _, metrics = tool_calling.grpo_train(model, tokenizer, rows, grpo, 1, tmp_path, False, False, [])
+    rows = tool_data.grpo_rows(right, fmt, tokenizer)
+    _, metrics = tool_grpo.grpo_train(model, tokenizer, rows, grpo, 1, tmp_path, False, False, [])
     first, last = metrics["grpo_reward_first_quarter"], metrics["grpo_reward_last_quarter"]
     print(f"GRPO mean reward: first quarter {first:.2f}, last quarter {last:.2f}; {time.monotonic() - started:.0f} s")
     assert metrics["grpo_steps"] == 40
@@ -439,20 +483,18 @@ def test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room(tmp_path:
 def put_spec(
     store: ObjectStore, run_id: str, student: str, train: list[dict[str, Any]], evals: list[dict[str, Any]],
     sft: dict[str, Any], grpo: dict[str, Any] | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> JobSpec:  # fmt: skip
     prefix = f"tenants/ten_test/runs/{run_id}"
     store.put_bytes(f"tenants/ten_test/splits/{run_id}/train.jsonl", jsonl(train))
     store.put_bytes(f"tenants/ten_test/splits/{run_id}/eval.jsonl", jsonl(evals))
     full = bool(sft.get("full_finetune"))
-    spec = {
-        "run_id": run_id, "tenant_id": "ten_test", "student_model": student,
-        "train_key": f"tenants/ten_test/splits/{run_id}/train.jsonl",
-        "eval_key": f"tenants/ten_test/splits/{run_id}/eval.jsonl", "output_prefix": prefix,
-        "sft": json.loads(json.dumps(resolve_sft(sft).__dict__)),
-        "grpo": None if grpo is None else json.loads(json.dumps(resolve_grpo(grpo, full_finetune=full).__dict__)),
-        "num_workers": 1, "use_gpu": False,
-    }  # fmt: skip
-    store.put_bytes(f"{prefix}/spec.json", json.dumps(spec).encode(), "application/json")
+    spec = JobSpec(
+        run_id=run_id, tenant_id="ten_test", student_model=student,
+        train_key=f"tenants/ten_test/splits/{run_id}/train.jsonl",
+        eval_key=f"tenants/ten_test/splits/{run_id}/eval.jsonl", output_prefix=prefix, sft=resolve_sft(sft),
+        grpo=None if grpo is None else resolve_grpo(grpo, full_finetune=full), num_workers=1, use_gpu=False,
+    )  # fmt: skip
+    store.put_bytes(f"{prefix}/spec.json", spec.to_json().encode(), "application/json")
     return spec
 
 
@@ -479,10 +521,10 @@ def full_run(store: ObjectStore, tmp_path_factory: pytest.TempPathFactory) -> di
     tool_calling.run(spec, store, root / "work")
     elapsed = time.monotonic() - started
     model_dir = root / "trained"
-    prefix = f"{spec['output_prefix']}/model/"
+    prefix = f"{spec.output_prefix}/model/"
     for name in objects(store, prefix):
         store.client.fget_object(store.bucket, prefix + name, str(model_dir / name))
-    return {"spec": spec, "result": read(store, f"{spec['output_prefix']}/result.json"), "seconds": elapsed,
+    return {"spec": spec, "result": read(store, f"{spec.output_prefix}/result.json"), "seconds": elapsed,
             "model_dir": model_dir}  # fmt: skip
 
 
@@ -496,13 +538,13 @@ def test_sft_teaches_the_call_format_and_grpo_runs_after_it(full_run: dict[str, 
     assert metrics["sft_correct_rate"] > metrics["base_correct_rate"]
     assert metrics["sft_valid_call_rate"] == 1.0
     for stage in ("base", "sft", "grpo"):
-        assert {f"{stage}_{rate}" for rate in tool_calling.RATES} <= set(metrics)
+        assert {f"{stage}_{rate}" for rate in tool_eval.RATES} <= set(metrics)
     # the reward dry run found groups to learn from; GRPO ran its steps and timed them
     assert metrics["dry_run_prompts"] == 4 and metrics["dry_run_groups_with_variance"] >= 1
     assert metrics["grpo_steps"] == 3
     assert metrics["grpo_generation_s_per_step"] > 0 and metrics["grpo_training_s_per_step"] > 0
     assert result["artifact_kind"] == "full_weights"
-    assert result["artifact_uri"] == f"s3://test-bucket/{spec['output_prefix']}/model/"
+    assert result["artifact_uri"] == f"s3://test-bucket/{spec.output_prefix}/model/"
     config = result["training_config"]
     assert config["tool_format"] == "native" and config["grpo"]["beta"] == 0.04 and config["sft"]["full_finetune"]
     names = {p.name for p in full_run["model_dir"].iterdir()}
@@ -515,11 +557,11 @@ def test_the_trained_model_answers_with_calls_that_parse(full_run: dict[str, Any
     model = AutoModelForCausalLM.from_pretrained(full_run["model_dir"])
     tokenizer = AutoTokenizer.from_pretrained(full_run["model_dir"])
     _, evals = small_task()
-    examples = tool_calling.eval_examples(evals, tool_format.detect(tokenizer), tokenizer)
-    outputs = tool_calling.generate(model, tokenizer, examples["prompts"], max_new_tokens=64)
+    examples = tool_data.eval_examples(evals, tool_format.detect(tokenizer), tokenizer)
+    outputs = tool_eval.generate(model, tokenizer, examples["prompts"], max_new_tokens=64)
     parsed = [parse_output(output) for output in outputs]
     assert sum(bool(p.calls) for p in parsed[:4]) >= 3, outputs
-    scores = tool_calling.evaluate(model, tokenizer, examples, 64, "again")
+    scores = tool_eval.evaluate(model, tokenizer, examples, 64, "again")
     assert scores["again_correct_rate"] == full_run["result"]["metrics"]["grpo_correct_rate"]
 
 
@@ -530,10 +572,10 @@ def test_a_run_whose_rewards_cannot_vary_ends_in_error_json(store: ObjectStore, 
     grpo = {"max_steps": 2, "num_generations": 2, "max_completion_length": 8, "temperature": 0.05}
     spec = put_spec(store, "run_tools_flat", str(student), train, evals, {"max_steps": 2}, grpo)
     tool_calling.attempt(spec, store)
-    error = read(store, f"{spec['output_prefix']}/error.json")
+    error = read(store, f"{spec.output_prefix}/error.json")
     assert (error["code"], error["field"]) == ("rewards_without_variance", "grpo.temperature")
     assert "raise grpo.temperature" in error["message"]
-    assert "result.json" not in objects(store, spec["output_prefix"] + "/")
+    assert "result.json" not in objects(store, spec.output_prefix + "/")
 
 
 def test_an_sft_only_run_keeps_the_adapter_and_reports_no_grpo(store: ObjectStore, tmp_path: Path) -> None:
@@ -541,14 +583,14 @@ def test_an_sft_only_run_keeps_the_adapter_and_reports_no_grpo(store: ObjectStor
     train, evals = tool_rows()
     spec = put_spec(store, "run_tools_sft", str(student), train, evals, {"max_steps": 2, "batch_size": 2}, None)
     tool_calling.attempt(spec, store)
-    result = read(store, f"{spec['output_prefix']}/result.json")
+    result = read(store, f"{spec.output_prefix}/result.json")
     metrics = result["metrics"]
     assert result["artifact_kind"] == "lora_adapter" and result["training_config"]["grpo"] is None
     assert result["training_config"]["tool_format"] == "fallback" and metrics["steps"] == 2
     assert metrics["train_rows"] == 40 and metrics["eval_prompts"] == 10
     assert {"base_correct_rate", "sft_correct_rate", "eval_loss_before", "eval_loss_after"} <= set(metrics)
     assert not any(name.startswith(("grpo_", "dry_run_")) for name in metrics)
-    assert "adapter_model.safetensors" in objects(store, f"{spec['output_prefix']}/model/")
+    assert "adapter_model.safetensors" in objects(store, f"{spec.output_prefix}/model/")
 
 
 class Recorder(trainer_pb2_grpc.TrainerServiceServicer):
@@ -592,7 +634,7 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
         "DISTILLERY_S3_SECURE": "false", "DISTILLERY_TRAINER_ADDRESS": address, "DISTILLERY_RUN_TOKEN": "run-token",
     })  # fmt: skip
     started = time.monotonic()
-    command = ["-m", "services.trainer.recipes.tool_calling", "--spec-key", f"{spec['output_prefix']}/spec.json"]
+    command = ["-m", "services.trainer.recipes.tool_calling", "--spec-key", f"{spec.output_prefix}/spec.json"]
     proc = subprocess.run(
         [sys.executable, *command],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
@@ -600,12 +642,12 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     print(f"LoRA + GRPO job: submit to done {time.monotonic() - started:.1f} s")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
 
-    result = read(store, f"{spec['output_prefix']}/result.json")
+    result = read(store, f"{spec.output_prefix}/result.json")
     metrics = result["metrics"]
     assert result["artifact_kind"] == "lora_adapter" and metrics["steps"] == 6 and metrics["grpo_steps"] == 2
     assert metrics["base_correct_rate"] >= 0.5  # the student was trained on these prompts already
     assert metrics["grpo_generation_s_per_step"] > 0 and metrics["grpo_training_s_per_step"] > 0
-    model = objects(store, f"{spec['output_prefix']}/model/")
+    model = objects(store, f"{spec.output_prefix}/model/")
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_config.json"} <= model
     assert not any(name.startswith("ref/") for name in model)  # trl's frozen reference copy stays behind
 
@@ -627,9 +669,9 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
 
     local = full_run["model_dir"].parent / "adapter"
     for name in model:
-        store.client.fget_object(store.bucket, f"{spec['output_prefix']}/model/{name}", str(local / name))
+        store.client.fget_object(store.bucket, f"{spec.output_prefix}/model/{name}", str(local / name))
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(full_run["model_dir"]), local)
     tokenizer = AutoTokenizer.from_pretrained(local)
     prompt = tool_format.prompt_text(tool_format.detect(tokenizer), tokenizer, evals[0]["messages"], TOOLS)
-    output = tool_calling.generate(tuned, tokenizer, [prompt], max_new_tokens=48)[0]
+    output = tool_eval.generate(tuned, tokenizer, [prompt], max_new_tokens=48)[0]
     assert parse_output(output).calls, output

@@ -10,6 +10,10 @@
     TRAINING -> EVALUATING the job's result read from S3 and checked (finite eval loss)
     EVALUATING -> REGISTERING -> SUCCEEDED   the model registered, committing the quota slot
 
+The stages are driven here; ``generation`` holds the GENERATING stage's steps and imports
+nothing of this module. The Ray job gets one typed ``JobSpec`` (``recipes/job_spec.py``) as
+its spec.json, and runs the recipe module of the run's path (``RECIPES``).
+
 Any stage may end the run FAILED (``RunFailed``: a code, a message a user can act on,
 the field at fault). Every stage can run again after a restart: the split is
 idempotent, a submitted job is found again by its id, registration is idempotent per
@@ -41,6 +45,9 @@ from services.common.settings import S3Settings
 from services.trainer import generation, ray_jobs, runs
 from services.trainer.peers import Peers
 from services.trainer.ray_jobs import RayJobs
+from services.trainer.recipes.grpo_settings import GrpoSettings
+from services.trainer.recipes.job_spec import JobSpec
+from services.trainer.recipes.sft_settings import SftSettings
 from services.trainer.runs import RunFailed, run_prefix
 
 log = logging.getLogger("distillery.trainer.pipeline")
@@ -53,7 +60,8 @@ ARTIFACT_KINDS = {
     "lora_adapter": registry_pb2.ARTIFACT_KIND_LORA_ADAPTER,
     "full_weights": registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS,
 }
-# The recipe each path's Ray job runs.
+# The recipe each path's Ray job runs: ``python -m <module> --spec-key <key>``. A new path's recipe is one
+# new module here (it reads a JobSpec and builds on recipes/job.py).
 RECIPES = {
     common_pb2.TRAINING_PATH_FINETUNE_TEXT: "services.trainer.recipes.sft",
     common_pb2.TRAINING_PATH_DISTILL_TEXT: "services.trainer.recipes.sft",
@@ -75,6 +83,18 @@ def job_id(run: runs.Run, attempt: int) -> str:
 def numbers(result: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of a job's result.json."""
     return {k: float(v) for k, v in result.get("metrics", {}).items() if isinstance(v, int | float)}
+
+
+def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
+    """The spec of the run's training job: its split, its output prefix, its resolved settings, the workers."""
+    request, split = run.request, run.split or {}
+    grpo = request.get("grpo")
+    return JobSpec(
+        run_id=run.id, tenant_id=run.tenant_id, student_model=request["student_model"],
+        train_key=split["train_key"], eval_key=split["eval_key"], output_prefix=run_prefix(run),
+        sft=SftSettings(**request["sft"]), grpo=GrpoSettings(**grpo) if grpo is not None else None,
+        num_workers=workers, use_gpu=use_gpu,
+    )  # fmt: skip
 
 
 @dataclass
@@ -155,7 +175,14 @@ class Pipeline:
 
     async def generate(self, run: runs.Run) -> bool:
         """Follow the run's teacher job to its end; True when the pairs are ready to train on."""
-        return await generation.follow(self, run)
+        job = await generation.follow(self.pool, self.peers, run)
+        if job is None:
+            return False  # the run became final meanwhile
+        if generation.splits_output(run):
+            await self._split(run, job.output_dataset_id)
+        else:
+            await generation.add_to_train(self.pool, self.store, run, job)
+        return True
 
     async def _split(self, run: runs.Run, dataset_id: str) -> None:
         request = run.request
@@ -234,14 +261,9 @@ class Pipeline:
 
     async def submit(self, run: runs.Run, attempt: int) -> int:
         prefix = run_prefix(run)
-        spec = {
-            "run_id": run.id, "tenant_id": run.tenant_id, "student_model": run.request["student_model"],
-            "train_key": (run.split or {})["train_key"], "eval_key": (run.split or {})["eval_key"],
-            "output_prefix": prefix, "sft": run.request["sft"], "grpo": run.request.get("grpo"),
-            "num_workers": self.train_workers, "use_gpu": self.train_use_gpu,
-        }  # fmt: skip
         spec_key = f"{prefix}/spec.json"
-        await asyncio.to_thread(self.store.put_bytes, spec_key, json.dumps(spec, indent=2).encode(), "application/json")
+        spec = job_spec(run, self.train_workers, self.train_use_gpu)
+        await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
         token = auth.new_run_token()
         await runs.save(self.pool, run.id, job_attempt=attempt, push_token_hash=auth.hash_key(token))
@@ -338,4 +360,4 @@ class Pipeline:
             log.error("cannot release the quota slot of run %s: %s", run.id, err.message)
 
     async def note(self, run: runs.Run, text: str) -> None:
-        await runs.report(self.pool, run.id, [{"log": {"text": text}}])
+        await runs.note(self.pool, run.id, text)

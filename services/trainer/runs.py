@@ -229,6 +229,11 @@ async def report(pool: AsyncConnectionPool, run_id: str, events: list[dict[str, 
     return run
 
 
+async def note(pool: AsyncConnectionPool, run_id: str, text: str) -> None:
+    """A log line in the run's events (what the trainer did for it: a split, a teacher job, a submission)."""
+    await report(pool, run_id, [{"log": {"text": text}}])
+
+
 # --- leases: which trainer instance drives a run ---
 
 

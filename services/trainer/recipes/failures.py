@@ -8,6 +8,12 @@ original type, unpickled; its ``__cause__`` is gone but the traceback text is in
 message), or ``ray.train.ControllerError`` with ``controller_failure``. A worker killed by
 Ray's memory monitor shows up as a Ray error whose text says so. ``classify`` walks all of
 these, so the code is the same wherever the error was raised.
+
+What a user should change depends on the phase that was running: SFT (``sft.*`` settings)
+or GRPO (``grpo.*``: its memory goes to sampling ``prompts_per_step`` x ``num_generations``
+completions of up to ``max_completion_length`` tokens a step). The phase comes from the job
+(``job.enter_phase`` records it where the driver reads it: a worker killed by the memory
+monitor leaves no exception of its own to carry it).
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ INVALID_DATASET = "invalid_dataset"
 OUT_OF_MEMORY = "out_of_memory"
 TRAINING_DIVERGED = "training_diverged"
 TRAINING_FAILED = "training_failed"
+
+# The phases of a training job that fail differently: the settings to change are theirs.
+SFT, GRPO = "sft", "grpo"
+PHASES = (SFT, GRPO)
 
 # Texts that mean memory ran out: torch on GPU ("CUDA out of memory") and CPU ("can't allocate
 # memory"), Ray's memory monitor ("... killed due to the node running low on memory",
@@ -57,7 +67,14 @@ def invalid_dataset(message: str) -> RunFailure:
     return RunFailure(INVALID_DATASET, message, "dataset_id")
 
 
-def diverged(step: int, loss: float) -> RunFailure:
+def diverged(step: int, loss: float, phase: str = SFT) -> RunFailure:
+    """A non-finite loss at ``step``: the phase's learning rate was too high."""
+    if phase == GRPO:
+        return RunFailure(
+            TRAINING_DIVERGED,
+            f"the GRPO loss became {loss} at step {step}: lower grpo.learning_rate and try again",
+            "grpo.learning_rate",
+        )
     return RunFailure(
         TRAINING_DIVERGED,
         f"the training loss became {loss} at step {step}: the training diverged. Lower sft.learning_rate and try again",
@@ -65,7 +82,16 @@ def diverged(step: int, loss: float) -> RunFailure:
     )
 
 
-def out_of_memory(err: BaseException) -> RunFailure:
+def out_of_memory(err: BaseException, phase: str = SFT) -> RunFailure:
+    """Memory ran out during ``phase``: the message and the field name that phase's settings."""
+    if phase == GRPO:
+        return RunFailure(
+            OUT_OF_MEMORY,
+            f"GRPO ran out of memory ({_last_line(err)}): lower grpo.prompts_per_step or grpo.num_generations "
+            "(each step samples prompts_per_step x num_generations completions at once) or "
+            "grpo.max_completion_length, or keep LoRA (sft.full_finetune=false)",
+            "grpo.prompts_per_step",
+        )
     return RunFailure(
         OUT_OF_MEMORY,
         f"training ran out of memory ({_last_line(err)}): lower sft.batch_size or sft.max_seq_length "
@@ -75,15 +101,16 @@ def out_of_memory(err: BaseException) -> RunFailure:
     )
 
 
-def classify(err: BaseException) -> RunFailure:
-    """The run failure that ``err`` (raised anywhere: driver, controller, a worker) stands for."""
+def classify(err: BaseException, phase: str = SFT) -> RunFailure:
+    """The run failure that ``err`` (raised anywhere: driver, controller, a worker) stands for, while the job
+    was in ``phase`` (``SFT`` or ``GRPO``)."""
     chain = list(_chain(err))
     for e in chain:
         if isinstance(e, RunFailure):
             return e
     for e in chain:
         if _is_oom(e):
-            return out_of_memory(e)
+            return out_of_memory(e, phase)
     root = next((e for e in chain if not _is_wrapper(e)), err)  # what a worker raised, not Ray's wrapper
     return RunFailure(TRAINING_FAILED, f"training failed: {type(root).__name__}: {_last_line(root)}")
 

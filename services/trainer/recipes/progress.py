@@ -14,6 +14,7 @@ Without ``DISTILLERY_TRAINER_ADDRESS`` and ``DISTILLERY_RUN_TOKEN`` nothing is s
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -202,3 +203,39 @@ class ProgressPush(TrainerCallback):
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 stop = bool(flag.item() > 0)
         return stop
+
+
+class StageProgress(TrainerCallback):
+    """Hands a stage's steps to ``ProgressPush`` as steps of the whole run: ``offset`` + the stage's, of ``total``
+    (a job of several trainers, e.g. SFT then GRPO, shows one step count). A logged ``reward`` goes on as
+    ``grpo_reward``."""
+
+    def __init__(self, push: ProgressPush, offset: int, total: int) -> None:
+        self.push, self.offset, self.total = push, offset, total
+
+    def _run_state(self, state: Any) -> Any:
+        return dataclasses.replace(state, global_step=self.offset + state.global_step, max_steps=self.total)
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.push.on_train_begin(args, self._run_state(state), control)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.push.on_step_end(args, self._run_state(state), control)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        logs = dict(logs or {})
+        if isinstance(logs.get("reward"), int | float):
+            push_metrics(self.push, self.offset + state.global_step, {"grpo_reward": float(logs["reward"])})
+        self.push.on_log(args, self._run_state(state), control, logs=logs)
+
+
+def push_metrics(push: ProgressPush | None, step: int, values: dict[str, float]) -> None:
+    """Metrics a recipe computed itself (an evaluation's rates), as one Metrics event at ``step``."""
+    if push is not None and push.sending:
+        push.put(trainer_pb2.RunEvent(metrics=trainer_pb2.Metrics(step=step, values=values)))
+
+
+def stage_log(push: ProgressPush, text: str) -> None:
+    """A log line for the run's events (and this job's log): which stage begins."""
+    log.info("%s", text)
+    push.put(trainer_pb2.RunEvent(log=trainer_pb2.LogLine(text=text)))

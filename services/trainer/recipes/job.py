@@ -1,0 +1,246 @@
+"""What every recipe's Ray job does around its training: the driver, Ray, storage, and the objects it writes.
+
+A recipe module is run as ``python -m services.trainer.recipes.<name> --spec-key <key>``; its
+``main`` is ``drive(argv, prog, fit)``, which:
+
+1. reads the ``JobSpec`` (``job_spec.py``) at the key (exit 2 when there is none, 1 when it is not a spec);
+2. skips a run that has its result.json already (a job submitted again after it finished);
+3. clears error.json and phase.json of an earlier attempt, checks the student model (``check_student_model``)
+   and calls the recipe's ``fit(spec, s3)``;
+4. classifies whatever ``fit`` raised (``failures.classify``, in the phase the job recorded last with
+   ``enter_phase``) into ``<output_prefix>/error.json`` and exits 1; a cancel (SIGINT) exits 130 with none.
+
+``fit`` usually hands a loop to ``train_on_ray`` (a Ray Train ``TorchTrainer`` whose checkpoints go to
+S3 under ``<output_prefix>/ray``); the loop runs its stages in ``attempt``, which writes a ``RunFailure``
+(what another attempt cannot fix) to error.json itself and returns, so Ray Train does not retry it.
+
+Environment: DISTILLERY_S3_* (``S3Settings.from_env``); RAY_ADDRESS under the Jobs API (without it a
+local Ray cluster is started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from minio.error import S3Error
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.objects import ObjectStore
+from services.common.settings import S3Settings
+from services.trainer.recipes import failures
+from services.trainer.recipes.failures import RunFailure
+from services.trainer.recipes.job_spec import JobSpec
+
+log = logging.getLogger("distillery.recipes.job")
+
+LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
+
+
+# --- the driver ---
+
+
+def drive(argv: list[str] | None, prog: str, fit: Callable[[JobSpec, S3Settings], None]) -> int:
+    """A recipe's Ray job from its command line to its exit code (module docstring)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--spec-key", required=True, help="S3 key of the run's spec.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s3 = S3Settings.from_env()
+    return run_job(ObjectStore(s3), args.spec_key, lambda spec: fit(spec, s3))
+
+
+def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None]) -> int:
+    """Steps 1-4 of the module docstring against ``store``; the exit code."""
+    raw = read_json(store, spec_key)
+    if raw is None:
+        log.error("no spec at s3://%s/%s", store.bucket, spec_key)
+        return 2
+    try:
+        spec = JobSpec.from_dict(raw)
+    except InvalidArgument as err:
+        log.error("the object at %s is not a job spec: %s", spec_key, err.message)
+        prefix = raw.get("output_prefix")
+        if isinstance(prefix, str) and prefix:
+            failure = RunFailure(failures.TRAINING_FAILED, f"the training job's spec is not valid: {err.message}")
+            write_json(store, f"{prefix}/error.json", failure.to_dict())
+        return 1
+    prefix = spec.output_prefix
+    if read_json(store, f"{prefix}/result.json") is not None:
+        log.info("run %s already has its result; nothing to do", spec.run_id)
+        return 0
+    store.delete_prefix(f"{prefix}/error.json")  # from an earlier attempt
+    store.delete_prefix(f"{prefix}/phase.json")
+    try:
+        check_student_model(spec.student_model)
+        fit(spec)
+    except KeyboardInterrupt:
+        log.info("cancelled")
+        return 130
+    except Exception as err:
+        failure = failures.classify(err, current_phase(store, spec))
+        log.exception("run %s failed: %s: %s", spec.run_id, failure.code, failure.message)
+        write_json(store, f"{prefix}/error.json", failure.to_dict())
+        return 1
+    if read_json(store, f"{prefix}/result.json") is not None:
+        log.info("run %s done", spec.run_id)
+        return 0
+    error = read_json(store, f"{prefix}/error.json")
+    if error is not None:
+        log.error("run %s failed: %s: %s", spec.run_id, error.get("code"), error.get("message"))
+    else:
+        log.error("run %s stopped before the end (cancelled, or the trainer said it is final)", spec.run_id)
+    return 1
+
+
+def check_student_model(student_model: str) -> None:
+    """Fail before starting any worker when the student cannot be loaded or has no chat template."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(student_model)
+        tokenizer = AutoTokenizer.from_pretrained(student_model)
+    except Exception as err:
+        raise failures.unknown_model(student_model, err) from err
+    if not tokenizer.chat_template:
+        raise RunFailure(
+            failures.UNKNOWN_MODEL,
+            f"the student model {student_model!r} has no chat template: pick a chat (instruct) model",
+            "student_model",
+        )
+
+
+# --- the phase a job is in (what a failure's advice is about) ---
+
+
+def enter_phase(store: ObjectStore, spec: JobSpec, phase: str) -> None:
+    """Record that the job now runs ``phase`` (``failures.SFT`` or ``failures.GRPO``): a failure from here on,
+    even a worker killed for memory, is classified with that phase's settings. A job that records none is SFT."""
+    assert phase in failures.PHASES, phase
+    write_json(store, f"{spec.output_prefix}/phase.json", {"phase": phase})
+
+
+def current_phase(store: ObjectStore, spec: JobSpec) -> str:
+    """The phase the job recorded last (``failures.SFT`` when none, or when it cannot be read)."""
+    try:
+        recorded = read_json(store, f"{spec.output_prefix}/phase.json") or {}
+    except (S3Error, ValueError):
+        return failures.SFT
+    phase = recorded.get("phase")
+    return phase if phase in failures.PHASES else failures.SFT
+
+
+# --- Ray ---
+
+
+def train_on_ray(
+    loop: Callable[[dict[str, Any]], None], spec: JobSpec, s3: S3Settings, *, workers: int, max_failures: int,
+    checkpoints_kept: int | None = None,
+) -> None:  # fmt: skip
+    """Run ``loop`` on ``workers`` Ray Train workers (``train_loop_config``: ``{"spec": spec.to_json()}``, read it
+    with ``worker_spec``), checkpoints in S3 under ``<output_prefix>/ray``; an attempt that raises is tried again
+    ``max_failures`` times from the last checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    start_ray()
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"spec": spec.to_json()},
+        scaling_config=scaling(workers, spec.use_gpu),
+        run_config=RunConfig(
+            name=spec.run_id, storage_path=f"{s3.bucket}/{spec.output_prefix}/ray",
+            storage_filesystem=checkpoint_storage(s3), failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoints_kept),
+        ),
+    )  # fmt: skip
+    trainer.fit()
+
+
+def worker_spec(config: dict[str, Any]) -> JobSpec:
+    """The spec a Ray Train worker was given by ``train_on_ray``."""
+    return JobSpec.from_json(config["spec"])
+
+
+def start_ray() -> None:
+    """Join the job's Ray cluster (RAY_ADDRESS under the Jobs API), else start a local one."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:  # a local cluster, for tests and direct runs
+        ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
+
+
+def scaling(workers: int, use_gpu: bool) -> Any:
+    """The workers a job asks Ray for. Ray gives a worker one CPU unless told otherwise, and sets its torch
+    to one thread to match; a CPU job asks instead for the CPUs of the largest node, shared among its workers
+    (so two CPU jobs on one node take turns rather than share it). A GPU worker asks for one GPU."""
+    import ray
+    from ray.train import ScalingConfig
+
+    if use_gpu:
+        return ScalingConfig(num_workers=workers, use_gpu=True)
+    node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]), default=1)
+    return ScalingConfig(num_workers=workers, resources_per_worker={"CPU": max(1, node_cpus // workers)})
+
+
+def checkpoint_storage(s3: S3Settings) -> Any:
+    """The S3 filesystem Ray Train keeps a run's checkpoints in."""
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=s3.endpoint, scheme="https" if s3.secure else "http",
+        access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region,
+    )  # fmt: skip
+
+
+# --- one attempt of a worker ---
+
+
+def attempt(spec: JobSpec, store: ObjectStore, stages: Callable[[Path], None], rank: int = 0) -> None:
+    """``stages(workdir)`` in a scratch directory (removed after). A ``RunFailure`` (what another attempt cannot
+    fix: the dataset, a diverged loss) goes to error.json from rank 0 and ends the attempt without raising."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.run_id}-rank{rank}-"))
+    try:
+        stages(workdir)
+    except RunFailure as failure:
+        log.error("run %s failed: %s: %s", spec.run_id, failure.code, failure.message)
+        if rank == 0:
+            write_json(store, f"{spec.output_prefix}/error.json", failure.to_dict())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- objects in the store ---
+
+
+def read_json(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """The JSON object at ``key``, or None when there is none."""
+    try:
+        data = store.get_bytes(key)
+    except NotFound:
+        return None
+    except S3Error as err:
+        if err.code in ("NoSuchKey", "NoSuchBucket"):
+            return None
+        raise
+    value = json.loads(data)
+    return value if isinstance(value, dict) else None
+
+
+def write_json(store: ObjectStore, key: str, value: dict[str, Any]) -> None:
+    store.put_bytes(key, json.dumps(value, indent=2).encode(), "application/json")
+
+
+def upload_dir(store: ObjectStore, directory: Path, prefix: str) -> None:
+    """Every file under ``directory`` to ``<prefix>/<its relative path>``."""
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        store.client.fput_object(store.bucket, f"{prefix}/{path.relative_to(directory).as_posix()}", str(path))

@@ -1,0 +1,89 @@
+"""trl, peft and transformers configs built from the run's settings, the same way for every recipe.
+
+``SftSettings`` and ``GrpoSettings`` name the hyperparameters a user sets; this module maps
+them onto trl's ``SFTConfig`` / ``GRPOConfig``, peft's ``LoraConfig`` and transformers'
+early stopping, with what every job shares: CPU or GPU, bf16 where the GPU has it, a log
+line for every step (the progress push and the loss guard read them), non-finite losses
+logged as they are (``logging_nan_inf_filter=False``: the guard must see them), no
+reporting integrations, no progress bars, no dataloader processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from services.trainer.recipes.grpo_settings import GrpoSettings
+from services.trainer.recipes.sft_settings import SftSettings
+
+
+def precision(use_gpu: bool) -> tuple[bool, Any]:
+    """(bf16, the torch dtype to load the model in): bf16 on a GPU that has it, else float32."""
+    import torch
+
+    bf16 = use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bf16, torch.bfloat16 if bf16 else torch.float32
+
+
+def sft_config(
+    settings: SftSettings, output_dir: Path, *, use_gpu: bool, bf16: bool, save_checkpoints: bool,
+    count_tokens: bool = False,
+) -> Any:  # fmt: skip
+    """trl's ``SFTConfig``: a checkpoint every ``checkpoint_every_steps`` when ``save_checkpoints`` (always with
+    early stopping, which keeps the best), evals every ``eval_every_steps``; ``count_tokens`` counts the input
+    tokens seen (without padding) for a tokens-per-second figure."""
+    from trl import SFTConfig
+
+    evals = settings.eval_every_steps > 0
+    saves = save_checkpoints or settings.early_stopping_patience > 0
+    extra: dict[str, Any] = {"include_num_input_tokens_seen": "non_padding"} if count_tokens else {}
+    return SFTConfig(
+        output_dir=str(output_dir), use_cpu=not use_gpu, bf16=bf16, activation_checkpointing=use_gpu,
+        seed=settings.seed, data_seed=settings.seed, learning_rate=settings.learning_rate,
+        num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
+        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps, max_length=settings.max_seq_length,
+        save_strategy="steps" if saves else "no", save_steps=settings.checkpoint_every_steps, save_total_limit=2,
+        eval_strategy="steps" if evals else "no", eval_steps=settings.eval_every_steps or None,
+        load_best_model_at_end=settings.early_stopping_patience > 0, metric_for_best_model="eval_loss",
+        greater_is_better=False, logging_steps=1, logging_nan_inf_filter=False, report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0, **extra,
+    )  # fmt: skip
+
+
+def lora_config(settings: SftSettings) -> Any:
+    """peft's ``LoraConfig`` on every linear layer, or None for a full fine-tune."""
+    from peft import LoraConfig
+
+    if settings.full_finetune:
+        return None
+    return LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def early_stopping(settings: SftSettings) -> list[Any]:
+    """The early-stopping callback when ``early_stopping_patience`` asks for one (else none)."""
+    from transformers import EarlyStoppingCallback
+
+    if not settings.early_stopping_patience:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
+
+
+def grpo_config(
+    settings: GrpoSettings, output_dir: Path, *, seed: int, use_gpu: bool, bf16: bool, reward_weights: list[float]
+) -> Any:
+    """trl's ``GRPOConfig``: ``completions_per_step`` completions a step (``prompts_per_step`` prompts x
+    ``num_generations``), no checkpoints (a GRPO stage starts over when its job is submitted again)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(output_dir), use_cpu=not use_gpu, bf16=bf16, activation_checkpointing=use_gpu,
+        seed=seed, learning_rate=settings.learning_rate, max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.completions_per_step, num_generations=settings.num_generations,
+        max_completion_length=settings.max_completion_length, temperature=settings.temperature, beta=settings.beta,
+        reward_weights=list(reward_weights), logging_steps=1, logging_nan_inf_filter=False,
+        save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
+    )  # fmt: skip
