@@ -5,11 +5,13 @@ The teacher is a fake vendor API (the real SDKs over loopback) whose answers eac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any
 
 import grpc
+import psycopg
 import pytest
 from click.testing import CliRunner
 from provider_servers import Answer
@@ -19,7 +21,9 @@ from test_tracing_and_cli import cli_env
 from distillery.cli.main import cli
 from distillery.ingest.v1 import ingest_pb2
 from distillery.teacher.v1 import teacher_pb2
-from services.teacher.tool_descriptions import MAX_DESCRIPTION_CHARS, RESPONSE_SCHEMA
+from services.teacher.limits import Limiter
+from services.teacher.providers.base import Credentials
+from services.teacher.tool_descriptions import MAX_DESCRIPTION_CHARS, RESPONSE_SCHEMA, describe_tool
 
 FLIGHTS_TEXT = (
     "Search flights between two airports on a date. The origin and destination are airport codes and are "
@@ -162,6 +166,45 @@ def test_a_busy_teacher_is_retried_then_answers(services, make_tenant, client_fo
     assert code == grpc.StatusCode.UNAVAILABLE and "did not answer (server_error)" in message
 
 
+def test_a_description_reports_and_records_its_token_usage(services, make_tenant, client_for, providers, postgres_url):
+    platform = providers["platform"]
+    platform.script({"status": 503})
+    platform.responder = lambda call: Answer(text=json.dumps(FLIGHTS), input_tokens=321, output_tokens=54)
+    tenant = make_tenant()
+    reply = describe(client_for(tenant))
+    assert reply.violations == []
+    assert (reply.usage.requests, reply.usage.input_tokens, reply.usage.output_tokens) == (2, 321, 54)
+    assert reply.usage.billed  # the deployment's platform key
+    with psycopg.connect(postgres_url) as conn:
+        rows = conn.execute(
+            "SELECT teacher, requests, input_tokens, output_tokens, billed, ok FROM teacher.tool_descriptions"
+            " WHERE tenant_id = %s",
+            (tenant.tenant_id,),
+        ).fetchall()
+    assert rows == [("platform:fake-model", 2, 321, 54, True, True)]
+
+
+def test_a_description_waits_for_the_providers_limiter(providers):
+    """DescribeTool shares the provider's limiter with the generation jobs: while the jobs hold every
+    place, the description waits; it goes out as soon as one frees."""
+    platform = providers["platform"]
+    answering(platform, FLIGHTS)
+    credentials = Credentials(api_key="dpk-test", base_url=platform.base_url)
+
+    async def main() -> Any:
+        limiter = Limiter(concurrency=1)
+        async with limiter.slot():  # a job's request in flight
+            describing = asyncio.create_task(
+                describe_tool(credentials, "platform", "fake-model", FLIGHTS_TEXT, limiter, attempts=1)
+            )
+            await asyncio.sleep(0.5)
+            assert not describing.done() and platform.calls == []
+        return await asyncio.wait_for(describing, timeout=60)
+
+    described = asyncio.run(main())
+    assert described.tool is not None and len(platform.calls) == 1
+
+
 # The CLI
 
 
@@ -177,6 +220,7 @@ def test_cli_describe_prints_the_schema_and_saves_it_as_an_active_tool(services,
     assert shown.exit_code == 0, shown.output
     printed = json.loads(shown.output)
     assert printed["name"] == "search_flights" and printed["violations"] == []
+    assert printed["usage"]["requests"] == 1 and printed["usage"]["output_tokens"] > 0
     assert printed["parameters"]["properties"]["max_stops"] == {
         "type": "integer",
         "minimum": 0,
@@ -189,6 +233,7 @@ def test_cli_describe_prints_the_schema_and_saves_it_as_an_active_tool(services,
     )
     assert saved.exit_code == 0, saved.output
     assert "Saved" in saved.output and "search_flights" in saved.output
+    assert "output tokens in 1 request(s)" in saved.output  # what the description cost
     listed = runner.invoke(cli, ["tools", "list", "--json"], env=env)
     [tool] = json.loads(listed.output)
     assert tool["name"] == "search_flights" and tool["source"] == "TOOL_SOURCE_PLAIN_LANGUAGE"

@@ -102,13 +102,17 @@ def describe(text: str, teacher: str, save: bool, as_json: bool) -> None:
             saved = client.ingest.ImportTools(request)
     violations = list(reply.violations) + list(saved.violations if saved else [])
     if as_json:
-        out: dict[str, Any] = {**tool, "violations": [as_dict(v) for v in violations]}
+        out: dict[str, Any] = {**tool, "violations": [as_dict(v) for v in violations], "usage": as_dict(reply.usage)}
         if saved is not None:
             out["saved"] = [tool_dict(t) for t in saved.tools]
         print_json(out)
     else:
         console.print(f"[bold]{reply.name or '(no name)'}[/bold]: {reply.description}", highlight=False)
         click.echo(json.dumps(tool["parameters"], indent=2))
+        usage = reply.usage
+        console.print(f"[dim]teacher: {usage.input_tokens:,} input and {usage.output_tokens:,} output tokens in "
+                      f"{usage.requests} request(s), ${usage.estimated_cost_usd:.4f}"
+                      f"{'' if usage.billed else ' (your own key: not billed)'}[/dim]", highlight=False)  # fmt: skip
         if violations:
             print_violations(violations)
             console.print(f"[red]{len(violations)} violation(s)[/red]" + (": nothing saved" if save else ""))

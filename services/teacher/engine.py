@@ -49,6 +49,8 @@ class Outcome:
     code: str = ""
     message: str = ""
     attempts: int = 1
+    # The provider's last error kind when the row failed (for "retries_exhausted": what kept failing).
+    error_kind: str = ""
 
 
 class JobStopped(Exception):
@@ -129,13 +131,13 @@ class _Run:
                 raise JobStopped(error)
             if not error.retryable:
                 log.info("row %d: %s (status %d): the row fails", task.row, error.kind, error.status)
-                return Outcome(task.row, None, error.kind, error.message, attempt)
+                return Outcome(task.row, None, error.kind, error.message, attempt, error.kind)
             if attempt >= self.max_attempts:
                 log.warning(
                     "row %d: %s (status %d) on try %d of %d: retries exhausted",
                     task.row, error.kind, error.status, attempt, self.max_attempts,
                 )  # fmt: skip
-                return Outcome(task.row, None, RETRIES_EXHAUSTED, error.message, attempt)
+                return Outcome(task.row, None, RETRIES_EXHAUSTED, error.message, attempt, error.kind)
 
             wait = self.backoff(attempt, error)
             if error.retry_after_s and (error.status == 429 or error.kind == "rate_limited"):
@@ -179,3 +181,27 @@ async def generate(
     for worker in running:
         if worker.done() and not worker.cancelled() and (error := worker.exception()) is not None:
             raise error
+
+
+async def complete_one(
+    request: Request,
+    call: Callable[[Request], Awaitable[Completion]],
+    limiter: Limiter,
+    *,
+    max_attempts: int,
+    max_backoff_s: float,
+) -> Outcome:
+    """One request that is not a job's row (a DescribeTool call), through the provider's shared limiter
+    with a job row's retries. The outcome has the completion, or the error of its last try; a job-fatal
+    error (auth, spend limit, invalid request) is raised as the ``ProviderError`` it is."""
+    outcomes: list[Outcome] = []
+
+    async def keep(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+
+    try:
+        await generate([Task(0, request)], call, limiter, keep, max_attempts=max_attempts,
+                       max_backoff_s=max_backoff_s, workers=1)  # fmt: skip
+    except JobStopped as stopped:
+        raise stopped.error from None
+    return outcomes[0]

@@ -14,9 +14,10 @@ from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
 from services.common.protoconv import page_size, timestamp
-from services.teacher import job_requests, jobs, tool_descriptions
+from services.teacher import job_requests, jobs, prices, tool_descriptions
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
+from services.teacher.providers import split_teacher
 from services.teacher.settings import Settings
 
 WATCH_POLL_S = 0.5
@@ -69,14 +70,18 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         return teacher_pb2.DeleteProviderKeyResponse()
 
     async def DescribeTool(self, request: Any, context: Any) -> teacher_pb2.DescribeToolResponse:
+        tenant_id = auth.current_caller().tenant_id
         described = await tool_descriptions.describe(
-            self.keys,
-            auth.current_caller().tenant_id,
-            request.teacher,
-            request.description,
-            attempts=self.settings.max_attempts,
-            max_backoff_s=self.settings.max_backoff_s,
-        )
+            self.keys, self.runner.limiters, tenant_id, request.teacher, request.description,
+            attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
+        )  # fmt: skip
+        await tool_descriptions.record(self.pool, tenant_id, request.teacher, described)
+        provider, model = split_teacher(request.teacher)
+        usage = common_pb2.Usage(
+            input_tokens=described.input_tokens, output_tokens=described.output_tokens, requests=described.requests,
+            estimated_cost_usd=prices.cost_usd(provider, model, described.input_tokens, described.output_tokens),
+            billed=described.billed,
+        )  # fmt: skip
         violations = [common_pb2.Violation(**asdict(v)) for v in described.report.violations]
         if described.tool is not None:
             tool = described.tool
@@ -85,6 +90,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
                 description=tool.description,
                 violations=violations,
                 parameters_json=json.dumps(tool.parameters, ensure_ascii=False),
+                usage=usage,
             )
         answer = described.answer or {}
         name, text, parameters = answer.get("name"), answer.get("description"), answer.get("parameters")
@@ -93,6 +99,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             description=text if isinstance(text, str) else "",
             parameters_json=json.dumps(parameters, ensure_ascii=False) if isinstance(parameters, dict) else "",
             violations=violations,
+            usage=usage,
         )
 
     async def CheckGenerationJob(self, request: Any, context: Any) -> teacher_pb2.CheckGenerationJobResponse:

@@ -10,24 +10,30 @@ refusal ``teacher_refused``.
 
 RPC errors are for what the caller must change: the description (empty, too long),
 the teacher name, the key (refused, none), or a provider that did not answer.
+
+The call goes through the provider's ``Limiter``, shared with the generation jobs, with a job
+row's retries (``engine.complete_one``); its token usage is returned and ``record``ed per tenant.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
 
 from services.common.canonical_tools import CanonicalTool, check_tool
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, Unavailable
 from services.common.reports import Report
 from services.common.tool_schemas import PLAIN_LANGUAGE
-from services.teacher import providers
+from services.teacher import engine, providers
 from services.teacher.keys import KeyStore, close_client
+from services.teacher.limits import Limiter
 from services.teacher.providers.base import Completion, Credentials, ProviderError, Request, scrub
 
 MAX_DESCRIPTION_CHARS = 8000
@@ -80,16 +86,38 @@ class Described:
     input_tokens: int = 0
     output_tokens: int = 0
     billed: bool = True
+    requests: int = 0  # tries sent to the provider
 
 
 async def describe(
-    keys: KeyStore, tenant_id: str, teacher: str, description: str, *, attempts: int, max_backoff_s: float
+    keys: KeyStore,
+    limiters: Mapping[str, Limiter],
+    tenant_id: str,
+    teacher: str,
+    description: str,
+    *,
+    attempts: int,
+    max_backoff_s: float,
 ) -> Described:
-    """The whole DescribeTool call: check the request, pick the tenant's credentials, ask the teacher."""
+    """The whole DescribeTool call: check the request, pick the tenant's credentials, ask the teacher
+    through the provider's limiter (shared with the generation jobs)."""
     text = clean_description(description)
     provider, model = providers.split_teacher(teacher)
     credentials = await keys.credentials(tenant_id, provider)
-    return await describe_tool(credentials, provider, model, text, attempts=attempts, max_backoff_s=max_backoff_s)
+    return await describe_tool(
+        credentials, provider, model, text, limiters[provider], attempts=attempts, max_backoff_s=max_backoff_s
+    )
+
+
+async def record(pool: AsyncConnectionPool, tenant_id: str, teacher: str, described: Described) -> None:
+    """Keep the call's token usage, as a job keeps its rows': what the tenant's descriptions cost."""
+    async with pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO tool_descriptions (tenant_id, teacher, requests, input_tokens, output_tokens, billed, ok)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (tenant_id, teacher, described.requests, described.input_tokens, described.output_tokens,
+             described.billed, described.tool is not None),
+        )  # fmt: skip
 
 
 def clean_description(description: str) -> str:
@@ -114,6 +142,7 @@ async def describe_tool(
     provider: str,
     model: str,
     description: str,
+    limiter: Limiter,
     *,
     attempts: int = 1,
     max_backoff_s: float = 0.0,
@@ -126,16 +155,24 @@ async def describe_tool(
         max_output_tokens=MAX_OUTPUT_TOKENS,
         response_schema=RESPONSE_SCHEMA,
     )
+    adapter = providers.PROVIDERS[provider]
+    client = adapter.connect(credentials)
     try:
-        completion = await _complete(provider, credentials, request, attempts, max_backoff_s)
+        outcome = await engine.complete_one(request, partial(adapter.complete, client), limiter,
+                                            max_attempts=attempts, max_backoff_s=max_backoff_s)  # fmt: skip
     except ProviderError as err:
-        if err.kind != "refused":
-            raise _teacher_error(provider, credentials, err) from None
+        raise _teacher_error(provider, credentials, err) from None
+    finally:
+        await close_client(adapter, client)
+    completion = outcome.completion
+    if completion is None:
+        if outcome.error_kind != "refused":
+            raise _teacher_error(provider, credentials, ProviderError(outcome.error_kind, outcome.message))
         report = Report(rows=1)
-        said = scrub(err.message, credentials.api_key)
+        said = scrub(outcome.message, credentials.api_key)
         report.add(0, "", "teacher_refused", f"the teacher declined to answer: {said}",
                    "describe the tool in other words, or use another teacher", entry="tool")  # fmt: skip
-        return Described(None, report, None, billed=credentials.billed)
+        return Described(None, report, None, billed=credentials.billed, requests=outcome.attempts)
     answer, report = read_answer(completion)
     tool = None
     if answer is not None:  # check_tool reports a missing or mistyped name, description or parameters
@@ -144,7 +181,8 @@ async def describe_tool(
         tool, report = check_tool(name, text, answer.get("parameters"), source=PLAIN_LANGUAGE)
         if tool is None and _depth(answer) > MAX_ECHO_DEPTH:
             answer = None  # the violations say what is wrong; the answer itself cannot travel
-    return Described(tool, report, answer, completion.input_tokens, completion.output_tokens, credentials.billed)
+    return Described(tool, report, answer, completion.input_tokens, completion.output_tokens, credentials.billed,
+                     outcome.attempts)  # fmt: skip
 
 
 def read_answer(completion: Completion) -> tuple[dict[str, Any] | None, Report]:
@@ -194,26 +232,6 @@ def _depth(value: Any) -> int:
         elif isinstance(item, list):
             stack += [(v, depth + 1) for v in item]
     return deepest
-
-
-async def _complete(
-    provider: str, credentials: Credentials, request: Request, attempts: int, max_backoff_s: float
-) -> Completion:
-    """One completion, retrying what ``ProviderError.retryable`` says may pass (full-jitter backoff)."""
-    adapter = providers.PROVIDERS[provider]
-    client = adapter.connect(credentials)
-    try:
-        for attempt in range(1, max(1, attempts) + 1):
-            try:
-                return await adapter.complete(client, request)
-            except ProviderError as err:
-                if not err.retryable or attempt >= attempts:
-                    raise
-                wait = err.retry_after_s if err.retry_after_s is not None else random.uniform(0, 0.25 * 2**attempt)
-                await asyncio.sleep(min(wait, max_backoff_s))
-        raise AssertionError("unreachable")
-    finally:
-        await close_client(adapter, client)
 
 
 def _teacher_error(provider: str, credentials: Credentials, err: ProviderError) -> DistilleryError:
