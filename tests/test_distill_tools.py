@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import click
 from click.testing import CliRunner
 from minio import Minio
 from provider_servers import Answer
@@ -35,6 +36,7 @@ from services.common import tool_format, tool_rewards
 from services.common.tool_calls import Call, Parsed
 from services.trainer.recipes import tool_calling
 
+FINAL_STATES = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 CITIES = ("Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Quito")
 SEEDS = [f"What's the weather in {city}?" for city in CITIES]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "tools" / "weather_calls.jsonl"
@@ -202,11 +204,48 @@ def test_distill_tools_requests_are_checked_naming_the_field(services, client_fo
     assert client.registry.GetQuota(registry_pb2.GetQuotaRequest()).reserved == 0
 
 
-def test_the_cli_sends_every_grpo_setting(services, make_tenant):
-    """`runs create --mode sft-rl --grpo-*`: each flag reaches the trainer, which checks it and names it."""
+def grpo_flags() -> dict[str, click.Option]:
+    """Every `--grpo-*` option of `runs create`, by parameter name: a new one is covered without a change here."""
+    command = cli.commands["runs"].commands["create"]
+    return {p.name: p for p in command.params if isinstance(p, click.Option) and p.name and p.name.startswith("grpo_")}
+
+
+def test_the_cli_sends_every_grpo_setting(services, make_tenant, client_for):
+    """`runs create --mode sft-rl --grpo-*`: every flag's value arrives in the stored run's GRPO settings; a bad
+    value reaches the trainer, which checks it and names it."""
     tenant = make_tenant()
     base = ["runs", "create", "--path", "distill-tools", "--student", "m", "--teacher", "platform:t", "--tool", "tl_x",
             "--seed-prompt", "What's the weather?", "--mode", "sft-rl"]  # fmt: skip
+    options = grpo_flags()
+    assert len(options) >= 7, sorted(options)
+    # A value of its own for each flag, valid for every setting and none of them a default (4, 128, 0, 30, 1.0, 2):
+    # odd whole numbers from 3, and fractions exact in binary below 1.
+    ints, floats = itertools.count(3, 2), (n / 16 for n in itertools.count(1, 2))
+    sent: dict[str, int | float] = {}
+    for name, option in sorted(options.items()):
+        assert isinstance(option.type, click.types.IntParamType | click.types.FloatParamType), (name, option.type)
+        sent[name] = next(ints) if isinstance(option.type, click.types.IntParamType) else next(floats)
+    args = [arg for name, value in sent.items() for arg in (options[name].opts[0], str(value))]
+    result = CliRunner().invoke(cli, [*base, *args, "--json"], env=cli_env(services, tenant.api_key))
+    assert result.exit_code == 0, result.output
+    client = client_for(tenant)
+    run_id = json.loads(result.output)["id"]
+    try:
+        stored = client.trainer.GetRun(pb.GetRunRequest(id=run_id)).request.grpo
+    finally:
+        if client.trainer.GetRun(pb.GetRunRequest(id=run_id)).state not in FINAL_STATES:
+            client.trainer.CancelRun(pb.CancelRunRequest(id=run_id))
+    settings = {f.name: getattr(stored, f.name) for f in pb.GrpoSettings.DESCRIPTOR.fields}
+    arrived = {}
+    for name, value in sent.items():
+        [field] = [f for f, v in settings.items() if v == value] or [None]
+        assert field is not None, f"--{name.replace('_', '-')} {value} is not in the stored GRPO settings {settings}"
+        # The flag names its setting: each word of the flag is in the setting's name (steps -> max_steps).
+        assert set(name.removeprefix("grpo_").split("_")) <= set(field.split("_")), (name, field)
+        arrived[name] = field
+    assert len(set(arrived.values())) == len(sent)  # each flag its own setting
+    assert set(arrived.values()) == set(settings), "a GRPO setting has no --grpo-* flag"
+
     for flags, field in [
         (["--grpo-temperature", "2.5"], "grpo.temperature"),
         (["--grpo-prompts-per-step", "-1"], "grpo.prompts_per_step"),
