@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from distillery.stack import servers
-from services.common.auth import new_admin_token
+from distillery.tokens import new_admin_token
 from services.common.settings import S3Settings, ServerSettings
 from services.registry import server as registry_server
 from services.registry.settings import Settings

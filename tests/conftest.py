@@ -38,7 +38,7 @@ from provider_servers import ProviderServer
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from distillery.stack import processes, ray_head, servers
-from services.common.auth import new_admin_token, new_service_token
+from distillery.tokens import new_admin_token, new_service_token
 from services.common.server import RunningServer
 from services.common.settings import S3Settings, ServerSettings
 from services.ingest import server as ingest_server

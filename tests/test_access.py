@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from distillery import tokens
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
@@ -72,10 +73,10 @@ def test_a_table_refuses_entries_that_mix_open_or_run_tokens_with_others() -> No
 
 # --- the interceptor's decision ---
 
-SERVICE_TOKEN = auth.new_service_token()
-ADMIN_TOKEN = auth.new_admin_token()
-KEY = auth.new_api_key()
-RUN_TOKEN = auth.new_run_token()
+SERVICE_TOKEN = tokens.new_service_token()
+ADMIN_TOKEN = tokens.new_admin_token()
+KEY = tokens.new_api_key()
+RUN_TOKEN = tokens.new_run_token()
 TABLE = AccessTable(
     "x.v1.S",
     {
@@ -139,7 +140,7 @@ def test_a_tenant_method_takes_the_tenant_key_or_the_service_token_for_a_tenant(
     err = refusal("Tenant", bearer(None))
     assert isinstance(err, Unauthenticated) and str(err).startswith("no API key")
     assert "TENANT" in str(refusal("Tenant", bearer(SERVICE_TOKEN))).upper()  # the tenant header is missing
-    for token in (ADMIN_TOKEN, RUN_TOKEN, KEY[:-2] + "xx", auth.new_service_token()):
+    for token in (ADMIN_TOKEN, RUN_TOKEN, KEY[:-2] + "xx", tokens.new_service_token()):
         assert isinstance(refusal("Tenant", bearer(token, "ten_a")), Unauthenticated), token
 
 
@@ -171,7 +172,7 @@ def test_a_service_method_denies_a_tenant_key_and_says_why() -> None:
     assert str(err) == "Service takes the service token only: the trainer calls it for its runs"
     # No token, a wrong key, a token that only looks like the service token, or no tenant: Unauthenticated.
     for metadata in (
-        bearer(None), bearer(KEY[:-2] + "xx"), bearer(auth.new_service_token(), "ten_a"), bearer(SERVICE_TOKEN),
+        bearer(None), bearer(KEY[:-2] + "xx"), bearer(tokens.new_service_token(), "ten_a"), bearer(SERVICE_TOKEN),
         bearer(ADMIN_TOKEN),
     ):  # fmt: skip
         assert isinstance(refusal("Service", metadata), Unauthenticated), metadata
@@ -183,7 +184,7 @@ def test_a_run_method_takes_the_token_of_the_run_its_request_names() -> None:
     assert caller == auth.run_caller("ten_a", "run_a") and caller.run_id == "run_a"
     for metadata, request in (
         (bearer(None), pushed),
-        (bearer(auth.new_run_token()), pushed),
+        (bearer(tokens.new_run_token()), pushed),
         (bearer(RUN_TOKEN), trainer_pb2.ReportRunEventsRequest(run_id="run_b")),
         (bearer(RUN_TOKEN), trainer_pb2.ReportRunEventsRequest()),
         (bearer(RUN_TOKEN), None),  # a stream of requests names no run

@@ -6,6 +6,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from distillery import tokens
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import auth
 
@@ -153,7 +154,7 @@ def test_only_the_services_reserve_release_and_register(services, make_tenant, c
         stub = registry_pb2_grpc.RegistryServiceStub(channel)
         for metadata in (
             [("authorization", f"Bearer {services.service_token}")],
-            auth.service_metadata(auth.new_service_token(), tenant.tenant_id),
+            auth.service_metadata(tokens.new_service_token(), tenant.tenant_id),
         ):
             for method, request in calls:
                 with pytest.raises(grpc.RpcError) as err:

@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from distillery import tokens
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
@@ -122,7 +123,7 @@ def test_each_method_takes_the_tokens_its_access_table_names(services, make_tena
     assert "admin token" in refused(unauthenticated, "registry", "CreateApiKey", request, [])
     # A training job's push takes its run's token: no key, service token or admin token does.
     push = trainer_pb2.ReportRunEventsRequest(run_id="run_nope")
-    for metadata in ([], key, as_service, admin, [("authorization", f"Bearer {auth.new_run_token()}")]):
+    for metadata in ([], key, as_service, admin, [("authorization", f"Bearer {tokens.new_run_token()}")]):
         assert refused(unauthenticated, "trainer", "ReportRunEvents", push, metadata) == (
             "not a valid push token for this run"
         )

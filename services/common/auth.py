@@ -16,7 +16,6 @@ import contextvars
 import enum
 import hashlib
 import hmac
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,10 +25,6 @@ import grpc
 
 from services.common.errors import Unauthenticated
 
-KEY_PREFIX = "dk_"
-ADMIN_TOKEN_PREFIX = "dat_"
-SERVICE_TOKEN_PREFIX = "dst_"
-RUN_TOKEN_PREFIX = "drt_"  # a training job's token for pushing its run's progress
 # A call between services carries the service token and names the tenant it acts for.
 TENANT_HEADER = "x-distillery-tenant"
 SERVICE_KEY_ID = "service"
@@ -108,22 +103,6 @@ def caller_or_none() -> Caller | None:
 
 def set_caller(caller: Caller | None) -> contextvars.Token[Caller | None]:
     return _caller.set(caller)
-
-
-def new_api_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(30)
-
-
-def new_admin_token() -> str:
-    return ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(30)
-
-
-def new_service_token() -> str:
-    return SERVICE_TOKEN_PREFIX + secrets.token_urlsafe(30)
-
-
-def new_run_token() -> str:
-    return RUN_TOKEN_PREFIX + secrets.token_urlsafe(30)
 
 
 def service_metadata(service_token: str, tenant_id: str) -> list[tuple[str, str]]:

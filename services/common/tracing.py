@@ -40,4 +40,3 @@ def aio_client_interceptors() -> list[object]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors as make
 
     return list(make())
-

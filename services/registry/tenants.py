@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from distillery import tokens
 from services.common import auth
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 
@@ -83,7 +84,7 @@ async def get_tenant(pool: AsyncConnectionPool, tenant_id: str) -> Tenant:
 async def create_api_key(pool: AsyncConnectionPool, tenant_id: str, name: str) -> tuple[ApiKey, str]:
     """Return the key's record and the secret, which is not kept anywhere."""
     await get_tenant(pool, tenant_id)
-    secret = auth.new_api_key()
+    secret = tokens.new_api_key()
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=class_row(ApiKey))
         await cur.execute(

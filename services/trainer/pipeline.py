@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 from minio.error import S3Error
 
+from distillery import tokens
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
@@ -265,7 +266,7 @@ class Pipeline:
         spec = job_spec(run, self.train_workers, self.train_use_gpu)
         await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
-        token = auth.new_run_token()
+        token = tokens.new_run_token()
         await runs.save(self.pool, run.id, job_attempt=attempt, push_token_hash=auth.hash_key(token))
         env = {
             **JOB_TUNING,
