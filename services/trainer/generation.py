@@ -29,43 +29,11 @@ from distillery.teacher.v1 import teacher_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.objects import ObjectStore
 from services.common.pairs import pair_key
-from services.trainer import runs
+from services.trainer import run_requests, runs
 from services.trainer.peers import Peers
 from services.trainer.runs import RunFailed
 
 POLL_S = 1.0
-
-
-def generates(run: runs.Run) -> bool:
-    """Whether the run has a GENERATING stage."""
-    if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
-        return not run.request.get("dataset_id")
-    return run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT or bool(run.request.get("augment_count"))
-
-
-def job_request(run: runs.Run) -> teacher_pb2.CreateGenerationJobRequest:
-    request = run.request
-    job = teacher_pb2.CreateGenerationJobRequest(
-        teacher=request["teacher"], run_id=run.id, max_failed_fraction=request.get("max_failed_fraction", 0.0)
-    )
-    json_format.ParseDict(request.get("generation", {}), job.parameters)
-    if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
-        job.kind = teacher_pb2.JOB_KIND_TOOL_TRAJECTORIES
-        job.tool_ids.extend(request.get("tool_ids", []))
-        job.seed_prompts.extend(request.get("seed_prompts", []))
-        job.objectives.extend(request.get("objectives", []))
-        for example in request.get("tool_responses", []):
-            job.tool_responses.add(**example)
-    elif run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
-        job.kind = teacher_pb2.JOB_KIND_TEXT_DISTILLATION
-        job.dataset_id = request["dataset_id"]
-        for prompt in request.get("system_prompts", []):
-            job.system_prompts.add(name=prompt["name"], text=prompt["text"])
-    else:
-        job.kind = teacher_pb2.JOB_KIND_AUGMENTATION
-        job.source_key = (run.split or {})["train_key"]
-        job.parameters.augment_count = int(request["augment_count"])
-    return job
 
 
 def usage_of(job: teacher_pb2.GenerationJob) -> dict[str, Any]:
@@ -80,7 +48,9 @@ async def follow(pool: Any, peers: Peers, run: runs.Run) -> teacher_pb2.Generati
     generation = dict(run.generation or {})
     if not generation.get("job_id"):
         try:
-            job = await peers.create_job(run.tenant_id, job_request(run))
+            train_key = (run.split or {}).get("train_key", "")  # augmentation: new pairs like the train split's
+            request = run_requests.teacher_request(run.path, run.request, run.id, train_key)
+            job = await peers.create_job(run.tenant_id, request)
         except (InvalidArgument, FailedPrecondition, NotFound) as err:
             raise RunFailed("generation_refused", err.message, err.field or "teacher") from None
         estimate = job.estimate

@@ -43,7 +43,7 @@ from services.common import auth
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer import generation, ray_jobs, runs
+from services.trainer import generation, ray_jobs, run_requests, runs
 from services.trainer.peers import Peers
 from services.trainer.ray_jobs import RayJobs
 from services.trainer.recipes.grpo_settings import GrpoSettings
@@ -138,7 +138,7 @@ class Pipeline:
             await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_VALIDATING)
         elif run.state == pb.RUN_STATE_VALIDATING:
             await self.validate(run)
-            generates = generation.generates(run)
+            generates = run_requests.generates(run.path, run.request)
             next_state = pb.RUN_STATE_GENERATING if generates else pb.RUN_STATE_TRAINING
             await runs.transition(self.pool, run.tenant_id, run.id, next_state)
         elif run.state == pb.RUN_STATE_GENERATING:
