@@ -32,9 +32,9 @@ from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from services.common import tool_format, tool_rewards
+from services.common import tool_format
 from services.common.tool_calls import Call, Parsed
-from services.trainer.recipes import tool_calling
+from services.trainer.recipes import tool_calling, tool_rewards
 
 FINAL_STATES = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 CITIES = ("Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Quito")

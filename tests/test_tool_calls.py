@@ -10,8 +10,8 @@ import time
 import pytest
 
 from services.common import tool_calls as tc
-from services.common import tool_rewards as tr
 from services.common.tool_calls import Call, check_call, parse_output, render_call
+from services.trainer.recipes import tool_rewards as tr
 
 WEATHER = {
     "name": "get_weather",

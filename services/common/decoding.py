@@ -29,7 +29,8 @@ STOP, LENGTH, TOOL_CALLS = "stop", "length", "tool_calls"
 
 @dataclass(frozen=True)
 class ToolAnswer:
-    """What a model said, read as tool calls: ``parsed`` is what scoring reads (``tool_rewards.score_parsed``)."""
+    """What a model said, read as tool calls: ``parsed`` is what scoring reads (the trainer's
+    ``recipes/tool_rewards.score_parsed``)."""
 
     content: str
     calls: list[Call] = field(default_factory=list)

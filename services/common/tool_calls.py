@@ -38,7 +38,7 @@ and under ``not`` and ``if``.
 stripped, inner whitespace collapsed to one space and case-folded, floats with an
 integer value made ints, lists in their order; ``true`` is not ``1``.
 
-GRPO rewards and eval rates built on these are in ``tool_rewards.py``.
+GRPO rewards and eval rates built on these are the trainer's (``services/trainer/recipes/tool_rewards.py``).
 """
 
 from __future__ import annotations

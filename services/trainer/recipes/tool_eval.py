@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Any
 
-from services.common import decoding, tool_rewards
+from services.common import decoding
+from services.trainer.recipes import tool_rewards
 from services.trainer.recipes.progress import ProgressPush, push_metrics
 
 log = logging.getLogger("distillery.recipes.tool_calling")

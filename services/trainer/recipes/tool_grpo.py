@@ -17,8 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from services.common import tool_rewards
-from services.trainer.recipes import failures, trl_configs
+from services.trainer.recipes import failures, tool_rewards, trl_configs
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from services.trainer.recipes.tool_eval import generate
