@@ -56,10 +56,18 @@ from services.trainer.settings import Settings as TrainerSettings
 # A test whose fixtures include one of these starts (or shares) a real service: PostgreSQL, S3, the Ray
 # head, the four gRPC services, or the platform teacher's llama.cpp server. It is marked ``stack``.
 STACK_FIXTURES = frozenset({"postgres_url", "s3_settings", "ray_cluster", "services", "platform_url"})
-# Tests that start services themselves, without a fixture (``distillery up`` as a subprocess).
-STACK_TESTS = frozenset({"test_stack.py::test_local_stack_lifecycle"})
-# Tests that start no service but take long (real training runs, large builds): marked ``slow``.
-SLOW_TESTS = frozenset({"test_tool_recipe.py::test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room"})
+# Tests that start services themselves, without a fixture (``distillery up``, a llama.cpp server).
+STACK_TESTS = frozenset({
+    "test_stack.py::test_local_stack_lifecycle",
+    "test_platform_teacher.py::test_server_ignores_settings_in_the_environment",
+})  # fmt: skip
+# Tests that start no service but train a model (seconds to minutes on 2 cores): marked ``slow``.
+SLOW_TESTS = frozenset({
+    "test_tool_recipe.py::test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room",
+    "test_sft_recipe.py::test_progress_push_sends_ordered_events_with_the_token",
+    "test_sft_recipe.py::test_keep_going_false_stops_training",
+    "test_sft_recipe.py::test_a_dead_trainer_address_does_not_slow_training",
+})  # fmt: skip
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -69,6 +77,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.stack)
         if name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+    modules = {item.path.name: item.module for item in items if isinstance(item, pytest.Function)}
+    for name in STACK_TESTS | SLOW_TESTS:  # a renamed test would silently lose its tier
+        file, function = name.split("::")
+        if file in modules and not hasattr(modules[file], function):
+            raise pytest.UsageError(f"tests/conftest.py marks {name}, which is not in {file} any more")
 
 
 SPANS = InMemorySpanExporter()
