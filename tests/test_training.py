@@ -274,6 +274,7 @@ def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for,
 def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, make_tenant):
     client = client_for(make_tenant())
     distill = common_pb2.TRAINING_PATH_DISTILL_TEXT
+    teacher = "openai:gpt-4.1-mini"  # the system prompts are the teacher's check: it needs one
 
     def named(name: str) -> teacher_pb2.NamedSystemPrompt:
         return teacher_pb2.NamedSystemPrompt(name=name, text="Answer briefly.")
@@ -288,11 +289,12 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
         (run_request("ds_x", "m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
         (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x", student_model="m"),
          grpc.StatusCode.UNIMPLEMENTED, ""),
-        # Distill-text with no named system prompt is refused before it starts, saying so.
-        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m"), grpc.StatusCode.INVALID_ARGUMENT,
-         "system_prompts"),
-        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m", system_prompts=[named("a")] * 2),
-         grpc.StatusCode.INVALID_ARGUMENT, "system_prompts[1].name"),
+        # Distill-text with no named system prompt is refused before it starts, saying so (the teacher's check).
+        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m", teacher=teacher),
+         grpc.StatusCode.INVALID_ARGUMENT, "system_prompts"),
+        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m", teacher=teacher,
+                             system_prompts=[named("a")] * 2), grpc.StatusCode.INVALID_ARGUMENT,
+         "system_prompts[1].name"),
     ]  # fmt: skip
     for request, code, field in cases:
         err = refused(partial(client.trainer.CreateRun, request), code)
