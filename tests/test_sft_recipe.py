@@ -359,7 +359,9 @@ def test_a_dead_trainer_address_does_not_slow_training(student: Path) -> None:
         trainer.train()
         closing = time.monotonic()
         push.close(timeout_s=1.0)
-        assert time.monotonic() - closing < 1.5
+        # close gives up on the silent trainer after its timeout instead of waiting on every queued send's
+        # deadline (a 2 s deadline each): the bound is loose enough for a busy machine to keep.
+        assert time.monotonic() - closing < 1.0 + push.timeout_s
     assert trainer.state.global_step == 10 and not push.stopped_by_service
     # The hooks only queue: all of them together take less than one send's deadline, which a hook that
     # waited for a send would spend alone (bench/bench_timing.py measures what a hook costs).
@@ -369,7 +371,7 @@ def test_a_dead_trainer_address_does_not_slow_training(student: Path) -> None:
     started = time.monotonic()
     for step in range(3000):  # a full queue drops its oldest events; putting never blocks
         full.put(trainer_pb2.RunEvent(progress=trainer_pb2.Progress(step=step)))
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 10.0  # thousands of times what 3000 appends take: a put never waits
     assert len(full._queue) <= 100 and full._queue[-1].progress.step == 2999
     full.close(timeout_s=1.0)
 
