@@ -34,7 +34,7 @@ import orjson
 from distillery.teacher.v1 import teacher_pb2 as pb
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore, tenant_key
-from services.teacher import job_requests, jobs, text_jobs, tool_jobs, tool_prompts
+from services.teacher import job_requests, jobs, text_jobs, tool_jobs, tool_prompts, trajectory_rows
 from services.teacher.engine import JobStopped, Outcome, Task, generate
 from services.teacher.ingest_peer import Ingest
 from services.teacher.keys import KeyStore
@@ -254,7 +254,7 @@ class JobRunner:
         done = await jobs.done_rows(self.pool, job.id)
 
         async def store(outcome: Outcome) -> None:
-            row = tool_jobs.stored_row(spec, trajectories.prompt(outcome.row), outcome)
+            row = trajectory_rows.stored_row(spec, trajectories.prompt(outcome.row), outcome)
             await jobs.save_row(self.pool, job.id, row)
 
         # Concurrency only: every request of a walk waits for the provider's own limiter.
@@ -286,7 +286,9 @@ class JobRunner:
             path.write_bytes(b"".join(orjson.dumps(row) + b"\n" for row in generated))
             await asyncio.to_thread(self.store.put_file, key, path, "application/jsonl")
             if trajectories:  # the dataset holds the trajectories alone, without where each came from
-                dataset.write_bytes(b"".join(orjson.dumps(tool_jobs.dataset_row(row)) + b"\n" for row in generated))
+                dataset.write_bytes(
+                    b"".join(orjson.dumps(trajectory_rows.dataset_row(row)) + b"\n" for row in generated)
+                )
                 uploaded = await self.ingest.upload_tool_calls(job.tenant_id, dataset,
                                                                f"{job.teacher} trajectories ({job.id})")  # fmt: skip
             else:
