@@ -21,7 +21,10 @@ TIMEOUT_S = 10.0
 
 
 class BootstrapError(Exception):
-    pass
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        # The registry (or its database, just restarted) did not answer yet: trying again may pass.
+        self.retryable = retryable
 
 
 def ensure(registry_address: str, admin_token: str, known_tenant_id: str | None, credentials: Path) -> tuple[str, str]:
@@ -40,7 +43,8 @@ def ensure(registry_address: str, admin_token: str, known_tenant_id: str | None,
                 return "kept", tenant.id
             except grpc.RpcError as err:
                 if err.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
-                    raise BootstrapError(f"the registry did not answer WhoAmI: {_describe(err)}") from None
+                    raise BootstrapError(f"the registry did not answer WhoAmI: {_describe(err)}",
+                                         retryable=_retryable(err)) from None  # fmt: skip
         if known_tenant_id is not None:
             secret = _new_key(registry, admin, known_tenant_id)
             if secret is not None:
@@ -58,7 +62,7 @@ def ensure(registry_address: str, admin_token: str, known_tenant_id: str | None,
                     f"a tenant named {TENANT_NAME!r} exists but its id is not recorded in stack.json; "
                     "create a key for it with the admin token, or start with a fresh DISTILLERY_HOME"
                 ) from None
-            raise BootstrapError(f"CreateTenant failed: {_describe(err)}") from None
+            raise BootstrapError(f"CreateTenant failed: {_describe(err)}", retryable=_retryable(err)) from None
         secret = _new_key(registry, admin, tenant.id)
         if secret is None:
             raise BootstrapError(f"the registry lost tenant {tenant.id} right after creating it")
@@ -77,8 +81,12 @@ def _new_key(
     except grpc.RpcError as err:
         if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
             return None
-        raise BootstrapError(f"CreateApiKey failed: {_describe(err)}") from None
+        raise BootstrapError(f"CreateApiKey failed: {_describe(err)}", retryable=_retryable(err)) from None
     return str(created.secret)
+
+
+def _retryable(err: grpc.RpcError) -> bool:
+    return err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)  # type: ignore[attr-defined]
 
 
 def _describe(err: grpc.RpcError) -> str:

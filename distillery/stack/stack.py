@@ -59,6 +59,7 @@ from distillery.stack.state import BUCKET, PARTS, SERVICES, State, choose_port, 
 LOCK_TIMEOUT_S = 300.0
 SERVICE_START_TIMEOUT_S = 90.0
 RAY_START_TIMEOUT_S = 120.0
+DEV_TENANT_TIMEOUT_S = 60.0
 # The first signal to a part's main process, and how long it gets before everyone left gets SIGTERM, then SIGKILL.
 # PostgreSQL: SIGINT = fast shutdown. Ray: SIGTERM to `ray start --block` drains and stops its processes (~4 s).
 STOP_SIGNALS = {"postgres": (signal.SIGINT, 20.0), "ray": (signal.SIGTERM, 15.0)}
@@ -383,13 +384,21 @@ class LocalStack:
     def _ensure_dev_tenant(self, state: State) -> str:
         from distillery.stack import dev_tenant
 
-        try:
-            outcome, tenant_id = dev_tenant.ensure(
-                state["parts"]["registry"]["address"], state["secrets"]["admin_token"], state.get("tenant_id"),
-                self.credentials_path,
-            )  # fmt: skip
-        except dev_tenant.BootstrapError as err:
-            raise StackError(f"could not set up the dev tenant: {err}") from None
+        # A dependency just restarted (PostgreSQL after a crash) leaves the registry NOT_SERVING until it
+        # reaches it again: wait for that, and try again while the registry answers UNAVAILABLE.
+        deadline = time.monotonic() + DEV_TENANT_TIMEOUT_S
+        while True:
+            try:
+                self._wait_healthy(state, "registry", max(1.0, deadline - time.monotonic()))
+                outcome, tenant_id = dev_tenant.ensure(
+                    state["parts"]["registry"]["address"], state["secrets"]["admin_token"], state.get("tenant_id"),
+                    self.credentials_path,
+                )  # fmt: skip
+                break
+            except dev_tenant.BootstrapError as err:
+                if not err.retryable or time.monotonic() > deadline:
+                    raise StackError(f"could not set up the dev tenant: {err}") from None
+                time.sleep(1.0)
         if state.get("tenant_id") != tenant_id:
             state["tenant_id"] = tenant_id
             self.save(state)

@@ -71,15 +71,27 @@ async def migrate(url: str, schema: str, folder: Path) -> list[int]:
     return applied_now
 
 
+# Every call has a deadline: connecting, waiting for a pooled connection, and each statement.
+CONNECT_TIMEOUT_S = 5
+POOL_WAIT_S = 10.0
+STATEMENT_TIMEOUT_MS = 60_000
+
+
 async def open_pool(url: str, schema: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
-    """A pool whose connections see only ``schema`` (and public) on their search path."""
+    """A pool whose connections see only ``schema`` (and public) on their search path.
+
+    A connection is checked before it is handed out (``check_connection``), so one left broken by
+    a PostgreSQL restart is replaced instead of failing the next request; a query past its
+    deadline is cancelled by the server (QueryCanceled, answered as UNAVAILABLE)."""
+    options = f"-c search_path={schema} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
     pool = AsyncConnectionPool(
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"options": f"-c search_path={schema}", "autocommit": True},
+        kwargs={"options": options, "autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
         open=False,
-        timeout=10,
+        timeout=POOL_WAIT_S,
+        check=AsyncConnectionPool.check_connection,
     )
     try:
         await pool.open(wait=True, timeout=15)

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import psycopg
+import urllib3
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -114,6 +115,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 code = "UNAVAILABLE"
                 log.exception("database unavailable in %s", method)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the database is unavailable; try again shortly")
+            except urllib3.exceptions.HTTPError:  # the object store did not answer in time (or at all)
+                code = "UNAVAILABLE"
+                log.exception("object store unavailable in %s", method)
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the object store is unavailable; try again shortly (`distillery status` shows its health)",
+                )
             except Exception:
                 code = "INTERNAL"
                 incident = uuid.uuid4().hex[:12]

@@ -6,11 +6,14 @@ The minio client is synchronous; async callers use ``asyncio.to_thread``.
 from __future__ import annotations
 
 import io
+import os
 import re
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -28,6 +31,24 @@ def tenant_key(tenant_id: str, *parts: str) -> str:
     return "/".join(("tenants", tenant_id, *parts))
 
 
+# Every call has a deadline: a stalled object store is UNAVAILABLE in seconds, not minio's default
+# of 5 minutes a try and 5 tries. A read waits at most READ_TIMEOUT_S for the next bytes (not for
+# the whole object), so large objects still stream.
+CONNECT_TIMEOUT_S = 3.0
+READ_TIMEOUT_S = 12.0
+RETRIES = 1
+
+
+def _http_client() -> urllib3.PoolManager:
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",
+        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+    )
+
+
 class ObjectStore:
     def __init__(self, settings: S3Settings) -> None:
         self.bucket = settings.bucket
@@ -37,6 +58,7 @@ class ObjectStore:
             secret_key=settings.secret_key,
             secure=settings.secure,
             region=settings.region,
+            http_client=_http_client(),
         )
         # Presigned URLs are signed for the address users reach; signing needs no call to it.
         public = urlsplit(settings.public_endpoint if "//" in settings.public_endpoint else "")

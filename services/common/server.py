@@ -26,6 +26,9 @@ from services.common.interceptors import AuthInterceptor, ErrorInterceptor
 log = logging.getLogger("distillery.server")
 
 Cleanup = Callable[[], Awaitable[None]]
+# What of a service's dependencies cannot be reached now (``Backends.problems``); empty when all can.
+DependencyCheck = Callable[[], Awaitable[list[str]]]
+HEALTH_INTERVAL_S = 2.0
 
 
 @dataclass
@@ -35,12 +38,15 @@ class RunningServer:
     health: health_aio.HealthServicer
     service_names: list[str]
     cleanups: list[Cleanup] = field(default_factory=list)
+    monitor: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self.monitor is not None:
+            self.monitor.cancel()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         for cleanup in reversed(self.cleanups):
@@ -60,11 +66,14 @@ async def start_server(
     is_admin_token: auth.AdminCheck | None = None,
     verify_run: auth.RunVerifier | None = None,
     cleanups: list[Cleanup] | None = None,
+    dependencies: DependencyCheck | None = None,
 ) -> RunningServer:
     """``register`` adds the servicers and returns their full service names.
 
     ``access`` is the service's access table; ``is_admin_token`` and ``verify_run`` check
     the tokens only some services take (the registry's admin token, the trainer's run tokens).
+    ``dependencies`` is asked every ``HEALTH_INTERVAL_S``: while it names a problem, the
+    service's health is NOT_SERVING (``distillery status`` shows it), and SERVING again after.
     """
     auth_interceptor = AuthInterceptor([access], resolve_key, service_token, is_admin_token, verify_run)
     server = grpc.aio.server(
@@ -87,7 +96,34 @@ async def start_server(
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("listening on %s", f"{address.rsplit(':', 1)[0]}:{port}", extra={"fields": {"services": names}})
-    return RunningServer(server, port, health_servicer, names, list(cleanups or []))
+    running = RunningServer(server, port, health_servicer, names, list(cleanups or []))
+    if dependencies is not None:
+        running.monitor = asyncio.create_task(_watch_dependencies(running, dependencies))
+    return running
+
+
+async def _watch_dependencies(running: RunningServer, dependencies: DependencyCheck) -> None:
+    """Keep the health status in step with the service's dependencies; log each change once. Two
+    failed probes in a row turn it NOT_SERVING (one slow probe on a busy machine does not); one
+    good probe turns it SERVING again."""
+    serving, failed = True, 0
+    while True:
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+        try:
+            problems = await dependencies()
+        except Exception as err:  # a probe that fails in an unexpected way is a problem too
+            problems = [f"health probe failed ({type(err).__name__})"]
+        failed = failed + 1 if problems else 0
+        if serving == (failed < 2):
+            continue
+        serving = failed < 2
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *running.service_names]:
+            await running.health.set(name, status)
+        if serving:
+            log.info("dependencies reachable again: SERVING")
+        else:
+            log.warning("NOT_SERVING: %s", "; ".join(problems))
 
 
 async def serve_forever(running: RunningServer, grace_s: float) -> None:

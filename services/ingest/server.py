@@ -38,4 +38,5 @@ async def create(settings: Settings) -> RunningServer:
         access=ACCESS,
         resolve_key=resolve_key,
         cleanups=[backends.pool.close, registry.close],  # type: ignore[list-item]
+        dependencies=backends.problems,
     )

@@ -46,4 +46,5 @@ async def create(settings: Settings) -> RunningServer:
         resolve_key=resolve,  # no cache here: a revoked key stops at once
         is_admin_token=is_admin_token,
         cleanups=[pool.close],
+        dependencies=backends.problems,
     )

@@ -49,6 +49,7 @@ async def create(settings: Settings) -> RunningServer:
         access=ACCESS,
         resolve_key=resolve_key,
         cleanups=[backends.pool.close, registry.close, ingest.close, runner.stop],  # type: ignore[list-item]
+        dependencies=backends.problems,
     )
     await runner.start()
     return running

@@ -36,7 +36,7 @@ async def create(settings: Settings) -> RunningServer:
         jobs=RayJobs(settings.ray_address, settings.ray_token()),
         train_workers=settings.train_workers, train_use_gpu=settings.train_use_gpu,
     )  # fmt: skip
-    supervisor = Supervisor(backends.pool, pipeline, settings.lease_s)
+    supervisor = Supervisor(backends.pool, pipeline, settings.lease_s, settings.students())
 
     async def verify_run(token: str, run_id: str) -> auth.Caller:
         """A training job pushes with the token its run was started with (only its hash is kept)."""
@@ -57,6 +57,7 @@ async def create(settings: Settings) -> RunningServer:
         resolve_key=resolve_key,
         verify_run=verify_run,
         cleanups=[backends.pool.close, registry.close, peers.close, supervisor.stop],  # type: ignore[list-item]
+        dependencies=backends.problems,
     )
     # Training jobs push progress here; when bound to port 0, the port is known only now.
     host = settings.server.grpc_address.rsplit(":", 1)[0]

@@ -1,0 +1,189 @@
+"""Faults end in a clear answer: the object store stalls, PostgreSQL is killed, and each comes back.
+
+This module starts a stack of its own (PostgreSQL, the S3 server, the registry and ingest
+services, on loopback), so that stopping its parts disturbs no other test. What it asserts:
+
+- a stalled object store: an upload answers UNAVAILABLE naming the object store well before
+  the client's deadline (no hang), ingest's health turns NOT_SERVING, then SERVING once the
+  store answers again, and the next upload works;
+- PostgreSQL killed: the registry's and ingest's health turn NOT_SERVING and calls answer
+  UNAVAILABLE; PostgreSQL started again on the same data: both SERVING again, the very first
+  call works (no stale pooled connection), and nothing stored before is lost or doubled.
+
+A Ray worker killed during a run is ``test_training.py``'s resume test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from conftest import EventLoopThread, server_settings
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from distillery.client import Client
+from distillery.ingest.v1 import ingest_pb2
+from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from distillery.stack import servers
+from distillery.tokens import new_admin_token, new_service_token
+from services.common.settings import S3Settings
+from services.ingest import server as ingest_server
+from services.ingest.settings import Settings as IngestSettings
+from services.registry import server as registry_server
+from services.registry.settings import Settings as RegistrySettings
+
+pytestmark = pytest.mark.stack
+
+ROWS = b"".join(b'{"system_prompt": "Be brief.", "input": "q%d", "output": "a%d"}\n' % (i, i) for i in range(50))
+# Generous: a fault must be noticed and answered long before these, even on a busy 2-core machine.
+CLIENT_DEADLINE_S = 120.0
+HEALTH_WITHIN_S = 40.0
+
+
+@dataclass
+class ChaosStack:
+    loop: EventLoopThread
+    workdir: Path
+    pg_port: int
+    pg_password: str
+    pg: Callable[[], psutil.Process]
+    s3: psutil.Process
+    addresses: dict[str, str]
+    api_key: str
+
+    def client(self) -> Client:
+        return Client(self.addresses, self.api_key, timeout=CLIENT_DEADLINE_S)
+
+
+def _start_pg(workdir: Path, port: int, password: str) -> psutil.Process:
+    proc = servers.start_postgres(workdir / "pg", port, password, workdir / "logs" / "postgres.log")
+    return psutil.Process(proc.pid)
+
+
+def _postmaster(port: int) -> psutil.Process:
+    """The server process listening on ``port`` (pg_ctl's child, whoever started it)."""
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in proc.net_connections("tcp")):
+                return proc
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+    raise AssertionError(f"nothing listens on PostgreSQL's port {port}")
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack]:
+    workdir = tmp_path_factory.mktemp("chaos")
+    pg_port, pg_password = servers.free_port(), secrets.token_urlsafe(16)
+    _start_pg(workdir, pg_port, pg_password)
+    ports = servers.S3Ports.pick()
+    access, secret = "chaos-" + secrets.token_hex(6), secrets.token_urlsafe(24)
+    s3_proc = servers.start_s3(workdir / "s3", ports, access, secret, workdir / "logs" / "s3.log")
+    s3 = S3Settings(endpoint=f"127.0.0.1:{ports.s3}", access_key=access, secret_key=secret, bucket="chaos")
+    url = servers.postgres_url(pg_port, pg_password)
+    admin, token = new_admin_token(), new_service_token()
+    loop = EventLoopThread()
+    registry = loop.run(registry_server.create(RegistrySettings(server_settings(token), url, s3, admin)))
+    ingest = loop.run(ingest_server.create(IngestSettings(
+        server_settings(token), url, s3, registry.address, max_upload_bytes=8 * 1024 * 1024, work_dir=str(workdir),
+    )))  # fmt: skip
+    with grpc.insecure_channel(registry.address) as channel:
+        stub, metadata = registry_pb2_grpc.RegistryServiceStub(channel), [("authorization", f"Bearer {admin}")]
+        tenant = stub.CreateTenant(registry_pb2.CreateTenantRequest(name="chaos"), metadata=metadata, timeout=10)
+        key = stub.CreateApiKey(registry_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="k"), metadata=metadata,
+                                timeout=10)  # fmt: skip
+    stack = ChaosStack(loop, workdir, pg_port, pg_password, lambda: _postmaster(pg_port), psutil.Process(s3_proc.pid),
+                       {"registry": registry.address, "ingest": ingest.address}, key.secret)  # fmt: skip
+    yield stack
+    for server in (ingest, registry):
+        loop.run(server.stop(1.0))
+    loop.close()
+    for proc in (stack.s3,):
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+    with contextlib.suppress(AssertionError):  # already gone
+        stack.pg().send_signal(signal.SIGINT)
+
+
+def health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+        except grpc.RpcError:
+            return -1
+
+
+def wait_health(address: str, status: int) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < HEALTH_WITHIN_S:
+        if health(address) == status:
+            return time.monotonic() - started
+        time.sleep(0.5)
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    raise AssertionError(f"{address} was not {name} within {HEALTH_WITHIN_S:.0f}s")
+
+
+def upload(client: Client, data: bytes) -> ingest_pb2.UploadDatasetResponse:
+    header = ingest_pb2.UploadHeader(filename="pairs.jsonl", kind=ingest_pb2.DATASET_KIND_PAIRS,
+                                     format=ingest_pb2.FILE_FORMAT_JSONL, size_bytes=len(data),
+                                     sha256=hashlib.sha256(data).hexdigest())  # fmt: skip
+    messages = [ingest_pb2.UploadDatasetRequest(header=header), ingest_pb2.UploadDatasetRequest(chunk={"data": data})]
+    return client.ingest.UploadDataset(iter(messages))
+
+
+def dataset_ids(client: Client) -> list[str]:
+    return sorted(d.id for d in client.ingest.ListDatasets(ingest_pb2.ListDatasetsRequest()).datasets)
+
+
+def test_a_stalled_object_store_is_answered_unavailable_then_recovers(chaos: ChaosStack) -> None:
+    client = chaos.client()
+    first = upload(client, ROWS).dataset.id
+    chaos.s3.send_signal(signal.SIGSTOP)  # the store accepts connections and never answers
+    try:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            upload(client, ROWS.replace(b"Be brief.", b"Be short."))
+        took = time.monotonic() - started
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        assert "object store" in refused.value.details()
+        assert took < CLIENT_DEADLINE_S / 2, f"answered after {took:.0f}s: close to the client's deadline"
+        wait_health(chaos.addresses["ingest"], health_pb2.HealthCheckResponse.NOT_SERVING)
+    finally:
+        chaos.s3.send_signal(signal.SIGCONT)
+    wait_health(chaos.addresses["ingest"], health_pb2.HealthCheckResponse.SERVING)
+    second = upload(client, ROWS.replace(b"Be brief.", b"Be short.")).dataset.id
+    assert dataset_ids(client) == sorted([first, second])  # the refused upload left nothing behind
+
+
+def test_postgres_killed_is_unavailable_not_serving_then_everything_comes_back(chaos: ChaosStack) -> None:
+    client = chaos.client()
+    upload(client, ROWS.replace(b"Be brief.", b"Be terse."))
+    before = dataset_ids(client)
+    chaos.pg().kill()  # SIGKILL: no goodbye to the pooled connections
+    try:
+        for name in ("registry", "ingest"):
+            wait_health(chaos.addresses[name], health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(grpc.RpcError) as refused:
+            dataset_ids(client)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+    finally:
+        _start_pg(chaos.workdir, chaos.pg_port, chaos.pg_password)
+    for name in ("registry", "ingest"):
+        wait_health(chaos.addresses[name], health_pb2.HealthCheckResponse.SERVING)
+    assert dataset_ids(client) == before  # the first call after the restart works; nothing lost or doubled
+    with grpc.insecure_channel(chaos.addresses["registry"]) as channel:
+        me = registry_pb2_grpc.RegistryServiceStub(channel).WhoAmI(
+            registry_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {chaos.api_key}")], timeout=10
+        )
+    assert me.name == "chaos"
+    assert os.path.exists(chaos.workdir / "pg" / "PG_VERSION")
