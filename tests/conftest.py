@@ -139,7 +139,7 @@ def ray_cluster(workdir: Path) -> Iterator[RayCluster]:
     tag = f"test-{secrets.token_hex(6)}"
     env = {**os.environ, **ray_head.head_env(ports, token_file), processes.STACK_ID_VARIABLE: tag}
     env.pop("RAY_ADDRESS", None)
-    temp_dir = Path("/tmp") / f"dst-ray-{secrets.token_hex(5)}"
+    temp_dir = Path("/tmp") / f"dst-ray-{secrets.token_hex(5)}" / "r"  # head_command makes its parent 0700
     log = workdir / "logs" / "ray.log"
     proc = processes.spawn(ray_head.head_command(ports, temp_dir, 300 * 1024 * 1024), log, env, cwd=workdir)
     token = token_file.read_text().strip()
@@ -152,7 +152,7 @@ def ray_cluster(workdir: Path) -> Iterator[RayCluster]:
     root = psutil.Process(proc.pid)
     everyone = processes.unique([*processes.tree(root), *processes.tagged_processes(tag).get("", [])])
     processes.stop([processes.StopPlan("ray", root, everyone, grace_s=10)])
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    shutil.rmtree(temp_dir.parent, ignore_errors=True)
 
 
 class EventLoopThread:

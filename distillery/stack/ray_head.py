@@ -15,7 +15,8 @@ What this module takes care of, measured on Ray 2.60:
   the autoscaler's and the dashboard's metrics ports (fixed 44217/44227 by
   default, set with environment variables).
 - Unix sockets live under ``--temp-dir`` and have a ~107-character path limit,
-  so the temp dir must be short (see ``temp_dir_for``).
+  so the temp dir must be short (see ``temp_dir_for``). Ray makes that dir 0777 and its logs
+  0644, so it sits in a 0700 folder (``make_parent_private``).
 - Stopping: SIGTERM to ``ray start --block`` drains the node (at most 2 s
   here, see ``head_env``) and stops its processes in ~4 s; SIGTERM to the whole process group instead leaves
   ``gcs_server`` and ``raylet`` running. Workers started for jobs may sit in
@@ -78,11 +79,26 @@ class RayPorts:
 
 
 def temp_dir_for(home: Path) -> Path:
-    """``$DISTILLERY_HOME/ray`` when short enough for Ray's unix sockets, else one in /tmp."""
-    inside = home / "ray"
+    """``$DISTILLERY_HOME/ray/r`` when short enough for Ray's unix sockets, else one in /tmp.
+
+    Either way the folder above it is the stack user's only (see ``head_command``).
+    """
+    inside = home / "ray" / "r"
     if len(str(inside)) <= MAX_TEMP_DIR_CHARS:
         return inside
-    return Path("/tmp") / f"dst-ray-{hashlib.sha256(str(home).encode()).hexdigest()[:10]}"
+    return Path("/tmp") / f"dst-ray-{hashlib.sha256(str(home).encode()).hexdigest()[:10]}" / "r"
+
+
+def make_parent_private(temp_dir: Path) -> None:
+    """Make ``temp_dir``'s parent folder, mode 0700 (also when it exists).
+
+    Ray makes its temp dir and every folder in it mode 0777 and writes its logs 0644, and those
+    logs hold what jobs were given (``runtime_env_agent.log`` prints a job's environment): behind
+    a 0700 parent no other user of the machine reaches any of it.
+    """
+    parent = temp_dir.parent
+    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    parent.chmod(0o700)
 
 
 def ensure_token(path: Path) -> str:
@@ -106,6 +122,8 @@ def client_env(token_path: Path) -> dict[str, str]:
 
 
 def head_command(ports: RayPorts, temp_dir: Path, object_store_bytes: int) -> list[str]:
+    """``ray start --head --block`` on ``ports``; makes ``temp_dir``'s parent private first."""
+    make_parent_private(temp_dir)
     ray = str(Path(sys.executable).parent / "ray")
     return [
         ray, "start", "--head", "--block", "--disable-usage-stats",
