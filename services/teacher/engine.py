@@ -11,6 +11,8 @@ next ``Task`` from the (possibly lazy, very long) iterable, call the provider th
 - row-fatal kinds (input too long, refused) fail that row at once, code = the kind;
 - job-fatal kinds (auth, spend limit, invalid request) stop every worker, cancel the calls
   in flight and raise ``JobStopped``;
+- ``on_outcome`` may raise ``TooManyFailures`` (the job's failed rows passed its limit, so no
+  row can save it): the same, no other call starts and the calls in flight are cancelled;
 - any other exception is a bug: the workers are cancelled and it propagates.
 
 Logs name the row, the error kind, status and wait; never a request's content or a key.
@@ -61,6 +63,15 @@ class JobStopped(Exception):
         self.error = error
 
 
+class TooManyFailures(Exception):
+    """Raised by a job's ``on_outcome`` once its failed rows pass the job's limit: the job can no
+    longer succeed, so ``generate`` starts no other request and cancels those in flight."""
+
+    def __init__(self, failed: int, allowed: int) -> None:
+        super().__init__(f"{failed} rows failed, more than the {allowed} allowed")
+        self.failed, self.allowed = failed, allowed
+
+
 def estimate_tokens(request: Request) -> int:
     """What the request may cost in tokens: its text at ~4 characters a token, plus its output budget."""
     chars = sum(_chars(message) for message in request.messages)
@@ -103,9 +114,15 @@ class _Run:
 
     async def work(self, tasks: Iterator[Task]) -> None:
         # The iterator is shared: next() runs between awaits, so each task goes to one worker.
-        for task in tasks:
-            outcome = await self.run_task(task)
-            await self.on_outcome(outcome)
+        try:
+            for task in tasks:
+                outcome = await self.run_task(task)
+                await self.on_outcome(outcome)
+        except BaseException:
+            # Whatever ends a worker early (a job-fatal error, too many failures, a bug, a cancel) ends
+            # the job: no other worker starts a call between now and generate() cancelling them.
+            self.stopped = True
+            raise
 
     async def run_task(self, task: Task) -> Outcome:
         estimate = estimate_tokens(task.request)
@@ -164,8 +181,9 @@ async def generate(
     """Run every task through ``call`` and await ``on_outcome`` once per finished row.
 
     ``tasks`` is consumed lazily, one task per free worker. Raises ``JobStopped`` on a
-    job-fatal provider error, after cancelling every other worker (``on_outcome`` is not
-    called for the rows they held). Cancelling ``generate`` cancels the workers first.
+    job-fatal provider error, and ``on_outcome``'s ``TooManyFailures``, after cancelling every
+    other worker (``on_outcome`` is not called for the rows they held). Cancelling ``generate``
+    cancels the workers first.
     """
     run = _Run(call, limiter, on_outcome, max(1, max_attempts), base_backoff_s, max_backoff_s, rng or random.Random())
     shared = iter(tasks)

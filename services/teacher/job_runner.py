@@ -6,7 +6,9 @@ jobs whose lease lapsed: new ones, and those of an instance that stopped or died
 driven job asks the provider only for rows not stored yet, through the generation
 engine with the provider's shared limiter, stores each row as it finishes, then:
 
-    too many failed rows (over max_failed_fraction)  -> FAILED, naming the first failures
+    too many failed rows (over max_failed_fraction)  -> FAILED, naming the first failures;
+                 checked as each row is stored: once the limit is passed no row can save the
+                 job, so it stops there (no other row asked, those in flight cancelled)
     otherwise -> the rows (tagged with their prompt name) written to the object store
                  and uploaded to ingest as a pairs dataset -> SUCCEEDED
 
@@ -35,7 +37,7 @@ from distillery.teacher.v1 import teacher_pb2 as pb
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore, tenant_key
 from services.teacher import job_requests, jobs, text_jobs, tool_jobs, tool_prompts, trajectory_rows
-from services.teacher.engine import JobStopped, Outcome, Task, generate
+from services.teacher.engine import JobStopped, Outcome, Task, TooManyFailures, generate
 from services.teacher.ingest_peer import Ingest
 from services.teacher.keys import KeyStore
 from services.teacher.limits import Limiter
@@ -58,6 +60,38 @@ def failure_summary(tally: jobs.Tally) -> str:
         message = f": {examples[0].message}" if examples else ""
         parts.append(f"{count} {code} (rows {rows}){message}")
     return "; ".join(parts)
+
+
+class FailureBudget:
+    """A job's failed rows against its limit (more than ``max_failed_fraction`` of its rows fails it),
+    counted as its rows are stored: ``count`` raises ``TooManyFailures`` once the limit is passed."""
+
+    def __init__(self, limit: float, rows_total: int, failed: int) -> None:
+        self.limit, self.rows_total, self.failed = limit, rows_total, failed
+
+    @property
+    def over(self) -> bool:
+        return self.failed > self.limit * self.rows_total
+
+    def check(self) -> None:
+        if self.over:
+            raise TooManyFailures(self.failed, int(self.limit * self.rows_total))
+
+    def count(self, row: dict[str, Any]) -> None:
+        """A stored row: failed when it has no output and was not a rejected trajectory."""
+        if row.get("output") is None and not row.get("rejected"):
+            self.failed += 1
+            self.check()
+
+
+def failed_fraction_limit(job: jobs.Job) -> float:
+    return float(job.request.get("max_failed_fraction", job_requests.DEFAULT_MAX_FAILED_FRACTION))
+
+
+def over_limit_message(job: jobs.Job, tally: jobs.Tally) -> str:
+    limit = failed_fraction_limit(job)
+    return (f"{tally.rows_failed} of {job.rows_total} rows failed ({tally.rows_failed / max(1, job.rows_total):.1%}), "
+            f"over the limit of {limit:.0%} (max_failed_fraction): {failure_summary(tally)}")  # fmt: skip
 
 
 class JobRunner:
@@ -179,6 +213,8 @@ class JobRunner:
             raise
         except JobStopped as stopped:
             await self._fail(job, stopped.error.message)
+        except TooManyFailures:
+            await self._stop_over_limit(job)
         except (FailedPrecondition, InvalidArgument, NotFound) as err:
             await self._fail(job, err.message)
         except Unavailable as err:
@@ -224,9 +260,13 @@ class JobRunner:
                 in_flight[task.row] = task
                 yield task
 
+        budget = await self._budget(job)
+
         async def store(outcome: Outcome) -> None:
             task = in_flight.pop(outcome.row)
-            await jobs.save_row(self.pool, job.id, text_jobs.stored_row(job.kind, job.request, task, outcome))
+            row = text_jobs.stored_row(job.kind, job.request, task, outcome)
+            await jobs.save_row(self.pool, job.id, row)
+            budget.count(row)
 
         await generate(
             tracked(), call, self.limiters[provider], store,
@@ -252,23 +292,40 @@ class JobRunner:
             log.info("job %s: %s prompts from %s seeds", job.id, len(plan["prompts"]), len(spec.seeds))
         trajectories = tool_jobs.Trajectories(teacher, spec, tool_prompts.prompts_of(plan), model)
         done = await jobs.done_rows(self.pool, job.id)
+        budget = await self._budget(job)
 
         async def store(outcome: Outcome) -> None:
             row = trajectory_rows.stored_row(spec, trajectories.prompt(outcome.row), outcome)
             await jobs.save_row(self.pool, job.id, row)
+            budget.count(row)
 
         # Concurrency only: every request of a walk waits for the provider's own limiter.
         walkers = Limiter(limiter.concurrency)
         await generate(trajectories.tasks(done), trajectories.walk, walkers, store, max_attempts=1)
 
+    async def _budget(self, job: jobs.Job) -> FailureBudget:
+        """The job's failure budget, its rows failed so far counted (a resumed job may be over it already)."""
+        job = await jobs.get(self.pool, job.tenant_id, job.id)  # a trajectory job's rows_total is set by its plan
+        budget = FailureBudget(
+            failed_fraction_limit(job), job.rows_total, (await jobs.tally(self.pool, job.id)).rows_failed
+        )
+        budget.check()
+        return budget
+
+    async def _stop_over_limit(self, job: jobs.Job) -> None:
+        """The job passed its failure limit while generating: it stopped there, and fails naming the failures."""
+        job = await jobs.get(self.pool, job.tenant_id, job.id)
+        tally = await jobs.tally(self.pool, job.id)
+        left = job.rows_total - tally.rows_done - tally.rows_failed - tally.rows_rejected
+        log.warning("job %s: %s rows failed, over its limit: stopped with %s rows not asked", job.id,
+                    tally.rows_failed, left)  # fmt: skip
+        await self._fail(job, f"{over_limit_message(job, tally)}; the job stopped there, {left} rows not asked")
+
     async def _finish(self, job: jobs.Job) -> None:
         job = await jobs.get(self.pool, job.tenant_id, job.id)  # a trajectory job's rows_total is set by its plan
         tally = await jobs.tally(self.pool, job.id)
-        limit = float(job.request.get("max_failed_fraction", job_requests.DEFAULT_MAX_FAILED_FRACTION))
-        if tally.rows_failed > limit * job.rows_total:
-            await self._fail(job, f"{tally.rows_failed} of {job.rows_total} rows failed "
-                             f"({tally.rows_failed / job.rows_total:.1%}), over the limit of {limit:.0%}: "
-                             f"{failure_summary(tally)}")  # fmt: skip
+        if tally.rows_failed > failed_fraction_limit(job) * job.rows_total:
+            await self._fail(job, over_limit_message(job, tally))
             return
         generated = await jobs.outputs(self.pool, job.id)
         duplicates = 0
