@@ -182,6 +182,9 @@ class LocalStack:
 
     def up(self, progress: Progress = _ignore) -> UpResult:
         self.home.mkdir(parents=True, exist_ok=True)
+        # The parts' logs may quote what a user sent: the stack's user reads them, nobody else.
+        self.logs.mkdir(mode=0o700, exist_ok=True)
+        self.logs.chmod(0o700)
         self.lock.acquire(LOCK_TIMEOUT_S, lambda: progress("stack", "waiting", "another `distillery up` runs"))
         try:
             state = self.load() or recorded.new_state(self.home)
