@@ -184,6 +184,8 @@ class Services:
     # The teacher's DISTILLERY_MASTER_KEY, and the base URL of each provider's fake API.
     master_key: str = ""
     provider_urls: dict[str, str] = field(default_factory=dict)
+    # Where the trainer takes student directories from: pytest's temporary folders, where tests build tiny models.
+    model_roots: tuple[str, ...] = ()
 
     def address(self, name: str) -> str:
         return self.running[name].address
@@ -201,7 +203,7 @@ class Services:
         return TrainerSettings(
             server_settings(self.service_token), self.postgres_url, self.s3, self.address("registry"),
             self.address("ingest"), self.address("teacher"), self.ray.dashboard, str(self.ray.token_file),
-            lease_s=1.0,
+            lease_s=1.0, model_roots=self.model_roots,
         )  # fmt: skip
 
     def teacher_settings(self, **changes: Any) -> TeacherSettings:
@@ -277,12 +279,14 @@ def services(
     ray_cluster: RayCluster,
     workdir: Path,
     fake_providers: dict[str, ProviderServer],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Services]:
     loop = EventLoopThread()
     services = Services(
         loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster, workdir,
         master_key=base64.b64encode(os.urandom(32)).decode(),
         provider_urls={name: fake.base_url for name, fake in fake_providers.items()},
+        model_roots=(os.path.realpath(tmp_path_factory.getbasetemp()),),
     )  # fmt: skip
     loop.run(start_services(services))
     running = services.running

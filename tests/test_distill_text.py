@@ -294,21 +294,21 @@ def test_distillation_requests_are_checked_before_anything_starts(services, clie
     client = client_for(make_tenant())
     inputs = upload(client, inputs_file(INPUTS[:5]), kind=ingest_pb2.DATASET_KIND_INPUTS).dataset
     cases = [
-        (distill_request(inputs.id, "m", teacher=""), "teacher"),
-        (distill_request(inputs.id, "m", teacher="nobody:model"), "teacher"),
-        (distill_request(inputs.id, "m", augment_count=5), "augment_count"),
-        (distill_request(inputs.id, "m", eval_dataset_id="ds_x"), "eval_dataset_id"),
-        (distill_request(inputs.id, "m", max_failed_fraction=1.5), "max_failed_fraction"),
-        (distill_request(inputs.id, "m", generation=teacher_pb2.GenerationParameters(temperature=5)),
+        (distill_request(inputs.id, "org/m", teacher=""), "teacher"),
+        (distill_request(inputs.id, "org/m", teacher="nobody:model"), "teacher"),
+        (distill_request(inputs.id, "org/m", augment_count=5), "augment_count"),
+        (distill_request(inputs.id, "org/m", eval_dataset_id="ds_x"), "eval_dataset_id"),
+        (distill_request(inputs.id, "org/m", max_failed_fraction=1.5), "max_failed_fraction"),
+        (distill_request(inputs.id, "org/m", generation=teacher_pb2.GenerationParameters(temperature=5)),
          "generation.temperature"),
-        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_TEXT, dataset_id="ds_x", student_model="m",
+        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_TEXT, dataset_id="ds_x", student_model="org/m",
                              augment_count=5), "teacher"),
     ]  # fmt: skip
     for request, field in cases:
         assert_refused(partial(client.trainer.CreateRun, request), field)
     # A pairs dataset is not an input-only one: the run fails at VALIDATING, saying what to upload.
     pairs = upload(client, b'{"system_prompt": "s", "input": "i", "output": "o"}\n').dataset
-    run = client.trainer.CreateRun(distill_request(pairs.id, "m"))
+    run = client.trainer.CreateRun(distill_request(pairs.id, "org/m"))
     watch(client, run.id, timeout=30)
     failed = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
     assert failed.error.code == "invalid_dataset" and "--kind inputs" in failed.error.message

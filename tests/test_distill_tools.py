@@ -214,8 +214,8 @@ def test_the_cli_sends_every_grpo_setting(services, make_tenant, client_for):
     """`runs create --mode sft-rl --grpo-*`: every flag's value arrives in the stored run's GRPO settings; a bad
     value reaches the trainer, which checks it and names it."""
     tenant = make_tenant()
-    base = ["runs", "create", "--path", "distill-tools", "--student", "m", "--teacher", "platform:t", "--tool", "tl_x",
-            "--seed-prompt", "What's the weather?", "--mode", "sft-rl"]  # fmt: skip
+    base = ["runs", "create", "--path", "distill-tools", "--student", "org/m", "--teacher", "platform:t",
+            "--tool", "tl_x", "--seed-prompt", "What's the weather?", "--mode", "sft-rl"]  # fmt: skip
     options = grpo_flags()
     assert len(options) >= 7, sorted(options)
     # A value of its own for each flag, valid for every setting and none of them a default (4, 128, 0, 30, 1.0, 2):
@@ -256,5 +256,5 @@ def test_the_cli_sends_every_grpo_setting(services, make_tenant, client_for):
         result = CliRunner().invoke(cli, base + flags, env=cli_env(services, tenant.api_key))
         assert result.exit_code == 1 and field in result.output, (flags, result.output)
     # --dataset is optional on the command line (distill-tools with a teacher needs none); the trainer asks for it
-    result = CliRunner().invoke(cli, ["runs", "create", "--student", "m"], env=cli_env(services, tenant.api_key))
+    result = CliRunner().invoke(cli, ["runs", "create", "--student", "org/m"], env=cli_env(services, tenant.api_key))
     assert result.exit_code == 1 and "dataset_id" in result.output, result.output

@@ -280,19 +280,19 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
         return teacher_pb2.NamedSystemPrompt(name=name, text="Answer briefly.")
 
     cases = [
-        (pb.CreateRunRequest(dataset_id="ds_x", student_model="m"), grpc.StatusCode.INVALID_ARGUMENT, "path"),
-        (run_request("", "m"), grpc.StatusCode.INVALID_ARGUMENT, "dataset_id"),
+        (pb.CreateRunRequest(dataset_id="ds_x", student_model="org/m"), grpc.StatusCode.INVALID_ARGUMENT, "path"),
+        (run_request("", "org/m"), grpc.StatusCode.INVALID_ARGUMENT, "dataset_id"),
         (run_request("ds_x", " "), grpc.StatusCode.INVALID_ARGUMENT, "student_model"),
-        (run_request("ds_x", "m", mode=common_pb2.TRAINING_MODE_SFT_RL), grpc.StatusCode.INVALID_ARGUMENT, "mode"),
-        (run_request("ds_x", "m", pb.SftSettings(learning_rate=3.0)), grpc.StatusCode.INVALID_ARGUMENT,
+        (run_request("ds_x", "org/m", mode=common_pb2.TRAINING_MODE_SFT_RL), grpc.StatusCode.INVALID_ARGUMENT, "mode"),
+        (run_request("ds_x", "org/m", pb.SftSettings(learning_rate=3.0)), grpc.StatusCode.INVALID_ARGUMENT,
          "sft.learning_rate"),
-        (run_request("ds_x", "m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
-        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x", student_model="m"),
+        (run_request("ds_x", "org/m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
+        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x", student_model="org/m"),
          grpc.StatusCode.UNIMPLEMENTED, ""),
         # Distill-text with no named system prompt is refused before it starts, saying so (the teacher's check).
-        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m", teacher=teacher),
+        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="org/m", teacher=teacher),
          grpc.StatusCode.INVALID_ARGUMENT, "system_prompts"),
-        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="m", teacher=teacher,
+        (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="org/m", teacher=teacher,
                              system_prompts=[named("a")] * 2), grpc.StatusCode.INVALID_ARGUMENT,
          "system_prompts[1].name"),
     ]  # fmt: skip
@@ -307,7 +307,7 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
 
 def test_the_same_idempotency_key_creates_one_run(services, client_for, make_tenant):
     client = client_for(make_tenant())
-    request = run_request("ds_missing", "m", idempotency_key="nightly-7")
+    request = run_request("ds_missing", "org/m", idempotency_key="nightly-7")
     first, again = client.trainer.CreateRun(request), client.trainer.CreateRun(request)
     assert first.id == again.id
     watch(client, first.id, timeout=30)

@@ -140,6 +140,8 @@ def service_env(state: State, name: str, addresses: dict[str, str]) -> dict[str,
         env["DISTILLERY_RAY_ADDRESS"] = ray["dashboard"]
         env["DISTILLERY_RAY_GCS_ADDRESS"] = ray["address"]
         env["DISTILLERY_RAY_TOKEN_FILE"] = ray["token_file"]
+        # Student models: hub ids, or directories under these (the examples' demo model is in home/models).
+        env["DISTILLERY_MODEL_ROOTS"] = os.environ.get("DISTILLERY_MODEL_ROOTS") or str(Path(state["home"]) / "models")
     return env
 
 

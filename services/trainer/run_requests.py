@@ -13,11 +13,26 @@ from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import InvalidArgument, Unimplemented
+from services.common.ids import check_count, check_id, check_text
 from services.trainer.peers import Peers
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
+from services.trainer.students import StudentSources
 
 DEFAULT_EVAL_FRACTION = 0.1
+# The limits of a request's strings and lists (docs/api.md, "Limits of a run request"); the teacher checks
+# the generation settings, and may have tighter limits of its own.
+MAX_TEACHER_CHARS = 256
+MAX_IDEMPOTENCY_KEY_CHARS = 256
+MAX_LANGUAGE_CHARS = 16
+MAX_NAME_CHARS = 128
+MAX_PROMPT_CHARS = 32_768
+MAX_TOOLS = 64
+MAX_SYSTEM_PROMPTS = 100
+MAX_SEED_PROMPTS = 10_000
+MAX_OBJECTIVES = 100
+MAX_TOOL_RESPONSES = 1_000
+MAX_AUGMENT_COUNT = 100_000
 WORKING_PATHS = (
     common_pb2.TRAINING_PATH_FINETUNE_TEXT,
     common_pb2.TRAINING_PATH_DISTILL_TEXT,
@@ -39,8 +54,6 @@ def _check_teacher(request: pb.CreateRunRequest) -> None:
     if request.augment_count and distill:
         raise InvalidArgument("augment_count is for finetune-text runs; distill-text generates all its pairs",
                               field="augment_count")  # fmt: skip
-    if request.augment_count < 0:
-        raise InvalidArgument(f"augment_count must be 0 or more (got {request.augment_count})", field="augment_count")
     if not (distill or request.augment_count):
         return
     if not request.teacher:
@@ -78,8 +91,50 @@ def _check_tools(request: pb.CreateRunRequest) -> None:
                               field="max_failed_fraction")  # fmt: skip
 
 
-def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
-    """The request as stored with the run (proto JSON, snake_case), defaults filled in."""
+def _check_bounds(request: pb.CreateRunRequest) -> None:
+    """Every field in its range (docs/api.md, "Limits of a run request"): enums the server knows, ids
+    shaped like ids, strings and lists of bounded length. Each refusal names the field."""
+    if request.mode not in common_pb2.TrainingMode.values():
+        raise InvalidArgument(f"mode {request.mode} is not a training mode: give sft or sft-rl", field="mode")
+    check_id(request.dataset_id, "dataset_id")
+    check_id(request.eval_dataset_id, "eval_dataset_id")
+    check_text(request.teacher, "teacher", MAX_TEACHER_CHARS)
+    check_text(request.idempotency_key, "idempotency_key", MAX_IDEMPOTENCY_KEY_CHARS)
+    check_text(request.language, "language", MAX_LANGUAGE_CHARS)
+    check_count(request.tool_ids, "tool_ids", MAX_TOOLS)
+    for i, tool_id in enumerate(request.tool_ids):
+        check_id(tool_id, f"tool_ids[{i}]")
+    check_count(request.system_prompts, "system_prompts", MAX_SYSTEM_PROMPTS)
+    for i, prompt in enumerate(request.system_prompts):
+        check_text(prompt.name, f"system_prompts[{i}].name", MAX_NAME_CHARS)
+        _check_length(prompt.text, f"system_prompts[{i}].text", MAX_PROMPT_CHARS)
+    check_count(request.seed_prompts, "seed_prompts", MAX_SEED_PROMPTS)
+    for i, text in enumerate(request.seed_prompts):
+        _check_length(text, f"seed_prompts[{i}]", MAX_PROMPT_CHARS)
+    check_count(request.objectives, "objectives", MAX_OBJECTIVES)
+    for i, text in enumerate(request.objectives):
+        _check_length(text, f"objectives[{i}]", MAX_PROMPT_CHARS)
+    check_count(request.tool_responses, "tool_responses", MAX_TOOL_RESPONSES)
+    check_text(request.rubric.name, "rubric.name", MAX_NAME_CHARS)
+    check_count(request.rubric.criteria, "rubric.criteria", MAX_OBJECTIVES)
+    for i, text in enumerate(request.rubric.criteria):
+        _check_length(text, f"rubric.criteria[{i}]", MAX_PROMPT_CHARS)
+    if not 0 <= request.augment_count <= MAX_AUGMENT_COUNT:
+        raise InvalidArgument(f"augment_count must be 0 to {MAX_AUGMENT_COUNT} (got {request.augment_count})",
+                              field="augment_count")  # fmt: skip
+
+
+def _check_length(text: str, field: str, max_chars: int) -> None:
+    if len(text) > max_chars:
+        raise InvalidArgument(f"{field} is {len(text)} characters long: give at most {max_chars}", field=field)
+
+
+def checked(request: pb.CreateRunRequest, students: StudentSources | None = None) -> dict[str, Any]:
+    """The request as stored with the run (proto JSON, snake_case), defaults filled in. ``students`` is
+    where the deployment allows student models from (default: the hub only)."""
+    if request.path not in common_pb2.TrainingPath.values():
+        raise InvalidArgument(f"path {request.path} is not a training path: give one of "
+                              f"{', '.join(PATH_NAMES.values())}", field="path")  # fmt: skip
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
     tools = request.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS
@@ -88,6 +143,7 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
             f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "
             "finetune-text, distill-text and distill-tools work today"
         )
+    _check_bounds(request)
     if tools:
         _check_tools(request)
     else:
@@ -99,12 +155,7 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     if not request.dataset_id and not tools:
         kind = "an input-only" if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT else "a pairs"
         raise InvalidArgument(f"dataset_id is required: upload {kind} dataset and pass its id", field="dataset_id")
-    if not request.student_model.strip():
-        raise InvalidArgument(
-            "student_model is required: a hub id (e.g. HuggingFaceTB/SmolLM2-135M-Instruct) or a model directory "
-            "the Ray workers can read",
-            field="student_model",
-        )
+    student = (students or StudentSources()).check(request.student_model)
     if request.eval_dataset_id and request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
         raise InvalidArgument("a distill-text run holds out a share of the generated pairs for eval: give "
                               "eval_fraction, not eval_dataset_id", field="eval_dataset_id")  # fmt: skip
@@ -125,7 +176,7 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
     stored["mode"] = common_pb2.TrainingMode.Name(
         common_pb2.TRAINING_MODE_SFT_RL if rl else common_pb2.TRAINING_MODE_SFT
     )
-    stored["student_model"] = request.student_model.strip()
+    stored["student_model"] = student
     if not request.eval_dataset_id:
         stored["eval_fraction"] = request.eval_fraction or DEFAULT_EVAL_FRACTION
     sft = resolve_sft(json_format.MessageToDict(request.sft, preserving_proto_field_name=True))

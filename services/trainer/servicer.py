@@ -12,12 +12,15 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.trainer.v1 import trainer_pb2_grpc
 from services.common import auth
+from services.common.errors import InvalidArgument
+from services.common.ids import check_id
 from services.common.protoconv import page_size, timestamp
 from services.trainer import pipeline, runs
 from services.trainer.supervisor import Supervisor
 
 WATCH_POLL_S = 0.5
 LOG_TAIL = 200
+MAX_LOG_TAIL = 10_000
 
 
 def run_pb(run: runs.Run) -> pb.Run:
@@ -55,20 +58,22 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return run_pb(await self.supervisor.create(auth.current_caller().tenant_id, request))
 
     async def GetRun(self, request: Any, context: Any) -> pb.Run:
-        return run_pb(await runs.get(self.pool, auth.current_caller().tenant_id, request.id))
+        return run_pb(await runs.get(self.pool, auth.current_caller().tenant_id, check_id(request.id, "id")))
 
     async def ListRuns(self, request: Any, context: Any) -> pb.ListRunsResponse:
+        if request.state not in pb.RunState.values():
+            raise InvalidArgument(f"state {request.state} is not a run state", field="state")
         found, next_token = await runs.list_page(
             self.pool, auth.current_caller().tenant_id, request.state, page_size(request.page), request.page.page_token
         )
         return pb.ListRunsResponse(runs=[run_pb(r) for r in found], page={"next_page_token": next_token})
 
     async def CancelRun(self, request: Any, context: Any) -> pb.Run:
-        return run_pb(await self.supervisor.cancel(auth.current_caller().tenant_id, request.id))
+        return run_pb(await self.supervisor.cancel(auth.current_caller().tenant_id, check_id(request.id, "id")))
 
     async def WatchRun(self, request: Any, context: Any) -> AsyncIterator[pb.RunEvent]:
         tenant_id = auth.current_caller().tenant_id
-        await runs.get(self.pool, tenant_id, request.id)  # NOT_FOUND before the stream starts
+        await runs.get(self.pool, tenant_id, check_id(request.id, "id"))  # NOT_FOUND before the stream starts
         after = request.after_sequence
         while True:
             for event in await runs.events_after(self.pool, request.id, after):
@@ -81,7 +86,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             await asyncio.sleep(WATCH_POLL_S)
 
     async def GetRunLogs(self, request: Any, context: Any) -> pb.GetRunLogsResponse:
-        run = await runs.get(self.pool, auth.current_caller().tenant_id, request.id)
+        if not 0 <= request.tail <= MAX_LOG_TAIL:
+            raise InvalidArgument(f"tail must be 0 (the last {LOG_TAIL}) to {MAX_LOG_TAIL} lines", field="tail")
+        run = await runs.get(self.pool, auth.current_caller().tenant_id, check_id(request.id, "id"))
         if not run.job_attempt:
             return pb.GetRunLogsResponse()
         text = await self.supervisor.pipeline.jobs.logs(pipeline.job_id(run, run.job_attempt))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from services.common.settings import (
     env_str,
     registry_address,
 )
+from services.trainer.students import StudentSources
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,16 @@ class Settings:
     push_address: str = ""
     # A run's driver renews its lease this often (s); another instance takes over after 3 misses.
     lease_s: float = 5.0
+    # Where a run's student model may come from (``CreateRunRequest.student_model``): hub ids (org/name)
+    # when ``allow_hub_models``, and directories under ``model_roots`` (absolute, symlinks resolved).
+    allow_hub_models: bool = True
+    model_roots: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Settings(server={self.server!r}, s3={self.s3!r}, ray_address={self.ray_address!r})"
+
+    def students(self) -> StudentSources:
+        return StudentSources(self.allow_hub_models, self.model_roots)
 
     def ray_token(self) -> str:
         if not self.ray_token_file:
@@ -66,4 +75,16 @@ class Settings:
             train_use_gpu=env_bool("DISTILLERY_TRAIN_USE_GPU", False),
             push_address=env_str("DISTILLERY_TRAINER_PUSH_ADDRESS", ""),
             lease_s=env_float("DISTILLERY_RUN_LEASE_S", 5.0),
+            allow_hub_models=env_bool("DISTILLERY_ALLOW_HUB_MODELS", True),
+            model_roots=model_roots(env_str("DISTILLERY_MODEL_ROOTS", "")),
         )
+
+
+def model_roots(value: str) -> tuple[str, ...]:
+    """DISTILLERY_MODEL_ROOTS: absolute directories, colon-separated; each as its real path."""
+    roots = []
+    for root in filter(None, (part.strip() for part in value.split(":"))):
+        if not os.path.isabs(root):
+            raise InvalidArgument(f"DISTILLERY_MODEL_ROOTS: {root!r} is not an absolute path")
+        roots.append(os.path.realpath(root))
+    return tuple(roots)

@@ -14,20 +14,24 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from functools import partial
 from typing import Any
 
 from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError
-from services.trainer import run_requests, runs
+from services.trainer import run_claims, run_requests, runs
 from services.trainer.pipeline import Pipeline
+from services.trainer.students import StudentSources
 
 log = logging.getLogger("distillery.trainer.supervisor")
 
 
 class Supervisor:
-    def __init__(self, pool: Any, pipeline: Pipeline, lease_s: float) -> None:
+    def __init__(self, pool: Any, pipeline: Pipeline, lease_s: float, students: StudentSources | None = None) -> None:
         self.pool = pool
+        # Where student models may come from; None: hub ids only.
+        self.students = students
         self.pipeline = pipeline
         self.lease_s = lease_s
         self.owner = f"trainer-{secrets.token_hex(6)}"
@@ -49,27 +53,27 @@ class Supervisor:
         self._drivers.clear()
 
     async def create(self, tenant_id: str, request: pb.CreateRunRequest) -> runs.Run:
-        """Check the request, reserve a slot of the tenant's allowance, store the run, start it.
-        The same idempotency key returns the run first made with it."""
-        stored = run_requests.checked(request)
+        """Check the request, store the run with a slot of the tenant's allowance reserved, start it.
+        The same idempotency key returns the run first made with it, to every caller however many race
+        (``run_claims``); the same key with other parameters is refused."""
+        stored = run_requests.checked(request, self.students)
         await run_requests.check_with_teacher(self.pipeline.peers, tenant_id, request.path, stored)
         key = request.idempotency_key
         if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:
-            return earlier
+            return run_claims.check_same_request(earlier, stored)
         run_id, mode = runs.new_run_id(), common_pb2.TrainingMode.Value(stored["mode"])
-        await self.pipeline.peers.reserve(tenant_id, run_id)  # RESOURCE_EXHAUSTED when the allowance is full
-        try:
-            run, created = await runs.create(self.pool, runs.Run(
+        run, created = await run_claims.create(
+            self.pool,
+            runs.Run(
                 id=run_id, tenant_id=tenant_id, idempotency_key=key, path=request.path, mode=mode,
                 state=pb.RUN_STATE_QUEUED, request=stored, created_at=None, updated_at=None,  # type: ignore[arg-type]
-            ))  # fmt: skip
-        except BaseException:
-            await self.pipeline.peers.release(tenant_id, run_id)
-            raise
-        if not created:  # a concurrent call with the same key won
-            await self.pipeline.peers.release(tenant_id, run_id)
-        else:
-            await self._take(run.id, tenant_id)
+            ),
+            reserve=partial(self.pipeline.peers.reserve, tenant_id, run_id),  # RESOURCE_EXHAUSTED when full
+            release=partial(self.pipeline.peers.release, tenant_id, run_id),
+        )  # fmt: skip
+        if not created:  # a concurrent call with the same key made it
+            return run_claims.check_same_request(run, stored)
+        await self._take(run.id, tenant_id)
         return run
 
     async def cancel(self, tenant_id: str, run_id: str) -> runs.Run:

@@ -20,6 +20,7 @@ FULL_FINETUNE_LEARNING_RATE = 5e-6
 MAX_GENERATIONS = 64
 MAX_COMPLETION_LENGTH_LIMIT = 8192
 MAX_STEPS_LIMIT = 100_000
+MAX_PROMPTS_PER_STEP = 256
 
 
 @dataclass
@@ -30,32 +31,38 @@ class GrpoSettings:
         default=4,
         metadata={
             "help": "Completions sampled per prompt; GRPO compares them with each other, so at least 2. More "
-            "give a steadier signal and cost generation time."
+            f"give a steadier signal and cost generation time. 2 to {MAX_GENERATIONS}."
         },
     )
     max_completion_length: int = field(
-        default=128, metadata={"help": "Tokens generated per completion at most; longer ones are cut."}
+        default=128,
+        metadata={
+            "help": f"Tokens generated per completion at most; longer ones are cut. 1 to {MAX_COMPLETION_LENGTH_LIMIT}."
+        },
     )
     beta: float = field(
         default=0.0,
         metadata={
             "help": "Weight of the KL penalty that keeps the policy near the SFT model; 0 (trl's default) "
-            "needs no reference model."
+            "needs no reference model. In [0, 10]."
         },
     )
     learning_rate: float = field(
         default=0.0,
         metadata={
             "help": f"Peak learning rate. 0 picks the default: {LORA_LEARNING_RATE} for LoRA, "
-            f"{FULL_FINETUNE_LEARNING_RATE} for a full fine-tune (sft.full_finetune decides)."
+            f"{FULL_FINETUNE_LEARNING_RATE} for a full fine-tune (sft.full_finetune decides). In (0, 1]."
         },
     )
-    max_steps: int = field(default=30, metadata={"help": "Optimizer steps of GRPO."})
+    max_steps: int = field(default=30, metadata={"help": f"Optimizer steps of GRPO; 1 to {MAX_STEPS_LIMIT:,}."})
     temperature: float = field(
         default=1.0, metadata={"help": "Sampling temperature of the completions, in (0, 2]; higher is more varied."}
     )
     prompts_per_step: int = field(
-        default=2, metadata={"help": "Prompts per optimizer step; each gets num_generations completions."}
+        default=2,
+        metadata={
+            "help": f"Prompts per optimizer step; each gets num_generations completions. 1 to {MAX_PROMPTS_PER_STEP}."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -99,9 +106,9 @@ class GrpoSettings:
                 f"grpo.temperature={self.temperature} is out of range: give a value in (0, 2], e.g. 1.0",
                 field="grpo.temperature",
             )
-        if self.prompts_per_step < 1:
-            raise InvalidArgument("grpo.prompts_per_step must be at least 1 (or 0 for the default)",
-                                  field="grpo.prompts_per_step")  # fmt: skip
+        if not 1 <= self.prompts_per_step <= MAX_PROMPTS_PER_STEP:
+            raise InvalidArgument(f"grpo.prompts_per_step={self.prompts_per_step}: give 1 to {MAX_PROMPTS_PER_STEP} "
+                                  "(or 0 for the default, 2)", field="grpo.prompts_per_step")  # fmt: skip
 
     @property
     def completions_per_step(self) -> int:

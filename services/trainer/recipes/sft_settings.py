@@ -17,41 +17,64 @@ from services.common.errors import InvalidArgument
 LORA_LEARNING_RATE = 2e-4
 FULL_FINETUNE_LEARNING_RATE = 2e-5
 MAX_SEQ_LENGTH_LIMIT = 131072
+# The largest value of each whole-number setting (the smallest is 1, or 0 where 0 means "none"); docs/api.md.
+UPPER_BOUNDS = {
+    "epochs": 100, "batch_size": 1024, "gradient_accumulation_steps": 1024, "max_seq_length": MAX_SEQ_LENGTH_LIMIT,
+    "checkpoint_every_steps": 1_000_000, "eval_every_steps": 1_000_000, "early_stopping_patience": 1000,
+    "lora_r": 1024, "lora_alpha": 4096, "max_steps": 1_000_000, "seed": 2**32 - 1,
+}  # fmt: skip
 
 
 @dataclass
 class SftSettings:
     """Supervised fine-tuning settings. In a request, 0 / 0.0 / false (or absent) means "the default"."""
 
-    epochs: int = field(default=3, metadata={"help": "Passes over the training set (ignored when max_steps > 0)."})
+    epochs: int = field(
+        default=3, metadata={"help": "Passes over the training set (ignored when max_steps > 0); 1 to 100."}
+    )
     learning_rate: float = field(
         default=0.0,
         metadata={
             "help": f"Peak learning rate. 0 picks the default: {LORA_LEARNING_RATE} for LoRA, "
-            f"{FULL_FINETUNE_LEARNING_RATE} for a full fine-tune."
+            f"{FULL_FINETUNE_LEARNING_RATE} for a full fine-tune. In (0, 1]."
         },
     )
-    batch_size: int = field(default=4, metadata={"help": "Training rows per device per step."})
+    batch_size: int = field(default=4, metadata={"help": "Training rows per device per step; 1 to 1024."})
     gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Micro-batches summed before each optimizer step."}
+        default=1, metadata={"help": "Micro-batches summed before each optimizer step; 1 to 1024."}
     )
     max_seq_length: int = field(
-        default=1024, metadata={"help": "Tokens per row (prompt + completion); longer rows are left out."}
+        default=1024,
+        metadata={
+            "help": f"Tokens per row (prompt + completion); longer rows are left out. 1 to {MAX_SEQ_LENGTH_LIMIT}."
+        },
     )
-    checkpoint_every_steps: int = field(default=50, metadata={"help": "Save a resumable checkpoint every N steps."})
+    checkpoint_every_steps: int = field(
+        default=50, metadata={"help": "Save a resumable checkpoint every N steps; 1 to 1,000,000."}
+    )
     eval_every_steps: int = field(
-        default=0, metadata={"help": "Evaluate on the eval set every N steps; 0 = only before and after training."}
+        default=0,
+        metadata={
+            "help": "Evaluate on the eval set every N steps; 0 = only before and after training. Up to 1,000,000."
+        },
     )
     early_stopping_patience: int = field(
         default=0,
-        metadata={"help": "Stop after this many evals without a lower eval loss (0 = never); needs eval_every_steps."},
+        metadata={
+            "help": "Stop after this many evals without a lower eval loss (0 = never); needs eval_every_steps. "
+            "Up to 1000."
+        },
     )
     full_finetune: bool = field(default=False, metadata={"help": "Train every weight instead of a LoRA adapter."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank; 1 to 1024."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA scaling numerator (scale = lora_alpha / lora_r); 1 to 4096."}
+    )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch, in [0, 1)."})
-    seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation and dropout."})
-    max_steps: int = field(default=0, metadata={"help": "Stop after this many optimizer steps; 0 = run all epochs."})
+    seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation and dropout; 0 to 2**32 - 1."})
+    max_steps: int = field(
+        default=0, metadata={"help": "Stop after this many optimizer steps; 0 = run all epochs. Up to 1,000,000."}
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -81,13 +104,11 @@ class SftSettings:
             raise InvalidArgument(
                 f"sft.lora_dropout={self.lora_dropout} must be in [0, 1), e.g. 0.05", field="sft.lora_dropout"
             )
-        if self.max_seq_length > MAX_SEQ_LENGTH_LIMIT:
-            raise InvalidArgument(
-                f"sft.max_seq_length={self.max_seq_length} is above the limit of {MAX_SEQ_LENGTH_LIMIT} tokens",
-                field="sft.max_seq_length",
-            )
-        if self.seed >= 2**32:
-            raise InvalidArgument("sft.seed must be below 2**32", field="sft.seed")
+        for name, most in UPPER_BOUNDS.items():
+            if getattr(self, name) > most:
+                raise InvalidArgument(
+                    f"sft.{name}={getattr(self, name)} is above the limit of {most:,}", field=f"sft.{name}"
+                )
         if self.early_stopping_patience and not self.eval_every_steps:
             raise InvalidArgument(
                 "sft.early_stopping_patience needs mid-training evals: set sft.eval_every_steps too (e.g. 10)",
