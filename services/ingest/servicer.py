@@ -15,7 +15,7 @@ from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common import auth
 from services.common.errors import InvalidArgument
 from services.common.objects import ObjectStore
-from services.common.protoconv import page_size, timestamp
+from services.common.protoconv import Bounds, bounded, page_size, timestamp
 from services.ingest import datasets, intake, splits, tool_list, tools, uploads
 
 
@@ -83,6 +83,16 @@ async def _chunks(request_iterator: AsyncIterator[Any]) -> AsyncIterator[tuple[i
         yield message.chunk.file, message.chunk.data
 
 
+# Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
+BOUNDS = Bounds(
+    strings={"header.manifest": 1024, "header.files.name": 1024},
+    lists={"header.files": 100_000},
+    numbers={"header.max_clip_seconds": (0.0, 3600.0), "header.context_tokens": (0, 1_048_576),
+             "chunk.file": (0, 100_000), "eval_fraction": (0.0, 1.0)},
+)  # fmt: skip
+
+
+@bounded(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"], BOUNDS)
 class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     def __init__(
         self, pool: AsyncConnectionPool, store: ObjectStore, intake: intake.Intake, max_upload_bytes: int

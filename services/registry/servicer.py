@@ -14,7 +14,7 @@ from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import auth, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.objects import ObjectStore
-from services.common.protoconv import page_size, struct, timestamp
+from services.common.protoconv import Bounds, bounded, page_size, struct, timestamp
 from services.registry import models, quotas, snippets, tenants
 from services.registry.generate import Generator, artifact_prefix
 
@@ -68,6 +68,18 @@ def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
     )  # fmt: skip
 
 
+# Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
+BOUNDS = Bounds(
+    strings={"messages.content": 1_000_000, "tools_json": 65_536, "messages.tool_calls.arguments_json": 65_536,
+             "artifact_uri": 4096,
+             # A key of any shape is UNAUTHENTICATED (the services' auth asks here), not INVALID_ARGUMENT.
+             "api_key": 8192},
+    lists={"messages": 1_000, "tools_json": 256, "messages.tool_calls": 256},
+    numbers={"temperature": (0.0, 2.0), "max_new_tokens": (0, 2048), "model_allowance": (0, 1_000_000)},
+)  # fmt: skip
+
+
+@bounded(registry_pb2.DESCRIPTOR.services_by_name["RegistryService"], BOUNDS)
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Who may call each method is declared in ``access.py`` and checked before the call."""
 

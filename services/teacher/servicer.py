@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
-from services.common.protoconv import page_size, timestamp
+from services.common.protoconv import Bounds, bounded, page_size, timestamp
 from services.teacher import job_requests, jobs, prices, tool_descriptions
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
@@ -48,6 +48,16 @@ def provider_key_pb(key: StoredKey) -> teacher_pb2.ProviderKey:
     )
 
 
+# Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
+BOUNDS = Bounds(
+    strings={"api_key": 1024},
+    lists={"seed_prompts": job_requests.MAX_SEED_PROMPTS, "system_prompts": 100, "tool_ids": 256, "objectives": 100},
+    numbers={"max_failed_fraction": (0.0, 1.0), "parameters.temperature": (0.0, 2.0),
+             "parameters.no_tool_share": (0.0, 1.0), "parameters.max_output_tokens": (0, 32_768)},
+)  # fmt: skip
+
+
+@bounded(teacher_pb2.DESCRIPTOR.services_by_name["TeacherService"], BOUNDS)
 class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
     def __init__(self, pool: AsyncConnectionPool, settings: Settings, keys: KeyStore, runner: JobRunner) -> None:
         self.pool = pool
