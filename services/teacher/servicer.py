@@ -50,7 +50,7 @@ def provider_key_pb(key: StoredKey) -> teacher_pb2.ProviderKey:
 
 # Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
 BOUNDS = Bounds(
-    strings={"api_key": 1024},
+    strings={"api_key": 4096},  # keys.py refuses over 1,024 itself, saying what a key looks like
     lists={"seed_prompts": job_requests.MAX_SEED_PROMPTS, "system_prompts": 100, "tool_ids": 256, "objectives": 100},
     numbers={"max_failed_fraction": (0.0, 1.0), "parameters.temperature": (0.0, 2.0),
              "parameters.no_tool_share": (0.0, 1.0), "parameters.max_output_tokens": (0, 32_768)},
