@@ -23,7 +23,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from services.common import auth
+from services.common import auth, ids
 from services.common.errors import DistilleryError, PermissionDenied, QuotaExceeded, Unauthenticated
 
 log = logging.getLogger("distillery.rpc")
@@ -217,7 +217,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return None
         token = auth.bearer_token(metadata)
         if access == auth.Access.RUN:
-            run_id = getattr(request, "run_id", "")
+            run_id = ids.check_id(getattr(request, "run_id", ""), "run_id")  # before it reaches a query
             if token is None or not run_id or self._verify_run is None:
                 raise Unauthenticated(NO_RUN)
             return await self._verify_run(token, run_id)
