@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import grpc
 import orjson
 import psycopg
 import pytest
@@ -201,6 +202,12 @@ def test_a_refused_key_fails_the_job_at_once_and_byok_usage_is_not_billed(servic
     keyed.CopyFrom(job_request)
     keyed.run_id = "run_same"
     assert client.teacher.CreateGenerationJob(keyed).id == client.teacher.CreateGenerationJob(keyed).id
+    # The same run id with other settings is another job, not a retry: refused, naming run_id.
+    keyed.parameters.temperature = 0.5
+    err = assert_refused(
+        lambda: client.teacher.CreateGenerationJob(keyed), "run_id", grpc.StatusCode.FAILED_PRECONDITION
+    )
+    assert "other settings" in err.details()
 
 
 def wait_final(client, job_id: str, timeout: float = 60) -> teacher_pb2.GenerationJob:

@@ -140,6 +140,11 @@ class JobRunner:
         if created:
             log.info("job %s: %s rows from %s", stored.id, stored.rows_total, stored.teacher)
             self._wake.set()
+        elif _settings(stored.request) != _settings(job.stored):
+            raise FailedPrecondition(
+                f"run_id {request.run_id!r} already made job {stored.id} with other settings: a run's job is made "
+                "once; give a new run_id for other settings", field="run_id",
+            )  # fmt: skip
         return stored
 
     async def cancel(self, tenant_id: str, job_id: str) -> jobs.Job:
@@ -365,3 +370,9 @@ class JobRunner:
     async def _fail(self, job: jobs.Job, message: str) -> None:
         if await jobs.finish(self.pool, job.id, pb.JOB_STATE_FAILED, error=message) is not None:
             log.info("job %s failed: %s", job.id, message)
+
+
+def _settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored request without the tools' snapshot (taken from the tenant's list when the job was made),
+    to tell a retry of the same job from another job under the same run id."""
+    return {key: value for key, value in stored.items() if key != "tools"}
