@@ -223,7 +223,10 @@ class CreateRunRequest(_message.Message):
     """An eval dataset; without it, a seeded held-out fraction is used."""
     eval_fraction: _builtins.float
     student_model: _builtins.str
-    """The student: a hub id or a local path."""
+    """The student: a hub id ("org/name", where the deployment allows the hub)
+    or a model directory under one of the trainer's DISTILLERY_MODEL_ROOTS
+    (the local stack's: $DISTILLERY_HOME/models); anything else is refused.
+    """
     teacher: _builtins.str
     """"<provider>:<model>" for distillation paths and augmentation."""
     model_name: _builtins.str
