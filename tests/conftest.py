@@ -119,7 +119,12 @@ def postgres_url(workdir: Path) -> Iterator[str]:
 def s3_settings(workdir: Path) -> Iterator[S3Settings]:
     ports = servers.S3Ports.pick()
     access, secret = "test-" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    proc = servers.start_s3(workdir / "s3", ports, access, secret, workdir / "logs" / "s3.log")
+    # SeaweedFS's IAM API writable: the trainer gives each training job an S3 identity scoped to its run
+    # (services/trainer/job_access.py).
+    spawn = servers._spawn
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(servers, "_spawn", lambda args, log, **kw: spawn([*args, "-s3.iam.readOnly=false"], log, **kw))
+        proc = servers.start_s3(workdir / "s3", ports, access, secret, workdir / "logs" / "s3.log")
     yield S3Settings(endpoint=f"127.0.0.1:{ports.s3}", access_key=access, secret_key=secret, bucket="test-bucket")
     _stop(proc)
 
@@ -128,6 +133,7 @@ def s3_settings(workdir: Path) -> Iterator[S3Settings]:
 class RayCluster:
     dashboard: str
     token_file: Path
+    temp_dir: Path  # the head's --temp-dir: its session logs are under it
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +154,7 @@ def ray_cluster(workdir: Path) -> Iterator[RayCluster]:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"the Ray head did not start:\n{processes.tail(log)}")
         time.sleep(0.5)
-    yield RayCluster(ray_head.dashboard_url(ports), token_file)
+    yield RayCluster(ray_head.dashboard_url(ports), token_file, temp_dir)
     root = psutil.Process(proc.pid)
     everyone = processes.unique([*processes.tree(root), *processes.tagged_processes(tag).get("", [])])
     processes.stop([processes.StopPlan("ray", root, everyone, grace_s=10)])

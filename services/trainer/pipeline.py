@@ -10,6 +10,10 @@
     TRAINING -> EVALUATING the job's result read from S3 and checked (finite eval loss)
     EVALUATING -> REGISTERING -> SUCCEEDED   the model registered, committing the quota slot
 
+A job gets only what its run needs (``job_access``): S3 keys scoped to its inputs and its run's prefix
+(taken back when the job ends) and a push token for its run; both reach it through its secrets object,
+never its environment or command line, which Ray writes into its logs.
+
 The stages are driven here; ``generation`` holds the GENERATING stage's steps and imports
 nothing of this module. The Ray job gets one typed ``JobSpec`` (``recipes/job_spec.py``) as
 its spec.json, and runs the recipe module of the run's path (``RECIPES``).
@@ -34,16 +38,14 @@ from typing import Any
 import psycopg
 from minio.error import S3Error
 
-from distillery import tokens
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from services.common import auth
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer import generation, ray_jobs, run_requests, runs
+from services.trainer import generation, job_access, ray_jobs, run_requests, runs
 from services.trainer.peers import Peers
 from services.trainer.ray_jobs import RayJobs
 from services.trainer.recipes.grpo_settings import GrpoSettings
@@ -108,6 +110,11 @@ class Pipeline:
     train_workers: int = 1
     train_use_gpu: bool = False
     push_address: str = ""
+    access: job_access.JobAccess = None  # type: ignore[assignment]  # default: built from store and s3
+
+    def __post_init__(self) -> None:
+        if self.access is None:
+            self.access = job_access.JobAccess(self.store, self.s3)
 
     # --- driving ---
 
@@ -248,6 +255,8 @@ class Pipeline:
             state = await self.jobs.state(job_id(run, attempt))
             if state is None:
                 return False  # the job vanished: the next step submits it again
+            if state.status in ray_jobs.FINISHED:
+                await self.revoke(run)
             if state.status == ray_jobs.SUCCEEDED:
                 return True
             if state.status == ray_jobs.FAILED:
@@ -261,25 +270,40 @@ class Pipeline:
             await asyncio.sleep(POLL_S)
 
     async def submit(self, run: runs.Run, attempt: int) -> int:
+        """Write the job's spec and secrets, then submit it; no secret goes in its environment or command line
+        except the short-lived URL of its secrets object (``job_access``)."""
         prefix = run_prefix(run)
         spec_key = f"{prefix}/spec.json"
         spec = job_spec(run, self.train_workers, self.train_use_gpu)
         await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
-        token = tokens.new_run_token()
-        await runs.save(self.pool, run.id, job_attempt=attempt, push_token_hash=auth.hash_key(token))
+        secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, [spec.train_key, spec.eval_key])
+        await runs.save(
+            self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token)
+        )
         env = {
             **JOB_TUNING,
-            "DISTILLERY_S3_ENDPOINT": self.s3.endpoint, "DISTILLERY_S3_ACCESS_KEY": self.s3.access_key,
-            "DISTILLERY_S3_SECRET_KEY": self.s3.secret_key, "DISTILLERY_S3_BUCKET": self.s3.bucket,
+            "DISTILLERY_S3_ENDPOINT": self.s3.endpoint, "DISTILLERY_S3_BUCKET": self.s3.bucket,
             "DISTILLERY_S3_SECURE": str(self.s3.secure).lower(), "DISTILLERY_S3_REGION": self.s3.region,
-            "DISTILLERY_TRAINER_ADDRESS": self.push_address, "DISTILLERY_RUN_TOKEN": token,
+            "DISTILLERY_TRAINER_ADDRESS": self.push_address,
+            "HF_HOME": job_access.cache_dir(self.access.cache_root, run.tenant_id),
         }  # fmt: skip
         recipe = RECIPES[common_pb2.TrainingPath.ValueType(run.path)]
-        entrypoint = f"{shlex.quote(sys.executable)} -m {recipe} --spec-key {shlex.quote(spec_key)}"
+        entrypoint = (
+            f"{shlex.quote(sys.executable)} -m {recipe} --spec-key {shlex.quote(spec_key)}"
+            f" --secrets-url {shlex.quote(secrets_url)}"
+        )
         await self.jobs.submit(job_id(run, attempt), entrypoint, env)
-        await self.note(run, f"submitted Ray job {job_id(run, attempt)}")
+        scope = "S3 keys scoped to the run" if self.access.scoped() else "the trainer's shared S3 key"
+        await self.note(run, f"submitted Ray job {job_id(run, attempt)} ({scope})")
         return attempt
+
+    async def revoke(self, run: runs.Run) -> None:
+        """Take back the job's S3 keys (its job ended, or the run did); best effort, logged."""
+        try:
+            await asyncio.to_thread(self.access.revoke, run, run_prefix(run))
+        except (Unavailable, S3Error, OSError) as err:
+            log.warning("cannot revoke the S3 keys of run %s's job: %s", run.id, err)
 
     async def _job_failure(self, run: runs.Run, state: ray_jobs.JobState) -> RunFailed:
         """What the recipe said went wrong (error.json), else Ray's own message."""
@@ -353,6 +377,7 @@ class Pipeline:
                 await self.jobs.stop(job_id(run, run.job_attempt))
             except Unavailable as err:
                 log.warning("cannot stop the job of run %s: %s (it stops at its next push)", run.id, err.message)
+            await self.revoke(run)
         try:
             await self.peers.release(run.tenant_id, run.id)
         except NotFound:

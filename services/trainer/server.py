@@ -9,10 +9,10 @@ import grpc
 from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import auth
 from services.common.backends import open_backends, registry_keys
-from services.common.errors import Unauthenticated
 from services.common.server import RunningServer, start_server
 from services.trainer import runs
 from services.trainer.access import ACCESS
+from services.trainer.job_access import JobAccess, verify_push
 from services.trainer.peers import Peers
 from services.trainer.pipeline import Pipeline
 from services.trainer.ray_jobs import RayJobs
@@ -35,15 +35,17 @@ async def create(settings: Settings) -> RunningServer:
         pool=backends.pool, store=backends.store, s3=settings.s3, peers=peers,
         jobs=RayJobs(settings.ray_address, settings.ray_token()),
         train_workers=settings.train_workers, train_use_gpu=settings.train_use_gpu,
+        access=JobAccess(
+            backends.store, settings.s3, settings.job_s3_access, settings.run_token_lifetime_s,
+            settings.job_secrets_url_s, settings.job_cache_dir,
+        ),
     )  # fmt: skip
     supervisor = Supervisor(backends.pool, pipeline, settings.lease_s, settings.students())
 
     async def verify_run(token: str, run_id: str) -> auth.Caller:
-        """A training job pushes with the token its run was started with (only its hash is kept)."""
-        run = await runs.find_active_job(backends.pool, run_id)
-        if run is None or not auth.same_secret(auth.hash_key(token), run.push_token_hash):
-            raise Unauthenticated("not a valid push token for this run")
-        return auth.run_caller(run.tenant_id, run.id)
+        """A training job pushes with its run's current token, while the run is not final and the token has not
+        expired (``job_access.verify_push``; only the token's hash is kept)."""
+        return verify_push(await runs.find_active_job(backends.pool, run_id), token)
 
     def register(server: grpc.aio.Server) -> list[str]:
         trainer_pb2_grpc.add_TrainerServiceServicer_to_server(TrainerServicer(backends.pool, supervisor), server)

@@ -38,6 +38,15 @@ class Settings:
     push_address: str = ""
     # A run's driver renews its lease this often (s); another instance takes over after 3 misses.
     lease_s: float = 5.0
+    # What S3 access a training job gets (services/trainer/job_access.py): "scoped" keys for its run only,
+    # the trainer's "shared" key, or "auto" (scoped when the object store's IAM API allows it).
+    job_s3_access: str = "auto"
+    # How long a job's push token holds (s); a job submitted again gets a new one.
+    run_token_lifetime_s: float = 48 * 3600.0
+    # How long the presigned URL on a job's command line reads its secrets object (s).
+    job_secrets_url_s: float = 600.0
+    # Under it each tenant's jobs have their own Hugging Face cache (<dir>/<tenant>/huggingface).
+    job_cache_dir: str = "~/.cache/distillery/jobs"
     # Where a run's student model may come from (``CreateRunRequest.student_model``): hub ids (org/name)
     # when ``allow_hub_models``, and directories under ``model_roots`` (absolute, symlinks resolved).
     allow_hub_models: bool = True
@@ -75,6 +84,10 @@ class Settings:
             train_use_gpu=env_bool("DISTILLERY_TRAIN_USE_GPU", False),
             push_address=env_str("DISTILLERY_TRAINER_PUSH_ADDRESS", ""),
             lease_s=env_float("DISTILLERY_RUN_LEASE_S", 5.0),
+            job_s3_access=env_str("DISTILLERY_JOB_S3_ACCESS", cls.job_s3_access),
+            run_token_lifetime_s=env_float("DISTILLERY_RUN_TOKEN_LIFETIME_S", cls.run_token_lifetime_s),
+            job_secrets_url_s=env_float("DISTILLERY_JOB_SECRETS_URL_S", cls.job_secrets_url_s),
+            job_cache_dir=env_str("DISTILLERY_JOB_CACHE_DIR", cls.job_cache_dir),
             allow_hub_models=env_bool("DISTILLERY_ALLOW_HUB_MODELS", True),
             model_roots=model_roots(env_str("DISTILLERY_MODEL_ROOTS", "")),
         )

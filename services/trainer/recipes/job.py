@@ -1,8 +1,11 @@
 """What every recipe's Ray job does around its training: the driver, Ray, storage, and the objects it writes.
 
-A recipe module is run as ``python -m services.trainer.recipes.<name> --spec-key <key>``; its
-``main`` is ``drive(argv, prog, fit)``, which:
+A recipe module is run as ``python -m services.trainer.recipes.<name> --spec-key <key> --secrets-url <url>``;
+its ``main`` is ``drive(argv, prog, fit)``, which:
 
+0. reads the job's secrets (its run-scoped S3 keys and push token) through the presigned URL, deletes the
+   secrets object, and keeps them in this process's environment only (``receive_secrets``; Ray never sees
+   them: see ``services/trainer/job_access.py``); without ``--secrets-url`` they come from the environment;
 1. reads the ``JobSpec`` (``job_spec.py``) at the key (exit 2 when there is none, 1 when it is not a spec);
 2. skips a run that has its result.json already (a job submitted again after it finished);
 3. clears error.json and phase.json of an earlier attempt, checks the student model (``check_student_model``)
@@ -14,8 +17,9 @@ A recipe module is run as ``python -m services.trainer.recipes.<name> --spec-key
 S3 under ``<output_prefix>/ray``); the loop runs its stages in ``attempt``, which writes a ``RunFailure``
 (what another attempt cannot fix) to error.json itself and returns, so Ray Train does not retry it.
 
-Environment: DISTILLERY_S3_* (``S3Settings.from_env``); RAY_ADDRESS under the Jobs API (without it a
-local Ray cluster is started).
+Environment: DISTILLERY_S3_* (``S3Settings.from_env``; the keys from the secrets object); RAY_ADDRESS under
+the Jobs API (without it a local Ray cluster is started). ``train_on_ray`` hands the secrets to its workers in
+``train_loop_config``; ``worker_spec`` puts them in the worker's environment.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from minio.error import S3Error
 
 from services.common.errors import InvalidArgument, NotFound
@@ -37,11 +42,17 @@ from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import failures
 from services.trainer.recipes.failures import RunFailure
-from services.trainer.recipes.job_spec import JobSpec
+from services.trainer.recipes.job_spec import SECRETS_NAME, JobSpec
 
 log = logging.getLogger("distillery.recipes.job")
 
 LOCAL_OBJECT_STORE_BYTES = 200 * 1024 * 1024
+# Where each field of the secrets object goes in the job's processes (what S3Settings and ProgressPush read).
+SECRET_ENV = {
+    "s3_access_key": "DISTILLERY_S3_ACCESS_KEY",
+    "s3_secret_key": "DISTILLERY_S3_SECRET_KEY",
+    "push_token": "DISTILLERY_RUN_TOKEN",
+}
 
 
 # --- the driver ---
@@ -51,10 +62,46 @@ def drive(argv: list[str] | None, prog: str, fit: Callable[[JobSpec, S3Settings]
     """A recipe's Ray job from its command line to its exit code (module docstring)."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--spec-key", required=True, help="S3 key of the run's spec.json")
+    parser.add_argument("--secrets-url", default="", help="presigned URL of the job's secrets object")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.secrets_url and not receive_secrets(args.secrets_url):
+        return 2
     s3 = S3Settings.from_env()
-    return run_job(ObjectStore(s3), args.spec_key, lambda spec: fit(spec, s3))
+    store = ObjectStore(s3)
+    if args.secrets_url:  # read once: the URL in Ray's logs reads nothing from now on
+        store.delete_prefix(f"{args.spec_key.rpartition('/')[0]}/{SECRETS_NAME}")
+    return run_job(store, args.spec_key, lambda spec: fit(spec, s3))
+
+
+def receive_secrets(url: str) -> bool:
+    """Read the job's secrets object into this process's environment; False (logged) when it cannot be read.
+    Never logs the URL or what it read."""
+    try:
+        response = urllib3.request(
+            "GET", url, timeout=urllib3.Timeout(connect=5.0, read=30.0), retries=urllib3.Retry(3, backoff_factor=0.5)
+        )
+    except urllib3.exceptions.HTTPError as err:
+        log.error("cannot read the job's secrets (%s): is the object store reachable?", type(err).__name__)
+        return False
+    if response.status != 200:
+        log.error("cannot read the job's secrets (HTTP %s): its URL expired or it was read already; the trainer "
+                  "submits a lost job again with new ones", response.status)  # fmt: skip
+        return False
+    try:
+        values = json.loads(response.data)
+    except ValueError:
+        log.error("the job's secrets object is not JSON")
+        return False
+    for name, variable in SECRET_ENV.items():
+        if isinstance(values.get(name), str) and values[name]:
+            os.environ[variable] = values[name]
+    return True
+
+
+def secrets_for_workers() -> dict[str, str]:
+    """The job's secrets as this process holds them, for its workers' ``train_loop_config``."""
+    return {variable: os.environ[variable] for variable in SECRET_ENV.values() if os.environ.get(variable)}
 
 
 def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None]) -> int:
@@ -144,16 +191,16 @@ def train_on_ray(
     loop: Callable[[dict[str, Any]], None], spec: JobSpec, s3: S3Settings, *, workers: int, max_failures: int,
     checkpoints_kept: int | None = None,
 ) -> None:  # fmt: skip
-    """Run ``loop`` on ``workers`` Ray Train workers (``train_loop_config``: ``{"spec": spec.to_json()}``, read it
-    with ``worker_spec``), checkpoints in S3 under ``<output_prefix>/ray``; an attempt that raises is tried again
-    ``max_failures`` times from the last checkpoint."""
+    """Run ``loop`` on ``workers`` Ray Train workers (``train_loop_config``: ``{"spec": spec.to_json(), "secrets":
+    ...}``, read it with ``worker_spec``), checkpoints in S3 under ``<output_prefix>/ray``; an attempt that raises is
+    tried again ``max_failures`` times from the last checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     start_ray()
     trainer = TorchTrainer(
         loop,
-        train_loop_config={"spec": spec.to_json()},
+        train_loop_config={"spec": spec.to_json(), "secrets": secrets_for_workers()},
         scaling_config=scaling(workers, spec.use_gpu),
         run_config=RunConfig(
             name=spec.run_id, storage_path=f"{s3.bucket}/{spec.output_prefix}/ray",
@@ -165,7 +212,9 @@ def train_on_ray(
 
 
 def worker_spec(config: dict[str, Any]) -> JobSpec:
-    """The spec a Ray Train worker was given by ``train_on_ray``."""
+    """The spec a Ray Train worker was given by ``train_on_ray``; the job's secrets it was given go in this worker's
+    environment (where ``S3Settings.from_env`` and ``ProgressPush.from_env`` read them)."""
+    os.environ.update(config.get("secrets") or {})
     return JobSpec.from_json(config["spec"])
 
 
@@ -193,12 +242,14 @@ def scaling(workers: int, use_gpu: bool) -> Any:
 
 
 def checkpoint_storage(s3: S3Settings) -> Any:
-    """The S3 filesystem Ray Train keeps a run's checkpoints in."""
+    """The S3 filesystem Ray Train keeps a run's checkpoints in. It looks before it makes a directory: keys scoped
+    to the run may not write the directory markers of ``tenants/`` and the like."""
     import pyarrow.fs
 
     return pyarrow.fs.S3FileSystem(
         endpoint_override=s3.endpoint, scheme="https" if s3.secure else "http",
         access_key=s3.access_key, secret_key=s3.secret_key, region=s3.region,
+        check_directory_existence_before_creation=True,
     )  # fmt: skip
 
 

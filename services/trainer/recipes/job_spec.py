@@ -17,6 +17,9 @@ from services.common.errors import InvalidArgument
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from services.trainer.recipes.sft_settings import SftSettings
 
+# The object beside spec.json holding the job's secrets (its S3 keys, its push token): the job's driver reads
+# it through a presigned URL and deletes it (``services/trainer/job_access.py``).
+SECRETS_NAME = "job-secrets.json"
 _TEXT_FIELDS = ("run_id", "tenant_id", "student_model", "train_key", "eval_key", "output_prefix")
 
 

@@ -5,8 +5,9 @@ at most twice a second (and always for the last step) and a Metrics event for ev
 a daemon thread drains the bounded queue (the oldest events go first when it is full) and
 sends them in batches with ``TrainerService.ReportRunEvents``, authenticated by the run's
 token. A failed send is logged at most once a minute and never reaches training. When the
-service answers ``keep_going=False`` (the run is final), training stops at the next step,
-on every rank: the flag is all-reduced when there is more than one.
+service answers ``keep_going=False`` (the run is final), or refuses the run's token
+(UNAUTHENTICATED: the run is final or the token expired, ``services/trainer/job_access.py``),
+training stops at the next step, on every rank: the flag is all-reduced when there is more than one.
 
 Without ``DISTILLERY_TRAINER_ADDRESS`` and ``DISTILLERY_RUN_TOKEN`` nothing is sent.
 """
@@ -177,6 +178,8 @@ class ProgressPush(TrainerCallback):
         except grpc.RpcError as err:
             code = err.code() if isinstance(err, grpc.Call) else None
             self._log_error(f"{code}: {err.details() if isinstance(err, grpc.Call) else err}")
+            if code == grpc.StatusCode.UNAUTHENTICATED:  # the run is final, or this job's time is over
+                self._stop.set()
             return code not in RETRYABLE
         except Exception as err:  # never into training
             self._log_error(repr(err))
