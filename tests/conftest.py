@@ -119,12 +119,7 @@ def postgres_url(workdir: Path) -> Iterator[str]:
 def s3_settings(workdir: Path) -> Iterator[S3Settings]:
     ports = servers.S3Ports.pick()
     access, secret = "test-" + secrets.token_hex(6), secrets.token_urlsafe(24)
-    # SeaweedFS's IAM API writable: the trainer gives each training job an S3 identity scoped to its run
-    # (services/trainer/job_access.py).
-    spawn = servers._spawn
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(servers, "_spawn", lambda args, log, **kw: spawn([*args, "-s3.iam.readOnly=false"], log, **kw))
-        proc = servers.start_s3(workdir / "s3", ports, access, secret, workdir / "logs" / "s3.log")
+    proc = servers.start_s3(workdir / "s3", ports, access, secret, workdir / "logs" / "s3.log")
     yield S3Settings(endpoint=f"127.0.0.1:{ports.s3}", access_key=access, secret_key=secret, bucket="test-bucket")
     _stop(proc)
 

@@ -184,7 +184,7 @@ def test_distill_tools_requests_are_checked_naming_the_field(services, client_fo
     client = client_for(make_tenant())
 
     def tools_request(**fields) -> pb.CreateRunRequest:
-        base = {"path": common_pb2.TRAINING_PATH_DISTILL_TOOLS, "student_model": "m", "teacher": "platform:t",
+        base = {"path": common_pb2.TRAINING_PATH_DISTILL_TOOLS, "student_model": "org/m", "teacher": "platform:t",
                 "tool_ids": ["tl_x"], "seed_prompts": ["What's the weather?"]}  # fmt: skip
         return pb.CreateRunRequest(**{**base, **fields})
 

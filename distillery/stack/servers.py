@@ -241,6 +241,9 @@ def start_s3(data_dir: Path, ports: S3Ports, access_key: str, secret_key: str, l
         [weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
          "-master.telemetry=false", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
          "-disableHttp",
+         # The IAM API (signed requests of the admin identity only) lets the trainer give each training
+         # job an S3 identity scoped to its own run (services/trainer/job_access.py).
+         "-s3.iam.readOnly=false",
          f"-s3.config={config}", f"-s3.port={ports.s3}", f"-s3.port.grpc={ports.s3_grpc}",
          f"-master.port={ports.master}", f"-master.port.grpc={ports.master_grpc}",
          f"-volume.port={ports.volume}", f"-volume.port.grpc={ports.volume_grpc}",
