@@ -14,6 +14,7 @@ Ray's logs.
 from __future__ import annotations
 
 import io
+import json
 import re
 import secrets
 import time
@@ -209,6 +210,24 @@ def test_a_job_s3_identity_reaches_its_run_and_inputs_only(s3_settings: S3Settin
     assert refused(lambda: job.remove_object(bucket, f"{other_tenant}/spec.json"))
     assert refused(lambda: list(job.list_objects(bucket, f"{t1}/", recursive=True)))
     assert refused(lambda: list(job.list_objects(bucket, recursive=True)))
+    # Nor the IAM API: no new user, no new key, no wider policy for itself.
+    own_iam = job_access.ObjectIam(S3Settings(iam_s3.endpoint, access, secret, bucket=bucket))
+    everything = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*"],
+                                                                     "Resource": ["arn:aws:s3:::*"]}]})  # fmt: skip
+    for action, params in (("CreateUser", {"UserName": f"escalate-{secrets.token_hex(3)}"}),
+                           ("PutUserPolicy", {"UserName": user, "PolicyName": "all", "PolicyDocument": everything}),
+                           ("CreateAccessKey", {"UserName": "distillery"}),
+                           ("ListUsers", {})):  # fmt: skip
+        status, text = own_iam._call(action, **params)
+        assert status != 200, f"a job's keys could call IAM {action}: {text[:300]}"
+    assert refused(lambda: job.get_object(bucket, f"{other_tenant}/spec.json"))  # still scoped after trying
+    # The store lets a user make more keys for itself: they carry the same run-scoped policy and go with the user.
+    status, text = own_iam._call("CreateAccessKey", UserName=user)
+    if status == 200:
+        made = job_access._xml(text, "AccessKeyId"), job_access._xml(text, "SecretAccessKey")
+        extra = Minio(iam_s3.endpoint, access_key=made[0], secret_key=made[1], secure=False, region=iam_s3.region)
+        assert refused(lambda: extra.get_object(bucket, f"{other_tenant}/spec.json"))
+        assert extra.get_object(bucket, f"{prefix}/spec.json").read() == b"{}"
     # Ray Train's checkpoint filesystem (pyarrow) works with the scoped keys.
     from services.trainer.recipes.job import checkpoint_storage
 
@@ -222,6 +241,8 @@ def test_a_job_s3_identity_reaches_its_run_and_inputs_only(s3_settings: S3Settin
     iam.revoke(user)
     iam.revoke(user)  # twice is fine
     assert refused(lambda: job.get_object(bucket, f"{prefix}/spec.json"))
+    if status == 200:
+        assert refused(lambda: extra.get_object(bucket, f"{prefix}/spec.json"))
 
 
 def test_the_secrets_url_reads_its_object_only(s3_settings: S3Settings):
