@@ -10,7 +10,8 @@ services, on loopback), so that stopping its parts disturbs no other test. What 
   UNAVAILABLE; PostgreSQL started again on the same data: both SERVING again, the very first
   call works (no stale pooled connection), and nothing stored before is lost or doubled.
 
-A Ray worker killed during a run is ``test_training.py``'s resume test.
+- a Ray Train worker killed mid-run (on the session's stack, its own run only): the run
+  resumes from its last checkpoint (not from step 1), succeeds once, and registers one model.
 """
 
 from __future__ import annotations
@@ -30,19 +31,25 @@ import psutil
 import pytest
 from conftest import EventLoopThread, server_settings
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_services import upload as upload_rows
+from test_training import ROWS as TRAINING_ROWS
+from test_training import states, training_step, wait_for, watch
+from tiny_models import build_llama
 
 from distillery.client import Client
+from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from distillery.stack import servers
 from distillery.tokens import new_admin_token, new_service_token
+from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.settings import S3Settings
 from services.ingest import server as ingest_server
 from services.ingest.settings import Settings as IngestSettings
 from services.registry import server as registry_server
 from services.registry.settings import Settings as RegistrySettings
 
-pytestmark = pytest.mark.stack
+pytestmark = pytest.mark.stack  # the first two tests start their own stack (no stack fixture to mark them)
 
 ROWS = b"".join(b'{"system_prompt": "Be brief.", "input": "q%d", "output": "a%d"}\n' % (i, i) for i in range(50))
 # Generous: a fault must be noticed and answered long before these, even on a busy 2-core machine.
@@ -187,3 +194,48 @@ def test_postgres_killed_is_unavailable_not_serving_then_everything_comes_back(c
         )
     assert me.name == "chaos"
     assert os.path.exists(chaos.workdir / "pg" / "PG_VERSION")
+
+
+# --- a Ray worker killed mid-run (the session's stack: its own run only) ---
+
+
+@pytest.fixture(scope="module")
+def tiny_student(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(build_llama(tmp_path_factory.mktemp("chaos-student") / "tiny-llama"))
+
+
+def train_workers() -> list[psutil.Process]:
+    """Ray Train's worker processes now running (their process title names the worker actor)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+    return found
+
+
+def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(services, client_for, make_tenant, tiny_student):
+    client = client_for(make_tenant())
+    dataset = upload_rows(client, TRAINING_ROWS).dataset
+    sft = pb.SftSettings(max_steps=60, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=10, lora_r=8)
+    request = pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_TEXT, dataset_id=dataset.id,
+                                  student_model=tiny_student, sft=sft)  # fmt: skip
+    run = client.trainer.CreateRun(request)
+    wait_for(lambda: training_step(client, run.id) >= 15, timeout=300)  # a checkpoint at step 10 is stored
+    workers = train_workers()
+    assert workers, "no Ray Train worker process found"
+    killed_at = client.trainer.GetRun(pb.GetRunRequest(id=run.id)).progress.step
+    for worker in workers:
+        worker.kill()
+    events = watch(client, run.id, timeout=400)
+    done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+    steps = [e.progress.step for e in events if e.WhichOneof("payload") == "progress" and e.progress.step]
+    restart = next(i for i in range(1, len(steps)) if steps[i] < steps[i - 1])  # the first step after the kill
+    assert 10 <= steps[restart] <= killed_at + 1, f"resumed at step {steps[restart]}, not from a checkpoint: {steps}"
+    assert steps[-1] == sft.max_steps
+    # One run, one model, each final state once; the events' sequence numbers are unique.
+    assert states(events).count(pb.RUN_STATE_SUCCEEDED) == 1
+    assert len({e.sequence for e in events}) == len(events)
+    models = client.registry.ListModels(registry_pb2.ListModelsRequest()).models
+    assert [m.id for m in models] == [done.model_id]
