@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -88,7 +89,8 @@ BOUNDS = Bounds(
     strings={"header.manifest": 1024, "header.files.name": 1024},
     lists={"header.files": 100_000},
     numbers={"header.max_clip_seconds": (0.0, 3600.0), "header.context_tokens": (0, 1_048_576),
-             "chunk.file": (0, 100_000), "eval_fraction": (0.0, 1.0)},
+             "chunk.file": (0, 100_000),
+             "eval_fraction": (-math.inf, math.inf)},  # finite here; its range and hint are splits.py's
 )  # fmt: skip
 
 
