@@ -31,7 +31,7 @@ from conftest import RayCluster
 from minio import Minio
 from minio.error import S3Error
 
-from distillery.stack import servers
+from distillery.stack import ray_head, servers
 from services.common.settings import S3Settings
 
 SECRET_ROW = b'{"messages": [{"role": "user", "content": "a row only its tenant may read"}]}\n'
@@ -341,3 +341,18 @@ def test_the_probe_counts_any_answer_with_data() -> None:
     assert not _refused(404, b'{"fid":"1,01"}')
     assert _refused(None, b"ConnectionResetError()")
     assert _refused(400, b"Client sent an HTTP request to an HTTPS server.")
+
+
+def test_ray_sessions_of_the_old_layout_are_removed_when_the_head_starts(tmp_path: Path) -> None:
+    """Sessions an earlier version kept in ``$DISTILLERY_HOME/ray`` logged jobs' keys: the next start removes
+    them, keeps the new layout's folder, and makes the parent the stack user's only."""
+    parent = tmp_path / "ray"
+    old = parent / "session_2026-01-01_00-00-00_1" / "logs"
+    old.mkdir(parents=True)
+    (old / "runtime_env_agent.log").write_text("DISTILLERY_S3_SECRET_KEY=...")
+    (parent / "session_latest").symlink_to(old.parent)
+    current = parent / "r"  # temp_dir_for's folder where the home's path is short enough
+    current.mkdir(parents=True)
+    ray_head.make_parent_private(current)
+    assert sorted(p.name for p in parent.iterdir()) == [current.name]
+    assert stat.S_IMODE(parent.stat().st_mode) == 0o700

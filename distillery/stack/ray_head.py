@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -99,6 +100,12 @@ def make_parent_private(temp_dir: Path) -> None:
     parent = temp_dir.parent
     parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     parent.chmod(0o700)
+    # Sessions an earlier version kept beside ``temp_dir`` logged the jobs' S3 keys in plain text: gone.
+    for old in parent.glob("session_*"):
+        if old.is_symlink() or not old.is_dir():
+            old.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_token(path: Path) -> str:
