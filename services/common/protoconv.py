@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from distillery.common.v1 import common_pb2
 from services.common.errors import InvalidArgument
-from services.common.ids import check_id, check_text
+from services.common.ids import check_count, check_id, check_text
 
 T = TypeVar("T")
 
@@ -90,19 +90,14 @@ def check_request(message: Message, bounds: Bounds, prefix: str = "", path: str 
     for fd, value in message.ListFields():
         where, key = f"{prefix}{fd.name}", f"{path}{fd.name}"
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            _check_count(value, where, bounds.lists.get(key, MAX_LIST_ITEMS))
+            check_count(value, where, bounds.lists.get(key, MAX_LIST_ITEMS))
             continue
         if fd.is_repeated:
-            _check_count(value, where, bounds.lists.get(key, MAX_LIST_ITEMS))
+            check_count(value, where, bounds.lists.get(key, MAX_LIST_ITEMS))
             for i, item in enumerate(value):
                 _check_value(fd, item, bounds, f"{where}[{i}]", key)
         else:
             _check_value(fd, value, bounds, where, key)
-
-
-def _check_count(items: Any, where: str, most: int) -> None:
-    if len(items) > most:
-        raise InvalidArgument(f"{where} has {len(items)} entries: give at most {most}", field=where)
 
 
 def _check_value(fd: FieldDescriptor, value: Any, bounds: Bounds, where: str, key: str) -> None:
