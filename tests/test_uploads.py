@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -38,10 +39,12 @@ class CuttingProxy:
     """A TCP proxy to the service that cuts every connection once after ``cut_after`` bytes have
     gone upstream: a real dropped connection, as a flaky network gives."""
 
-    def __init__(self, upstream: str, cut_after: int) -> None:
+    def __init__(self, upstream: str, cut_after: int, ready: Callable[[], bool] = lambda: True) -> None:
         host, port = upstream.rsplit(":", 1)
         self.upstream = (host, int(port))
         self.cut_after = cut_after
+        # Past ``cut_after`` the proxy holds the stream until ``ready()`` (at most a minute), then cuts.
+        self.ready = ready
         self.cuts = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
@@ -64,6 +67,9 @@ class CuttingProxy:
                 dest.sendall(data)
                 sent += len(data)
                 if upstream and self.cuts == 0 and sent > self.cut_after:
+                    deadline = time.monotonic() + 60
+                    while not self.ready() and time.monotonic() < deadline:
+                        time.sleep(0.1)
                     self.cuts += 1
                     break
         except OSError:
@@ -81,12 +87,21 @@ def test_a_dropped_connection_resumes_from_the_acknowledged_offset(services, cli
     tenant = make_tenant()
     path = pairs_file(tmp_path / "big.jsonl", 30000)  # about 9.5 MB
     size = path.stat().st_size
-    # Late enough that the service has handled some of the stream, not only buffered it.
-    proxy = CuttingProxy(services.address("ingest"), cut_after=size * 2 // 3)
+    upload = Upload([path], PAIRS)
+    direct = client_for(tenant).ingest
+
+    def service_kept_a_part() -> bool:  # the service has handled some of the stream, not only buffered it
+        try:
+            request = ingest_pb2.GetUploadStatusRequest(upload_id=upload.upload_id)
+            return direct.GetUploadStatus(request).acknowledged_offset > 0
+        except grpc.RpcError:
+            return False
+
+    proxy = CuttingProxy(services.address("ingest"), cut_after=size * 2 // 3, ready=service_kept_a_part)
     flaky = Client({"ingest": proxy.address}, tenant.api_key, timeout=60)
     sent: list[int] = []
     try:
-        reply = send(flaky.ingest, Upload([path], PAIRS), on_progress=sent.append)
+        reply = send(flaky.ingest, upload, on_progress=sent.append)
     finally:
         proxy.close()
         flaky.close()
