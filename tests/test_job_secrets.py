@@ -176,13 +176,15 @@ def test_a_job_s3_identity_reaches_its_run_and_inputs_only(s3_settings: S3Settin
     t1, t2 = f"tenants/t1-{secrets.token_hex(3)}", f"tenants/t2-{secrets.token_hex(3)}"
     prefix, other_run, other_tenant = f"{t1}/runs/run_a", f"{t1}/runs/run_b", f"{t2}/runs/run_c"
     train, evals, other_split = f"{t1}/splits/s1/train.jsonl", f"{t1}/splits/s1/eval.jsonl", f"{t1}/splits/s2/t.jsonl"
+    continued = f"{t1}/runs/run_m/model/"  # the artifacts of a registered model the run trains further
     for key in (f"{prefix}/spec.json", f"{other_run}/result.json", f"{other_tenant}/spec.json", train, evals,
-                other_split):  # fmt: skip
+                other_split, f"{continued}adapter_config.json", f"{continued}sub/weights.bin",
+                f"{t1}/runs/run_m/result.json", f"{t1}/runs/run_m/modelx/a"):  # fmt: skip
         admin.put_bytes(key, b"{}")
     iam = job_access.ObjectIam(iam_s3)
     assert iam.available()
     user = job_access.iam_user(f"run_a{secrets.token_hex(3)}")
-    access, secret = iam.grant(user, prefix, [train, evals])
+    access, secret = iam.grant(user, prefix, [train, evals, continued])
     job = Minio(iam_s3.endpoint, access_key=access, secret_key=secret, secure=False, region=iam_s3.region)
     bucket = iam_s3.bucket
 
@@ -201,6 +203,15 @@ def test_a_job_s3_identity_reaches_its_run_and_inputs_only(s3_settings: S3Settin
         f"{prefix}/model/adapter.bin", f"{prefix}/spec.json",
     ]  # fmt: skip
     job.remove_object(bucket, f"{prefix}/model/adapter.bin")
+    # The folder it continues from: read and list, nothing beside it, no writing.
+    assert sorted(o.object_name for o in job.list_objects(bucket, continued, recursive=True)) == [
+        f"{continued}adapter_config.json", f"{continued}sub/weights.bin",
+    ]  # fmt: skip
+    assert job.get_object(bucket, f"{continued}sub/weights.bin").read() == b"{}"
+    assert refused(lambda: job.get_object(bucket, f"{t1}/runs/run_m/result.json"))
+    assert refused(lambda: job.get_object(bucket, f"{t1}/runs/run_m/modelx/a"))
+    assert refused(lambda: list(job.list_objects(bucket, f"{t1}/runs/run_m/", recursive=True)))
+    assert refused(lambda: job.put_object(bucket, f"{continued}x", io.BytesIO(b"x"), 1))
     # Nothing else: another run's or tenant's objects, another split, writing its inputs, listing the bucket.
     assert refused(lambda: job.get_object(bucket, f"{other_run}/result.json"))
     assert refused(lambda: job.get_object(bucket, f"{other_tenant}/spec.json"))

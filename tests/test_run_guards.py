@@ -95,8 +95,8 @@ def test_student_sources_without_the_service(tmp_path):
         ("./tiny", "neither a hub id"),
         ("org/../etc", "neither a hub id"),
         ("https://example.com/m", "neither a hub id"),
-        ("model:mdl_0123", "not supported yet"),
-        ("mdl_0123", "not supported yet"),
+        ("model:", "after 'model:'"),
+        ("model:../x", "after 'model:'"),
         ("", "required"),
         ("org/m\x00", "control character"),
         ("a/" + "b" * 600, "at most 512"),
@@ -104,11 +104,42 @@ def test_student_sources_without_the_service(tmp_path):
         with pytest.raises(InvalidArgument) as err:
             sources.check(bad)
         assert err.value.field == "student_model" and said in err.value.message, (bad, err.value.message)
+    assert sources.check("mdl_0123") == sources.check("model:mdl_0123") == "mdl_0123"  # looked up by CreateRun
     hub_off = StudentSources(allow_hub=False, roots=(str(root),))
     with pytest.raises(InvalidArgument, match="DISTILLERY_ALLOW_HUB_MODELS=false"):
         hub_off.check(HUB_STUDENT)
     with pytest.raises(InvalidArgument, match="neither hub models nor model directories"):
         StudentSources(allow_hub=False).check("/models/x")
+
+
+def test_a_registered_student_continues_from_its_own_artifacts(tmp_path):
+    """``continued_from``: what a run training a registered model further starts from, and what it refuses."""
+    sources = StudentSources(allow_hub=True, roots=(str(tmp_path),))
+    lora, full = registry_pb2.ARTIFACT_KIND_LORA_ADAPTER, registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS
+
+    def model(kind: int = lora, uri: str = "s3://b/tenants/t1/runs/run_a/model/", base: str = HUB_STUDENT):
+        return registry_pb2.Model(id="mdl_a", tenant_id="t1", base_model=base, artifact_kind=kind, artifact_uri=uri)
+
+    assert sources.continued_from(model(), "b", full_finetune=False) == {
+        "model_id": "mdl_a", "base_model": HUB_STUDENT, "artifact_kind": "lora_adapter",
+        "artifact_prefix": "tenants/t1/runs/run_a/model",
+    }  # fmt: skip
+    assert sources.continued_from(model(lora), "b", full_finetune=True)["artifact_kind"] == "lora_adapter"  # merged
+    assert sources.continued_from(model(full), "b", full_finetune=True)["artifact_kind"] == "full_weights"
+    for bad, said in [
+        (dict(kind=full), "full fine-tune"),  # a LoRA run over full weights could not be served
+        (dict(kind=registry_pb2.ARTIFACT_KIND_UNSPECIFIED), "no artifacts a run can continue"),
+        (dict(uri="s3://b/tenants/t2/runs/run_x/model/"), "not where this deployment keeps models"),
+        (dict(uri="s3://other/tenants/t1/runs/run_a/model/"), "not where this deployment keeps models"),
+        (dict(uri="s3://b/tenants/t1/../t2/model/"), "not where this deployment keeps models"),
+        (dict(base="/etc"), "no longer allows"),
+        (dict(base="mdl_b"), "names no base model"),
+    ]:
+        with pytest.raises(InvalidArgument) as err:
+            sources.continued_from(model(**bad), "b", full_finetune=False)
+        assert err.value.field == "student_model" and said in err.value.message, (bad, err.value.message)
+    with pytest.raises(InvalidArgument, match="no longer allows"):
+        StudentSources(allow_hub=False, roots=(str(tmp_path),)).continued_from(model(), "b", full_finetune=False)
 
 
 def test_model_roots_setting(monkeypatch, tmp_path):
@@ -125,7 +156,7 @@ def test_create_run_takes_students_from_allowed_places_only(services, client_for
     cached.mkdir(parents=True, exist_ok=True)
     (tmp_path / "link").symlink_to(cached)
     for student in [str(cached), str(tmp_path / "link"), f"{tmp_path}/../../../../etc", "/etc/passwd", "tiny",
-                    "model:mdl_0123", "x" * 3_000_000]:  # fmt: skip
+                    "model:mdl_0123", "mdl_0123", "x" * 3_000_000]:  # fmt: skip
         assert_refused(partial(client.trainer.CreateRun, finetune(student=student)), "student_model")
     # A directory under the allowed root: the run stores it resolved.
     (tmp_path / "tiny").mkdir()

@@ -379,7 +379,15 @@ def test_trl_trains_on_the_assistant_turns_only(tokenizers: dict[str, Any], tmp_
     assert left_out == 0
     settings = resolve_sft({"max_steps": 1, "full_finetune": True})
     trainer = tool_calling.sft_trainer(
-        AutoModelForCausalLM.from_pretrained(student), tokenizer, train_set, train_set, settings, tmp_path, False, False
+        AutoModelForCausalLM.from_pretrained(student),
+        None,
+        tokenizer,
+        train_set,
+        train_set,
+        settings,
+        tmp_path,
+        False,
+        False,
     )
     for prepared, row in zip(trainer.train_dataset, train_set, strict=True):
         assert prepared["input_ids"] == row["input_ids"]
@@ -459,7 +467,7 @@ def test_grpo_raises_the_reward_where_sft_on_a_noisy_teacher_left_room(tmp_path:
     train_set, _ = tool_data.sft_rows(train, fmt, tokenizer, 2048, "train")
     sft = resolve_sft({"max_steps": 200, "learning_rate": 1e-2, "batch_size": 4, "full_finetune": True, "seed": 1})
     model = AutoModelForCausalLM.from_pretrained(student)
-    trainer = tool_calling.sft_trainer(model, tokenizer, train_set, train_set, sft, tmp_path, False, False)
+    trainer = tool_calling.sft_trainer(model, None, tokenizer, train_set, train_set, sft, tmp_path, False, False)
     trainer.train()
     model = tool_grpo.grpo_start(trainer.model, tmp_path / "sft")
 

@@ -184,6 +184,44 @@ def scores(answers: list[str], references: list[str]) -> tuple[float, float]:
     return exact, sum(difflib.SequenceMatcher(None, a, r).ratio() for a, r in pairs) / len(pairs)
 
 
+def test_a_registered_model_trains_further(services, client_for, make_tenant, student):
+    """``--student mdl_...``: the run starts from the registered model (its eval loss before training is where
+    the first run ended), trains it further (eval loss falls again), and registers a model over the same base
+    that Generate serves. Another tenant's model id, or one that does not exist, is refused naming the field."""
+    client = client_for(make_tenant())
+    dataset = upload(client, ROWS).dataset
+    first = client.trainer.CreateRun(run_request(dataset.id, student, QUICK, model_name="colours"))
+    watch(client, first.id)
+    first = client.trainer.GetRun(pb.GetRunRequest(id=first.id))
+    assert first.state == pb.RUN_STATE_SUCCEEDED, first.error
+    grown = client.registry.GetModel(registry_pb2.GetModelRequest(id=first.model_id))
+
+    stranger = client_for(make_tenant())
+    theirs = upload(stranger, ROWS).dataset
+    for model_id in (grown.id, f"model:{grown.id}", "mdl_0000000000"):
+        err = refused(lambda m=model_id: stranger.trainer.CreateRun(run_request(theirs.id, m, QUICK)))
+        assert field_of(err) == "student_model" and "no model with this id" in err.details(), err.details()
+
+    second = client.trainer.CreateRun(run_request(dataset.id, f"model:{grown.id}", QUICK, model_name="colours"))
+    assert second.student_model == grown.id
+    watch(client, second.id)
+    second = client.trainer.GetRun(pb.GetRunRequest(id=second.id))
+    assert second.state == pb.RUN_STATE_SUCCEEDED, second.error
+    before, after = second.metrics["eval_loss_before"], second.metrics["eval_loss_after"]
+    # It started where the first run ended (the same eval split), far below the untrained base, and went on.
+    assert before == pytest.approx(first.metrics["eval_loss_after"], rel=1e-3, abs=1e-3)
+    assert before < first.metrics["eval_loss_before"] and after < before
+    model = client.registry.GetModel(registry_pb2.GetModelRequest(id=second.model_id))
+    assert model.base_model == student and model.artifact_kind == registry_pb2.ARTIFACT_KIND_LORA_ADAPTER
+    assert (model.name, model.version) == ("colours", grown.version + 1)
+    assert grown.artifact_uri.endswith(model.training_config["continued_from"] + "/")
+    message = registry_pb2.ChatMessage(role="user", content="red, please (99)")
+    reply = client.registry.Generate(
+        registry_pb2.GenerateRequest(model_id=model.id, messages=[message], max_new_tokens=8)
+    )
+    assert reply.message.content and reply.completion_tokens > 0
+
+
 def test_a_full_allowance_refuses_a_run_and_cancel_frees_the_slot(services, client_for, make_tenant, student):
     from ray.job_submission import JobSubmissionClient
 

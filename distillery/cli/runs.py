@@ -45,7 +45,7 @@ PATHS = {
 @click.option("--dataset", "dataset_id", default="", help="The training dataset (none for distill-tools --teacher).")
 @click.option("--student", "student_model", required=True,
               help="Hub id (org/name) or a model directory under the trainer's model roots (the local stack's: "
-              "$DISTILLERY_HOME/models).")  # fmt: skip
+              "$DISTILLERY_HOME/models), or one of your models (mdl_...) to train it further.")  # fmt: skip
 @click.option("--eval-dataset", "eval_dataset_id", default="", help="An eval dataset (else a held-out share).")
 @click.option("--eval-fraction", type=float, default=0.0, help="Share held out for eval [default: 0.1].")
 @click.option("--name", "model_name", default="", help="Name of the registered model [default: the run id].")

@@ -5,7 +5,8 @@ A run's Ray job is given only what its run needs:
 - **S3 keys scoped to the run** (``ObjectIam``): when the trainer submits the job it creates an IAM user
   ``job-<run id>`` on the object store (the embedded IAM API on the S3 port: ``CreateUser``,
   ``CreateAccessKey``, ``PutUserPolicy``) whose policy (``job_policy``) allows reading the run's inputs
-  (its train and eval split keys) and reading, writing, listing and deleting under the run's own prefix
+  (its train and eval split keys, and the artifacts of a registered model it trains further) and reading,
+  writing, listing and deleting under the run's own prefix
   ``tenants/<tenant>/runs/<run>/`` (spec.json, model/, result.json, error.json, the Ray Train checkpoints)
   and nothing else; the user is deleted when the job ends and when the run ends. SeaweedFS needs
   ``-s3.iam.readOnly=false`` for this. ``DISTILLERY_JOB_S3_ACCESS`` says what the trainer does:
@@ -133,19 +134,22 @@ def iam_user(run_id: str) -> str:
 
 
 def job_policy(bucket: str, prefix: str, inputs: list[str]) -> dict[str, Any]:
-    """Read ``inputs``; read, write, list and delete under ``prefix``/. The statement allowing ``ListBucket``
+    """Read ``inputs`` (an input ending in ``/`` is a folder: read and list what is under it); read, write, list
+    and delete under ``prefix``/. The statement allowing ``ListBucket``
     with no ``s3:prefix`` is what a HeadBucket needs (pyarrow checks the bucket before creating a
     directory); SeaweedFS gives every listing an ``s3:prefix``, so it lists nothing."""
     arn = f"arn:aws:s3:::{bucket}"
+    keys = [f"{arn}/{key}*" if key.endswith("/") else f"{arn}/{key}" for key in inputs]
+    listed = [f"{prefix}/*", *(f"{key}*" for key in inputs if key.endswith("/"))]
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
              "Resource": [f"{arn}/{prefix}/*"]},
             {"Effect": "Allow", "Action": ["s3:GetObject"],
-             "Resource": [f"{arn}/{prefix}", *(f"{arn}/{key}" for key in inputs)]},
+             "Resource": [f"{arn}/{prefix}", *keys]},
             {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [arn],
-             "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/*"]}}},
+             "Condition": {"StringLike": {"s3:prefix": listed}}},
             {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [arn],
              "Condition": {"Null": {"s3:prefix": "true"}}},
         ],

@@ -61,6 +61,10 @@ class Peers:
             "registry", self.registry.ReleaseQuota, registry_pb2.ReleaseQuotaRequest(run_id=run_id), tenant_id
         )
 
+    async def get_model(self, tenant_id: str, model_id: str) -> registry_pb2.Model:
+        request = registry_pb2.GetModelRequest(id=model_id)
+        return await self._call("registry", self.registry.GetModel, request, tenant_id)
+
     async def register(self, tenant_id: str, model: dict[str, Any], training_config: dict[str, Any]) -> str:
         request = registry_pb2.RegisterModelRequest(**model)
         config = struct_pb2.Struct()

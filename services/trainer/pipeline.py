@@ -91,13 +91,19 @@ def numbers(result: dict[str, Any]) -> dict[str, float]:
 def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
     """The spec of the run's training job: its split, its output prefix, its resolved settings, the workers."""
     request, split = run.request, run.split or {}
-    grpo = request.get("grpo")
+    grpo, source = request.get("grpo"), request.get("student_source") or {}
     return JobSpec(
-        run_id=run.id, tenant_id=run.tenant_id, student_model=request["student_model"],
+        run_id=run.id, tenant_id=run.tenant_id, student_model=base_model(run),
         train_key=split["train_key"], eval_key=split["eval_key"], output_prefix=run_prefix(run),
         sft=SftSettings(**request["sft"]), grpo=GrpoSettings(**grpo) if grpo is not None else None,
         num_workers=workers, use_gpu=use_gpu,
+        start_from=source.get("artifact_prefix", ""), start_kind=source.get("artifact_kind", ""),
     )  # fmt: skip
+
+
+def base_model(run: runs.Run) -> str:
+    """The model the run's weights grow from: its student, or the base of the registered model it continues."""
+    return str((run.request.get("student_source") or {}).get("base_model") or run.request["student_model"])
 
 
 @dataclass
@@ -277,7 +283,7 @@ class Pipeline:
         spec = job_spec(run, self.train_workers, self.train_use_gpu)
         await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
-        secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, [spec.train_key, spec.eval_key])
+        secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, spec.inputs())
         await runs.save(
             self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token)
         )
@@ -342,7 +348,7 @@ class Pipeline:
         result = run.result or {}
         model = {
             "run_id": run.id, "name": run.request.get("model_name") or run.id,
-            "path": run.path, "base_model": run.request["student_model"],
+            "path": run.path, "base_model": base_model(run),
             "artifact_kind": ARTIFACT_KINDS.get(result.get("artifact_kind", ""), 0),
             "artifact_uri": result.get("artifact_uri", ""),
             "metrics": numbers(result), "tools_json": list(result.get("tools_json") or []),

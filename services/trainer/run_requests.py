@@ -12,12 +12,12 @@ from google.protobuf import json_format
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from services.common.errors import InvalidArgument, Unimplemented
+from services.common.errors import InvalidArgument, NotFound, Unimplemented
 from services.common.ids import check_count, check_id, check_text
 from services.trainer.peers import Peers
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
-from services.trainer.students import StudentSources
+from services.trainer.students import StudentSources, registered_id
 
 DEFAULT_EVAL_FRACTION = 0.1
 # The limits of a request's strings and lists (docs/api.md, "Limits of a run request"); the teacher checks
@@ -240,3 +240,23 @@ async def check_with_teacher(peers: Peers, tenant_id: str, path: int, stored: di
         elif field.startswith("parameters."):
             field = "generation." + field.removeprefix("parameters.")
         raise InvalidArgument(err.message, field=field) from None
+
+
+async def resolve_student(
+    peers: Peers, tenant_id: str, stored: dict[str, Any], students: StudentSources | None, bucket: str
+) -> None:
+    """A run that trains one of the tenant's registered models further: ``stored["student_source"]`` says what
+    its job starts from (``StudentSources.continued_from``). The model is looked up as the tenant (the registry
+    answers NOT_FOUND for another tenant's), and a model that is not there is the request's fault."""
+    model_id = registered_id(stored["student_model"])
+    if model_id is None:
+        return
+    try:
+        model = await peers.get_model(tenant_id, model_id)
+    except NotFound:
+        raise InvalidArgument(
+            f"student_model {model_id!r}: you have no model with this id (`distillery models list` shows yours)",
+            field="student_model",
+        ) from None
+    full = bool(stored["sft"].get("full_finetune"))
+    stored["student_source"] = (students or StudentSources()).continued_from(model, bucket, full)

@@ -57,6 +57,9 @@ class Supervisor:
         The same idempotency key returns the run first made with it, to every caller however many race
         (``run_claims``); the same key with other parameters is refused."""
         stored = run_requests.checked(request, self.students)
+        await run_requests.resolve_student(
+            self.pipeline.peers, tenant_id, stored, self.students, self.pipeline.s3.bucket
+        )
         await run_requests.check_with_teacher(self.pipeline.peers, tenant_id, request.path, stored)
         key = request.idempotency_key
         if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:

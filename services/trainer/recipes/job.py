@@ -126,7 +126,8 @@ def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None]) -
     store.delete_prefix(f"{prefix}/error.json")  # from an earlier attempt
     store.delete_prefix(f"{prefix}/phase.json")
     try:
-        check_student_model(spec.student_model)
+        if spec.start_kind != "full_weights":  # full weights carry their own config and tokenizer
+            check_student_model(spec.student_model)
         fit(spec)
     except KeyboardInterrupt:
         log.info("cancelled")

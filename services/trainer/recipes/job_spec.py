@@ -20,6 +20,7 @@ from services.trainer.recipes.sft_settings import SftSettings
 # The object beside spec.json holding the job's secrets (its S3 keys, its push token): the job's driver reads
 # it through a presigned URL and deletes it (``services/trainer/job_access.py``).
 SECRETS_NAME = "job-secrets.json"
+START_KINDS = ("", "lora_adapter", "full_weights")
 _TEXT_FIELDS = ("run_id", "tenant_id", "student_model", "train_key", "eval_key", "output_prefix")
 
 
@@ -52,6 +53,20 @@ class JobSpec:
     use_gpu: bool = field(
         default=False, metadata={"help": "Give each worker one GPU (and train in bf16 where it can)."}
     )
+    start_from: str = field(
+        default="",
+        metadata={
+            "help": "S3 prefix of the artifacts of a registered model this job trains further (under the "
+            "tenant's prefix); empty trains student_model as it is."
+        },
+    )
+    start_kind: str = field(
+        default="",
+        metadata={
+            "help": "What start_from holds: lora_adapter (an adapter over student_model) or full_weights; empty "
+            "without start_from."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in _TEXT_FIELDS:
@@ -79,8 +94,23 @@ class JobSpec:
                 "DISTILLERY_TRAIN_WORKERS on the trainer service",
                 field="spec.num_workers",
             )
+        if self.start_kind not in START_KINDS or bool(self.start_from) != bool(self.start_kind):
+            raise InvalidArgument(
+                f"spec.start_from {self.start_from!r} with start_kind {self.start_kind!r}: give both (start_kind one "
+                f"of {', '.join(START_KINDS[1:])}) or neither",
+                field="spec.start_kind",
+            )
+        if self.start_from and not self.start_from.startswith(f"tenants/{self.tenant_id}/"):
+            raise InvalidArgument(
+                f"spec.start_from {self.start_from!r} is not under the tenant's prefix tenants/{self.tenant_id}/",
+                field="spec.start_from",
+            )
         if not isinstance(self.use_gpu, bool):
             raise InvalidArgument(f"spec.use_gpu must be true or false, not {self.use_gpu!r}", field="spec.use_gpu")
+
+    def inputs(self) -> list[str]:
+        """What the job reads besides its own prefix: its split's keys, and a folder (ending in /) it continues."""
+        return [self.train_key, self.eval_key, *([f"{self.start_from}/"] if self.start_from else [])]
 
     def to_json(self) -> str:
         """The spec as spec.json holds it: the settings as objects of their fields, ``grpo`` null without RL."""

@@ -47,7 +47,7 @@ from typing import Any
 
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import answers, failures, job, trl_configs
+from services.trainer.recipes import answers, failures, job, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.splits import split_lines
 from services.trainer.recipes.watch import Watch, eval_loss
@@ -77,7 +77,7 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     import ray.train
     from datasets import Dataset
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTTrainer
 
     from services.trainer.recipes.progress import ProgressPush
@@ -85,12 +85,13 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     settings, prefix = spec.sft, spec.output_prefix
 
     # --- setup: tokenizer, data, model, trainer ---
-    tokenizer = AutoTokenizer.from_pretrained(spec.student_model)
+    start = start_model.fetch(spec, store, workdir)  # a registered model's artifacts, when it trains one further
+    tokenizer = AutoTokenizer.from_pretrained(start_model.tokenizer_source(spec, start))
     train_rows, train_too_long = load_split(store, spec.train_key, "train", tokenizer, settings.max_seq_length)
     eval_rows, eval_too_long = load_split(store, spec.eval_key, "eval", tokenizer, settings.max_seq_length)
     max_new_tokens = answers.budget(eval_rows, tokenizer)  # the evaluation's, and Generate's default
     bf16, dtype = trl_configs.precision(spec.use_gpu)
-    model = AutoModelForCausalLM.from_pretrained(spec.student_model, dtype=dtype)
+    model, peft_config = start_model.load(spec, start, dtype)
     config = trl_configs.sft_config(
         settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, save_checkpoints=True, count_tokens=True
     )
@@ -98,8 +99,8 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     progress = ProgressPush.from_env(spec.run_id, rank=rank)
     callbacks: list[Any] = [RayTrainReportCallback(), watch, progress, *trl_configs.early_stopping(settings)]
     trainer = SFTTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=trl_configs.lora_config(settings),
-        callbacks=callbacks, train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
+        model=model, args=config, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
+        train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
     )  # fmt: skip
     prepare_trainer(trainer)  # swaps the class in place
 
@@ -136,7 +137,7 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     tokenizer.save_pretrained(model_dir)
     (model_dir / "training_args.bin").unlink(missing_ok=True)  # a pickle of this worker's arguments
     training_config = {
-        "sft": dataclasses.asdict(settings), "student_model": spec.student_model,
+        "sft": dataclasses.asdict(settings), "student_model": spec.student_model, "continued_from": spec.start_from,
         "artifact_kind": settings.artifact_kind, "num_workers": spec.num_workers, "use_gpu": spec.use_gpu,
         "train_rows": len(train_rows), "eval_rows": len(eval_rows),
         "train_rows_too_long": train_too_long, "eval_rows_too_long": eval_too_long,

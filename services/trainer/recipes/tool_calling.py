@@ -57,7 +57,7 @@ from typing import Any
 from services.common import tool_format
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import failures, job, trl_configs
+from services.trainer.recipes import failures, job, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.progress import ProgressPush, StageProgress, stage_log
 from services.trainer.recipes.sft_settings import SftSettings
@@ -101,13 +101,14 @@ def attempt(spec: JobSpec, store: ObjectStore) -> None:
 def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
     """Every stage of the recipe, in order (module docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     sft, grpo, use_gpu = spec.sft, spec.grpo, spec.use_gpu
     bf16, dtype = trl_configs.precision(use_gpu)
 
     # --- 1, 2. data, the tool format, tokens with the loss on assistant turns ---
-    tokenizer = AutoTokenizer.from_pretrained(spec.student_model)
+    start = start_model.fetch(spec, store, workdir)  # a registered model's artifacts, when it trains one further
+    tokenizer = AutoTokenizer.from_pretrained(start_model.tokenizer_source(spec, start))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     fmt = tool_format.detect(tokenizer)
@@ -127,7 +128,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
     progress = ProgressPush.from_env(spec.run_id, rank=0)
     try:
         # --- 3. the base student ---
-        model: Any = AutoModelForCausalLM.from_pretrained(spec.student_model, dtype=dtype)
+        model, peft_config = start_model.load(spec, start, dtype)
         if use_gpu and torch.cuda.is_available():
             model = model.to("cuda")
         stage_log(progress, f"evaluating the base student on {len(examples['prompts'])} prompts ({fmt.name} format)")
@@ -139,7 +140,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
         )
         total = sft_steps + (grpo.max_steps if grpo else 0)
         stage_log(progress, f"SFT: {sft_steps} steps on {len(train_set)} conversations")
-        trainer = sft_trainer(model, tokenizer, train_set, eval_set, sft, workdir, use_gpu, bf16)
+        trainer = sft_trainer(model, peft_config, tokenizer, train_set, eval_set, sft, workdir, use_gpu, bf16)
         watch = Watch(failures.SFT)
         trainer.add_callback(watch)
         trainer.add_callback(StageProgress(progress, 0, total))
@@ -188,7 +189,8 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
     tokenizer.save_pretrained(model_dir)
     training_config = {
         "sft": dataclasses.asdict(sft), "grpo": dataclasses.asdict(grpo) if grpo else None,
-        "student_model": spec.student_model, "artifact_kind": sft.artifact_kind, "use_gpu": use_gpu,
+        "student_model": spec.student_model, "continued_from": spec.start_from, "artifact_kind": sft.artifact_kind,
+        "use_gpu": use_gpu,
         "tool_format": fmt.name, "tool_format_note": fmt.note, "output_format": "<tool_call> blocks (Hermes style)",
         "tool_format_detail": fmt.to_dict(),
         "train_rows": len(train_set), "eval_rows": len(eval_set), "system_prompt": shared_system_prompt(train_rows),
@@ -206,7 +208,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
 
 
 def sft_trainer(
-    model: Any, tokenizer: Any, train_set: list[dict[str, Any]], eval_set: list[dict[str, Any]],
+    model: Any, peft_config: Any, tokenizer: Any, train_set: list[dict[str, Any]], eval_set: list[dict[str, Any]],
     settings: SftSettings, workdir: Path, use_gpu: bool, bf16: bool,
 ) -> Any:  # fmt: skip
     """trl's SFTTrainer on pre-tokenized rows: ``assistant_masks`` make the labels (-100 elsewhere)."""
@@ -215,7 +217,7 @@ def sft_trainer(
 
     config = trl_configs.sft_config(settings, workdir / "sft-out", use_gpu=use_gpu, bf16=bf16, save_checkpoints=False)
     return SFTTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=trl_configs.lora_config(settings),
+        model=model, args=config, processing_class=tokenizer, peft_config=peft_config,
         callbacks=trl_configs.early_stopping(settings), train_dataset=Dataset.from_list(train_set),
         eval_dataset=Dataset.from_list(eval_set),
     )  # fmt: skip
