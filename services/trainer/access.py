@@ -22,5 +22,9 @@ ACCESS = AccessTable(
         "WatchRun": Access.TENANT,
         "GetRunLogs": Access.TENANT,
         "ReportRunEvents": Access.RUN,
+        "PauseRun": Access.TENANT,
+        "ResumeRun": Access.TENANT,
+        "ListRecipes": Access.TENANT,
+        "GetRecipe": Access.TENANT,
     },
 )

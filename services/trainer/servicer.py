@@ -12,7 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.trainer.v1 import trainer_pb2_grpc
 from services.common import auth
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, Unimplemented
 from services.common.ids import check_id
 from services.common.protoconv import page_size, timestamp
 from services.trainer import pipeline, runs
@@ -103,3 +103,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         ]
         run = await runs.report(self.pool, run_id, events)
         return pb.ReportRunEventsResponse(keep_going=run.state not in runs.FINAL)
+
+    async def PauseRun(self, request: Any, context: Any) -> pb.Run:
+        raise Unimplemented("pausing a run arrives in a later version: cancel it (distillery runs cancel) instead")
+
+    async def ResumeRun(self, request: Any, context: Any) -> pb.Run:
+        raise Unimplemented("resuming a run arrives in a later version")
+
+    async def ListRecipes(self, request: Any, context: Any) -> pb.ListRecipesResponse:
+        raise Unimplemented("recipes arrive in a later version: give student_model and settings instead")
+
+    async def GetRecipe(self, request: Any, context: Any) -> pb.Recipe:
+        raise Unimplemented("recipes arrive in a later version: give student_model and settings instead")

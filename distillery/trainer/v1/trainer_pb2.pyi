@@ -43,6 +43,8 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_SUCCEEDED: _RunState.ValueType  # 7
     RUN_STATE_FAILED: _RunState.ValueType  # 8
     RUN_STATE_CANCELLED: _RunState.ValueType  # 9
+    RUN_STATE_PAUSED: _RunState.ValueType  # 10
+    """Stopped by PauseRun after a checkpoint; ResumeRun goes on from it."""
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
 
@@ -56,6 +58,8 @@ RUN_STATE_REGISTERING: RunState.ValueType  # 6
 RUN_STATE_SUCCEEDED: RunState.ValueType  # 7
 RUN_STATE_FAILED: RunState.ValueType  # 8
 RUN_STATE_CANCELLED: RunState.ValueType  # 9
+RUN_STATE_PAUSED: RunState.ValueType  # 10
+"""Stopped by PauseRun after a checkpoint; ResumeRun goes on from it."""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
@@ -166,29 +170,191 @@ class GrpoSettings(_message.Message):
 Global___GrpoSettings: _TypeAlias = GrpoSettings  # noqa: Y015
 
 @_typing.final
-class Rubric(_message.Message):
-    """A rubric guiding mid-training evals."""
+class Compute(_message.Message):
+    """Compute a recipe asks for: a scheduling request, not a guarantee."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKERS_FIELD_NUMBER: _builtins.int
+    CPUS_PER_WORKER_FIELD_NUMBER: _builtins.int
+    GPUS_PER_WORKER_FIELD_NUMBER: _builtins.int
+    GPU_TYPE_FIELD_NUMBER: _builtins.int
+    workers: _builtins.int
+    """Ray Train workers."""
+    cpus_per_worker: _builtins.float
+    gpus_per_worker: _builtins.int
+    gpu_type: _builtins.str
+    """A scheduling hint ("H100", "L4"); empty for any."""
+    def __init__(
+        self,
+        *,
+        workers: _builtins.int = ...,
+        cpus_per_worker: _builtins.float = ...,
+        gpus_per_worker: _builtins.int = ...,
+        gpu_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpus_per_worker", b"cpus_per_worker", "gpu_type", b"gpu_type", "gpus_per_worker", b"gpus_per_worker", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Compute: _TypeAlias = Compute  # noqa: Y015
+
+@_typing.final
+class Recipe(_message.Message):
+    """A vetted training preset for a kind of task (services/trainer/run_recipes.toml;
+    operators extend it). Settings at 0 are "auto": sized from the dataset when the
+    run is validated (auto_fields names them), or the platform default.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
-    CRITERIA_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    PATHS_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    SFT_FIELD_NUMBER: _builtins.int
+    GRPO_FIELD_NUMBER: _builtins.int
+    COMPUTE_FIELD_NUMBER: _builtins.int
+    AUTO_FIELDS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    description: _builtins.str
+    task: _builtins.str
+    """The task it is for: classification, generation, tool-calling, speech, ocr."""
+    base_model: _builtins.str
+    """The student: a hub id."""
+    available: _builtins.bool
+    """False for a slot whose path does not train yet (speech, OCR)."""
     @_builtins.property
-    def criteria(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.TrainingPath.ValueType]:
+        """The paths it can train."""
+
+    @_builtins.property
+    def sft(self) -> Global___SftSettings: ...
+    @_builtins.property
+    def grpo(self) -> Global___GrpoSettings: ...
+    @_builtins.property
+    def compute(self) -> Global___Compute: ...
+    @_builtins.property
+    def auto_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sft fields sized from the dataset (max_seq_length, epochs, max_steps, ...)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        criteria: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        task: _builtins.str = ...,
+        paths: _abc.Iterable[_common_pb2.TrainingPath.ValueType] | None = ...,
+        base_model: _builtins.str = ...,
+        sft: Global___SftSettings | None = ...,
+        grpo: Global___GrpoSettings | None = ...,
+        compute: Global___Compute | None = ...,
+        auto_fields: _abc.Iterable[_builtins.str] | None = ...,
+        available: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "grpo", b"grpo", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["criteria", b"criteria", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_fields", b"auto_fields", "available", b"available", "base_model", b"base_model", "compute", b"compute", "description", b"description", "grpo", b"grpo", "name", b"name", "paths", b"paths", "sft", b"sft", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Rubric: _TypeAlias = Rubric  # noqa: Y015
+Global___Recipe: _TypeAlias = Recipe  # noqa: Y015
+
+@_typing.final
+class ListRecipesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecipesRequest: _TypeAlias = ListRecipesRequest  # noqa: Y015
+
+@_typing.final
+class ListRecipesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def recipes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recipe]: ...
+    def __init__(
+        self,
+        *,
+        recipes: _abc.Iterable[Global___Recipe] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recipes", b"recipes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecipesResponse: _TypeAlias = ListRecipesResponse  # noqa: Y015
+
+@_typing.final
+class GetRecipeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecipeRequest: _TypeAlias = GetRecipeRequest  # noqa: Y015
+
+@_typing.final
+class PauseRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRunRequest: _TypeAlias = PauseRunRequest  # noqa: Y015
+
+@_typing.final
+class ResumeRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeRunRequest: _TypeAlias = ResumeRunRequest  # noqa: Y015
 
 @_typing.final
 class CreateRunRequest(_message.Message):
@@ -215,6 +381,7 @@ class CreateRunRequest(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     MAX_FAILED_FRACTION_FIELD_NUMBER: _builtins.int
     TOOL_RESPONSES_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
     dataset_id: _builtins.str
@@ -229,6 +396,10 @@ class CreateRunRequest(_message.Message):
     """
     teacher: _builtins.str
     """"<provider>:<model>" for distillation paths and augmentation."""
+    rubric: _builtins.str
+    """A rubric guiding mid-training evals: its id (rub_...) or name (its latest
+    version).
+    """
     model_name: _builtins.str
     """Name of the model to register; defaults to the run id."""
     idempotency_key: _builtins.str
@@ -241,6 +412,10 @@ class CreateRunRequest(_message.Message):
     """Distillation and augmentation: fail the run when more than this share of
     the teacher's rows fail (0: the default, 0.05); below it the run trains on
     the rest and says how many were skipped.
+    """
+    recipe: _builtins.str
+    """A recipe (ListRecipes): its base model, settings and compute; explicit
+    fields of this request override it.
     """
     @_builtins.property
     def system_prompts(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.NamedSystemPrompt]: ...
@@ -256,8 +431,6 @@ class CreateRunRequest(_message.Message):
     def sft(self) -> Global___SftSettings: ...
     @_builtins.property
     def grpo(self) -> Global___GrpoSettings: ...
-    @_builtins.property
-    def rubric(self) -> Global___Rubric: ...
     @_builtins.property
     def tool_responses(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.ToolResponseExample]:
         """distill-tools: example results per tool, used instead of results the
@@ -281,17 +454,18 @@ class CreateRunRequest(_message.Message):
         generation: _teacher_pb2.GenerationParameters | None = ...,
         sft: Global___SftSettings | None = ...,
         grpo: Global___GrpoSettings | None = ...,
-        rubric: Global___Rubric | None = ...,
+        rubric: _builtins.str = ...,
         model_name: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
         augment_count: _builtins.int = ...,
         language: _builtins.str = ...,
         max_failed_fraction: _builtins.float = ...,
         tool_responses: _abc.Iterable[_teacher_pb2.ToolResponseExample] | None = ...,
+        recipe: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "grpo", b"grpo", "rubric", b"rubric", "sft", b"sft"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "grpo", b"grpo", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -415,6 +589,10 @@ class Run(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    STOP_STEP_FIELD_NUMBER: _builtins.int
+    BEST_STEP_FIELD_NUMBER: _builtins.int
+    EVALS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
@@ -425,6 +603,15 @@ class Run(_message.Message):
     teacher: _builtins.str
     model_id: _builtins.str
     """Set when SUCCEEDED."""
+    stop_reason: _builtins.str
+    """Why training ended: "max_steps", "epochs", "early_stop" (at stop_step),
+    "cancelled"; empty while it goes on.
+    """
+    stop_step: _builtins.int
+    best_step: _builtins.int
+    """The step of the checkpoint that was registered (the best by the run's eval
+    metric); 0 when the run kept its last weights.
+    """
     @_builtins.property
     def progress(self) -> Global___Progress: ...
     @_builtins.property
@@ -441,7 +628,13 @@ class Run(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def request(self) -> Global___CreateRunRequest:
-        """The request the run was created from."""
+        """The request the run was created from (a recipe's and auto values resolved)."""
+
+    @_builtins.property
+    def evals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Metrics]:
+        """The mid-training evals, in order: each its step and its values (eval_loss,
+        a rubric score, a tool path's call rates).
+        """
 
     def __init__(
         self,
@@ -462,10 +655,14 @@ class Run(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         request: Global___CreateRunRequest | None = ...,
+        stop_reason: _builtins.str = ...,
+        stop_step: _builtins.int = ...,
+        best_step: _builtins.int = ...,
+        evals: _abc.Iterable[Global___Metrics] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "progress", b"progress", "request", b"request", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "eval_dataset_id", b"eval_dataset_id", "id", b"id", "metrics", b"metrics", "mode", b"mode", "model_id", b"model_id", "path", b"path", "progress", b"progress", "request", b"request", "state", b"state", "student_model", b"student_model", "teacher", b"teacher", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_step", b"best_step", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "eval_dataset_id", b"eval_dataset_id", "evals", b"evals", "id", b"id", "metrics", b"metrics", "mode", b"mode", "model_id", b"model_id", "path", b"path", "progress", b"progress", "request", b"request", "state", b"state", "stop_reason", b"stop_reason", "stop_step", b"stop_step", "student_model", b"student_model", "teacher", b"teacher", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

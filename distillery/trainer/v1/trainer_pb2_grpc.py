@@ -69,6 +69,26 @@ class TrainerServiceStub:
                 request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsRequest.SerializeToString,
                 response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsResponse.FromString,
                 _registered_method=True)
+        self.PauseRun = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/PauseRun',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.PauseRunRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Run.FromString,
+                _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/ResumeRun',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Run.FromString,
+                _registered_method=True)
+        self.ListRecipes = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/ListRecipes',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRecipesRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRecipesResponse.FromString,
+                _registered_method=True)
+        self.GetRecipe = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/GetRecipe',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -126,6 +146,35 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseRun(self, request, context):
+        """Pause a TRAINING run: its job saves a checkpoint and stops, releasing its
+        compute; the run is PAUSED and keeps its allowance slot. Pausing a run in
+        another state is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Resume a PAUSED run from its last checkpoint (steps go on, not restart).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecipes(self, request, context):
+        """The recipes: vetted presets by task (base model, settings, compute).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecipe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +212,26 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ReportRunEvents,
                     request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsRequest.FromString,
                     response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsResponse.SerializeToString,
+            ),
+            'PauseRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRun,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.PauseRunRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Run.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Run.SerializeToString,
+            ),
+            'ListRecipes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecipes,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRecipesRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRecipesResponse.SerializeToString,
+            ),
+            'GetRecipe': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecipe,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +423,114 @@ class TrainerService:
             '/distillery.trainer.v1.TrainerService/ReportRunEvents',
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsRequest.SerializeToString,
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.ReportRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/PauseRun',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.PauseRunRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/ResumeRun',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ResumeRunRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecipes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/ListRecipes',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRecipesRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRecipesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecipe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/GetRecipe',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,16 @@ class TrainerServiceStub:
     Authenticated by the run's push token ("authorization: Bearer <token>",
     handed to the job at submission), not by an API key.
     """
+    PauseRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.PauseRunRequest, _trainer_pb2.Run]
+    """Pause a TRAINING run: its job saves a checkpoint and stops, releasing its
+    compute; the run is PAUSED and keeps its allowance slot. Pausing a run in
+    another state is FAILED_PRECONDITION.
+    """
+    ResumeRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ResumeRunRequest, _trainer_pb2.Run]
+    """Resume a PAUSED run from its last checkpoint (steps go on, not restart)."""
+    ListRecipes: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRecipesRequest, _trainer_pb2.ListRecipesResponse]
+    """The recipes: vetted presets by task (base model, settings, compute)."""
+    GetRecipe: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRecipeRequest, _trainer_pb2.Recipe]
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -82,6 +92,16 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     Authenticated by the run's push token ("authorization: Bearer <token>",
     handed to the job at submission), not by an API key.
     """
+    PauseRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.PauseRunRequest, _trainer_pb2.Run]  # type: ignore[assignment]
+    """Pause a TRAINING run: its job saves a checkpoint and stops, releasing its
+    compute; the run is PAUSED and keeps its allowance slot. Pausing a run in
+    another state is FAILED_PRECONDITION.
+    """
+    ResumeRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ResumeRunRequest, _trainer_pb2.Run]  # type: ignore[assignment]
+    """Resume a PAUSED run from its last checkpoint (steps go on, not restart)."""
+    ListRecipes: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRecipesRequest, _trainer_pb2.ListRecipesResponse]  # type: ignore[assignment]
+    """The recipes: vetted presets by task (base model, settings, compute)."""
+    GetRecipe: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRecipeRequest, _trainer_pb2.Recipe]  # type: ignore[assignment]
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -146,5 +166,39 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         Authenticated by the run's push token ("authorization: Bearer <token>",
         handed to the job at submission), not by an API key.
         """
+
+    @_abc_1.abstractmethod
+    def PauseRun(
+        self,
+        request: _trainer_pb2.PauseRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Run, _abc.Awaitable[_trainer_pb2.Run]]:
+        """Pause a TRAINING run: its job saves a checkpoint and stops, releasing its
+        compute; the run is PAUSED and keeps its allowance slot. Pausing a run in
+        another state is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeRun(
+        self,
+        request: _trainer_pb2.ResumeRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Run, _abc.Awaitable[_trainer_pb2.Run]]:
+        """Resume a PAUSED run from its last checkpoint (steps go on, not restart)."""
+
+    @_abc_1.abstractmethod
+    def ListRecipes(
+        self,
+        request: _trainer_pb2.ListRecipesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListRecipesResponse, _abc.Awaitable[_trainer_pb2.ListRecipesResponse]]:
+        """The recipes: vetted presets by task (base model, settings, compute)."""
+
+    @_abc_1.abstractmethod
+    def GetRecipe(
+        self,
+        request: _trainer_pb2.GetRecipeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Recipe, _abc.Awaitable[_trainer_pb2.Recipe]]: ...
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
