@@ -38,6 +38,12 @@ def run_pb(run: runs.Run) -> pb.Run:
         json_format.ParseDict(usage, message.teacher_usage, ignore_unknown_fields=True)
     if run.error:
         json_format.ParseDict(run.error, message.error, ignore_unknown_fields=True)
+    result = run.result or {}  # the job's result.json: how training ended, the best step, the evals
+    stop = result.get("stop") or {}
+    message.stop_reason, message.stop_step = str(stop.get("reason", "")), int(stop.get("step", 0))
+    message.best_step = int(result.get("best_step", 0))
+    for evaluation in result.get("evals") or []:
+        message.evals.add(step=int(evaluation["step"]), values=evaluation["values"])
     return message
 
 
