@@ -1,8 +1,8 @@
 """Who may call each TeacherService method: the one place the teacher declares it.
 
 Every method takes a tenant's API key, or the service token of the trainer acting for the
-tenant (it checks, creates and follows a run's generation job so). Enforced by the auth
-interceptor.
+tenant (it checks, creates and follows a run's generation job so, and has a rubric's judge
+criteria scored). Enforced by the auth interceptor.
 """
 
 from __future__ import annotations
@@ -26,5 +26,6 @@ ACCESS = AccessTable(
         "CancelGenerationJob": Access.TENANT,
         "WatchGenerationJob": Access.TENANT,
         "DescribeTool": Access.TENANT,
+        "JudgeAnswers": Access.TENANT,  # the trainer, when it validates a rubric and evaluates a run
     },
 )

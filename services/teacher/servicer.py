@@ -14,7 +14,7 @@ from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
 from services.common.protoconv import Bounds, bounded, page_size, timestamp
-from services.teacher import job_requests, jobs, prices, tool_descriptions
+from services.teacher import job_requests, jobs, judging, prices, tool_descriptions
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
 from services.teacher.providers import split_teacher
@@ -50,9 +50,12 @@ def provider_key_pb(key: StoredKey) -> teacher_pb2.ProviderKey:
 
 # Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
 BOUNDS = Bounds(
-    strings={"api_key": 4096},  # keys.py refuses over 1,024 itself, saying what a key looks like
-    lists={"seed_prompts": job_requests.MAX_SEED_PROMPTS, "system_prompts": 100, "tool_ids": 256, "objectives": 100},
-    numbers={"max_failed_fraction": (0.0, 1.0), "parameters.temperature": (0.0, 2.0),
+    # keys.py refuses a key over 1,024 itself, saying what a key looks like
+    strings={"api_key": 4096, "system_prompt": judging.MAX_PROMPT_CHARS, "user_template": judging.MAX_PROMPT_CHARS},
+    lists={"seed_prompts": job_requests.MAX_SEED_PROMPTS, "system_prompts": 100, "tool_ids": 256, "objectives": 100,
+           "rows": judging.MAX_ROWS},
+    numbers={"scale_min": (0, judging.MAX_SCALE), "scale_max": (0, judging.MAX_SCALE),
+             "max_failed_fraction": (0.0, 1.0), "parameters.temperature": (0.0, 2.0),
              "parameters.no_tool_share": (0.0, 1.0), "parameters.max_output_tokens": (0, 32_768)},
 )  # fmt: skip
 
@@ -111,6 +114,23 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             violations=violations,
             usage=usage,
         )
+
+    async def JudgeAnswers(self, request: Any, context: Any) -> teacher_pb2.JudgeAnswersResponse:
+        tenant_id = auth.current_caller().tenant_id
+        judged = await judging.judge(
+            self.keys, self.runner.limiters, tenant_id, request,
+            attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
+        )  # fmt: skip
+        await judging.record(self.pool, tenant_id, request.teacher, judged)
+        provider, model = split_teacher(request.teacher)
+        usage = common_pb2.Usage(
+            input_tokens=judged.input_tokens, output_tokens=judged.output_tokens, requests=judged.requests,
+            estimated_cost_usd=prices.cost_usd(provider, model, judged.input_tokens, judged.output_tokens),
+            billed=judged.billed,
+        )  # fmt: skip
+        scores = [teacher_pb2.JudgeScore(score=row.score or 0.0, reply=row.reply, error=row.error, message=row.message)
+                  for row in judged.rows]  # fmt: skip
+        return teacher_pb2.JudgeAnswersResponse(scores=scores, usage=usage)
 
     async def CheckGenerationJob(self, request: Any, context: Any) -> teacher_pb2.CheckGenerationJobResponse:
         job_requests.check_settings(request)

@@ -76,6 +76,10 @@ class Peers:
     async def check_job(self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest) -> None:
         await self._call("teacher", self.teacher.CheckGenerationJob, request, tenant_id)
 
+    async def judge(self, tenant_id: str, request: teacher_pb2.JudgeAnswersRequest) -> teacher_pb2.JudgeAnswersResponse:
+        """A rubric's judge criterion scored on some rows (``graders.judge_request`` builds the request)."""
+        return await self._call("teacher", self.teacher.JudgeAnswers, request, tenant_id)
+
     async def create_job(
         self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest
     ) -> teacher_pb2.GenerationJob:

@@ -776,3 +776,143 @@ class DescribeToolResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DescribeToolResponse: _TypeAlias = DescribeToolResponse  # noqa: Y015
+
+@_typing.final
+class JudgeAnswersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEACHER_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    USER_TEMPLATE_FIELD_NUMBER: _builtins.int
+    SCALE_MIN_FIELD_NUMBER: _builtins.int
+    SCALE_MAX_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    teacher: _builtins.str
+    """The judge, "<provider>:<model>" as a teacher is named."""
+    system_prompt: _builtins.str
+    """The judge's system prompt: the criterion and the scale in words, and the
+    shape of the reply (a JSON object with a "score").
+    """
+    user_template: _builtins.str
+    """Each row's user message: "{input}", "{reference}" and "{answer}" are
+    replaced by the row's texts, in one pass ("{answer}" must be there).
+    """
+    scale_min: _builtins.int
+    """The scale scores are given on, e.g. 1 to 5 (scale_min < scale_max)."""
+    scale_max: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___JudgeRow]:
+        """At most 256 rows."""
+
+    def __init__(
+        self,
+        *,
+        teacher: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        user_template: _builtins.str = ...,
+        scale_min: _builtins.int = ...,
+        scale_max: _builtins.int = ...,
+        rows: _abc.Iterable[Global___JudgeRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "scale_max", b"scale_max", "scale_min", b"scale_min", "system_prompt", b"system_prompt", "teacher", b"teacher", "user_template", b"user_template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeAnswersRequest: _TypeAlias = JudgeAnswersRequest  # noqa: Y015
+
+@_typing.final
+class JudgeRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    input: _builtins.str
+    """The prompt the answer was given to."""
+    reference: _builtins.str
+    """The eval set's reference answer ("" when there is none)."""
+    answer: _builtins.str
+    """The answer to score."""
+    def __init__(
+        self,
+        *,
+        input: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        answer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "input", b"input", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeRow: _TypeAlias = JudgeRow  # noqa: Y015
+
+@_typing.final
+class JudgeAnswersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORES_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___JudgeScore]:
+        """One per row, in the request's order."""
+
+    @_builtins.property
+    def usage(self) -> _common_pb2.Usage:
+        """What the calls took from the provider (retries included), priced like a
+        job's usage.
+        """
+
+    def __init__(
+        self,
+        *,
+        scores: _abc.Iterable[Global___JudgeScore] | None = ...,
+        usage: _common_pb2.Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeAnswersResponse: _TypeAlias = JudgeAnswersResponse  # noqa: Y015
+
+@_typing.final
+class JudgeScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORE_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    score: _builtins.float
+    """The score read from the judge's reply, on the request's scale (0 when
+    error is set).
+    """
+    reply: _builtins.str
+    """The judge's reply as it came (at most 4,000 characters)."""
+    error: _builtins.str
+    """Why the row has no score: "unparseable_reply" (no score in the reply),
+    "out_of_scale", "refused", "input_too_long", "retries_exhausted"; "" when
+    it has one.
+    """
+    message: _builtins.str
+    """What went wrong, in words."""
+    def __init__(
+        self,
+        *,
+        score: _builtins.float = ...,
+        reply: _builtins.str = ...,
+        error: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "message", b"message", "reply", b"reply", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgeScore: _TypeAlias = JudgeScore  # noqa: Y015

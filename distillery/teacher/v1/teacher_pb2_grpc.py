@@ -89,6 +89,11 @@ class TeacherServiceStub:
                 request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DescribeToolRequest.SerializeToString,
                 response_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DescribeToolResponse.FromString,
                 _registered_method=True)
+        self.JudgeAnswers = channel.unary_unary(
+                '/distillery.teacher.v1.TeacherService/JudgeAnswers',
+                request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersRequest.SerializeToString,
+                response_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -170,6 +175,17 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JudgeAnswers(self, request, context):
+        """Score answers on one rubric criterion with a teacher model as the judge
+        (the trainer asks this when it validates a rubric and evaluates a run).
+        The prompt is the caller's, fixed and recorded with its rubric; every row
+        is one call through the provider's limits and retries, and the usage is
+        kept like a job's. A reply with no score on the scale is that row's error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +243,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.DescribeTool,
                     request_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DescribeToolRequest.FromString,
                     response_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.DescribeToolResponse.SerializeToString,
+            ),
+            'JudgeAnswers': grpc.unary_unary_rpc_method_handler(
+                    servicer.JudgeAnswers,
+                    request_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersRequest.FromString,
+                    response_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -526,6 +547,33 @@ class TeacherService:
             '/distillery.teacher.v1.TeacherService/DescribeTool',
             distillery_dot_teacher_dot_v1_dot_teacher__pb2.DescribeToolRequest.SerializeToString,
             distillery_dot_teacher_dot_v1_dot_teacher__pb2.DescribeToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JudgeAnswers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.teacher.v1.TeacherService/JudgeAnswers',
+            distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersRequest.SerializeToString,
+            distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersResponse.FromString,
             options,
             channel_credentials,
             insecure,

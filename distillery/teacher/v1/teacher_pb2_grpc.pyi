@@ -59,6 +59,13 @@ class TeacherServiceStub:
     """Turn a plain-language tool description into a canonical tool schema
     (structured output); the result is checked like an imported tool.
     """
+    JudgeAnswers: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.JudgeAnswersRequest, _teacher_pb2.JudgeAnswersResponse]
+    """Score answers on one rubric criterion with a teacher model as the judge
+    (the trainer asks this when it validates a rubric and evaluates a run).
+    The prompt is the caller's, fixed and recorded with its rubric; every row
+    is one call through the provider's limits and retries, and the usage is
+    kept like a job's. A reply with no score on the scale is that row's error.
+    """
 
 @_typing.type_check_only
 class TeacherServiceAsyncStub(TeacherServiceStub):
@@ -86,6 +93,13 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     DescribeTool: _aio.UnaryUnaryMultiCallable[_teacher_pb2.DescribeToolRequest, _teacher_pb2.DescribeToolResponse]  # type: ignore[assignment]
     """Turn a plain-language tool description into a canonical tool schema
     (structured output); the result is checked like an imported tool.
+    """
+    JudgeAnswers: _aio.UnaryUnaryMultiCallable[_teacher_pb2.JudgeAnswersRequest, _teacher_pb2.JudgeAnswersResponse]  # type: ignore[assignment]
+    """Score answers on one rubric criterion with a teacher model as the judge
+    (the trainer asks this when it validates a rubric and evaluates a run).
+    The prompt is the caller's, fixed and recorded with its rubric; every row
+    is one call through the provider's limits and retries, and the usage is
+    kept like a job's. A reply with no score on the scale is that row's error.
     """
 
 class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -177,6 +191,19 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_teacher_pb2.DescribeToolResponse, _abc.Awaitable[_teacher_pb2.DescribeToolResponse]]:
         """Turn a plain-language tool description into a canonical tool schema
         (structured output); the result is checked like an imported tool.
+        """
+
+    @_abc_1.abstractmethod
+    def JudgeAnswers(
+        self,
+        request: _teacher_pb2.JudgeAnswersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_teacher_pb2.JudgeAnswersResponse, _abc.Awaitable[_teacher_pb2.JudgeAnswersResponse]]:
+        """Score answers on one rubric criterion with a teacher model as the judge
+        (the trainer asks this when it validates a rubric and evaluates a run).
+        The prompt is the caller's, fixed and recorded with its rubric; every row
+        is one call through the provider's limits and retries, and the usage is
+        kept like a job's. A reply with no score on the scale is that row's error.
         """
 
 def add_TeacherServiceServicer_to_server(servicer: TeacherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
