@@ -25,7 +25,7 @@ from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common.errors import InvalidArgument, NotFound
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import failures, job
+from services.trainer.recipes import evals, failures, job
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.progress import ProgressPush
@@ -89,8 +89,9 @@ def test_resolve_sft_fills_defaults_and_checks_values() -> None:
     bad = [
         ({"learning_rate": 2.0}, "sft.learning_rate"), ({"learning_rate": -1e-4}, "sft.learning_rate"),
         ({"batch_size": -1}, "sft.batch_size"), ({"lora_dropout": 1.0}, "sft.lora_dropout"),
-        ({"early_stopping_patience": 2}, "sft.eval_every_steps"), ({"max_steps": -5}, "sft.max_steps"),
-        ({"eval_every_steps": 20, "early_stopping_patience": 2}, "sft.checkpoint_every_steps"),
+        ({"early_stopping_patience": 2, "eval_every_steps": -1}, "sft.eval_every_steps"),
+        ({"max_steps": -5}, "sft.max_steps"), ({"eval_every_steps": -2}, "sft.eval_every_steps"),
+        ({"early_stopping_patience": -3}, "sft.early_stopping_patience"),
         ({"seed": "x"}, "sft.seed"), ({"warmup": 3}, "sft.warmup"),
     ]  # fmt: skip
     for request, field in bad:
@@ -98,6 +99,23 @@ def test_resolve_sft_fills_defaults_and_checks_values() -> None:
             resolve_sft(request)
         assert info.value.field == field, request
     assert resolve_sft({"eval_every_steps": 10, "early_stopping_patience": 2}).checkpoint_every_steps == 50
+    off = resolve_sft({"eval_every_steps": -1, "early_stopping_patience": -1})  # -1 is "off", kept as given
+    assert (off.eval_every_steps, off.early_stopping_patience) == (-1, -1)
+
+
+def test_evals_are_on_by_default_about_ten_a_run_with_patience() -> None:
+    settings = resolve_sft({"max_steps": 95})
+    every = evals.cadence(settings, evals.planned_steps(settings, rows=1000))
+    assert every == 10 and evals.patience(settings, every) == evals.DEFAULT_PATIENCE
+    by_rows = resolve_sft({"epochs": 2, "batch_size": 4, "gradient_accumulation_steps": 2})
+    assert evals.planned_steps(by_rows, rows=41) == 2 * 6  # ceil(ceil(41 / 4) / 2) = 6 steps an epoch
+    assert evals.cadence(resolve_sft({"eval_every_steps": 7}), 1000) == 7
+    off = resolve_sft({"eval_every_steps": -1})
+    assert evals.cadence(off, 1000) == 0 and evals.patience(off, 0) == 0
+    assert evals.patience(resolve_sft({"early_stopping_patience": -1}), 10) == 0
+    assert evals.ending(40, 95, settings, stopped_early=True) == {"reason": "early_stop", "step": 40}
+    assert evals.ending(95, 95, settings, stopped_early=False) == {"reason": "max_steps", "step": 95}
+    assert evals.ending(12, 12, by_rows, stopped_early=True)["reason"] == "epochs"  # stopped at the last step
 
 
 # --- failure codes, from real exception objects ---

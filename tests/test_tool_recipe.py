@@ -522,7 +522,8 @@ def full_run(store: ObjectStore, tmp_path_factory: pytest.TempPathFactory) -> di
     root = tmp_path_factory.mktemp("full-run")
     student = build_qwen2(root / "qwen2", tools=True)
     train, evals = small_task()
-    sft = {"max_steps": 200, "learning_rate": 5e-3, "batch_size": 4, "full_finetune": True, "seed": 2}
+    sft = {"max_steps": 200, "learning_rate": 5e-3, "batch_size": 4, "full_finetune": True, "seed": 2,
+           "eval_every_steps": -1}  # fmt: skip
     grpo = {"max_steps": 3, "num_generations": 4, "prompts_per_step": 2, "max_completion_length": 40, "beta": 0.04}
     spec = put_spec(store, "run_tools_full", str(student), train, evals, sft, grpo)
     started = time.monotonic()
@@ -630,7 +631,7 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     LoRA on the student trained above (so its samples differ in reward), GRPO with a KL penalty."""
     server, address = recorder
     train, evals = small_task()
-    sft = {"max_steps": 6, "learning_rate": 1e-4, "batch_size": 4, "seed": 1}
+    sft = {"max_steps": 6, "learning_rate": 1e-4, "batch_size": 4, "seed": 1, "eval_every_steps": 2}
     grpo = {"max_steps": 2, "num_generations": 4, "prompts_per_step": 1, "max_completion_length": 40, "beta": 0.04}
     spec = put_spec(store, "run_tools_lora", str(full_run["model_dir"]), train, evals, sft, grpo)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTILLERY_"))}
@@ -658,6 +659,11 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     model = objects(store, f"{spec.output_prefix}/model/")
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "training_config.json"} <= model
     assert not any(name.startswith("ref/") for name in model)  # trl's frozen reference copy stays behind
+    # Mid-training evals every 2 steps in both stages: generated calls scored (and the eval loss in SFT).
+    assert [e["step"] for e in result["evals"]] == [2, 4, 6, 8], result["evals"]
+    assert all("eval_correct_rate" in e["values"] for e in result["evals"])
+    assert all("eval_loss" in e["values"] for e in result["evals"][:3]) and "eval_loss" not in result["evals"][3]
+    assert result["stop"] == {"reason": "max_steps", "step": 8} and result["best_step"] in (2, 4, 6, 8)
 
     # progress: one step count over both stages, a log line per stage, the eval rates as metrics
     assert server.tokens == {"Bearer run-token"}
@@ -670,6 +676,7 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     )
     values = {k for e in server.events if e.HasField("metrics") for k in e.metrics.values}
     assert {"base_correct_rate", "sft_correct_rate", "grpo_correct_rate", "grpo_reward", "loss"} <= values
+    assert {"eval_correct_rate", "eval_valid_call_rate", "eval_loss"} <= values
 
     # the adapter loads on the student and answers with a call
     from peft import PeftModel

@@ -38,7 +38,10 @@ FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 QUICK = pb.SftSettings(max_steps=24, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=12, lora_r=8)
 # Long enough for the tiny student to answer the eval prompts right (QUICK's 24 steps learn little more than
 # the answers' form; 150 steps got 2 of 5 right, 300 steps 5 of 5).
-LEARN = pb.SftSettings(max_steps=300, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=150, lora_r=8)
+# Evals and early stopping are on by default; this run trains all its steps (early_stopping_patience=-1).
+LEARN = pb.SftSettings(
+    max_steps=300, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=150, lora_r=8, early_stopping_patience=-1
+)
 LONG = pb.SftSettings(max_steps=5000, learning_rate=1e-3, batch_size=2, checkpoint_every_steps=1000)
 
 
@@ -182,6 +185,48 @@ def scores(answers: list[str], references: list[str]) -> tuple[float, float]:
     pairs = [(a.strip().casefold(), r.strip().casefold()) for a, r in zip(answers, references, strict=True)]
     exact = sum(a == r for a, r in pairs) / len(pairs)
     return exact, sum(difflib.SequenceMatcher(None, a, r).ratio() for a, r in pairs) / len(pairs)
+
+
+# Eval rows asking the same task with the answers of another mapping: as the student learns the train
+# mapping, their loss first falls (French colour words, the answers' form), then rises (confidently other words).
+WRONG = dict(zip(COLOURS, list(COLOURS.values())[1:] + list(COLOURS.values())[:1], strict=True))
+WRONG_EVAL_ROWS = b"".join(
+    b'{"system_prompt": "Translate the colour to French.", "input": "%s, please (%d)", "output": "%s"}\n'
+    % (english.encode(), 100 + i, french.encode())
+    for i in range(2)
+    for english, french in WRONG.items()
+)
+
+
+def test_evals_stop_a_run_early_and_the_best_checkpoint_is_registered(services, client_for, make_tenant, student):
+    """Evals every 4 steps on an eval set whose loss falls, then rises: training stops after 2 evals without a
+    lower loss, long before max_steps, and the model registered is the best checkpoint's (its eval loss is the
+    lowest of the evals), not the last weights'."""
+    client = client_for(make_tenant())
+    train = upload(client, ROWS).dataset
+    held_out = upload(client, WRONG_EVAL_ROWS, name="eval.jsonl").dataset
+    sft = pb.SftSettings(
+        max_steps=200, learning_rate=5e-3, batch_size=4, lora_r=8, eval_every_steps=4, early_stopping_patience=2
+    )
+    run = client.trainer.CreateRun(run_request(train.id, student, sft, eval_dataset_id=held_out.id))
+    events = watch(client, run.id)
+    done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+
+    losses = {e.step: e.values["eval_loss"] for e in done.evals}
+    assert len(losses) >= 3 and sorted(losses) == [e.step for e in done.evals], losses
+    assert done.stop_reason == "early_stop" and done.stop_step < sft.max_steps, (done.stop_reason, done.stop_step)
+    best = min(losses, key=losses.__getitem__)
+    assert done.best_step == best < done.stop_step == max(losses), (done.best_step, losses)
+    assert all(losses[step] >= losses[best] for step in losses if step > best)  # none better after the best
+    assert losses[max(losses)] > losses[best]  # the last weights were worse: keeping them would have been wrong
+    # The registered model is the best checkpoint's: its eval loss is the best eval's, not the last one's.
+    assert done.metrics["eval_loss_after"] == pytest.approx(losses[best], rel=1e-4)
+    model = client.registry.GetModel(registry_pb2.GetModelRequest(id=done.model_id))
+    assert model.metrics["eval_loss_after"] == pytest.approx(losses[best], rel=1e-4)
+    # Every eval was a metric event while the run went on.
+    pushed = {e.metrics.step for e in events if "eval_loss" in e.metrics.values}
+    assert set(losses) <= pushed
 
 
 def test_a_registered_model_trains_further(services, client_for, make_tenant, student):

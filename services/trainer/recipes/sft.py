@@ -14,12 +14,14 @@ then runs a Ray Train ``TorchTrainer`` whose loop, on every worker (``train``, t
    Ray Train; the run id is the Ray run name, so a job submitted again for the same run
    resumes from its last checkpoint;
 3. evaluates before training (once per run: kept in ``eval_before.json``): the eval loss, and on
-   rank 0 the base student's answers to the first eval prompts (``answers.py``); trains, evaluates
-   the loss after;
+   rank 0 the base student's answers to the first eval prompts (``answers.py``); trains with evals of
+   the eval loss at a cadence and early stopping, both on by default (``evals.py``: the best checkpoint is
+   loaded at the end), evaluates the loss after;
 4. on rank 0, saves the model (the adapter or the full weights, the tokenizer and
    ``training_config.json`` with the evaluation's decoding), asks the saved model as ``Generate``
    serves it the same prompts (``eval_answers.json``), uploads it all to ``<output_prefix>/model/``
-   and writes ``result.json``: what it reports about answers is what ``Generate`` answers.
+   and writes ``result.json`` (with the evals, the best step and how training ended): what it reports
+   about answers is what ``Generate`` answers.
 
 Failures end in ``<output_prefix>/error.json`` (``{"code", "message", "field"}``, see
 ``failures.py``) and a non-zero exit. The loop writes it itself for what retrying cannot fix
@@ -27,7 +29,7 @@ Failures end in ``<output_prefix>/error.json`` (``{"code", "message", "field"}``
 anything it raises is retried from the last checkpoint (``max_failures=2``) and then
 classified by the driver. A cancel (SIGINT, ``RAY_JOB_STOP_SIGNAL=SIGINT``) ends the job
 with no error.json. The shared skeleton: ``job.py`` (driver, Ray, storage), ``splits.py``,
-``trl_configs.py``, ``watch.py`` (the loss guard), ``progress.py``, ``failures.py``.
+``trl_configs.py``, ``evals.py``, ``watch.py`` (the loss guard), ``progress.py``, ``failures.py``.
 
 Environment: DISTILLERY_S3_* (``S3Settings.from_env``); DISTILLERY_TRAINER_ADDRESS and
 DISTILLERY_RUN_TOKEN for live progress (``progress.py``); RAY_ADDRESS under the Jobs API
@@ -47,7 +49,7 @@ from typing import Any
 
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import answers, failures, job, start_model, trl_configs
+from services.trainer.recipes import answers, evals, failures, job, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.splits import split_lines
 from services.trainer.recipes.watch import Watch, eval_loss
@@ -92,12 +94,15 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     max_new_tokens = answers.budget(eval_rows, tokenizer)  # the evaluation's, and Generate's default
     bf16, dtype = trl_configs.precision(spec.use_gpu)
     model, peft_config = start_model.load(spec, start, dtype)
+    every = evals.cadence(settings, evals.planned_steps(settings, len(train_rows), spec.num_workers))
+    patience = evals.patience(settings, every)
     config = trl_configs.sft_config(
-        settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, save_checkpoints=True, count_tokens=True
-    )
+        settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, save_checkpoints=True, every=every,
+        patience=patience, count_tokens=True,
+    )  # fmt: skip
     watch = Watch(failures.SFT)
     progress = ProgressPush.from_env(spec.run_id, rank=rank)
-    callbacks: list[Any] = [RayTrainReportCallback(), watch, progress, *trl_configs.early_stopping(settings)]
+    callbacks: list[Any] = [RayTrainReportCallback(), watch, progress, *trl_configs.early_stopping(patience)]
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
@@ -124,10 +129,14 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
         if progress.stopped_by_service:
             log.info("run %s: the trainer says the run is final; stopping without a result", spec.run_id)
             return
+        history, best_step = evals.history(trainer)  # the evals while training (not the one after)
         watch.check()
-        after = eval_loss(trainer, failures.SFT)
+        after = eval_loss(trainer, failures.SFT)  # of the best checkpoint, with early stopping
     finally:
         progress.close()
+    stop = evals.ending(trainer.state.global_step, trainer.state.max_steps, settings, stopped_early=patience > 0)
+    log.info("run %s: %d evals, stopped by %s at step %d, best step %d", spec.run_id, len(history), stop["reason"],
+             stop["step"], best_step)  # fmt: skip
 
     # --- save: the model, its answers as Generate serves it, then result.json (last: it says the run is done) ---
     model_dir = workdir / "model"
@@ -153,12 +162,14 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     metrics = {
         "eval_loss_before": float(before["eval_loss"]), "eval_loss_after": float(after),
         "train_loss": float(output.training_loss), "train_runtime_s": runtime, "steps": trainer.state.global_step,
+        "evals": len(history), "eval_every_steps": every, "early_stopping_patience": patience,
         "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_tokens": tokens,
         "tokens_per_second": (tokens - watch.tokens_at_begin) / runtime if runtime > 0 else 0.0, **answer_metrics,
     }  # fmt: skip
     result = {
         "metrics": metrics, "artifact_kind": settings.artifact_kind,
         "artifact_uri": f"s3://{store.bucket}/{prefix}/model/", "training_config": training_config,
+        "evals": history, "best_step": best_step, "stop": stop,
     }  # fmt: skip
     job.write_json(store, f"{prefix}/result.json", result)
     log.info("run %s: %s", spec.run_id, json.dumps(metrics))

@@ -50,18 +50,23 @@ class SftSettings:
         },
     )
     checkpoint_every_steps: int = field(
-        default=50, metadata={"help": "Save a resumable checkpoint every N steps; 1 to 1,000,000."}
+        default=50,
+        metadata={
+            "help": "Save a resumable checkpoint every N steps; 1 to 1,000,000. With early stopping, a cadence that "
+            "is not a multiple of the evals' becomes the evals' (the best checkpoint must be kept)."
+        },
     )
     eval_every_steps: int = field(
         default=0,
         metadata={
-            "help": "Evaluate on the eval set every N steps; 0 = only before and after training. Up to 1,000,000."
+            "help": "Evaluate on the eval set every N steps; 0 = about ten evals a run (recipes/evals.py), -1 = only "
+            "before and after training. Up to 1,000,000."
         },
     )
     early_stopping_patience: int = field(
         default=0,
         metadata={
-            "help": "Stop after this many evals without a lower eval loss (0 = never); needs eval_every_steps. "
+            "help": "Stop after this many evals in a row without a better score; 0 = 3, -1 = never stop early. "
             "Up to 1000."
         },
     )
@@ -91,7 +96,10 @@ class SftSettings:
         for name in (*at_least_one, "checkpoint_every_steps", "lora_r", "lora_alpha"):
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"sft.{name} must be at least 1 (or 0 for the default)", field=f"sft.{name}")
-        for name in ("eval_every_steps", "early_stopping_patience", "max_steps", "seed"):
+        for name in ("eval_every_steps", "early_stopping_patience"):
+            if getattr(self, name) < -1:
+                raise InvalidArgument(f"sft.{name} must be -1 (off), 0 (the default) or more", field=f"sft.{name}")
+        for name in ("max_steps", "seed"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"sft.{name} must not be negative", field=f"sft.{name}")
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 1):
@@ -109,16 +117,11 @@ class SftSettings:
                 raise InvalidArgument(
                     f"sft.{name}={getattr(self, name)} is above the limit of {most:,}", field=f"sft.{name}"
                 )
-        if self.early_stopping_patience and not self.eval_every_steps:
+        if self.early_stopping_patience > 0 and self.eval_every_steps == -1:
             raise InvalidArgument(
-                "sft.early_stopping_patience needs mid-training evals: set sft.eval_every_steps too (e.g. 10)",
+                "sft.early_stopping_patience needs mid-training evals: leave sft.eval_every_steps at 0 (about ten "
+                "evals a run) or set it, not -1",
                 field="sft.eval_every_steps",
-            )
-        if self.early_stopping_patience and self.checkpoint_every_steps % self.eval_every_steps:
-            raise InvalidArgument(
-                f"with early stopping, sft.checkpoint_every_steps ({self.checkpoint_every_steps}) must be a multiple "
-                f"of sft.eval_every_steps ({self.eval_every_steps}) so the best checkpoint is kept: change either",
-                field="sft.checkpoint_every_steps",
             )
 
     @property

@@ -18,8 +18,9 @@ helpers are ``tool_data.py``, ``tool_eval.py`` and ``tool_grpo.py``):
 3. evaluate the base student: greedy generation on the eval prompts, ``tool_rewards.score``
    -> metrics ``base_<rate>``;
 4. SFT with trl's ``SFTTrainer`` on the pre-tokenized rows (``input_ids`` +
-   ``assistant_masks``), LoRA unless ``sft.full_finetune``; eval loss before and after;
-   evaluate -> ``sft_<rate>``;
+   ``assistant_masks``), LoRA unless ``sft.full_finetune``; eval loss before and after; evals
+   of the generated calls at a cadence with early stopping on their correct rate (``evals.BestByMetric``:
+   metrics ``eval_<rate>``; the best weights are kept); evaluate -> ``sft_<rate>``;
 5. with ``grpo``: a reward dry run (a few training prompts, ``num_generations`` samples
    each at the GRPO temperature); when no prompt's samples differ in total reward it
    stops with ``rewards_without_variance``. Then trl's ``GRPOTrainer`` from the SFT model
@@ -28,7 +29,8 @@ helpers are ``tool_data.py``, ``tool_eval.py`` and ``tool_grpo.py``):
    columns ``tools`` and ``expected_calls``. LoRA goes on training the SFT adapter (with
    ``beta > 0`` trl keeps a frozen copy of it as the reference); a full fine-tune is saved
    and reloaded first so trl's reference model is the SFT model, not the base. Step time
-   is split into generation (trl's sampling call) and the rest; evaluate -> ``grpo_<rate>``;
+   is split into generation (trl's sampling call) and the rest; evals and early stopping as in SFT;
+   evaluate -> ``grpo_<rate>``;
 6. upload the model (adapter or full weights, tokenizer, ``training_config.json`` with
    the ``tool_format``, its system prompt and the decoding its evaluation used: ``Generate``
    asks the model exactly so) to ``<output_prefix>/model/`` and write ``result.json`` last,
@@ -49,15 +51,15 @@ import dataclasses
 import gc
 import json
 import logging
-import math
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from services.common import tool_format
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import failures, job, start_model, trl_configs
+from services.trainer.recipes import evals, failures, job, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.progress import ProgressPush, StageProgress, stage_log
 from services.trainer.recipes.sft_settings import SftSettings
@@ -135,15 +137,18 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
         metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "base", progress, 0))
 
         # --- 4. SFT ---
-        sft_steps = sft.max_steps or sft.epochs * math.ceil(
-            math.ceil(len(train_set) / sft.batch_size) / sft.gradient_accumulation_steps
-        )
+        sft_steps = evals.planned_steps(sft, len(train_set))
         total = sft_steps + (grpo.max_steps if grpo else 0)
-        stage_log(progress, f"SFT: {sft_steps} steps on {len(train_set)} conversations")
-        trainer = sft_trainer(model, peft_config, tokenizer, train_set, eval_set, sft, workdir, use_gpu, bf16)
+        every = evals.cadence(sft, sft_steps)
+        stage_log(progress, f"SFT: {sft_steps} steps on {len(train_set)} conversations, evals every {every or '-'}")
+        trainer = sft_trainer(model, peft_config, tokenizer, train_set, eval_set, sft, workdir, use_gpu, bf16, every)
         watch = Watch(failures.SFT)
         trainer.add_callback(watch)
         trainer.add_callback(StageProgress(progress, 0, total))
+        measure = partial(evaluate, tokenizer=tokenizer, examples=examples, max_new_tokens=max_new_tokens,
+                          stage="eval")  # fmt: skip
+        best = evals.BestByMetric(measure, "eval_correct_rate", every, evals.patience(sft, every), progress)
+        trainer.add_callback(best)
         metrics["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])
         output = trainer.train()
         if progress.stopped_by_service:
@@ -155,11 +160,19 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
             train_loss=float(output.training_loss), steps=trainer.state.global_step,
             train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
         )  # fmt: skip
-        model = trainer.model
+        model, sft_steps = trainer.model, trainer.state.global_step
+        history, stop = best.evals, evals.ending(sft_steps, trainer.state.max_steps, sft, best.stopped_early)
         del trainer  # its optimizer state
         gc.collect()
         stage_log(progress, "evaluating the SFT model")
         metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
+        best_step = sft_steps
+        if best.restore(
+            model, {"eval_correct_rate": metrics["sft_correct_rate"], "eval_loss": metrics["eval_loss_after"]}
+        ):
+            stage_log(progress, f"keeping the best SFT checkpoint, step {best.best_step}; evaluating it")
+            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
+            best_step = best.best_step
 
         # --- 5. GRPO ---
         if grpo is not None:
@@ -168,15 +181,28 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
             dataset = grpo_rows(train_rows, fmt, tokenizer)
             stage_log(progress, f"GRPO reward dry run: {DRY_RUN_PROMPTS} prompts x {grpo.num_generations} completions")
             metrics.update(reward_dry_run(model, tokenizer, dataset, grpo, seed=sft.seed))
-            stage_log(progress, f"GRPO: {grpo.max_steps} steps, {grpo.completions_per_step} completions a step")
+            total, every = sft_steps + grpo.max_steps, evals.cadence(sft, grpo.max_steps)
+            stage_log(progress, f"GRPO: {grpo.max_steps} steps, {grpo.completions_per_step} completions a step, "
+                                f"evals every {every or '-'}")  # fmt: skip
+            best = evals.BestByMetric(
+                measure, "eval_correct_rate", every, evals.patience(sft, every), progress, sft_steps, on_steps=True
+            )
             model, grpo_metrics = grpo_train(model, tokenizer, dataset, grpo, sft.seed, workdir, use_gpu, bf16,
-                                             [StageProgress(progress, sft_steps, total)])  # fmt: skip
+                                             [StageProgress(progress, sft_steps, total), best])  # fmt: skip
             if progress.stopped_by_service:
                 log.info("run %s: the trainer says the run is final; stopping without a result", spec.run_id)
                 return
             metrics.update(grpo_metrics)
+            done = sft_steps + int(grpo_metrics["grpo_steps"])
+            history += best.evals
+            stop = {"reason": "early_stop" if best.stopped_early and done < total else "max_steps", "step": done}
             stage_log(progress, "evaluating the GRPO model")
-            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, total))
+            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, done))
+            best_step = done
+            if best.restore(model, {"eval_correct_rate": metrics["grpo_correct_rate"]}):
+                stage_log(progress, f"keeping the best GRPO checkpoint, step {best.best_step}; evaluating it")
+                metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, done))
+                best_step = best.best_step
     finally:
         progress.close()
 
@@ -202,6 +228,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
         "metrics": metrics, "artifact_kind": sft.artifact_kind,
         "artifact_uri": f"s3://{store.bucket}/{spec.output_prefix}/model/", "training_config": training_config,
         "tools_json": [tool_format.tool_json(tool) for tool in trained_tools(train_rows)],
+        "evals": history, "best_step": best_step, "stop": stop,
     }  # fmt: skip
     job.write_json(store, f"{spec.output_prefix}/result.json", result)
     log.info("run %s: %s", spec.run_id, json.dumps(metrics))
@@ -209,16 +236,20 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
 
 def sft_trainer(
     model: Any, peft_config: Any, tokenizer: Any, train_set: list[dict[str, Any]], eval_set: list[dict[str, Any]],
-    settings: SftSettings, workdir: Path, use_gpu: bool, bf16: bool,
+    settings: SftSettings, workdir: Path, use_gpu: bool, bf16: bool, every: int = 0,
 ) -> Any:  # fmt: skip
     """trl's SFTTrainer on pre-tokenized rows: ``assistant_masks`` make the labels (-100 elsewhere)."""
     from datasets import Dataset
     from trl import SFTTrainer
 
-    config = trl_configs.sft_config(settings, workdir / "sft-out", use_gpu=use_gpu, bf16=bf16, save_checkpoints=False)
+    # Evals of the eval loss every ``every`` steps; ``run`` adds the scoring of generated calls to each
+    # (``evals.BestByMetric``), which decides on early stopping.
+    config = trl_configs.sft_config(
+        settings, workdir / "sft-out", use_gpu=use_gpu, bf16=bf16, save_checkpoints=False, every=every
+    )
     return SFTTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=peft_config,
-        callbacks=trl_configs.early_stopping(settings), train_dataset=Dataset.from_list(train_set),
+        train_dataset=Dataset.from_list(train_set),
         eval_dataset=Dataset.from_list(eval_set),
     )  # fmt: skip
 

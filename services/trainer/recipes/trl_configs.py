@@ -27,15 +27,19 @@ def precision(use_gpu: bool) -> tuple[bool, Any]:
 
 def sft_config(
     settings: SftSettings, output_dir: Path, *, use_gpu: bool, bf16: bool, save_checkpoints: bool,
-    count_tokens: bool = False,
+    every: int = 0, patience: int = 0, count_tokens: bool = False,
 ) -> Any:  # fmt: skip
-    """trl's ``SFTConfig``: a checkpoint every ``checkpoint_every_steps`` when ``save_checkpoints`` (always with
-    early stopping, which keeps the best), evals every ``eval_every_steps``; ``count_tokens`` counts the input
-    tokens seen (without padding) for a tokens-per-second figure."""
+    """trl's ``SFTConfig``: evals of the eval loss every ``every`` steps (0: none; ``evals.cadence``), a checkpoint
+    every ``checkpoint_every_steps`` when ``save_checkpoints``, and with early stopping (``patience`` > 0) the
+    best checkpoint by eval loss kept and loaded at the end (checkpoints then fall on evals: the cadence
+    becomes ``every`` unless it is a multiple of it); ``count_tokens`` counts the input tokens seen (without
+    padding) for a tokens-per-second figure."""
     from trl import SFTConfig
 
-    evals = settings.eval_every_steps > 0
-    saves = save_checkpoints or settings.early_stopping_patience > 0
+    saves = save_checkpoints or patience > 0
+    save_steps = settings.checkpoint_every_steps
+    if patience and save_steps % every:
+        save_steps = every
     extra: dict[str, Any] = {"include_num_input_tokens_seen": "non_padding"} if count_tokens else {}
     return SFTConfig(
         output_dir=str(output_dir), use_cpu=not use_gpu, bf16=bf16, activation_checkpointing=use_gpu,
@@ -43,9 +47,9 @@ def sft_config(
         num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps, max_length=settings.max_seq_length,
-        save_strategy="steps" if saves else "no", save_steps=settings.checkpoint_every_steps, save_total_limit=2,
-        eval_strategy="steps" if evals else "no", eval_steps=settings.eval_every_steps or None,
-        load_best_model_at_end=settings.early_stopping_patience > 0, metric_for_best_model="eval_loss",
+        save_strategy="steps" if saves else "no", save_steps=save_steps, save_total_limit=2,
+        eval_strategy="steps" if every else "no", eval_steps=every or None,
+        load_best_model_at_end=patience > 0, metric_for_best_model="eval_loss",
         greater_is_better=False, logging_steps=1, logging_nan_inf_filter=False, report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, **extra,
     )  # fmt: skip
@@ -63,13 +67,11 @@ def lora_config(settings: SftSettings) -> Any:
     )  # fmt: skip
 
 
-def early_stopping(settings: SftSettings) -> list[Any]:
-    """The early-stopping callback when ``early_stopping_patience`` asks for one (else none)."""
+def early_stopping(patience: int) -> list[Any]:
+    """The early-stopping callback after ``patience`` evals without a lower eval loss (none for 0)."""
     from transformers import EarlyStoppingCallback
 
-    if not settings.early_stopping_patience:
-        return []
-    return [EarlyStoppingCallback(early_stopping_patience=settings.early_stopping_patience)]
+    return [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
 
 
 def grpo_config(
