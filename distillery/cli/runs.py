@@ -28,6 +28,24 @@ def path_name(path: int) -> str:
     return common_pb2.TrainingPath.Name(path).removeprefix("TRAINING_PATH_").lower().replace("_", "-")
 
 
+# The sft fields shown for a run or a recipe, in this order: what most changes a run first.
+SFT_FIELDS = (
+    "max_seq_length", "epochs", "max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps",
+    "eval_every_steps", "checkpoint_every_steps", "early_stopping_patience", "full_finetune", "lora_r",
+    "lora_alpha", "lora_dropout", "seed",
+)  # fmt: skip
+BEFORE_SIZING = {pb.RUN_STATE_QUEUED, pb.RUN_STATE_VALIDATING, pb.RUN_STATE_GENERATING}
+
+
+def compute_text(compute: pb.Compute) -> str:
+    """``2 workers, 4 CPUs and 1 GPU (L4) each``; empty fields left out."""
+    parts = [f"{compute.cpus_per_worker:g} CPUs"] * bool(compute.cpus_per_worker)
+    if compute.gpus_per_worker:
+        parts.append(f"{compute.gpus_per_worker} GPU" + f" ({compute.gpu_type})" * bool(compute.gpu_type))
+    workers = f"{compute.workers} worker{'s' * (compute.workers != 1)}" if compute.workers else "workers: default"
+    return workers + (f", {' and '.join(parts)} each" if parts else "")
+
+
 @click.group("runs")
 def group() -> None:
     """Training runs."""
@@ -41,11 +59,16 @@ PATHS = {
 
 
 @group.command("create")
-@click.option("--path", "path", type=click.Choice(sorted(PATHS)), default="finetune-text", show_default=True)
+@click.option("--recipe", default="", metavar="NAME",
+              help="A preset for the task (`distillery recipes list`): its base model, settings and compute; the "
+              "flags you give override it, and its auto settings are sized from your dataset.")  # fmt: skip
+@click.option("--path", "path", type=click.Choice(sorted(PATHS)), default=None,
+              help="[default: finetune-text, or the recipe's first path]")  # fmt: skip
 @click.option("--dataset", "dataset_id", default="", help="The training dataset (none for distill-tools --teacher).")
-@click.option("--student", "student_model", required=True,
+@click.option("--student", "student_model", default="",
               help="Hub id (org/name) or a model directory under the trainer's model roots (the local stack's: "
-              "$DISTILLERY_HOME/models), or one of your models (mdl_...) to train it further.")  # fmt: skip
+              "$DISTILLERY_HOME/models), or one of your models (mdl_...) to train it further. Required without "
+              "--recipe; with one, overrides its base model.")  # fmt: skip
 @click.option("--eval-dataset", "eval_dataset_id", default="", help="An eval dataset (else a held-out share).")
 @click.option("--eval-fraction", type=float, default=0.0, help="Share held out for eval [default: 0.1].")
 @click.option("--name", "model_name", default="", help="Name of the registered model [default: the run id].")
@@ -59,6 +82,10 @@ PATHS = {
 @click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA adapter.")
 @click.option("--lora-r", type=int, default=0, help="[default: 16]")
 @click.option("--seed", type=int, default=0)
+@click.option("--workers", type=int, default=0, help="Ray Train workers [default: the recipe's, else the deployment's; "
+              "at most the deployment's].")  # fmt: skip
+@click.option("--cpus-per-worker", type=float, default=0.0, help="A scheduling hint [default: the recipe's].")
+@click.option("--gpu-type", default="", help="A scheduling hint such as L4 or H100 [default: the recipe's].")
 @click.option(
     "--system-prompt",
     "system_prompts",
@@ -98,12 +125,16 @@ PATHS = {
 @click.option("--watch/--no-watch", "follow_it", default=False, help="Follow the run until it ends.")
 @json_option
 def create(
-    path: str, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float, model_name: str,
-    system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool, teacher: str,
-    augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
-    estimate_only: bool, **options: Any,
+    recipe: str, path: str | None, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float,
+    model_name: str, system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool,
+    teacher: str, augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
+    estimate_only: bool, workers: int, cpus_per_worker: float, gpu_type: str, **options: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
+    if not student_model and not recipe:
+        raise click.UsageError("give --student MODEL, or --recipe NAME (its base model is the student)")
+    if path is None:
+        path = "" if recipe else "finetune-text"  # with a recipe, the trainer takes the recipe's first path
     tools = tool_fields(**{name: options.pop(name) for name in TOOL_OPTION_NAMES})
     sft = options
     named = []
@@ -113,7 +144,9 @@ def create(
             raise click.BadParameter(f"{given!r}: write NAME=TEXT", param_hint="--system-prompt")
         named.append(teacher_pb2.NamedSystemPrompt(name=name.strip(), text=text))
     request = pb.CreateRunRequest(
-        path=PATHS[path], dataset_id=dataset_id, student_model=student_model, eval_dataset_id=eval_dataset_id,
+        path=PATHS.get(path, 0), recipe=recipe, dataset_id=dataset_id, student_model=student_model,
+        compute=pb.Compute(workers=workers, cpus_per_worker=cpus_per_worker, gpu_type=gpu_type),
+        eval_dataset_id=eval_dataset_id,
         eval_fraction=eval_fraction, model_name=model_name, idempotency_key=idempotency_key,
         sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,
         max_failed_fraction=max_failed_fraction, tool_ids=tools["tool_ids"], seed_prompts=tools["seed_prompts"],
@@ -179,6 +212,7 @@ def show(run_id: str, as_json: bool) -> None:
         return
     console.print(f"[bold]{run.id}[/bold] {path_name(run.path)} [bold]{state_name(run.state)}[/bold]")
     console.print(f"dataset {run.dataset_id}, student {run.student_model}")
+    _print_settings(run)
     if run.teacher:
         usage = run.teacher_usage
         console.print(f"teacher {run.teacher}: {usage.requests} requests, {usage.input_tokens:,} input and "
@@ -193,6 +227,19 @@ def show(run_id: str, as_json: bool) -> None:
     print_metrics(run.metrics)
     if run.HasField("error"):
         console.print(f"[red]{run.error.code}[/red]: {run.error.message}")
+
+
+def _print_settings(run: pb.Run) -> None:
+    """The recipe, the settings the run trains with (those sized from its dataset marked auto) and its compute."""
+    request = run.request
+    if request.recipe:
+        console.print(f"recipe [bold]{request.recipe}[/bold]")
+    auto = set(request.auto_fields)
+    how = "auto: sized when the split is ready" if run.state in BEFORE_SIZING else "auto: sized from the dataset"
+    rows = [(name, getattr(request.sft, name), how if name in auto else "") for name in SFT_FIELDS]
+    print_table("Settings", ["setting", "value", ""], rows)
+    if request.HasField("compute"):
+        console.print(f"compute {compute_text(request.compute)}")
 
 
 @group.command("watch")

@@ -2,6 +2,9 @@
 
     QUEUED -> VALIDATING   the dataset (and eval dataset) checked; ingest splits train/eval
                            (distill-text: after generation, the generated pairs)
+    -> (sizing)            a recipe's auto settings sized from the final split, before TRAINING
+                           (``run_recipes``: at the end of VALIDATING, or of GENERATING for a run
+                           that generates), and written on the run's request
     VALIDATING -> GENERATING (distill-text; finetune-text with augmentation) a teacher job
                            made (idempotent per run) and followed, its progress reported;
                            distill-text then splits the generated pairs, augmentation
@@ -37,6 +40,7 @@ from typing import Any
 
 import psycopg
 from minio.error import S3Error
+from psycopg.types.json import Jsonb
 
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
@@ -45,7 +49,7 @@ from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer import generation, job_access, ray_jobs, run_requests, runs
+from services.trainer import generation, job_access, ray_jobs, run_recipes, run_requests, runs
 from services.trainer.peers import Peers
 from services.trainer.ray_jobs import RayJobs
 from services.trainer.recipes.grpo_settings import GrpoSettings
@@ -122,6 +126,10 @@ class Pipeline:
         if self.access is None:
             self.access = job_access.JobAccess(self.store, self.s3)
 
+    def deployment(self) -> run_recipes.Deployment:
+        """What this deployment gives a training job: the most workers (and the default), GPUs or none."""
+        return run_recipes.Deployment(self.train_workers, self.train_use_gpu)
+
     # --- driving ---
 
     async def drive(self, run_id: str, tenant_id: str) -> None:
@@ -152,10 +160,13 @@ class Pipeline:
         elif run.state == pb.RUN_STATE_VALIDATING:
             await self.validate(run)
             generates = run_requests.generates(run.path, run.request)
+            if not generates:
+                await self.size(run)
             next_state = pb.RUN_STATE_GENERATING if generates else pb.RUN_STATE_TRAINING
             await runs.transition(self.pool, run.tenant_id, run.id, next_state)
         elif run.state == pb.RUN_STATE_GENERATING:
             if await self.generate(run):
+                await self.size(run)
                 await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_TRAINING)
         elif run.state == pb.RUN_STATE_TRAINING:
             if await self.train(run):
@@ -197,6 +208,27 @@ class Pipeline:
         else:
             await generation.add_to_train(self.pool, self.store, run, job)
         return True
+
+    async def size(self, run: runs.Run) -> None:
+        """Size the run's auto settings from its final split (``run_recipes``), once: the sized values replace
+        them in the run's request, which ``GetRun`` shows, and a note says what they were sized from."""
+        run = await runs.get(self.pool, run.tenant_id, run.id)  # with the split this stage saved
+        if not run.request.get("auto_fields") or "sized" in run.request or not run.split:
+            return
+        workers, _ = run_recipes.job_compute(run.request, self.deployment())
+        measured = await asyncio.to_thread(run_recipes.measure, self.store, run.split)
+        try:
+            request = run_recipes.size_request(run.request, measured, workers)
+        except InvalidArgument as err:
+            raise RunFailed("invalid_settings", f"the sized settings are refused: {err.message}", err.field) from None
+        async with self.pool.connection() as conn:  # only while the run is still where it was sized
+            await conn.execute(
+                "UPDATE runs SET request = %s, updated_at = now() WHERE id = %s AND state = %s",
+                (Jsonb(request), run.id, run.state),
+            )
+        values = ", ".join(f"{name} {request['sft'][name]}" for name in request["auto_fields"])
+        await self.note(run, f"sized from the split ({measured.train_rows} train rows, the longest about "
+                        f"{measured.longest_tokens} tokens): {values}")  # fmt: skip
 
     async def _split(self, run: runs.Run, dataset_id: str) -> None:
         request = run.request
@@ -280,7 +312,7 @@ class Pipeline:
         except the short-lived URL of its secrets object (``job_access``)."""
         prefix = run_prefix(run)
         spec_key = f"{prefix}/spec.json"
-        spec = job_spec(run, self.train_workers, self.train_use_gpu)
+        spec = job_spec(run, *run_recipes.job_compute(run.request, self.deployment()))
         await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
         secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, spec.inputs())

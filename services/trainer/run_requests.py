@@ -14,6 +14,7 @@ from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import InvalidArgument, NotFound, Unimplemented
 from services.common.ids import check_count, check_id, check_text
+from services.trainer import run_recipes
 from services.trainer.peers import Peers
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
@@ -116,11 +117,9 @@ def _check_bounds(request: pb.CreateRunRequest) -> None:
         _check_length(text, f"objectives[{i}]", MAX_PROMPT_CHARS)
     check_count(request.tool_responses, "tool_responses", MAX_TOOL_RESPONSES)
     check_text(request.rubric, "rubric", MAX_NAME_CHARS)
-    check_text(request.recipe, "recipe", MAX_NAME_CHARS)
+    run_recipes.check_compute(request.compute)
     if request.rubric:
         raise Unimplemented("rubrics arrive in a later version: leave rubric empty (runs evaluate by eval loss)")
-    if request.recipe:
-        raise Unimplemented("recipes arrive in a later version: give student_model and settings instead")
     if not 0 <= request.augment_count <= MAX_AUGMENT_COUNT:
         raise InvalidArgument(f"augment_count must be 0 to {MAX_AUGMENT_COUNT} (got {request.augment_count})",
                               field="augment_count")  # fmt: skip
@@ -131,12 +130,24 @@ def _check_length(text: str, field: str, max_chars: int) -> None:
         raise InvalidArgument(f"{field} is {len(text)} characters long: give at most {max_chars}", field=field)
 
 
-def checked(request: pb.CreateRunRequest, students: StudentSources | None = None) -> dict[str, Any]:
-    """The request as stored with the run (proto JSON, snake_case), defaults filled in. ``students`` is
-    where the deployment allows student models from (default: the hub only)."""
+def checked(
+    request: pb.CreateRunRequest,
+    students: StudentSources | None = None,
+    recipes: dict[str, run_recipes.Recipe] | None = None,
+    deployment: run_recipes.Deployment | None = None,
+) -> dict[str, Any]:
+    """The request as stored with the run (proto JSON, snake_case), defaults filled in: its recipe's values
+    where it has none, the recipe's auto fields it left at 0 (``auto_fields``, sized later), and its compute as
+    the deployment gives it. ``students`` is where the deployment allows student models from (default: the hub
+    only), ``recipes`` the recipes it knows (default: the platform's), ``deployment`` what its jobs get."""
     if request.path not in common_pb2.TrainingPath.values():
         raise InvalidArgument(f"path {request.path} is not a training path: give one of "
                               f"{', '.join(PATH_NAMES.values())}", field="path")  # fmt: skip
+    auto: list[str] = []
+    limits: dict[str, int] = {}
+    original_student = request.student_model
+    if request.recipe:  # first: a recipe may give the path, the student and the settings checked below
+        request, auto, limits = _with_recipe(request, run_recipes.defaults() if recipes is None else recipes)
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
     tools = request.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS
@@ -157,7 +168,7 @@ def checked(request: pb.CreateRunRequest, students: StudentSources | None = None
     if not request.dataset_id and not tools:
         kind = "an input-only" if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT else "a pairs"
         raise InvalidArgument(f"dataset_id is required: upload {kind} dataset and pass its id", field="dataset_id")
-    student = (students or StudentSources()).check(request.student_model)
+    student = _checked_student(request, students, given=original_student)
     if request.eval_dataset_id and request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
         raise InvalidArgument("a distill-text run holds out a share of the generated pairs for eval: give "
                               "eval_fraction, not eval_dataset_id", field="eval_dataset_id")  # fmt: skip
@@ -174,6 +185,10 @@ def checked(request: pb.CreateRunRequest, students: StudentSources | None = None
             field="model_name",
         )
     stored = json_format.MessageToDict(request, preserving_proto_field_name=True)
+    stored.pop("auto_fields", None)  # output only: what the recipe leaves to sizing
+    if auto:
+        stored["auto_fields"], stored["auto_limits"] = auto, limits
+    stored["compute"] = run_recipes.resolve_compute(request.compute, deployment or run_recipes.Deployment())
     rl = request.mode == common_pb2.TRAINING_MODE_SFT_RL
     stored["mode"] = common_pb2.TrainingMode.Name(
         common_pb2.TRAINING_MODE_SFT_RL if rl else common_pb2.TRAINING_MODE_SFT
@@ -190,6 +205,33 @@ def checked(request: pb.CreateRunRequest, students: StudentSources | None = None
         )
         stored["grpo"] = dataclasses.asdict(grpo)
     return stored
+
+
+def _with_recipe(
+    request: pb.CreateRunRequest, recipes: dict[str, run_recipes.Recipe]
+) -> tuple[pb.CreateRunRequest, list[str], dict[str, int]]:
+    """The request with its recipe applied (``run_recipes.apply``), the auto fields and their limits."""
+    check_text(request.recipe, "recipe", MAX_NAME_CHARS)
+    recipe = recipes.get(request.recipe)
+    if recipe is None:
+        raise InvalidArgument(f"recipe {request.recipe!r} is not a recipe here: give one of "
+                              f"{', '.join(sorted(recipes))} (`distillery recipes list`)", field="recipe")  # fmt: skip
+    applied, auto = run_recipes.apply(recipe, request)
+    return applied, auto, {name: recipe.limit(name) for name in auto if name in run_recipes.DEFAULT_LIMITS}
+
+
+def _checked_student(request: pb.CreateRunRequest, students: StudentSources | None, given: str) -> str:
+    """The student as stored; a recipe's base model the deployment does not allow is refused naming ``recipe``."""
+    try:
+        return (students or StudentSources()).check(request.student_model)
+    except InvalidArgument as err:
+        if given or not request.recipe:
+            raise
+        raise InvalidArgument(
+            f"recipe {request.recipe!r}: its base model is refused here ({err.message}); give "
+            "a student_model (--student) this deployment allows",
+            field="recipe",
+        ) from None
 
 
 def generates(path: int, stored: dict[str, Any]) -> bool:

@@ -10,7 +10,7 @@ from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import auth
 from services.common.backends import open_backends, registry_keys
 from services.common.server import RunningServer, start_server
-from services.trainer import runs
+from services.trainer import run_recipes, runs
 from services.trainer.access import ACCESS
 from services.trainer.job_access import JobAccess, verify_push
 from services.trainer.peers import Peers
@@ -25,6 +25,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 async def create(settings: Settings) -> RunningServer:
+    recipes = run_recipes.load(settings.recipes_file)  # first: a bad file stops the start, naming file and field
     backends = await open_backends(settings.database_url, SCHEMA, MIGRATIONS, settings.s3)
     registry, resolve_key = registry_keys(settings.registry_address, settings.server.rpc_timeout_s)
     peers = Peers(
@@ -40,7 +41,7 @@ async def create(settings: Settings) -> RunningServer:
             settings.job_secrets_url_s, settings.job_cache_dir,
         ),
     )  # fmt: skip
-    supervisor = Supervisor(backends.pool, pipeline, settings.lease_s, settings.students())
+    supervisor = Supervisor(backends.pool, pipeline, settings.lease_s, settings.students(), recipes)
 
     async def verify_run(token: str, run_id: str) -> auth.Caller:
         """A training job pushes with its run's current token, while the run is not final and the token has not

@@ -12,8 +12,8 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.trainer.v1 import trainer_pb2_grpc
 from services.common import auth
-from services.common.errors import InvalidArgument, Unimplemented
-from services.common.ids import check_id
+from services.common.errors import InvalidArgument, NotFound, Unimplemented
+from services.common.ids import check_id, check_text
 from services.common.protoconv import page_size, timestamp
 from services.trainer import pipeline, runs
 from services.trainer.supervisor import Supervisor
@@ -21,6 +21,7 @@ from services.trainer.supervisor import Supervisor
 WATCH_POLL_S = 0.5
 LOG_TAIL = 200
 MAX_LOG_TAIL = 10_000
+MAX_RECIPE_NAME_CHARS = 128
 
 
 def run_pb(run: runs.Run) -> pb.Run:
@@ -117,7 +118,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         raise Unimplemented("resuming a run arrives in a later version")
 
     async def ListRecipes(self, request: Any, context: Any) -> pb.ListRecipesResponse:
-        raise Unimplemented("recipes arrive in a later version: give student_model and settings instead")
+        recipes = self.supervisor.recipes
+        return pb.ListRecipesResponse(recipes=[recipes[name].to_proto() for name in sorted(recipes)])
 
     async def GetRecipe(self, request: Any, context: Any) -> pb.Recipe:
-        raise Unimplemented("recipes arrive in a later version: give student_model and settings instead")
+        recipes = self.supervisor.recipes
+        recipe = recipes.get(check_text(request.name, "name", MAX_RECIPE_NAME_CHARS))
+        if recipe is None:
+            raise NotFound(f"recipe {request.name!r} not found: give one of {', '.join(sorted(recipes))} "
+                           "(`distillery recipes list`)", field="name")  # fmt: skip
+        return recipe.to_proto()

@@ -51,6 +51,9 @@ class Settings:
     # when ``allow_hub_models``, and directories under ``model_roots`` (absolute, symlinks resolved).
     allow_hub_models: bool = True
     model_roots: tuple[str, ...] = ()
+    # An operator's recipes file (TOML, docs/recipes.md): its recipes are added to the platform's
+    # (services/trainer/run_recipes.toml), or replace those of the same name; "" = the platform's only.
+    recipes_file: str = ""
 
     def __repr__(self) -> str:
         return f"Settings(server={self.server!r}, s3={self.s3!r}, ray_address={self.ray_address!r})"
@@ -90,6 +93,7 @@ class Settings:
             job_cache_dir=env_str("DISTILLERY_JOB_CACHE_DIR", cls.job_cache_dir),
             allow_hub_models=env_bool("DISTILLERY_ALLOW_HUB_MODELS", True),
             model_roots=model_roots(env_str("DISTILLERY_MODEL_ROOTS", "")),
+            recipes_file=env_str("DISTILLERY_RECIPES_FILE", ""),
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from functools import partial
@@ -20,18 +21,31 @@ from typing import Any
 from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError
-from services.trainer import run_claims, run_requests, runs
+from services.trainer import run_claims, run_recipes, run_requests, runs
 from services.trainer.pipeline import Pipeline
 from services.trainer.students import StudentSources
 
 log = logging.getLogger("distillery.trainer.supervisor")
 
 
+def _same_request(earlier: runs.Run, stored: dict[str, Any]) -> runs.Run:
+    """``earlier`` when ``stored`` asks for it (``run_claims.check_same_request``), compared with its request as
+    it was created: the sizing of its auto fields since (``run_recipes.as_created``) is not a difference."""
+    created = dataclasses.replace(earlier, request=run_recipes.as_created(earlier.request))
+    run_claims.check_same_request(created, stored)
+    return earlier
+
+
 class Supervisor:
-    def __init__(self, pool: Any, pipeline: Pipeline, lease_s: float, students: StudentSources | None = None) -> None:
+    def __init__(
+        self, pool: Any, pipeline: Pipeline, lease_s: float, students: StudentSources | None = None,
+        recipes: dict[str, run_recipes.Recipe] | None = None,
+    ) -> None:  # fmt: skip
         self.pool = pool
         # Where student models may come from; None: hub ids only.
         self.students = students
+        # The recipes runs may name (``run_recipes.load``); None: the platform's.
+        self.recipes = run_recipes.defaults() if recipes is None else recipes
         self.pipeline = pipeline
         self.lease_s = lease_s
         self.owner = f"trainer-{secrets.token_hex(6)}"
@@ -56,26 +70,27 @@ class Supervisor:
         """Check the request, store the run with a slot of the tenant's allowance reserved, start it.
         The same idempotency key returns the run first made with it, to every caller however many race
         (``run_claims``); the same key with other parameters is refused."""
-        stored = run_requests.checked(request, self.students)
+        stored = run_requests.checked(request, self.students, self.recipes, self.pipeline.deployment())
         await run_requests.resolve_student(
             self.pipeline.peers, tenant_id, stored, self.students, self.pipeline.s3.bucket
         )
-        await run_requests.check_with_teacher(self.pipeline.peers, tenant_id, request.path, stored)
+        path = common_pb2.TrainingPath.Value(stored["path"])  # the request's, or its recipe's
+        await run_requests.check_with_teacher(self.pipeline.peers, tenant_id, path, stored)
         key = request.idempotency_key
         if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:
-            return run_claims.check_same_request(earlier, stored)
+            return _same_request(earlier, stored)
         run_id, mode = runs.new_run_id(), common_pb2.TrainingMode.Value(stored["mode"])
         run, created = await run_claims.create(
             self.pool,
             runs.Run(
-                id=run_id, tenant_id=tenant_id, idempotency_key=key, path=request.path, mode=mode,
+                id=run_id, tenant_id=tenant_id, idempotency_key=key, path=path, mode=mode,
                 state=pb.RUN_STATE_QUEUED, request=stored, created_at=None, updated_at=None,  # type: ignore[arg-type]
             ),
             reserve=partial(self.pipeline.peers.reserve, tenant_id, run_id),  # RESOURCE_EXHAUSTED when full
             release=partial(self.pipeline.peers.release, tenant_id, run_id),
         )  # fmt: skip
         if not created:  # a concurrent call with the same key made it
-            return run_claims.check_same_request(run, stored)
+            return _same_request(run, stored)
         await self._take(run.id, tenant_id)
         return run
 

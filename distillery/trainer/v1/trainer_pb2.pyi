@@ -204,8 +204,10 @@ Global___Compute: _TypeAlias = Compute  # noqa: Y015
 @_typing.final
 class Recipe(_message.Message):
     """A vetted training preset for a kind of task (services/trainer/run_recipes.toml;
-    operators extend it). Settings at 0 are "auto": sized from the dataset when the
-    run is validated (auto_fields names them), or the platform default.
+    operators extend it; docs/recipes.md). The sft fields named in auto_fields are
+    sized from the dataset when a run has its split; their value here is the most
+    the sizing picks (0: the platform's limit). Other settings at 0 take the
+    platform default.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -383,6 +385,7 @@ class CreateRunRequest(_message.Message):
     TOOL_RESPONSES_FIELD_NUMBER: _builtins.int
     RECIPE_FIELD_NUMBER: _builtins.int
     COMPUTE_FIELD_NUMBER: _builtins.int
+    AUTO_FIELDS_FIELD_NUMBER: _builtins.int
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
     dataset_id: _builtins.str
@@ -444,6 +447,14 @@ class CreateRunRequest(_message.Message):
         deployment's); the trainer may cap it at what the deployment allows.
         """
 
+    @_builtins.property
+    def auto_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Output only, on Run.request (ignored in a request): the sft fields sized
+        from the dataset, the recipe's auto fields this request left at 0. Their
+        values in sft are the sized ones once the run has its final split (when
+        it leaves VALIDATING, or GENERATING for a run that generates).
+        """
+
     def __init__(
         self,
         *,
@@ -470,10 +481,11 @@ class CreateRunRequest(_message.Message):
         tool_responses: _abc.Iterable[_teacher_pb2.ToolResponseExample] | None = ...,
         recipe: _builtins.str = ...,
         compute: Global___Compute | None = ...,
+        auto_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "generation", b"generation", "grpo", b"grpo", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "compute", b"compute", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "auto_fields", b"auto_fields", "compute", b"compute", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
