@@ -217,7 +217,9 @@ def train_workers() -> list[psutil.Process]:
 def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(services, client_for, make_tenant, tiny_student):
     client = client_for(make_tenant())
     dataset = upload_rows(client, TRAINING_ROWS).dataset
-    sft = pb.SftSettings(max_steps=60, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=10, lora_r=8)
+    sft = pb.SftSettings(
+        max_steps=60, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=10, lora_r=8, early_stopping_patience=-1
+    )
     request = pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_TEXT, dataset_id=dataset.id,
                                   student_model=tiny_student, sft=sft)  # fmt: skip
     run = client.trainer.CreateRun(request)
@@ -231,8 +233,10 @@ def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(services, clien
     done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
     assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
     steps = [e.progress.step for e in events if e.WhichOneof("payload") == "progress" and e.progress.step]
-    restart = next(i for i in range(1, len(steps)) if steps[i] < steps[i - 1])  # the first step after the kill
-    assert 10 <= steps[restart] <= killed_at + 1, f"resumed at step {steps[restart]}, not from a checkpoint: {steps}"
+    # The job says where it resumed: a stored checkpoint (every 10 steps), not step 0, and not past the kill.
+    lines = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
+    resumed = [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("resuming from the checkpoint at step")]
+    assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] <= killed_at, (resumed, killed_at, steps)
     assert steps[-1] == sft.max_steps
     # One run, one model, each final state once; the events' sequence numbers are unique.
     assert states(events).count(pb.RUN_STATE_SUCCEEDED) == 1

@@ -42,7 +42,12 @@ SEEDS = [f"What's the weather in {city}?" for city in CITIES]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "tools" / "weather_calls.jsonl"
 SFT = pb.SftSettings(max_steps=150, learning_rate=5e-3, batch_size=4, lora_r=8, checkpoint_every_steps=150)
 GRPO_SFT = pb.SftSettings(
-    max_steps=200, learning_rate=5e-3, batch_size=4, full_finetune=True, checkpoint_every_steps=200
+    max_steps=200,
+    learning_rate=5e-3,
+    batch_size=4,
+    full_finetune=True,
+    checkpoint_every_steps=200,
+    eval_every_steps=-1,  # mid-training evals of the tool path: tests/test_tool_recipe.py
 )
 GRPO = pb.GrpoSettings(max_steps=2, num_generations=4, max_completion_length=48, prompts_per_step=2)
 

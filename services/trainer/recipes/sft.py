@@ -82,7 +82,7 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from services.trainer.recipes.progress import ProgressPush
+    from services.trainer.recipes.progress import ProgressPush, stage_log
 
     settings, prefix = spec.sft, spec.output_prefix
 
@@ -123,6 +123,8 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 resume = os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME)
+                state = json.loads((Path(resume) / "trainer_state.json").read_text())
+                stage_log(progress, f"resuming from the checkpoint at step {state['global_step']}")
                 output = trainer.train(resume_from_checkpoint=resume)
         else:
             output = trainer.train()
