@@ -23,6 +23,7 @@ from distillery.teacher.v1 import teacher_pb2
 from services.common.errors import InvalidArgument
 from services.teacher.judging import read_score
 from services.trainer import graders
+from services.trainer import judging as judges
 from services.trainer.graders import GradeError, Judged, Row, score
 from services.trainer.peers import Peers
 from services.trainer.rubric import (
@@ -309,7 +310,7 @@ def test_a_criterion_that_cannot_score_a_row_is_refused_naming_it_and_the_row():
 def test_judge_scores_come_onto_zero_to_one_and_a_missing_score_is_a_row_error():
     r = parse_rubric(YAML)
     judge = r.criteria[1]
-    request = graders.judge_request(judge, [Row("q1", "ref", "ans")])
+    request = judges.judge_request(judge, [Row("q1", "ref", "ans")])
     assert (request.teacher, request.scale_min, request.scale_max) == ("platform:judge-model", 1, 5)
     assert request.system_prompt == judge.to_dict()["judge_prompt"]["system"]
     assert request.user_template == JUDGE_USER_TEMPLATE and request.rows[0].answer == "ans"
@@ -317,7 +318,7 @@ def test_judge_scores_come_onto_zero_to_one_and_a_missing_score_is_a_row_error()
         teacher_pb2.JudgeScore(score=5), teacher_pb2.JudgeScore(score=2),
         teacher_pb2.JudgeScore(error="unparseable_reply", message="no score in the judge's reply: 'hmm'"),
     ])  # fmt: skip
-    five, two, missing = graders.judge_scores(judge, response, first=10)
+    five, two, missing = judges.judge_scores(judge, response, first=10)
     assert (five, two) == (1.0, 0.25)
     assert isinstance(missing, GradeError) and (missing.criterion, missing.row) == ("polite", 12)
     with pytest.raises(ValueError, match="judge criterion"):
@@ -368,7 +369,7 @@ def judging(fake, replies: dict[str, str], tokens: tuple[int, int] = (100, 10)) 
 
 def judge_request(teacher: str = "platform:judge-model", answers: tuple[str, ...] = ("good", "poor")):
     judge = parse_rubric(YAML.replace("platform:judge-model", teacher)).criteria[1]
-    return graders.judge_request(judge, [Row(f"ticket {i}", "We are sorry.", a) for i, a in enumerate(answers)])
+    return judges.judge_request(judge, [Row(f"ticket {i}", "We are sorry.", a) for i, a in enumerate(answers)])
 
 
 def test_judge_answers_scores_each_row_and_counts_usage(services, make_tenant, client_for, providers, postgres_url):
@@ -461,7 +462,7 @@ def test_a_rubric_with_a_programmatic_and_a_judge_criterion_is_validated_through
         peers = Peers(services.address("ingest"), services.address("registry"), services.address("teacher"),
                       services.service_token, 10.0)  # fmt: skip
         try:
-            judged = await graders.judge_all(r, rows, base, partial(peers.judge, tenant.tenant_id))
+            judged = await judges.judge_all(r, rows, base, partial(peers.judge, tenant.tenant_id))
         finally:
             await peers.close()
         return graders.validate(r, rows, base, judged)

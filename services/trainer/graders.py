@@ -6,10 +6,8 @@ criterion cannot score (its reference is not JSON for ``json_field``, has no num
 the row; a poor answer is a low score, never an error. An answer over ``MAX_ANSWER_CHARS``
 scores 0.
 
-Judge criteria are scored by the teacher service (``JudgeAnswers``): ``judge_request`` builds
-the call from the rubric's fixed prompt, ``judge_scores`` reads its answer back onto [0, 1] (a
-row the judge gave no score is a ``GradeError``), and ``judge_all`` does both for every judge
-criterion of a rubric on the eval references and the base model's answers.
+Judge criteria are scored by the teacher service (``JudgeAnswers``, see ``judging.py``), whose
+scores come back here as ``Judged``.
 
 ``validate`` scores the eval references (which should score high) and the base model's answers
 (which usually score lower) on every criterion: a criterion that cannot score a row, or gives
@@ -23,34 +21,28 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfuzz import fuzz, utils
 
-from distillery.teacher.v1 import teacher_pb2
 from services.common import tool_calls
 from services.common.errors import InvalidArgument
 from services.trainer.recipes import tool_rewards
-from services.trainer.rubric import (
-    JUDGE_USER_TEMPLATE,
+from services.trainer.rubric import Criterion, Rubric
+from services.trainer.rubric_kinds import (
     REGEX_TIMEOUT_S,
-    Criterion,
     ExactMatch,
     JsonField,
     JsonSchema,
-    Judge,
     Numeric,
     Regex,
-    Rubric,
     Similarity,
     ToolCall,
 )
 
 MAX_ANSWER_CHARS = 65_536
-# Rows per JudgeAnswers call (each row is one judge request; a call must end within the RPC deadline).
-JUDGE_BATCH_ROWS = 8
 _NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
 
 Score = float  # in [0, 1]
@@ -230,35 +222,6 @@ _GRADERS: dict[type, Callable[[Any, Row], float]] = {
 }  # fmt: skip
 
 
-# -- judge criteria, through the teacher service ------------------------------------------------
-
-JudgeCall = Callable[[teacher_pb2.JudgeAnswersRequest], Awaitable[teacher_pb2.JudgeAnswersResponse]]
-
-
-def judge_request(criterion: Criterion, rows: Sequence[Row]) -> teacher_pb2.JudgeAnswersRequest:
-    """The JudgeAnswers call for a judge ``criterion`` on ``rows``, under the rubric's fixed prompt."""
-    p: Judge = criterion.params
-    return teacher_pb2.JudgeAnswersRequest(
-        teacher=p.judge, system_prompt=p.system_prompt(), user_template=JUDGE_USER_TEMPLATE,
-        scale_min=p.scale[0], scale_max=p.scale[1],
-        rows=[teacher_pb2.JudgeRow(input=r.input[:MAX_ANSWER_CHARS], reference=r.reference[:MAX_ANSWER_CHARS],
-                                   answer=r.answer[:MAX_ANSWER_CHARS]) for r in rows],
-    )  # fmt: skip
-
-
-def judge_scores(criterion: Criterion, response: teacher_pb2.JudgeAnswersResponse, first: int = 0) -> list[Scored]:
-    """The judge's scores on [0, 1], in row order (row ``first`` onwards); a ``GradeError`` for each row without one."""
-    low, high = criterion.params.scale
-    out: list[Scored] = []
-    for i, judged in enumerate(response.scores):
-        if judged.error:
-            out.append(GradeError(criterion.name, first + i, f"the judge gave no score ({judged.error}): "
-                                  f"{judged.message}"))  # fmt: skip
-        else:
-            out.append(min(1.0, max(0.0, (judged.score - low) / (high - low))))
-    return out
-
-
 @dataclass
 class Judged:
     """One judge criterion's scores on the eval references and on the base answers, and what the calls cost."""
@@ -268,31 +231,7 @@ class Judged:
     usage: dict[str, float] = field(default_factory=dict)
 
 
-async def judge_rows(criterion: Criterion, rows: Sequence[Row], call: JudgeCall,
-                     usage: dict[str, float]) -> list[Scored]:  # fmt: skip
-    """Every row scored by the judge, ``JUDGE_BATCH_ROWS`` a call; each call's usage added to ``usage``."""
-    out: list[Scored] = []
-    for start in range(0, len(rows), JUDGE_BATCH_ROWS):
-        response = await call(judge_request(criterion, rows[start : start + JUDGE_BATCH_ROWS]))
-        out += judge_scores(criterion, response, start)
-        for name in ("input_tokens", "output_tokens", "requests", "estimated_cost_usd"):
-            usage[name] = usage.get(name, 0) + getattr(response.usage, name)
-    return out
-
-
-async def judge_all(rubric: Rubric, rows: Sequence[Row], base_answers: Sequence[str],
-                    call: JudgeCall) -> dict[str, Judged]:  # fmt: skip
-    """Every judge criterion on the eval references (``rows``' references as answers) and the base answers."""
-    references, base = _answered(rows, base_answers)
-    out: dict[str, Judged] = {}
-    for _, criterion in rubric.judges:
-        usage: dict[str, float] = {}
-        on_references = await judge_rows(criterion, references, call, usage)
-        out[criterion.name] = Judged(on_references, await judge_rows(criterion, base, call, usage), usage)
-    return out
-
-
-def _answered(rows: Sequence[Row], base_answers: Sequence[str]) -> tuple[list[Row], list[Row]]:
+def answered(rows: Sequence[Row], base_answers: Sequence[str]) -> tuple[list[Row], list[Row]]:
     if len(rows) != len(base_answers):
         raise ValueError(f"{len(rows)} eval rows but {len(base_answers)} base answers")
     references = [Row(r.input, r.reference, r.reference, r.tools) for r in rows]
@@ -414,7 +353,7 @@ def validate(rubric: Rubric, rows: Sequence[Row], base_answers: Sequence[str],
     see ``judge_all``). ``Validation.refusal()`` says whether the rubric can be used; ``to_dict()`` shows it."""
     if not rows:
         raise InvalidArgument("the eval set has no rows to check the rubric on", field="rubric")
-    references, base = _answered(rows, base_answers)
+    references, base = answered(rows, base_answers)
     judged = judged or {}
     on_references = grade(rubric, references, {name: j.references for name, j in judged.items()})
     on_base = grade(rubric, base, {name: j.base for name, j in judged.items()})
