@@ -26,5 +26,9 @@ ACCESS = AccessTable(
         "ResumeRun": Access.TENANT,
         "ListRecipes": Access.TENANT,
         "GetRecipe": Access.TENANT,
+        "CreateRubric": Access.TENANT,
+        "GetRubric": Access.TENANT,
+        "ListRubrics": Access.TENANT,
+        "ValidateRubric": Access.TENANT,
     },
 )

@@ -13,6 +13,7 @@ from distillery.common.v1 import common_pb2 as _common_pb2
 from distillery.teacher.v1 import teacher_pb2 as _teacher_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -386,6 +387,7 @@ class CreateRunRequest(_message.Message):
     RECIPE_FIELD_NUMBER: _builtins.int
     COMPUTE_FIELD_NUMBER: _builtins.int
     AUTO_FIELDS_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
     dataset_id: _builtins.str
@@ -401,8 +403,12 @@ class CreateRunRequest(_message.Message):
     teacher: _builtins.str
     """"<provider>:<model>" for distillation paths and augmentation."""
     rubric: _builtins.str
-    """A rubric guiding mid-training evals: its id (rub_...) or name (its latest
-    version).
+    """A rubric (CreateRubric): its id (rub_...) or name (its latest version;
+    the run keeps the id). Before training, the run scores its first eval
+    rows' references and the base student's answers with it and fails with
+    code "rubric_invalid" naming the criterion (rubric.criteria[i]) that
+    cannot score a row or gives no spread; Run.rubric_validation shows the
+    scores. Text paths (finetune-text, distill-text) only.
     """
     model_name: _builtins.str
     """Name of the model to register; defaults to the run id."""
@@ -420,6 +426,11 @@ class CreateRunRequest(_message.Message):
     recipe: _builtins.str
     """A recipe (ListRecipes): its base model, settings and compute; explicit
     fields of this request override it.
+    """
+    validate_only: _builtins.bool
+    """With a rubric: stop after the rubric is validated, before any training
+    (SUCCEEDED with Run.rubric_validation and no model; the allowance slot is
+    released).
     """
     @_builtins.property
     def system_prompts(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.NamedSystemPrompt]: ...
@@ -482,10 +493,11 @@ class CreateRunRequest(_message.Message):
         recipe: _builtins.str = ...,
         compute: Global___Compute | None = ...,
         auto_fields: _abc.Iterable[_builtins.str] | None = ...,
+        validate_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "generation", b"generation", "grpo", b"grpo", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "auto_fields", b"auto_fields", "compute", b"compute", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "auto_fields", b"auto_fields", "compute", b"compute", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -613,6 +625,7 @@ class Run(_message.Message):
     STOP_STEP_FIELD_NUMBER: _builtins.int
     BEST_STEP_FIELD_NUMBER: _builtins.int
     EVALS_FIELD_NUMBER: _builtins.int
+    RUBRIC_VALIDATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
@@ -656,6 +669,10 @@ class Run(_message.Message):
         a rubric score, a tool path's call rates).
         """
 
+    @_builtins.property
+    def rubric_validation(self) -> Global___RubricValidation:
+        """A run with a rubric: its validation on the eval set before training."""
+
     def __init__(
         self,
         *,
@@ -679,10 +696,11 @@ class Run(_message.Message):
         stop_step: _builtins.int = ...,
         best_step: _builtins.int = ...,
         evals: _abc.Iterable[Global___Metrics] | None = ...,
+        rubric_validation: Global___RubricValidation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "progress", b"progress", "request", b"request", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "progress", b"progress", "request", b"request", "rubric_validation", b"rubric_validation", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_step", b"best_step", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "eval_dataset_id", b"eval_dataset_id", "evals", b"evals", "id", b"id", "metrics", b"metrics", "mode", b"mode", "model_id", b"model_id", "path", b"path", "progress", b"progress", "request", b"request", "state", b"state", "stop_reason", b"stop_reason", "stop_step", b"stop_step", "student_model", b"student_model", "teacher", b"teacher", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_step", b"best_step", "created_at", b"created_at", "dataset_id", b"dataset_id", "error", b"error", "eval_dataset_id", b"eval_dataset_id", "evals", b"evals", "id", b"id", "metrics", b"metrics", "mode", b"mode", "model_id", b"model_id", "path", b"path", "progress", b"progress", "request", b"request", "rubric_validation", b"rubric_validation", "state", b"state", "stop_reason", b"stop_reason", "stop_step", b"stop_step", "student_model", b"student_model", "teacher", b"teacher", "teacher_usage", b"teacher_usage", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1021,3 +1039,345 @@ class ReportRunEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportRunEventsResponse: _TypeAlias = ReportRunEventsResponse  # noqa: Y015
+
+@_typing.final
+class RubricCriterion(_message.Message):
+    """One criterion of a rubric, as stored: every setting resolved."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    JUDGE_PROMPT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: _builtins.str
+    """exact_match, regex, json_schema, json_field, numeric, similarity,
+    tool_call or judge.
+    """
+    weight: _builtins.float
+    @_builtins.property
+    def params(self) -> _struct_pb2.Struct:
+        """The kind's settings (docs/rubrics.md)."""
+
+    @_builtins.property
+    def judge_prompt(self) -> Global___JudgePrompt:
+        """A judge criterion's prompt, fixed by the platform and recorded here."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        params: _struct_pb2.Struct | None = ...,
+        judge_prompt: Global___JudgePrompt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["judge_prompt", b"judge_prompt", "params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["judge_prompt", b"judge_prompt", "kind", b"kind", "name", b"name", "params", b"params", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RubricCriterion: _TypeAlias = RubricCriterion  # noqa: Y015
+
+@_typing.final
+class JudgePrompt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
+    USER_TEMPLATE_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    system: _builtins.str
+    """The system prompt, with the criterion's instructions and scale filled in."""
+    user_template: _builtins.str
+    """Each row's user message; {input}, {reference} and {answer} are the row's."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        system: _builtins.str = ...,
+        user_template: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["system", b"system", "user_template", b"user_template", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JudgePrompt: _TypeAlias = JudgePrompt  # noqa: Y015
+
+@_typing.final
+class Rubric(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """rub_...; each version has its own."""
+    name: _builtins.str
+    version: _builtins.int
+    """1, 2, ... per name."""
+    description: _builtins.str
+    @_builtins.property
+    def criteria(self) -> _containers.RepeatedCompositeFieldContainer[Global___RubricCriterion]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        description: _builtins.str = ...,
+        criteria: _abc.Iterable[Global___RubricCriterion] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "criteria", b"criteria", "description", b"description", "id", b"id", "name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Rubric: _TypeAlias = Rubric  # noqa: Y015
+
+@_typing.final
+class CreateRubricRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The rubric file's text (at most 256 KiB): name, description, criteria."""
+    format: _builtins.str
+    """"yaml", "json", or empty to tell from the text."""
+    name: _builtins.str
+    """Overrides the file's name (letters, digits, '_', '-', '.'; at most 64)."""
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        format: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "name", b"name", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRubricRequest: _TypeAlias = CreateRubricRequest  # noqa: Y015
+
+@_typing.final
+class GetRubricRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUBRIC_FIELD_NUMBER: _builtins.int
+    rubric: _builtins.str
+    """Its id (rub_...) or name (the latest version)."""
+    def __init__(
+        self,
+        *,
+        rubric: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rubric", b"rubric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRubricRequest: _TypeAlias = GetRubricRequest  # noqa: Y015
+
+@_typing.final
+class ListRubricsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def page(self) -> _common_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        page: _common_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRubricsRequest: _TypeAlias = ListRubricsRequest  # noqa: Y015
+
+@_typing.final
+class ListRubricsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUBRICS_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rubrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rubric]:
+        """Every version, newest first."""
+
+    @_builtins.property
+    def page(self) -> _common_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        rubrics: _abc.Iterable[Global___Rubric] | None = ...,
+        page: _common_pb2.PageResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "rubrics", b"rubrics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRubricsResponse: _TypeAlias = ListRubricsResponse  # noqa: Y015
+
+@_typing.final
+class ValidateRubricRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUBRIC_FIELD_NUMBER: _builtins.int
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    rubric: _builtins.str
+    """Its id (rub_...) or name (the latest version)."""
+    dataset_id: _builtins.str
+    """A valid pairs dataset; its first max_rows rows are scored."""
+    max_rows: _builtins.int
+    """Rows scored (default 16, at most 64)."""
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The answers to score beside the references, one per row scored, in the
+        dataset's order; none scores the references alone.
+        """
+
+    def __init__(
+        self,
+        *,
+        rubric: _builtins.str = ...,
+        dataset_id: _builtins.str = ...,
+        answers: _abc.Iterable[_builtins.str] | None = ...,
+        max_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "dataset_id", b"dataset_id", "max_rows", b"max_rows", "rubric", b"rubric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateRubricRequest: _TypeAlias = ValidateRubricRequest  # noqa: Y015
+
+@_typing.final
+class CriterionValidation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    REFERENCE_MEAN_FIELD_NUMBER: _builtins.int
+    BASE_MEAN_FIELD_NUMBER: _builtins.int
+    SPREAD_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    kind: _builtins.str
+    weight: _builtins.float
+    reference_mean: _builtins.float
+    """Mean score in [0, 1] of the reference answers, and of the base (or
+    given) answers; spread = reference_mean - base_mean.
+    """
+    base_mean: _builtins.float
+    spread: _builtins.float
+    failures: _builtins.int
+    """Rows it could not score."""
+    problem: _builtins.str
+    """Why it cannot be used on this set; empty when it can."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        weight: _builtins.float = ...,
+        reference_mean: _builtins.float = ...,
+        base_mean: _builtins.float = ...,
+        spread: _builtins.float = ...,
+        failures: _builtins.int = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_mean", b"base_mean", "failures", b"failures", "kind", b"kind", "name", b"name", "problem", b"problem", "reference_mean", b"reference_mean", "spread", b"spread", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CriterionValidation: _TypeAlias = CriterionValidation  # noqa: Y015
+
+@_typing.final
+class RubricValidation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUBRIC_ID_FIELD_NUMBER: _builtins.int
+    RUBRIC_NAME_FIELD_NUMBER: _builtins.int
+    RUBRIC_VERSION_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    CRITERIA_FIELD_NUMBER: _builtins.int
+    REFERENCE_TOTAL_FIELD_NUMBER: _builtins.int
+    BASE_TOTAL_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    JUDGE_USAGE_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    rubric_id: _builtins.str
+    rubric_name: _builtins.str
+    rubric_version: _builtins.int
+    rows: _builtins.int
+    """Rows scored (the first rows of the eval set)."""
+    reference_total: _builtins.float
+    """Weighted totals of the criteria means."""
+    base_total: _builtins.float
+    ok: _builtins.bool
+    """False when a criterion has a problem (the run is refused)."""
+    base: _builtins.str
+    """Whose answers base_mean scores: "the base student <model>", "the answers
+    given", or "none" (references only).
+    """
+    @_builtins.property
+    def criteria(self) -> _containers.RepeatedCompositeFieldContainer[Global___CriterionValidation]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def judge_usage(self) -> _common_pb2.Usage:
+        """What the judge criteria's calls took from the provider."""
+
+    def __init__(
+        self,
+        *,
+        rubric_id: _builtins.str = ...,
+        rubric_name: _builtins.str = ...,
+        rubric_version: _builtins.int = ...,
+        rows: _builtins.int = ...,
+        criteria: _abc.Iterable[Global___CriterionValidation] | None = ...,
+        reference_total: _builtins.float = ...,
+        base_total: _builtins.float = ...,
+        ok: _builtins.bool = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        judge_usage: _common_pb2.Usage | None = ...,
+        base: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["judge_usage", b"judge_usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "base_total", b"base_total", "criteria", b"criteria", "judge_usage", b"judge_usage", "ok", b"ok", "reference_total", b"reference_total", "rows", b"rows", "rubric_id", b"rubric_id", "rubric_name", b"rubric_name", "rubric_version", b"rubric_version", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RubricValidation: _TypeAlias = RubricValidation  # noqa: Y015

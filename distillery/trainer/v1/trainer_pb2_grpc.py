@@ -89,6 +89,26 @@ class TrainerServiceStub:
                 request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.SerializeToString,
                 response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.FromString,
                 _registered_method=True)
+        self.CreateRubric = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/CreateRubric',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRubricRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Rubric.FromString,
+                _registered_method=True)
+        self.GetRubric = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/GetRubric',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRubricRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Rubric.FromString,
+                _registered_method=True)
+        self.ListRubrics = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/ListRubrics',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRubricsRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRubricsResponse.FromString,
+                _registered_method=True)
+        self.ValidateRubric = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/ValidateRubric',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ValidateRubricRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.RubricValidation.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -175,6 +195,39 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRubric(self, request, context):
+        """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
+        score a model's answers. Creating one under a name it has adds the next
+        version (the same criteria as the latest version return that one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRubric(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRubrics(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateRubric(self, request, context):
+        """Score a dataset's first rows with a rubric: their reference answers, and
+        the answers given (e.g. a model's), per criterion. A criterion that
+        cannot score a row or gives every row the same score makes ok false and
+        says why. The base student's own answers are scored by a run instead
+        (CreateRunRequest.validate_only). Judge criteria are scored through the
+        teacher service, with its limits and usage accounting.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +285,26 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetRecipe,
                     request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.FromString,
                     response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.SerializeToString,
+            ),
+            'CreateRubric': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRubric,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRubricRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Rubric.SerializeToString,
+            ),
+            'GetRubric': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRubric,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRubricRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Rubric.SerializeToString,
+            ),
+            'ListRubrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRubrics,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRubricsRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRubricsResponse.SerializeToString,
+            ),
+            'ValidateRubric': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateRubric,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.ValidateRubricRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.RubricValidation.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +604,114 @@ class TrainerService:
             '/distillery.trainer.v1.TrainerService/GetRecipe',
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.SerializeToString,
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRubric(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/CreateRubric',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRubricRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.Rubric.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRubric(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/GetRubric',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRubricRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.Rubric.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRubrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/ListRubrics',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRubricsRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ListRubricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateRubric(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/ValidateRubric',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.ValidateRubricRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.RubricValidation.FromString,
             options,
             channel_credentials,
             insecure,

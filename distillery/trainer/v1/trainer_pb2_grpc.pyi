@@ -67,6 +67,21 @@ class TrainerServiceStub:
     ListRecipes: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRecipesRequest, _trainer_pb2.ListRecipesResponse]
     """The recipes: vetted presets by task (base model, settings, compute)."""
     GetRecipe: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRecipeRequest, _trainer_pb2.Recipe]
+    CreateRubric: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateRubricRequest, _trainer_pb2.Rubric]
+    """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
+    score a model's answers. Creating one under a name it has adds the next
+    version (the same criteria as the latest version return that one).
+    """
+    GetRubric: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRubricRequest, _trainer_pb2.Rubric]
+    ListRubrics: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRubricsRequest, _trainer_pb2.ListRubricsResponse]
+    ValidateRubric: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ValidateRubricRequest, _trainer_pb2.RubricValidation]
+    """Score a dataset's first rows with a rubric: their reference answers, and
+    the answers given (e.g. a model's), per criterion. A criterion that
+    cannot score a row or gives every row the same score makes ok false and
+    says why. The base student's own answers are scored by a run instead
+    (CreateRunRequest.validate_only). Judge criteria are scored through the
+    teacher service, with its limits and usage accounting.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -102,6 +117,21 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     ListRecipes: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRecipesRequest, _trainer_pb2.ListRecipesResponse]  # type: ignore[assignment]
     """The recipes: vetted presets by task (base model, settings, compute)."""
     GetRecipe: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRecipeRequest, _trainer_pb2.Recipe]  # type: ignore[assignment]
+    CreateRubric: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateRubricRequest, _trainer_pb2.Rubric]  # type: ignore[assignment]
+    """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
+    score a model's answers. Creating one under a name it has adds the next
+    version (the same criteria as the latest version return that one).
+    """
+    GetRubric: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRubricRequest, _trainer_pb2.Rubric]  # type: ignore[assignment]
+    ListRubrics: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRubricsRequest, _trainer_pb2.ListRubricsResponse]  # type: ignore[assignment]
+    ValidateRubric: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ValidateRubricRequest, _trainer_pb2.RubricValidation]  # type: ignore[assignment]
+    """Score a dataset's first rows with a rubric: their reference answers, and
+    the answers given (e.g. a model's), per criterion. A criterion that
+    cannot score a row or gives every row the same score makes ok false and
+    says why. The base student's own answers are scored by a run instead
+    (CreateRunRequest.validate_only). Judge criteria are scored through the
+    teacher service, with its limits and usage accounting.
+    """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -200,5 +230,44 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.GetRecipeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.Recipe, _abc.Awaitable[_trainer_pb2.Recipe]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateRubric(
+        self,
+        request: _trainer_pb2.CreateRubricRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Rubric, _abc.Awaitable[_trainer_pb2.Rubric]]:
+        """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
+        score a model's answers. Creating one under a name it has adds the next
+        version (the same criteria as the latest version return that one).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRubric(
+        self,
+        request: _trainer_pb2.GetRubricRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.Rubric, _abc.Awaitable[_trainer_pb2.Rubric]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRubrics(
+        self,
+        request: _trainer_pb2.ListRubricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListRubricsResponse, _abc.Awaitable[_trainer_pb2.ListRubricsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ValidateRubric(
+        self,
+        request: _trainer_pb2.ValidateRubricRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.RubricValidation, _abc.Awaitable[_trainer_pb2.RubricValidation]]:
+        """Score a dataset's first rows with a rubric: their reference answers, and
+        the answers given (e.g. a model's), per criterion. A criterion that
+        cannot score a row or gives every row the same score makes ok false and
+        says why. The base student's own answers are scored by a run instead
+        (CreateRunRequest.validate_only). Judge criteria are scored through the
+        teacher service, with its limits and usage accounting.
+        """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
