@@ -30,6 +30,13 @@ def test_transitions_follow_the_lifecycle():
         assert runs.allowed(state, pb.RUN_STATE_FAILED) and runs.allowed(state, pb.RUN_STATE_CANCELLED)
     for final in runs.FINAL:  # absorbing
         assert not any(runs.allowed(final, target) for target in pb.RunState.values())
+    # Pausing: only a TRAINING run pauses, and a paused one only trains again (or ends FAILED / CANCELLED).
+    paused = pb.RUN_STATE_PAUSED
+    assert runs.allowed(pb.RUN_STATE_TRAINING, paused) and runs.allowed(paused, pb.RUN_STATE_TRAINING)
+    assert runs.allowed(paused, pb.RUN_STATE_CANCELLED) and runs.allowed(paused, pb.RUN_STATE_FAILED)
+    assert [s for s in ORDER if s != pb.RUN_STATE_TRAINING and runs.allowed(s, paused)] == []
+    assert not runs.allowed(paused, pb.RUN_STATE_EVALUATING) and paused not in runs.FINAL
+    assert not runs.job_may_go_on(paused) and runs.job_may_go_on(pb.RUN_STATE_TRAINING)
 
 
 async def walk(services, tenant_id: str, run_id: str, states: list[int]) -> list[int]:

@@ -97,17 +97,19 @@ class _Screen:
 
 
 def follow(trainer: Any, run_id: str) -> int:
-    """Print the run's events until it is final; returns its final state."""
+    """Print the run's events until it is final or paused; returns that state."""
     after, last_state = 0, int(pb.RUN_STATE_UNSPECIFIED)
     lost_since: float | None = None
     with _Screen() as screen:
-        while last_state not in FINAL:
+        while last_state not in FINAL and last_state != pb.RUN_STATE_PAUSED:
             try:
                 for event in trainer.WatchRun(pb.WatchRunRequest(id=run_id, after_sequence=after)):
                     lost_since = None
                     after = event.sequence
                     last_state = _show(screen, event, last_state)
-                if last_state not in FINAL:  # the stream ended early: ask again
+                    if last_state == pb.RUN_STATE_PAUSED:
+                        break
+                if last_state not in FINAL and last_state != pb.RUN_STATE_PAUSED:  # the stream ended early
                     last_state = int(trainer.GetRun(pb.GetRunRequest(id=run_id)).state)
             except grpc.RpcError as err:
                 if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):

@@ -9,6 +9,7 @@ import click
 
 from distillery.cli.metrics_view import print_metrics
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
+from distillery.cli.run_plots import eval_line, plot
 from distillery.cli.run_watch import follow, generation_text
 from distillery.cli.tool_run_options import tool_fields, tool_options
 from distillery.client import Client
@@ -17,7 +18,7 @@ from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 
 TOOL_OPTION_NAMES = tuple(inspect.signature(tool_fields).parameters)
-FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
+FINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}  # PAUSED is not final
 
 
 def state_name(state: int) -> str:
@@ -49,6 +50,9 @@ def compute_text(compute: pb.Compute) -> str:
 @click.group("runs")
 def group() -> None:
     """Training runs."""
+
+
+group.add_command(plot)
 
 
 PATHS = {
@@ -225,6 +229,12 @@ def show(run_id: str, as_json: bool) -> None:
     if run.model_id:
         console.print(f"model [bold]{run.model_id}[/bold]")
     print_metrics(run.metrics)
+    if evals := eval_line(run):
+        console.print(evals, highlight=False)
+    if run.stop_reason:
+        at = f" at step {run.stop_step}" if run.stop_step else ""
+        best = f"; the best checkpoint, step {run.best_step}, is the one kept" if run.best_step else ""
+        console.print(f"training stopped: {run.stop_reason.replace('_', ' ')}{at}{best}")
     if run.HasField("error"):
         console.print(f"[red]{run.error.code}[/red]: {run.error.message}")
 
@@ -245,11 +255,32 @@ def _print_settings(run: pb.Run) -> None:
 @group.command("watch")
 @click.argument("run_id")
 def watch(run_id: str) -> None:
-    """Follow a run live until it ends; exits 1 if it ends FAILED or CANCELLED."""
+    """Follow a run live until it ends or pauses; exits 1 if it ends FAILED or CANCELLED."""
     with rpc_errors():
         final = follow(Client.from_environment(timeout=7 * 24 * 3600).trainer, run_id)
-    if final != pb.RUN_STATE_SUCCEEDED:
+    if final == pb.RUN_STATE_PAUSED:
+        console.print(f"{run_id} is paused: `distillery runs resume {run_id}` goes on from its checkpoint")
+    elif final != pb.RUN_STATE_SUCCEEDED:
         raise SystemExit(FAILED)
+
+
+@group.command("pause")
+@click.argument("run_id")
+def pause(run_id: str) -> None:
+    """Pause a TRAINING run: its job saves a checkpoint and stops, freeing its compute; the run keeps its slot."""
+    with rpc_errors():
+        run = Client.from_environment().trainer.PauseRun(pb.PauseRunRequest(id=run_id))
+    console.print(f"{run.id} is {state_name(run.state)}: its job saves a checkpoint and stops; "
+                  f"`distillery runs resume {run.id}` goes on from there")  # fmt: skip
+
+
+@group.command("resume")
+@click.argument("run_id")
+def resume(run_id: str) -> None:
+    """Resume a PAUSED run from the checkpoint its job saved."""
+    with rpc_errors():
+        run = Client.from_environment().trainer.ResumeRun(pb.ResumeRunRequest(id=run_id))
+    console.print(f"{run.id} is {state_name(run.state)}: a new job goes on from the checkpoint")
 
 
 @group.command("cancel")

@@ -10,6 +10,7 @@
                            distill-text then splits the generated pairs, augmentation
                            adds the new pairs to the train split (never to eval)
     -> TRAINING            the recipe submitted as a Ray job; its state polled until it ends
+    TRAINING <-> PAUSED    PauseRun / ResumeRun (``pauses``): the job checkpoints and ends; a new one goes on
     TRAINING -> EVALUATING the job's result read from S3 and checked (finite eval loss)
     EVALUATING -> REGISTERING -> SUCCEEDED   the model registered, committing the quota slot
 
@@ -43,13 +44,12 @@ from minio.error import S3Error
 from psycopg.types.json import Jsonb
 
 from distillery.common.v1 import common_pb2
-from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer import generation, job_access, ray_jobs, run_recipes, run_requests, runs
+from services.trainer import generation, job_access, pauses, ray_jobs, run_inputs, run_recipes, run_requests, runs
 from services.trainer.peers import Peers
 from services.trainer.ray_jobs import RayJobs
 from services.trainer.recipes.grpo_settings import GrpoSettings
@@ -158,7 +158,7 @@ class Pipeline:
         if run.state == pb.RUN_STATE_QUEUED:
             await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_VALIDATING)
         elif run.state == pb.RUN_STATE_VALIDATING:
-            await self.validate(run)
+            await run_inputs.validate(self.pool, self.peers, run)
             generates = run_requests.generates(run.path, run.request)
             if not generates:
                 await self.size(run)
@@ -174,6 +174,9 @@ class Pipeline:
         elif run.state == pb.RUN_STATE_EVALUATING:
             await self.evaluate(run)
             await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_REGISTERING)
+        elif run.state == pb.RUN_STATE_PAUSED:
+            await pauses.hold(self.pool, self.jobs, run, job_id(run, run.job_attempt) if run.job_attempt else "",
+                              self.revoke)  # fmt: skip
         elif run.state == pb.RUN_STATE_REGISTERING:
             await self.register(run)
             await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_SUCCEEDED)
@@ -182,29 +185,13 @@ class Pipeline:
 
     # --- stages ---
 
-    async def validate(self, run: runs.Run) -> None:
-        request = run.request
-        if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
-            await self._check_dataset(run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_INPUTS)
-            return  # split after generation, on the generated pairs
-        if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
-            if not request.get("dataset_id"):
-                return  # the teacher's trajectories are split after generation
-            await self._check_dataset(run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_TOOL_CALLS)
-            await self._split(run, request["dataset_id"])
-            return
-        await self._check_dataset(run, request["dataset_id"], "dataset_id")
-        if request.get("eval_dataset_id"):
-            await self._check_dataset(run, request["eval_dataset_id"], "eval_dataset_id")
-        await self._split(run, request["dataset_id"])
-
     async def generate(self, run: runs.Run) -> bool:
         """Follow the run's teacher job to its end; True when the pairs are ready to train on."""
         job = await generation.follow(self.pool, self.peers, run)
         if job is None:
             return False  # the run became final meanwhile
         if generation.splits_output(run):
-            await self._split(run, job.output_dataset_id)
+            await run_inputs.split(self.pool, self.peers, run, job.output_dataset_id)
         else:
             await generation.add_to_train(self.pool, self.store, run, job)
         return True
@@ -230,66 +217,20 @@ class Pipeline:
         await self.note(run, f"sized from the split ({measured.train_rows} train rows, the longest about "
                         f"{measured.longest_tokens} tokens): {values}")  # fmt: skip
 
-    async def _split(self, run: runs.Run, dataset_id: str) -> None:
-        request = run.request
-        try:
-            split = await self.peers.split(
-                run.tenant_id, dataset_id, request.get("eval_dataset_id", ""),
-                request.get("eval_fraction", 0.0), int(request.get("sft", {}).get("seed", 0)),
-            )  # fmt: skip
-        except (FailedPrecondition, InvalidArgument, NotFound) as err:
-            raise RunFailed("invalid_dataset", err.message, err.field or "dataset_id") from None
-        await runs.save(self.pool, run.id, split={
-            "id": split.id, "train_key": split.train_key, "eval_key": split.eval_key,
-            "train_rows": split.train_rows, "eval_rows": split.eval_rows, "overlap_removed": split.overlap_removed,
-        })  # fmt: skip
-        removed = f", {split.overlap_removed} train rows dropped as duplicates of eval rows" * bool(
-            split.overlap_removed
-        )
-        await self.note(run, f"split {split.id}: {split.train_rows} train rows, {split.eval_rows} eval rows{removed}")
-
-    async def _check_dataset(
-        self, run: runs.Run, dataset_id: str, field: str, wanted: int = ingest_pb2.DATASET_KIND_PAIRS
-    ) -> None:
-        try:
-            dataset = await self.peers.get_dataset(run.tenant_id, dataset_id)
-        except NotFound:
-            raise RunFailed("dataset_not_found", f"dataset {dataset_id} not found; upload it first", field) from None
-        if dataset.kind != wanted:
-            kind = ingest_pb2.DatasetKind.Name(dataset.kind).removeprefix("DATASET_KIND_").lower()
-            if wanted == ingest_pb2.DATASET_KIND_INPUTS:
-                needed = "distillation answers an input-only dataset (upload it with --kind inputs)"
-            elif wanted == ingest_pb2.DATASET_KIND_TOOL_CALLS:
-                needed = "distill-tools trains on a tool-calls dataset (upload it with --kind tool-calls)"
-            else:
-                needed = "fine-tuning text trains on a pairs dataset"
-            raise RunFailed("invalid_dataset", f"{needed}; {dataset_id} is a {kind} dataset", field)
-        if not dataset.valid:
-            report = dataset.report
-            violations = [
-                {"line": v.line, "field": v.field, "code": v.code, "message": v.message, "hint": v.hint}
-                for v in report.violations[:VIOLATIONS_IN_ERROR]
-            ]
-            first = report.violations[0] if report.violations else None
-            where = f"; first: line {first.line}, field {first.field or '-'}: {first.message}" if first else ""
-            raise RunFailed(
-                "invalid_dataset",
-                f"dataset {dataset_id} has {report.violation_count} violation(s){where}. Fix them and upload it "
-                f"again (`distillery datasets validate FILE --kind pairs` shows them all)",
-                field,
-                violations,
-            )
-
     async def train(self, run: runs.Run) -> bool:
         """Submit the run's Ray job (or find it again) and wait for it; True when it succeeded."""
         attempt = run.job_attempt
-        current = await self.jobs.state(job_id(run, attempt)) if attempt else None
+        if run.resume_pending and attempt:  # the paused job may still be saving its checkpoint: let it end first
+            await pauses.ended(self.pool, self.jobs, run, job_id(run, attempt))
+        current = await self.jobs.state(job_id(run, attempt)) if attempt and not run.resume_pending else None
         if current is None:
-            if attempt >= MAX_JOB_ATTEMPTS:
+            if attempt - run.pauses >= MAX_JOB_ATTEMPTS:
                 raise RunFailed("training_lost", f"the training job was lost {attempt} times (is the Ray cluster "
                                 "being replaced?); create the run again")  # fmt: skip
-            attempt = await self.submit(run, attempt + 1)
+            attempt = await self.submit(run, attempt + 1)  # after a pause: a job that goes on from its checkpoint
         while True:
+            if (await runs.get(self.pool, run.tenant_id, run.id)).state != pb.RUN_STATE_TRAINING:
+                return False  # final, or paused: the job stops at its next push
             state = await self.jobs.state(job_id(run, attempt))
             if state is None:
                 return False  # the job vanished: the next step submits it again
@@ -300,10 +241,8 @@ class Pipeline:
             if state.status == ray_jobs.FAILED:
                 raise await self._job_failure(run, state)
             if state.status == ray_jobs.STOPPED:
-                if (await runs.get(self.pool, run.tenant_id, run.id)).state not in runs.FINAL:
+                if (await runs.get(self.pool, run.tenant_id, run.id)).state == pb.RUN_STATE_TRAINING:
                     raise RunFailed("training_stopped", "the training job was stopped outside Distillery")
-                return False
-            if (await runs.get(self.pool, run.tenant_id, run.id)).state in runs.FINAL:
                 return False
             await asyncio.sleep(POLL_S)
 
@@ -317,8 +256,9 @@ class Pipeline:
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
         secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, spec.inputs())
         await runs.save(
-            self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token)
-        )
+            self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token),
+            resume_pending=False,
+        )  # fmt: skip
         env = {
             **JOB_TUNING,
             "DISTILLERY_S3_ENDPOINT": self.s3.endpoint, "DISTILLERY_S3_BUCKET": self.s3.bucket,

@@ -2,6 +2,7 @@
 
 QUEUED -> VALIDATING -> GENERATING (distillation only) -> TRAINING -> EVALUATING
 -> REGISTERING -> SUCCEEDED, and from any non-final state FAILED or CANCELLED.
+TRAINING -> PAUSED -> TRAINING pauses a run (``pauses.py``): it keeps its allowance slot.
 Final states are absorbing. Every transition is written with an event, in one
 transaction, under the run row's lock.
 """
@@ -28,7 +29,8 @@ _FORWARD = {
     pb.RUN_STATE_QUEUED: {pb.RUN_STATE_VALIDATING},
     pb.RUN_STATE_VALIDATING: {pb.RUN_STATE_GENERATING, pb.RUN_STATE_TRAINING},
     pb.RUN_STATE_GENERATING: {pb.RUN_STATE_TRAINING},
-    pb.RUN_STATE_TRAINING: {pb.RUN_STATE_EVALUATING},
+    pb.RUN_STATE_TRAINING: {pb.RUN_STATE_EVALUATING, pb.RUN_STATE_PAUSED},
+    pb.RUN_STATE_PAUSED: {pb.RUN_STATE_TRAINING},
     pb.RUN_STATE_EVALUATING: {pb.RUN_STATE_REGISTERING},
     pb.RUN_STATE_REGISTERING: {pb.RUN_STATE_SUCCEEDED},
 }
@@ -66,6 +68,8 @@ class Run:
     split: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     generation: dict[str, Any] | None = None
+    pauses: int = 0
+    resume_pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -155,10 +159,18 @@ async def _append(conn: AsyncConnection, run_id: str, event: dict[str, Any]) -> 
     return int(row[0])
 
 
+def job_may_go_on(state: int) -> bool:
+    """Whether a run's training job keeps training (its push answers keep_going): not once the run is final or
+    paused (a paused job saves a checkpoint and stops)."""
+    return state not in FINAL and state != pb.RUN_STATE_PAUSED
+
+
 async def transition(
-    pool: AsyncConnectionPool, tenant_id: str, run_id: str, target: int, error: dict[str, Any] | None = None
-) -> Run:
-    """Move a run to ``target``; FAILED_PRECONDITION when the state machine forbids it."""
+    pool: AsyncConnectionPool, tenant_id: str, run_id: str, target: int, error: dict[str, Any] | None = None,
+    resumed: bool = False,
+) -> Run:  # fmt: skip
+    """Move a run to ``target``; FAILED_PRECONDITION when the state machine forbids it. ``resumed`` (PAUSED ->
+    TRAINING) also counts the pause and asks for a new training job, in the same transaction."""
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=class_row(Run))
         await cur.execute("SELECT * FROM runs WHERE id = %s AND tenant_id = %s FOR UPDATE", (run_id, tenant_id))
@@ -171,8 +183,9 @@ async def transition(
                 + (" (final states are absorbing)" if run.state in FINAL else "")
             )
         await cur.execute(
-            "UPDATE runs SET state = %s, error = %s, updated_at = now() WHERE id = %s RETURNING *",
-            (target, Jsonb(error) if error else None, run_id),
+            "UPDATE runs SET state = %s, error = %s, updated_at = now(), pauses = pauses + %s,"
+            " resume_pending = resume_pending OR %s WHERE id = %s RETURNING *",
+            (target, Jsonb(error) if error else None, int(resumed), resumed, run_id),
         )
         moved = await cur.fetchone()
         change: dict[str, Any] = {"fromState": pb.RunState.Name(run.state), "toState": pb.RunState.Name(target)}
@@ -199,7 +212,9 @@ async def find_by_key(pool: AsyncConnectionPool, tenant_id: str, key: str) -> Ru
 
 async def save(pool: AsyncConnectionPool, run_id: str, **columns: Any) -> None:
     """Set some of a run's bookkeeping columns (split, result, model_id, job_attempt, push_token_hash, generation)."""
-    allowed_columns = {"split", "result", "model_id", "job_attempt", "push_token_hash", "metrics", "generation"}
+    allowed_columns = {
+        "split", "result", "model_id", "job_attempt", "push_token_hash", "metrics", "generation", "resume_pending",
+    }  # fmt: skip
     assert set(columns) <= allowed_columns, set(columns) - allowed_columns
     values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]
     assignments = ", ".join(f"{name} = %s" for name in columns)

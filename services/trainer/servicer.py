@@ -12,10 +12,10 @@ from psycopg_pool import AsyncConnectionPool
 from distillery.trainer.v1 import trainer_pb2 as pb
 from distillery.trainer.v1 import trainer_pb2_grpc
 from services.common import auth
-from services.common.errors import InvalidArgument, NotFound, Unimplemented
+from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import check_id, check_text
 from services.common.protoconv import page_size, timestamp
-from services.trainer import pipeline, runs
+from services.trainer import pauses, pipeline, runs
 from services.trainer.supervisor import Supervisor
 
 WATCH_POLL_S = 0.5
@@ -109,13 +109,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             if e.WhichOneof("payload") in ("progress", "metrics", "log")
         ]
         run = await runs.report(self.pool, run_id, events)
-        return pb.ReportRunEventsResponse(keep_going=run.state not in runs.FINAL)
+        return pb.ReportRunEventsResponse(keep_going=runs.job_may_go_on(run.state))
 
     async def PauseRun(self, request: Any, context: Any) -> pb.Run:
-        raise Unimplemented("pausing a run arrives in a later version: cancel it (distillery runs cancel) instead")
+        return run_pb(await pauses.pause(self.pool, auth.current_caller().tenant_id, check_id(request.id, "id")))
 
     async def ResumeRun(self, request: Any, context: Any) -> pb.Run:
-        raise Unimplemented("resuming a run arrives in a later version")
+        return run_pb(await pauses.resume(self.pool, auth.current_caller().tenant_id, check_id(request.id, "id")))
 
     async def ListRecipes(self, request: Any, context: Any) -> pb.ListRecipesResponse:
         recipes = self.supervisor.recipes

@@ -5,9 +5,10 @@ at most twice a second (and always for the last step) and a Metrics event for ev
 a daemon thread drains the bounded queue (the oldest events go first when it is full) and
 sends them in batches with ``TrainerService.ReportRunEvents``, authenticated by the run's
 token. A failed send is logged at most once a minute and never reaches training. When the
-service answers ``keep_going=False`` (the run is final), or refuses the run's token
+service answers ``keep_going=False`` (the run is final, or paused), or refuses the run's token
 (UNAUTHENTICATED: the run is final or the token expired, ``services/trainer/job_access.py``),
-training stops at the next step, on every rank: the flag is all-reduced when there is more than one.
+training saves a checkpoint and stops at the next step, on every rank: the flag is all-reduced when
+there is more than one. A paused run's next job goes on from that checkpoint (``services/trainer/pauses.py``).
 
 Without ``DISTILLERY_TRAINER_ADDRESS`` and ``DISTILLERY_RUN_TOKEN`` nothing is sent.
 """
@@ -104,6 +105,7 @@ class ProgressPush(TrainerCallback):
         if self._stop_everywhere(args):
             self.stopped_by_service = True
             control.should_training_stop = True
+            control.should_save = True  # a checkpoint where it stops: a paused run goes on from this step
 
     def on_log(
         self,
