@@ -62,7 +62,7 @@ CALL_TIMEOUT_S = 20.0
 SLOW_CALL_S = 10.0
 # (method, variant) pairs that may answer OK: the hostile value is legitimately acceptable there.
 # A list's page_size over its maximum (500) is taken as the maximum.
-LISTS = ("ListModels", "ListDatasets", "ListGenerationJobs", "ListRuns")
+LISTS = ("ListModels", "ListDatasets", "ListGenerationJobs", "ListRuns", "ListRubrics")
 MAY_SUCCEED = {(method, variant) for method in LISTS for variant in ("max31", "huge")}
 
 Int = d.FieldDescriptor

@@ -5,6 +5,8 @@
     -> (sizing)            a recipe's auto settings sized from the final split, before TRAINING
                            (``run_recipes``: at the end of VALIDATING, or of GENERATING for a run
                            that generates), and written on the run's request
+    -> (rubric)            a run with a rubric: checked on the eval set with the base student's
+                           answers, refused or recorded (``rubric_runs``); a validate-only run ends here
     VALIDATING -> GENERATING (distill-text; finetune-text with augmentation) a teacher job
                            made (idempotent per run) and followed, its progress reported;
                            distill-text then splits the generated pairs, augmentation
@@ -55,6 +57,7 @@ from services.trainer.ray_jobs import RayJobs
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.sft_settings import SftSettings
+from services.trainer.rubric_runs import check as check_rubric
 from services.trainer.runs import RunFailed, run_prefix
 
 log = logging.getLogger("distillery.trainer.pipeline")
@@ -160,13 +163,12 @@ class Pipeline:
         elif run.state == pb.RUN_STATE_VALIDATING:
             await run_inputs.validate(self.pool, self.peers, run)
             generates = run_requests.generates(run.path, run.request)
-            if not generates:
-                await self.size(run)
+            if not generates and not await self.ready_to_train(run):
+                return  # a validate-only run, done
             next_state = pb.RUN_STATE_GENERATING if generates else pb.RUN_STATE_TRAINING
             await runs.transition(self.pool, run.tenant_id, run.id, next_state)
         elif run.state == pb.RUN_STATE_GENERATING:
-            if await self.generate(run):
-                await self.size(run)
+            if await self.generate(run) and await self.ready_to_train(run):
                 await runs.transition(self.pool, run.tenant_id, run.id, pb.RUN_STATE_TRAINING)
         elif run.state == pb.RUN_STATE_TRAINING:
             if await self.train(run):
@@ -195,6 +197,11 @@ class Pipeline:
         else:
             await generation.add_to_train(self.pool, self.store, run, job)
         return True
+
+    async def ready_to_train(self, run: runs.Run) -> bool:
+        """Size the run's auto settings, then check its rubric (``rubric_runs``); False when the run ended there."""
+        await self.size(run)
+        return await check_rubric(self, run, job_spec)
 
     async def size(self, run: runs.Run) -> None:
         """Size the run's auto settings from its final split (``run_recipes``), once: the sized values replace
@@ -259,13 +266,7 @@ class Pipeline:
             self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token),
             resume_pending=False,
         )  # fmt: skip
-        env = {
-            **JOB_TUNING,
-            "DISTILLERY_S3_ENDPOINT": self.s3.endpoint, "DISTILLERY_S3_BUCKET": self.s3.bucket,
-            "DISTILLERY_S3_SECURE": str(self.s3.secure).lower(), "DISTILLERY_S3_REGION": self.s3.region,
-            "DISTILLERY_TRAINER_ADDRESS": self.push_address,
-            "HF_HOME": job_access.cache_dir(self.access.cache_root, run.tenant_id),
-        }  # fmt: skip
+        env = self.job_env(run)
         recipe = RECIPES[common_pb2.TrainingPath.ValueType(run.path)]
         entrypoint = (
             f"{shlex.quote(sys.executable)} -m {recipe} --spec-key {shlex.quote(spec_key)}"
@@ -275,6 +276,16 @@ class Pipeline:
         scope = "S3 keys scoped to the run" if self.access.scoped() else "the trainer's shared S3 key"
         await self.note(run, f"submitted Ray job {job_id(run, attempt)} ({scope})")
         return attempt
+
+    def job_env(self, run: runs.Run) -> dict[str, str]:
+        """The environment of the run's Ray jobs: no secret (those reach a job through its secrets object)."""
+        return {
+            **JOB_TUNING,
+            "DISTILLERY_S3_ENDPOINT": self.s3.endpoint, "DISTILLERY_S3_BUCKET": self.s3.bucket,
+            "DISTILLERY_S3_SECURE": str(self.s3.secure).lower(), "DISTILLERY_S3_REGION": self.s3.region,
+            "DISTILLERY_TRAINER_ADDRESS": self.push_address,
+            "HF_HOME": job_access.cache_dir(self.access.cache_root, run.tenant_id),
+        }  # fmt: skip
 
     async def revoke(self, run: runs.Run) -> None:
         """Take back the job's S3 keys (its job ended, or the run did); best effort, logged."""

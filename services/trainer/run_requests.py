@@ -14,7 +14,7 @@ from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import InvalidArgument, NotFound, Unimplemented
 from services.common.ids import check_count, check_id, check_text
-from services.trainer import run_recipes
+from services.trainer import rubric_runs, run_recipes
 from services.trainer.peers import Peers
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
@@ -118,8 +118,6 @@ def _check_bounds(request: pb.CreateRunRequest) -> None:
     check_count(request.tool_responses, "tool_responses", MAX_TOOL_RESPONSES)
     check_text(request.rubric, "rubric", MAX_NAME_CHARS)
     run_recipes.check_compute(request.compute)
-    if request.rubric:
-        raise Unimplemented("rubrics arrive in a later version: leave rubric empty (runs evaluate by eval loss)")
     if not 0 <= request.augment_count <= MAX_AUGMENT_COUNT:
         raise InvalidArgument(f"augment_count must be 0 to {MAX_AUGMENT_COUNT} (got {request.augment_count})",
                               field="augment_count")  # fmt: skip
@@ -157,6 +155,7 @@ def checked(
             "finetune-text, distill-text and distill-tools work today"
         )
     _check_bounds(request)
+    rubric_runs.check_request(request, request.path)
     if tools:
         _check_tools(request)
     else:

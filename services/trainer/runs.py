@@ -27,8 +27,9 @@ from services.common.paging import newest_first
 FINAL = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
 _FORWARD = {
     pb.RUN_STATE_QUEUED: {pb.RUN_STATE_VALIDATING},
-    pb.RUN_STATE_VALIDATING: {pb.RUN_STATE_GENERATING, pb.RUN_STATE_TRAINING},
-    pb.RUN_STATE_GENERATING: {pb.RUN_STATE_TRAINING},
+    # -> SUCCEEDED before training: a validate-only run, done once its rubric is validated (``rubric_runs``).
+    pb.RUN_STATE_VALIDATING: {pb.RUN_STATE_GENERATING, pb.RUN_STATE_TRAINING, pb.RUN_STATE_SUCCEEDED},
+    pb.RUN_STATE_GENERATING: {pb.RUN_STATE_TRAINING, pb.RUN_STATE_SUCCEEDED},
     pb.RUN_STATE_TRAINING: {pb.RUN_STATE_EVALUATING, pb.RUN_STATE_PAUSED},
     pb.RUN_STATE_PAUSED: {pb.RUN_STATE_TRAINING},
     pb.RUN_STATE_EVALUATING: {pb.RUN_STATE_REGISTERING},
@@ -70,6 +71,7 @@ class Run:
     generation: dict[str, Any] | None = None
     pauses: int = 0
     resume_pending: bool = False
+    rubric_validation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ async def save(pool: AsyncConnectionPool, run_id: str, **columns: Any) -> None:
     """Set some of a run's bookkeeping columns (split, result, model_id, job_attempt, push_token_hash, generation)."""
     allowed_columns = {
         "split", "result", "model_id", "job_attempt", "push_token_hash", "metrics", "generation", "resume_pending",
+        "rubric_validation",
     }  # fmt: skip
     assert set(columns) <= allowed_columns, set(columns) - allowed_columns
     values = [Jsonb(v) if isinstance(v, dict) else v for v in columns.values()]

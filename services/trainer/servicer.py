@@ -16,6 +16,7 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import check_id, check_text
 from services.common.protoconv import page_size, timestamp
 from services.trainer import pauses, pipeline, runs
+from services.trainer.rubric_api import RubricRpcs, validation_pb
 from services.trainer.supervisor import Supervisor
 
 WATCH_POLL_S = 0.5
@@ -45,6 +46,8 @@ def run_pb(run: runs.Run) -> pb.Run:
     message.best_step = int(result.get("best_step", 0))
     for evaluation in result.get("evals") or []:
         message.evals.add(step=int(evaluation["step"]), values=evaluation["values"])
+    if (validation := validation_pb(run.rubric_validation)) is not None:
+        message.rubric_validation.CopyFrom(validation)
     return message
 
 
@@ -54,8 +57,9 @@ def event_pb(event: runs.Event) -> pb.RunEvent:
     return message
 
 
-class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    """Who may call each method is declared in ``access.py`` and checked before the call."""
+class TrainerServicer(RubricRpcs, trainer_pb2_grpc.TrainerServiceServicer):
+    """Who may call each method is declared in ``access.py`` and checked before the call. The rubric methods
+    are ``RubricRpcs``'."""
 
     def __init__(self, pool: AsyncConnectionPool, supervisor: Supervisor) -> None:
         self.pool = pool

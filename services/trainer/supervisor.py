@@ -21,7 +21,7 @@ from typing import Any
 from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError
-from services.trainer import run_claims, run_recipes, run_requests, runs
+from services.trainer import rubric_runs, run_claims, run_recipes, run_requests, runs
 from services.trainer.pipeline import Pipeline
 from services.trainer.students import StudentSources
 
@@ -76,6 +76,7 @@ class Supervisor:
         )
         path = common_pb2.TrainingPath.Value(stored["path"])  # the request's, or its recipe's
         await run_requests.check_with_teacher(self.pipeline.peers, tenant_id, path, stored)
+        await rubric_runs.resolve(self.pool, tenant_id, stored)  # the rubric's id: the version the run keeps
         key = request.idempotency_key
         if key and (earlier := await runs.find_by_key(self.pool, tenant_id, key)) is not None:
             return _same_request(earlier, stored)

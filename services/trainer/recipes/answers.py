@@ -4,7 +4,7 @@ A run reports a metric about its model only if a user can get the same number th
 registered model's ``Generate`` RPC (``services/registry/generate.py``). So the evaluation asks
 exactly as ``Generate`` does, one prompt at a time:
 
-- the prompt is the eval row's turns before the reference answer (``sft.prompt_completion``),
+- the prompt is the eval row's turns before the reference answer (``splits.prompt_completion``),
   rendered by the tokenizer's chat template with the generation prompt, and nothing else
   (``apply_chat_template(messages, add_generation_prompt=True)``);
 - one unpadded row per ``generate`` call, greedy (temperature 0), stopping at the same end

@@ -51,7 +51,7 @@ from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import answers, evals, failures, job, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
-from services.trainer.recipes.splits import split_lines
+from services.trainer.recipes.splits import prompt_completion, split_lines
 from services.trainer.recipes.watch import Watch, eval_loss
 
 log = logging.getLogger("distillery.recipes.sft")
@@ -200,24 +200,6 @@ def load_split(
             "or shorten the rows"
         )  # fmt: skip
     return rows, too_long
-
-
-def prompt_completion(line: str, where: str) -> dict[str, Any]:
-    """``{"messages": [...]}`` -> ``{"prompt": [the turns before the last], "completion": [the assistant's last]}``."""
-    try:
-        messages = json.loads(line)["messages"]
-    except (ValueError, KeyError, TypeError):
-        raise failures.invalid_dataset(f"{where}: not a JSON object with a messages list") from None
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise failures.invalid_dataset(f"{where}: messages needs at least a user and an assistant turn")
-    turns = []
-    for message in messages:
-        if not (isinstance(message, dict) and isinstance(message.get("content"), str) and message.get("role")):
-            raise failures.invalid_dataset(f"{where}: every message needs a role and a text content")
-        turns.append({"role": str(message["role"]), "content": message["content"]})
-    if turns[-1]["role"] != "assistant" or not any(t["role"] == "user" for t in turns):
-        raise failures.invalid_dataset(f"{where}: the last message must be the assistant's, after a user message")
-    return {"prompt": turns[:-1], "completion": turns[-1:]}
 
 
 if __name__ == "__main__":

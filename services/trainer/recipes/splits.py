@@ -2,12 +2,15 @@
 
 A split that cannot be read or decoded is the dataset's problem, not the job's: it is an
 ``invalid_dataset`` failure that says what to do, never retried. Each recipe turns the lines into
-its own rows (``where`` names the line in its messages).
+its own rows (``where`` names the line in its messages); ``prompt_completion`` is the text paths' row
+(the SFT recipe's, and the base answers a rubric is checked with).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 from minio.error import S3Error
 
@@ -37,3 +40,21 @@ def split_lines(store: ObjectStore, key: str, name: str) -> Iterator[tuple[str, 
     for number, line in enumerate(read_split(store, key, name).splitlines(), 1):
         if line.strip():
             yield f"{name} split, line {number}", line
+
+
+def prompt_completion(line: str, where: str) -> dict[str, Any]:
+    """``{"messages": [...]}`` -> ``{"prompt": [the turns before the last], "completion": [the assistant's last]}``."""
+    try:
+        messages = json.loads(line)["messages"]
+    except (ValueError, KeyError, TypeError):
+        raise failures.invalid_dataset(f"{where}: not a JSON object with a messages list") from None
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise failures.invalid_dataset(f"{where}: messages needs at least a user and an assistant turn")
+    turns = []
+    for message in messages:
+        if not (isinstance(message, dict) and isinstance(message.get("content"), str) and message.get("role")):
+            raise failures.invalid_dataset(f"{where}: every message needs a role and a text content")
+        turns.append({"role": str(message["role"]), "content": message["content"]})
+    if turns[-1]["role"] != "assistant" or not any(t["role"] == "user" for t in turns):
+        raise failures.invalid_dataset(f"{where}: the last message must be the assistant's, after a user message")
+    return {"prompt": turns[:-1], "completion": turns[-1:]}
