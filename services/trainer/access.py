@@ -26,6 +26,7 @@ ACCESS = AccessTable(
         "ResumeRun": Access.TENANT,
         "ListRecipes": Access.TENANT,
         "GetRecipe": Access.TENANT,
+        "EstimateRun": Access.TENANT,
         "CreateRubric": Access.TENANT,
         "GetRubric": Access.TENANT,
         "ListRubrics": Access.TENANT,

@@ -80,6 +80,11 @@ class Peers:
         """A rubric's judge criterion scored on some rows (``graders.judge_request`` builds the request)."""
         return await self._call("teacher", self.teacher.JudgeAnswers, request, tenant_id)
 
+    async def estimate_job(
+        self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest
+    ) -> teacher_pb2.JobEstimate:
+        return await self._call("teacher", self.teacher.EstimateJob, request, tenant_id)
+
     async def create_job(
         self, tenant_id: str, request: teacher_pb2.CreateGenerationJobRequest
     ) -> teacher_pb2.GenerationJob:

@@ -115,6 +115,9 @@ class TrainerServicer(RubricRpcs, trainer_pb2_grpc.TrainerServiceServicer):
         run = await runs.report(self.pool, run_id, events)
         return pb.ReportRunEventsResponse(keep_going=runs.job_may_go_on(run.state))
 
+    async def EstimateRun(self, request: Any, context: Any) -> pb.RunEstimate:
+        return await self.supervisor.estimate(auth.current_caller().tenant_id, request)
+
     async def PauseRun(self, request: Any, context: Any) -> pb.Run:
         return run_pb(await pauses.pause(self.pool, auth.current_caller().tenant_id, check_id(request.id, "id")))
 

@@ -21,7 +21,7 @@ from typing import Any
 from distillery.common.v1 import common_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.common.errors import DistilleryError
-from services.trainer import rubric_runs, run_claims, run_recipes, run_requests, runs
+from services.trainer import estimates, rubric_runs, run_claims, run_recipes, run_requests, runs
 from services.trainer.pipeline import Pipeline
 from services.trainer.students import StudentSources
 
@@ -94,6 +94,14 @@ class Supervisor:
             return _same_request(run, stored)
         await self._take(run.id, tenant_id)
         return run
+
+    async def estimate(self, tenant_id: str, request: pb.CreateRunRequest) -> pb.RunEstimate:
+        """What the run would take (``estimates``), its request checked as ``create`` checks it; creates nothing."""
+        stored = run_requests.checked(request, self.students, self.recipes, self.pipeline.deployment())
+        peers = self.pipeline.peers
+        await run_requests.resolve_student(peers, tenant_id, stored, self.students, self.pipeline.s3.bucket)
+        path = common_pb2.TrainingPath.Value(stored["path"])
+        return await estimates.for_run(peers, tenant_id, path, stored, self.pipeline.deployment())
 
     async def cancel(self, tenant_id: str, run_id: str) -> runs.Run:
         return await self.pipeline.cancel(tenant_id, run_id)

@@ -1381,3 +1381,91 @@ class RubricValidation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RubricValidation: _TypeAlias = RubricValidation  # noqa: Y015
+
+@_typing.final
+class ComputeEstimate(_message.Message):
+    """Expected training time on one compute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPUTE_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    compute: _builtins.str
+    """"cpu-2" (2 CPU cores), "L4", "A100", "H100", ..."""
+    tokens_per_second: _builtins.float
+    seconds: _builtins.float
+    measured: _builtins.bool
+    """True when measured (scaled by parameters); false for an estimate from
+    the compute's peak FLOPs.
+    """
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        compute: _builtins.str = ...,
+        tokens_per_second: _builtins.float = ...,
+        seconds: _builtins.float = ...,
+        measured: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "measured", b"measured", "note", b"note", "seconds", b"seconds", "tokens_per_second", b"tokens_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeEstimate: _TypeAlias = ComputeEstimate  # noqa: Y015
+
+@_typing.final
+class RunEstimate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAIN_ROWS_FIELD_NUMBER: _builtins.int
+    EVAL_ROWS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_ROW_FIELD_NUMBER: _builtins.int
+    TOKENS_TO_PROCESS_FIELD_NUMBER: _builtins.int
+    STUDENT_PARAMS_FIELD_NUMBER: _builtins.int
+    COMPUTE_FIELD_NUMBER: _builtins.int
+    TEACHER_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    train_rows: _builtins.int
+    eval_rows: _builtins.int
+    steps: _builtins.int
+    """Optimizer steps the settings take (a recipe's auto values sized)."""
+    tokens_per_row: _builtins.float
+    tokens_to_process: _builtins.int
+    """Training tokens plus the mid-training evals' share."""
+    student_params: _builtins.int
+    """The student's parameters, read from its name; 0 when it names none."""
+    @_builtins.property
+    def compute(self) -> _containers.RepeatedCompositeFieldContainer[Global___ComputeEstimate]: ...
+    @_builtins.property
+    def teacher(self) -> _teacher_pb2.JobEstimate:
+        """Where the run generates first: the teacher's job."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        train_rows: _builtins.int = ...,
+        eval_rows: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        tokens_per_row: _builtins.float = ...,
+        tokens_to_process: _builtins.int = ...,
+        student_params: _builtins.int = ...,
+        compute: _abc.Iterable[Global___ComputeEstimate] | None = ...,
+        teacher: _teacher_pb2.JobEstimate | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["teacher", b"teacher"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "eval_rows", b"eval_rows", "notes", b"notes", "steps", b"steps", "student_params", b"student_params", "teacher", b"teacher", "tokens_per_row", b"tokens_per_row", "tokens_to_process", b"tokens_to_process", "train_rows", b"train_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunEstimate: _TypeAlias = RunEstimate  # noqa: Y015

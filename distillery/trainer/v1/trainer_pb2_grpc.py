@@ -89,6 +89,11 @@ class TrainerServiceStub:
                 request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.SerializeToString,
                 response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.FromString,
                 _registered_method=True)
+        self.EstimateRun = channel.unary_unary(
+                '/distillery.trainer.v1.TrainerService/EstimateRun',
+                request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRunRequest.SerializeToString,
+                response_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.RunEstimate.FromString,
+                _registered_method=True)
         self.CreateRubric = channel.unary_unary(
                 '/distillery.trainer.v1.TrainerService/CreateRubric',
                 request_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRubricRequest.SerializeToString,
@@ -195,6 +200,16 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EstimateRun(self, request, context):
+        """What a run would take, before it starts: the teacher's rows, tokens and
+        cost where it generates, and its training steps, tokens and expected
+        duration on each compute (services/trainer/estimates.py). Checks the
+        request as CreateRun does; creates nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateRubric(self, request, context):
         """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
         score a model's answers. Creating one under a name it has adds the next
@@ -285,6 +300,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetRecipe,
                     request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.FromString,
                     response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.SerializeToString,
+            ),
+            'EstimateRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.EstimateRun,
+                    request_deserializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRunRequest.FromString,
+                    response_serializer=distillery_dot_trainer_dot_v1_dot_trainer__pb2.RunEstimate.SerializeToString,
             ),
             'CreateRubric': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateRubric,
@@ -604,6 +624,33 @@ class TrainerService:
             '/distillery.trainer.v1.TrainerService/GetRecipe',
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.GetRecipeRequest.SerializeToString,
             distillery_dot_trainer_dot_v1_dot_trainer__pb2.Recipe.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EstimateRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.trainer.v1.TrainerService/EstimateRun',
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.CreateRunRequest.SerializeToString,
+            distillery_dot_trainer_dot_v1_dot_trainer__pb2.RunEstimate.FromString,
             options,
             channel_credentials,
             insecure,

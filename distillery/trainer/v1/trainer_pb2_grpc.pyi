@@ -67,6 +67,12 @@ class TrainerServiceStub:
     ListRecipes: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRecipesRequest, _trainer_pb2.ListRecipesResponse]
     """The recipes: vetted presets by task (base model, settings, compute)."""
     GetRecipe: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRecipeRequest, _trainer_pb2.Recipe]
+    EstimateRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateRunRequest, _trainer_pb2.RunEstimate]
+    """What a run would take, before it starts: the teacher's rows, tokens and
+    cost where it generates, and its training steps, tokens and expected
+    duration on each compute (services/trainer/estimates.py). Checks the
+    request as CreateRun does; creates nothing.
+    """
     CreateRubric: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateRubricRequest, _trainer_pb2.Rubric]
     """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
     score a model's answers. Creating one under a name it has adds the next
@@ -117,6 +123,12 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     ListRecipes: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRecipesRequest, _trainer_pb2.ListRecipesResponse]  # type: ignore[assignment]
     """The recipes: vetted presets by task (base model, settings, compute)."""
     GetRecipe: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRecipeRequest, _trainer_pb2.Recipe]  # type: ignore[assignment]
+    EstimateRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateRunRequest, _trainer_pb2.RunEstimate]  # type: ignore[assignment]
+    """What a run would take, before it starts: the teacher's rows, tokens and
+    cost where it generates, and its training steps, tokens and expected
+    duration on each compute (services/trainer/estimates.py). Checks the
+    request as CreateRun does; creates nothing.
+    """
     CreateRubric: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateRubricRequest, _trainer_pb2.Rubric]  # type: ignore[assignment]
     """Rubrics (docs/rubrics.md): named, versioned sets of weighted criteria that
     score a model's answers. Creating one under a name it has adds the next
@@ -230,6 +242,18 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.GetRecipeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.Recipe, _abc.Awaitable[_trainer_pb2.Recipe]]: ...
+
+    @_abc_1.abstractmethod
+    def EstimateRun(
+        self,
+        request: _trainer_pb2.CreateRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.RunEstimate, _abc.Awaitable[_trainer_pb2.RunEstimate]]:
+        """What a run would take, before it starts: the teacher's rows, tokens and
+        cost where it generates, and its training steps, tokens and expected
+        duration on each compute (services/trainer/estimates.py). Checks the
+        request as CreateRun does; creates nothing.
+        """
 
     @_abc_1.abstractmethod
     def CreateRubric(
