@@ -12,12 +12,15 @@ from functools import partial
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from provider_servers import Answer
 from rpc_refusals import assert_refused, field_of, refused
 from test_services import upload
+from test_tracing_and_cli import cli_env
 from test_training import QUICK, ROWS, states, watch
 from tiny_models import build_llama
 
+from distillery.cli.main import cli
 from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
@@ -52,6 +55,12 @@ def french_judge(fake) -> None:
         text=json.dumps({"reason": "checked", "score": 5 if ANSWER.search(call.user_text).group(1) in FRENCH else 1}),
         input_tokens=50, output_tokens=5,
     )  # fmt: skip
+
+
+def cli_run(services, api_key: str, *args: str, exit_code: int = 0) -> str:
+    result = CliRunner().invoke(cli, list(args), env=cli_env(services, api_key))
+    assert result.exit_code == exit_code, result.output
+    return result.output
 
 
 def create(client, text: str, **extra) -> pb.Rubric:
@@ -141,7 +150,8 @@ def test_a_validate_only_run_shows_the_rubric_scores_before_any_training(
 ):
     platform = providers["platform"]
     french_judge(platform)
-    client = client_for(make_tenant())
+    tenant = make_tenant()
+    client = client_for(tenant)
     dataset = upload(client, ROWS).dataset
     rubric = create(client, RUBRIC)
     run = client.trainer.CreateRun(run_request(dataset.id, student, rubric="colours", validate_only=True))
@@ -166,6 +176,9 @@ def test_a_validate_only_run_shows_the_rubric_scores_before_any_training(
     assert not any(e.log.text.startswith("submitted Ray job") for e in events)  # no training job
     quota = client.registry.GetQuota(registry_pb2.GetQuotaRequest())
     assert (quota.used, quota.reserved) == (0, 0)  # no model, and the slot given back
+    shown_by_cli = cli_run(services, tenant.api_key, "runs", "show", run.id)
+    assert "SUCCEEDED" in shown_by_cli and f"rubric colours v1 ({rubric.id}) on {shown.rows} rows: ok" in shown_by_cli
+    assert "criterion" in shown_by_cli and f"judge: {2 * shown.rows} requests" in shown_by_cli
 
 
 def test_a_broken_rubric_is_refused_naming_the_criterion(services, client_for, make_tenant, providers, student):
@@ -207,3 +220,26 @@ def test_a_run_with_a_rubric_trains_and_shows_its_validation(services, client_fo
     checked = next(i for i, t in enumerate(texts) if t.startswith("rubric colours v1 checked on"))
     submitted = next(i for i, t in enumerate(texts) if t.startswith("submitted Ray job"))
     assert checked < submitted  # validated before the training job was submitted
+
+
+def test_the_cli_creates_shows_and_validates_rubrics(services, client_for, make_tenant, providers, tmp_path):
+    french_judge(providers["platform"])
+    tenant = make_tenant()
+    dataset = upload(client_for(tenant), ROWS).dataset
+    (tmp_path / "colours.yaml").write_text(RUBRIC)
+    assert "rubric colours v1 (rub_" in cli_run(
+        services, tenant.api_key, "rubrics", "create", str(tmp_path / "colours.yaml")
+    )
+    assert "colours" in cli_run(services, tenant.api_key, "rubrics", "list")
+    shown = cli_run(services, tenant.api_key, "rubrics", "show", "colours")
+    assert "exact_match" in shown and "Criterion: The answer is a French colour." in shown and "<answer>" in shown
+    (tmp_path / "answers.json").write_text(json.dumps(["rouge", "red"]))
+    table = cli_run(services, tenant.api_key, "rubrics", "validate", "colours", "--dataset", dataset.id, "--answers",
+                    str(tmp_path / "answers.json"))  # fmt: skip
+    assert "on 2 rows: ok" in table and "judge: 4 requests" in table
+    assert re.search(r"exact\s*│\s*exact_match\s*│\s*1\s*│\s*1\.00\s*│\s*0\.50\s*│\s*\+0\.50", table), table
+    (tmp_path / "broken.yaml").write_text(BROKEN)
+    cli_run(services, tenant.api_key, "rubrics", "create", str(tmp_path / "broken.yaml"))
+    refused_table = cli_run(services, tenant.api_key, "rubrics", "validate", "colours-broken", "--dataset",
+                            dataset.id, exit_code=1)  # fmt: skip
+    assert "refused" in refused_table and "problem: count (numeric) cannot score row 0 of the eval" in refused_table

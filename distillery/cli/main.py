@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from distillery.cli import datasets, keys, models, quota, recipes, runs, server_side, tools
+from distillery.cli import datasets, keys, models, quota, recipes, rubrics, runs, server_side, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +26,16 @@ except ImportError as err:  # the client alone: each says what to install
 for command in stack_commands:
     cli.add_command(command)
 
-for group in (datasets.group, tools.group, keys.group, recipes.group, runs.group, models.group, quota.command):
+for group in (
+    datasets.group,
+    tools.group,
+    keys.group,
+    recipes.group,
+    rubrics.group,
+    runs.group,
+    models.group,
+    quota.command,
+):
     cli.add_command(group)
 
 

@@ -9,6 +9,7 @@ import click
 
 from distillery.cli.metrics_view import print_metrics
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
+from distillery.cli.rubric_view import print_validation
 from distillery.cli.run_plots import eval_line, plot
 from distillery.cli.run_watch import follow, generation_text
 from distillery.cli.tool_run_options import tool_fields, tool_options
@@ -124,6 +125,13 @@ PATHS = {
     is_flag=True,
     help="Print the teacher's estimate (rows, tokens, cost) and stop without starting the run.",
 )
+@click.option("--rubric", default="", metavar="NAME",
+              help="A rubric (`distillery rubrics list`: an id, or a name for its latest version): checked on the "
+              "eval set before training (the references and the base student's answers scored per criterion); "
+              "a criterion that cannot score a row or tells no answers apart fails the run.")  # fmt: skip
+@click.option("--validate-only", is_flag=True,
+              help="With --rubric: stop after the rubric's check, before any training; `runs show` prints the "
+              "scores.")  # fmt: skip
 @tool_options
 @click.option("--idempotency-key", default="", help="Repeat the command safely: the same key returns the same run.")
 @click.option("--watch/--no-watch", "follow_it", default=False, help="Follow the run until it ends.")
@@ -132,7 +140,8 @@ def create(
     recipe: str, path: str | None, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float,
     model_name: str, system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool,
     teacher: str, augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
-    estimate_only: bool, workers: int, cpus_per_worker: float, gpu_type: str, **options: Any,
+    estimate_only: bool, workers: int, cpus_per_worker: float, gpu_type: str, rubric: str, validate_only: bool,
+    **options: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
     if not student_model and not recipe:
@@ -155,6 +164,7 @@ def create(
         sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,
         max_failed_fraction=max_failed_fraction, tool_ids=tools["tool_ids"], seed_prompts=tools["seed_prompts"],
         objectives=tools["objectives"], tool_responses=tools["tool_responses"], mode=tools["mode"],
+        rubric=rubric, validate_only=validate_only,
         generation=teacher_pb2.GenerationParameters(
             temperature=temperature, max_output_tokens=max_output_tokens, **tools["generation"]
         ),
@@ -235,6 +245,10 @@ def show(run_id: str, as_json: bool) -> None:
         at = f" at step {run.stop_step}" if run.stop_step else ""
         best = f"; the best checkpoint, step {run.best_step}, is the one kept" if run.best_step else ""
         console.print(f"training stopped: {run.stop_reason.replace('_', ' ')}{at}{best}")
+    if run.HasField("rubric_validation"):
+        print_validation(run.rubric_validation)
+    elif run.request.rubric and run.state not in FINAL:
+        console.print(f"rubric {run.request.rubric}: checked on the eval set before training")
     if run.HasField("error"):
         console.print(f"[red]{run.error.code}[/red]: {run.error.message}")
 
