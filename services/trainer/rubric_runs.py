@@ -7,6 +7,8 @@ versions come later.
 Before TRAINING (``check``, from the pipeline once the run has its final split, and its auto settings
 sized), the rubric is checked on the first rows of the run's eval split:
 
+0. every programmatic criterion scores the references: one that cannot (a ``numeric`` criterion on references
+   with no number...) refuses the run at once, before any compute (``rubric_checks.reference_refusal``);
 1. the base student's answers to those prompts: the trainer service runs no model, so a short Ray job does
    (``recipes/base_answers.py``, job ``<run>-rubric``, its objects under ``<run prefix>/rubric/``, S3 keys
    scoped to the run as a training job's are), followed until it ends; a job that already wrote its answers
