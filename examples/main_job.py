@@ -5,10 +5,13 @@ model on the example pairs dataset, end to end through the services.
    model directory, once;
 2. uploads `examples/support_pairs.jsonl` (100 support messages triaged into a fixed
    JSON answer) through the ingest service;
-3. starts a finetune-text run (LoRA) and follows it live: validation, the train/eval
-   split, the Ray job's progress, evaluation, registration;
-4. prints the model id, the eval loss before and after training, and the trained
-   model's answers (through the registry's Generate) next to the base model's.
+3. starts a finetune-text run with the `classify` recipe (LoRA; its epochs, steps, max length
+   and eval cadence sized from the dataset, early stopping on) and follows it live:
+   validation, the train/eval split, the Ray job's progress and mid-training evals,
+   evaluation, registration;
+4. prints the model id, the eval loss before and after training, the eval history and why
+   training stopped, and the trained model's answers (through the registry's Generate) next
+   to the base model's.
 
 Running it again reuses the finished run and its model instead of training again (a
 run still going is followed); `distillery models delete ID` and a new `make run`
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from distillery.cli.run_plots import eval_line
 from distillery.cli.run_watch import follow
 from distillery.client import Client, home
 from distillery.demo_model import ensure_demo_model
@@ -34,11 +38,11 @@ from distillery.uploads import Upload, send
 
 EXAMPLES = Path(__file__).parent
 DATASET = EXAMPLES / "support_pairs.jsonl"
-# Measured on 2 CPU cores: about 4 minutes of training, eval loss well down.
-SFT = pb.SftSettings(
-    max_steps=60, batch_size=4, learning_rate=1e-3, lora_r=16, lora_alpha=32, max_seq_length=256,
-    checkpoint_every_steps=30,
-)  # fmt: skip
+# The recipe for short classification or extraction (`distillery recipes show classify`); the student is the
+# demo model on disk (the recipe's own is the same model by its hub id), and a higher learning rate than the
+# recipe's for a short demo: explicit settings override the recipe's.
+RECIPE = "classify"
+SFT = pb.SftSettings(learning_rate=1e-3)
 # The instruction every row of the dataset carries; the samples below are asked under it.
 SYSTEM = json.loads(DATASET.read_text().splitlines()[0])["system_prompt"]
 SAMPLES = [
@@ -69,15 +73,16 @@ def upload(
 
 def demo_run(client: Client, dataset_id: str, student: str) -> pb.Run:
     """The run to show: an earlier demo run on this dataset that succeeded or still goes, else a new one."""
-    earlier, key = reusable_run(client, f"demo-{dataset_id}-")
+    earlier, key = reusable_run(client, f"demo-{RECIPE}-{dataset_id}-")
     if earlier is not None:
         return earlier
     request = pb.CreateRunRequest(
-        path=3, dataset_id=dataset_id, student_model=student, sft=SFT, model_name="support-triage",
+        path=3, recipe=RECIPE, dataset_id=dataset_id, student_model=student, sft=SFT, model_name="support-triage",
         idempotency_key=key,
     )  # fmt: skip
     run = create_run(client, request)
-    say(f"created run {run.id}: LoRA on {Path(student).name}, {SFT.max_steps} steps")
+    auto = ", ".join(run.request.auto_fields)
+    say(f"created run {run.id}: recipe {RECIPE}, LoRA on {Path(student).name} ({auto} sized from the dataset)")
     return run
 
 
@@ -157,11 +162,22 @@ def main() -> None:
     before, after = run.metrics["eval_loss_before"], run.metrics["eval_loss_after"]
     say(f"\nmodel id:  {run.model_id}")
     say(f"eval loss: {before:.4f} before training -> {after:.4f} after ({(1 - after / before):.0%} lower)")
+    sft = run.request.sft
+    say(
+        f"settings:  {sft.max_steps} steps, max length {sft.max_seq_length}, an eval every {sft.eval_every_steps} "
+        f"steps, patience {sft.early_stopping_patience} ({', '.join(run.request.auto_fields)} sized from the data)"
+    )
+    if run.evals:
+        say("evals:     " + ", ".join(f"step {e.step} {e.values['eval_loss']:.3f}" for e in run.evals))
+        say(f"           {eval_line(run)}")
+    best = f"; kept the best checkpoint, step {run.best_step}" if run.best_step else ""
+    say(f"stopped:   {run.stop_reason.replace('_', ' ')} at step {run.stop_step}{best}")
     say("\nsample generations (system prompt as in the dataset):")
     for text, base, trained in zip(SAMPLES, base_answers(student), trained_answers(client, run.model_id), strict=True):
         say(f"\n  user:    {text}\n  base:    {base[:200]!r}\n  trained: {trained[:200]!r}")
     say(f"\ndone in {time.monotonic() - started:.0f} s.")
     say(f"Try: distillery models generate {run.model_id} 'your message' --system '...'")
+    say(f"     distillery runs plot {run.id} --out run.png   (loss, evals and learning rate by step)")
     say("Stop the stack with `distillery down` (data stays in $DISTILLERY_HOME, default ~/.distillery).")
 
 

@@ -50,6 +50,7 @@ def sft_config(
         save_strategy="steps" if saves else "no", save_steps=save_steps, save_total_limit=2,
         eval_strategy="steps" if every else "no", eval_steps=every or None,
         load_best_model_at_end=patience > 0, metric_for_best_model="eval_loss",
+        restore_callback_states_from_checkpoint=True,  # early stopping's count of evals goes on after a resume
         greater_is_better=False, logging_steps=1, logging_nan_inf_filter=False, report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, **extra,
     )  # fmt: skip
