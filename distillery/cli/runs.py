@@ -123,7 +123,8 @@ PATHS = {
     "--estimate",
     "estimate_only",
     is_flag=True,
-    help="Print the teacher's estimate (rows, tokens, cost) and stop without starting the run.",
+    help="Print what the run would take (the teacher's rows, tokens and cost; the training steps, tokens and "
+    "expected time on each compute) and stop without starting it.",
 )
 @click.option("--rubric", default="", metavar="NAME",
               help="A rubric (`distillery rubrics list`: an id, or a name for its latest version): checked on the "
@@ -172,8 +173,12 @@ def create(
     if "grpo" in tools:
         request.grpo.CopyFrom(tools["grpo"])
     with rpc_errors():
-        if path == "distill-text" and not as_json:
-            _print_estimate(request)
+        if estimate_only or (path == "distill-text" and not as_json):
+            estimate = Client.from_environment().trainer.EstimateRun(request)
+            if estimate_only and as_json:
+                print_json(estimate)
+            else:
+                _print_estimate(estimate, teacher_only=not estimate_only)
         if estimate_only:
             return
         run = Client.from_environment().trainer.CreateRun(request)
@@ -187,16 +192,33 @@ def create(
                 raise SystemExit(FAILED)
 
 
-def _print_estimate(request: pb.CreateRunRequest) -> None:
-    """What the teacher will be asked, before the run starts."""
-    estimate = Client.from_environment().teacher.EstimateJob(
-        teacher_pb2.CreateGenerationJobRequest(
-            kind=teacher_pb2.JOB_KIND_TEXT_DISTILLATION, teacher=request.teacher, dataset_id=request.dataset_id,
-            system_prompts=request.system_prompts, parameters=request.generation,
-        )
-    )  # fmt: skip
-    console.print(f"estimate: {estimate.rows} rows for the teacher, about {estimate.input_tokens:,} input and "
-                  f"{estimate.output_tokens:,} output tokens, ${estimate.estimated_cost_usd:.4f}")  # fmt: skip
+def _print_estimate(estimate: pb.RunEstimate, teacher_only: bool) -> None:
+    """What the run would take: the teacher's part, then (unless ``teacher_only``) the training's."""
+    if estimate.HasField("teacher"):
+        teacher = estimate.teacher
+        console.print(f"estimate: {teacher.rows} rows for the teacher, about {teacher.input_tokens:,} input and "
+                      f"{teacher.output_tokens:,} output tokens, ${teacher.estimated_cost_usd:.4f}")  # fmt: skip
+    if teacher_only:
+        return
+    size = f", a {estimate.student_params / 1e6:,.0f}M-parameter student" if estimate.student_params else ""
+    console.print(
+        f"training: {estimate.train_rows} train and {estimate.eval_rows} eval rows, {estimate.steps} steps, "
+        f"about {estimate.tokens_to_process:,} tokens ({estimate.tokens_per_row:.0f} a row){size}"
+    )
+    rows = [
+        (c.compute, f"{c.tokens_per_second:,.0f}", _duration(c.seconds), "measured" if c.measured else c.note)
+        for c in estimate.compute
+    ]  # fmt: skip
+    if rows:
+        print_table("Expected training time", ["compute", "tokens/s", "time", "from"], rows)
+    for note in estimate.notes:
+        console.print(f"note: {note}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 @group.command("list")
