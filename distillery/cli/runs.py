@@ -83,7 +83,20 @@ PATHS = {
 @click.option("--batch-size", type=int, default=0, help="[default: 4]")
 @click.option("--max-seq-length", type=int, default=0, help="[default: 1024]")
 @click.option("--checkpoint-every", "checkpoint_every_steps", type=int, default=0, help="Steps [default: 50].")
-@click.option("--eval-every", "eval_every_steps", type=int, default=0, help="Steps [default: before and after].")
+@click.option(
+    "--eval-every",
+    "eval_every_steps",
+    type=int,
+    default=0,
+    help="Steps between mid-training evals [default: about ten a run; -1: only before and after].",
+)
+@click.option(
+    "--patience",
+    "early_stopping_patience",
+    type=int,
+    default=0,
+    help="Stop after this many evals without improvement [default: 3; -1: never stop early].",
+)
 @click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA adapter.")
 @click.option("--lora-r", type=int, default=0, help="[default: 16]")
 @click.option("--seed", type=int, default=0)

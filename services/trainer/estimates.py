@@ -119,6 +119,8 @@ def estimate(
                 compute=row.compute, tokens_per_second=speed, seconds=tokens / speed, measured=row.measured,
                 note=row.note,
             ))  # fmt: skip
+        notes.append("the times are the training's compute only: starting the job (Ray, loading the student) "
+                     "adds about a minute, the evaluations' generation more")  # fmt: skip
     else:
         notes.append(f"the size of {student!r} is not in its name: no durations (the tokens are still right)")
     return pb.RunEstimate(
