@@ -243,3 +243,56 @@ def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(services, clien
     assert len({e.sequence for e in events}) == len(events)
     models = client.registry.ListModels(registry_pb2.ListModelsRequest()).models
     assert [m.id for m in models] == [done.model_id]
+
+
+TOOL_CALLS = Path(__file__).resolve().parent.parent / "examples" / "tools" / "weather_calls.jsonl"
+
+
+def test_a_ray_worker_killed_mid_sft_of_a_tool_run_resumes_from_its_checkpoint(
+    services, client_for, make_tenant, tiny_student
+):
+    """The tool-calling recipe as the text one: a distill-tools run on a tool-calls dataset whose Ray Train worker is
+    killed in SFT resumes from its last checkpoint (every 10 steps), without evaluating the base student again,
+    succeeds once and registers one model. Only this session's workers are killed (its S3 endpoint in their
+    environment): other sessions on the machine may be training too."""
+    client = client_for(make_tenant())
+    dataset = upload_rows(
+        client, TOOL_CALLS.read_bytes(), name="weather_calls.jsonl", kind=ingest_pb2.DATASET_KIND_TOOL_CALLS
+    ).dataset
+    assert dataset.valid, dataset.report.violations
+    sft = pb.SftSettings(max_steps=40, learning_rate=5e-3, batch_size=4, checkpoint_every_steps=10, lora_r=8,
+                         eval_every_steps=-1, early_stopping_patience=-1)  # fmt: skip
+    started = time.monotonic()
+    run = client.trainer.CreateRun(pb.CreateRunRequest(
+        path=common_pb2.TRAINING_PATH_DISTILL_TOOLS, dataset_id=dataset.id, student_model=tiny_student, sft=sft,
+    ))  # fmt: skip
+    wait_for(lambda: training_step(client, run.id) >= 15, timeout=300, every=0.1)  # a checkpoint at step 10 is stored
+    to_kill = time.monotonic() - started
+
+    def ours(proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error):
+            return proc.environ().get("DISTILLERY_S3_ENDPOINT") == services.s3.endpoint
+        return False
+
+    workers = [proc for proc in train_workers() if ours(proc)]
+    assert workers, "no Ray Train worker process of this session found"
+    for worker in workers:
+        worker.kill()
+    time.sleep(1.0)  # what the killed worker pushed last: at most the step it was killed at
+    killed_at = client.trainer.GetRun(pb.GetRunRequest(id=run.id)).progress.step
+    events = watch(client, run.id, timeout=400)
+    done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
+    steps = [e.progress.step for e in events if e.WhichOneof("payload") == "progress" and e.progress.step]
+    lines = [e.log.text for e in events if e.WhichOneof("payload") == "log"]
+    resumed = [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("resuming from the checkpoint at step")]
+    print(f"tool run: killed at step {killed_at} after {to_kill:.0f} s, resumed from {resumed}, done after "
+          f"{time.monotonic() - started:.0f} s")  # fmt: skip
+    assert len(resumed) == 1 and resumed[0] % 10 == 0 and 10 <= resumed[0] <= killed_at, (resumed, killed_at, steps)
+    assert sum(line.startswith("evaluating the base student") for line in lines) == 1, lines  # once per run
+    assert steps[-1] == sft.max_steps and done.metrics["steps"] == sft.max_steps
+    assert {"base_correct_rate", "sft_correct_rate", "eval_loss_before"} <= set(done.metrics)
+    assert states(events).count(pb.RUN_STATE_SUCCEEDED) == 1
+    assert len({e.sequence for e in events}) == len(events)
+    models = client.registry.ListModels(registry_pb2.ListModelsRequest()).models
+    assert [m.id for m in models] == [done.model_id]

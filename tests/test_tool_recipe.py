@@ -1,7 +1,9 @@
 """The tool-calling recipe: GRPO settings, rendering for a student (its own tool template, and the
 fallback), loss masks, the reward dry run, and whole runs: ``run`` called directly (full fine-tune,
 SFT then GRPO, against the session's S3 server) and ``python -m services.trainer.recipes.tool_calling``
-under a local Ray cluster (LoRA), pushing progress to a real gRPC server.
+under a local Ray cluster (LoRA), pushing progress to a real gRPC server and keeping SFT checkpoints in S3;
+retried attempts: SFT resumed from a checkpoint, GRPO started from the SFT model an earlier attempt kept
+(a worker killed mid-run: tests/test_chaos.py).
 
 The students are tiny random models (``tests/tiny_models.py``). Such a model memorises, it does not
 generalise: the SFT test trains on six prompts and evaluates on the same six (``small_task``), so
@@ -15,6 +17,7 @@ import ast
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +28,7 @@ from typing import Any
 
 import grpc
 import pytest
+from transformers import TrainerCallback
 
 from distillery.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import tool_format
@@ -32,7 +36,7 @@ from services.common.errors import InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.common.tool_calls import Call, check_call, parse_output, tools_by_name
-from services.trainer.recipes import tool_calling, tool_data, tool_eval, tool_grpo
+from services.trainer.recipes import tool_calling, tool_data, tool_eval, tool_grpo, tool_resume, trl_configs
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings, resolve_grpo
 from services.trainer.recipes.job_spec import JobSpec
@@ -602,6 +606,108 @@ def test_an_sft_only_run_keeps_the_adapter_and_reports_no_grpo(store: ObjectStor
     assert "adapter_model.safetensors" in objects(store, f"{spec.output_prefix}/model/")
 
 
+class LogLines:
+    """What ``progress.stage_log`` sends, where a ``ProgressPush`` would queue it."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def put(self, event: trainer_pb2.RunEvent) -> None:
+        self.lines.append(event.log.text)
+
+
+class Steps(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.steps.append(state.global_step)
+
+
+def test_a_retried_sft_resumes_from_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tool_resume.train`` in a retried attempt of a Ray Train job: training goes on from the checkpoint Ray Train
+    hands back (here one the first trainer saved, in the layout ``RayTrainReportCallback`` reports), and the run
+    event says from which step. The whole path, a worker killed: tests/test_chaos.py."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    student = build_llama(tmp_path / "llama")
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    train_set, _ = tool_data.sft_rows(tool_rows()[0], tool_format.detect(tokenizer), tokenizer, 2048, "train")
+    settings = resolve_sft({"max_steps": 6, "batch_size": 2, "checkpoint_every_steps": 4, "eval_every_steps": -1})
+
+    def trainer(workdir: Path) -> Any:
+        model = AutoModelForCausalLM.from_pretrained(student)
+        return tool_calling.sft_trainer(model, trl_configs.lora_config(settings), tokenizer, train_set, train_set[:2],
+                                        settings, workdir, False, False, checkpoints=True)  # fmt: skip
+
+    first = trainer(tmp_path / "first")
+    first.train()
+    saved = sorted(p.name for p in (tmp_path / "first" / "sft-out").glob("checkpoint-*"))
+    assert saved == ["checkpoint-4", "checkpoint-6"]  # at the cadence, and the last step
+    reported = tmp_path / "reported"
+    shutil.copytree(tmp_path / "first" / "sft-out" / "checkpoint-4", reported / RayTrainReportCallback.CHECKPOINT_NAME)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(str(reported)))
+    second, lines, steps = trainer(tmp_path / "second"), LogLines(), Steps()
+    second.add_callback(steps)
+    tool_resume.train(second, lines, ray_train=True)  # type: ignore[arg-type]
+    assert lines.lines == ["resuming from the checkpoint at step 4"]
+    assert steps.steps == [5, 6] and second.state.global_step == 6
+    lines = LogLines()
+    tool_resume.train(trainer(tmp_path / "direct"), lines, ray_train=False)  # no Ray: no checkpoint to look for
+    assert lines.lines == []
+
+
+def test_an_attempt_retried_during_grpo_starts_it_from_the_kept_sft_model(
+    store: ObjectStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry after SFT finished (here the first attempt's reward dry run raised) evaluates neither the base nor
+    the SFT model again and trains no SFT: GRPO starts from the SFT adapter the first attempt kept."""
+    student = build_llama(tmp_path / "llama")
+    train, evals = tool_rows()
+    sft = {"max_steps": 2, "batch_size": 2, "eval_every_steps": -1}
+    grpo = {"max_steps": 1, "num_generations": 2, "max_completion_length": 8}
+    spec = put_spec(store, "run_tools_retried", str(student), train, evals, sft, grpo)
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the worker was lost")
+
+    monkeypatch.setattr(tool_calling, "reward_dry_run", lost)
+    with pytest.raises(RuntimeError, match="the worker was lost"):
+        tool_calling.run(spec, store, tmp_path / "first")
+    kept = read(store, f"{spec.output_prefix}/sft/sft.json")
+    assert kept["steps"] == 2 and {"base_correct_rate", "sft_correct_rate", "eval_loss_after"} <= set(kept["metrics"])
+    assert "adapter_model.safetensors" in objects(store, f"{spec.output_prefix}/sft/model/")
+    assert "result.json" not in objects(store, spec.output_prefix + "/")
+
+    stages: list[str] = []
+    started_from: list[dict[str, Any]] = []
+    evaluate, grpo_train = tool_calling.evaluate, tool_calling.grpo_train
+
+    def evaluated(*args: Any, **kwargs: Any) -> dict[str, float]:
+        stages.append(kwargs["stage"] if "stage" in kwargs else args[4])
+        return evaluate(*args, **kwargs)
+
+    def grpo_from(model: Any, *args: Any) -> Any:
+        started_from.append({n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n})
+        return grpo_train(model, *args)
+
+    monkeypatch.setattr(tool_calling, "evaluate", evaluated)
+    monkeypatch.setattr(tool_calling, "sft_trainer", lambda *args, **kwargs: pytest.fail("SFT trained again"))
+    monkeypatch.setattr(tool_calling, "reward_dry_run", lambda *args, **kwargs: {})
+    monkeypatch.setattr(tool_calling, "grpo_train", grpo_from)
+    tool_calling.run(spec, store, tmp_path / "second")
+    result = read(store, f"{spec.output_prefix}/result.json")
+    assert "base" not in stages and "sft" not in stages and "grpo" in stages, stages
+    metrics = result["metrics"]
+    assert metrics["steps"] == 2 and metrics["grpo_steps"] == 1
+    assert {k: metrics[k] for k in kept["metrics"]} == kept["metrics"]
+    # the adapter SFT trained (LoRA's B matrices start at zero), not a fresh one
+    assert started_from and any(float(p.abs().sum()) > 0 for p in started_from[0].values())
+    assert result["artifact_kind"] == "lora_adapter"
+
+
 class Recorder(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self) -> None:
         self.events: list[trainer_pb2.RunEvent] = []
@@ -631,7 +737,8 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     LoRA on the student trained above (so its samples differ in reward), GRPO with a KL penalty."""
     server, address = recorder
     train, evals = small_task()
-    sft = {"max_steps": 6, "learning_rate": 1e-4, "batch_size": 4, "seed": 1, "eval_every_steps": 2}
+    sft = {"max_steps": 6, "learning_rate": 1e-4, "batch_size": 4, "seed": 1, "eval_every_steps": 2,
+           "checkpoint_every_steps": 3}  # fmt: skip
     grpo = {"max_steps": 2, "num_generations": 4, "prompts_per_step": 1, "max_completion_length": 40, "beta": 0.04}
     spec = put_spec(store, "run_tools_lora", str(full_run["model_dir"]), train, evals, sft, grpo)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTILLERY_"))}
@@ -677,6 +784,16 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     values = {k for e in server.events if e.HasField("metrics") for k in e.metrics.values}
     assert {"base_correct_rate", "sft_correct_rate", "grpo_correct_rate", "grpo_reward", "loss"} <= values
     assert {"eval_correct_rate", "eval_valid_call_rate", "eval_loss"} <= values
+
+    # SFT checkpoints at their cadence (every 3 steps, and the last) in S3, where Ray Train keeps them (the last
+    # two); the SFT model kept for an attempt retried during GRPO; nothing resumed (no attempt failed)
+    prefix = f"{spec.output_prefix}/ray/"
+    states = sorted(name for name in objects(store, prefix) if name.endswith("/checkpoint/trainer_state.json"))
+    assert sorted(read(store, prefix + name)["global_step"] for name in states) == [3, 6], objects(store, prefix)
+    assert all(name.startswith(f"{spec.run_id}/checkpoint_") for name in states), states
+    assert "adapter_model.safetensors" in objects(store, f"{spec.output_prefix}/sft/model/")
+    assert read(store, f"{spec.output_prefix}/sft/sft.json")["steps"] == 6
+    assert not any(line.startswith("resuming from the checkpoint") for line in lines)
 
     # the adapter loads on the student and answers with a call
     from peft import PeftModel

@@ -9,18 +9,20 @@ one-worker Ray Train ``TorchTrainer``: the worker is where Ray puts the GPU when
 ``use_gpu`` is set (the job's driver runs on the head node, which may have none). One
 worker whatever ``num_workers`` says: every stage but SFT generates, and several ranks
 would each generate the same evaluations. The stages, in order (``run``, top to bottom; the
-helpers are ``tool_data.py``, ``tool_eval.py`` and ``tool_grpo.py``):
+helpers are ``tool_data.py``, ``tool_eval.py``, ``tool_grpo.py`` and ``tool_resume.py``):
 
 1. read both splits; an eval example is a row's turns before its first assistant turn
    (the prompt) and that turn's calls (``[]`` when it answered in text: no call wanted);
 2. pick how the student renders tools (``tool_format.detect``: its own template, or the
    fallback) and tokenize the train and eval rows with the loss on assistant turns only;
 3. evaluate the base student: greedy generation on the eval prompts, ``tool_rewards.score``
-   -> metrics ``base_<rate>``;
+   -> metrics ``base_<rate>`` (once per run: kept, with the eval loss before SFT, in ``eval_before.json``);
 4. SFT with trl's ``SFTTrainer`` on the pre-tokenized rows (``input_ids`` +
    ``assistant_masks``), LoRA unless ``sft.full_finetune``; eval loss before and after; evals
    of the generated calls at a cadence with early stopping on their correct rate (``evals.BestByMetric``:
-   metrics ``eval_<rate>``; the best weights are kept); evaluate -> ``sft_<rate>``;
+   metrics ``eval_<rate>``; the best weights are kept); a checkpoint every ``sft.checkpoint_every_steps``
+   steps to S3 through Ray Train; evaluate -> ``sft_<rate>``; with ``grpo``, the SFT model and what SFT
+   measured are kept under ``<output_prefix>/sft/``;
 5. with ``grpo``: a reward dry run (a few training prompts, ``num_generations`` samples
    each at the GRPO temperature); when no prompt's samples differ in total reward it
    stops with ``rewards_without_variance``. Then trl's ``GRPOTrainer`` from the SFT model
@@ -39,10 +41,18 @@ helpers are ``tool_data.py``, ``tool_eval.py`` and ``tool_grpo.py``):
 
 Progress goes to the trainer service (``progress.ProgressPush``) as one step count over
 SFT and GRPO together, with a log line when each stage begins. The job records when GRPO
-begins (``job.enter_phase``), so running out of memory there names the GRPO settings. There are no mid-run
-checkpoints: a job that fails is not retried by Ray Train, and a job submitted again
-starts over. Failures that retrying cannot fix end in ``<output_prefix>/error.json``
-(``{"code", "message", "field"}``); a cancel (SIGINT) ends without one.
+begins (``job.enter_phase``), so running out of memory there names the GRPO settings.
+
+Retries (``tool_resume.py``): Ray Train tries an attempt that raised or lost its worker again, twice
+(``max_failures=2``), keeping the last two SFT checkpoints under ``<output_prefix>/ray/``. A retry during SFT
+resumes from the last checkpoint (the run event ``resuming from the checkpoint at step N``) without
+evaluating the base again. A retry during GRPO, which saves no checkpoints (its steps are few), starts GRPO
+over (reward dry run included) from the SFT model kept in stage 4, without training SFT again. The evals
+of generated calls keep their best weights in memory, so a resumed SFT tracks the best from the step it
+resumed at: the evals before it are not in result.json's ``evals``, the best is one of those after it or
+the final weights, and early stopping's patience counts afresh. Failures that retrying cannot fix end in
+``<output_prefix>/error.json`` (``{"code", "message", "field"}``, written by the attempt, which is then not
+retried); a cancel (SIGINT) ends without one.
 """
 
 from __future__ import annotations
@@ -59,7 +69,7 @@ from typing import Any
 from services.common import tool_format
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import evals, failures, job, start_model, trl_configs
+from services.trainer.recipes import evals, failures, job, start_model, tool_resume, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.progress import ProgressPush, StageProgress, stage_log
 from services.trainer.recipes.sft_settings import SftSettings
@@ -87,21 +97,22 @@ def main(argv: list[str] | None = None) -> int:
 def fit(spec: JobSpec, s3: S3Settings) -> None:
     if spec.num_workers != 1:
         log.info("the tool-calling recipe trains on one worker (num_workers=%s asked)", spec.num_workers)
-    job.train_on_ray(train_loop, spec, s3, workers=1, max_failures=0)
+    job.train_on_ray(train_loop, spec, s3, workers=1, max_failures=2, checkpoints_kept=2)
 
 
 def train_loop(config: dict[str, Any]) -> None:
     """The Ray Train worker."""
-    attempt(job.worker_spec(config), ObjectStore(S3Settings.from_env()))
+    attempt(job.worker_spec(config), ObjectStore(S3Settings.from_env()), ray_train=True)
 
 
-def attempt(spec: JobSpec, store: ObjectStore) -> None:
+def attempt(spec: JobSpec, store: ObjectStore, ray_train: bool = False) -> None:
     """``run`` in a scratch directory; failures that another attempt cannot fix go to error.json."""
-    job.attempt(spec, store, lambda workdir: run(spec, store, workdir))
+    job.attempt(spec, store, lambda workdir: run(spec, store, workdir, ray_train))
 
 
-def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
-    """Every stage of the recipe, in order (module docstring)."""
+def run(spec: JobSpec, store: ObjectStore, workdir: Path, ray_train: bool = False) -> None:
+    """Every stage of the recipe, in order (module docstring); ``ray_train`` in a Ray Train worker: SFT checkpoints
+    reported to Ray Train, and a retried attempt resumed from them (``tool_resume``)."""
     import torch
     from transformers import AutoTokenizer
 
@@ -128,51 +139,68 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
     }  # fmt: skip
 
     progress = ProgressPush.from_env(spec.run_id, rank=0)
+    measure = partial(evaluate, tokenizer=tokenizer, examples=examples, max_new_tokens=max_new_tokens, stage="eval")
     try:
-        # --- 3. the base student ---
-        model, peft_config = start_model.load(spec, start, dtype)
-        if use_gpu and torch.cuda.is_available():
-            model = model.to("cuda")
-        stage_log(progress, f"evaluating the base student on {len(examples['prompts'])} prompts ({fmt.name} format)")
-        metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "base", progress, 0))
+        kept = tool_resume.kept(store, spec) if grpo is not None else None
+        if kept is not None:  # an attempt retried during GRPO: SFT is done
+            metrics.update(kept["metrics"])
+            sft_steps, history, stop, best_step = kept["steps"], kept["evals"], kept["stop"], kept["best_step"]
+            stage_log(progress, f"SFT finished in an earlier attempt (step {sft_steps}): GRPO starts from its model")
+            model = tool_resume.kept_model(store, spec, workdir / "sft", dtype)
+            if use_gpu and torch.cuda.is_available():
+                model = model.to("cuda")
+        else:
+            # --- 3. the base student (once per run: a retried attempt reads what it measured) ---
+            model, peft_config = start_model.load(spec, start, dtype)
+            if use_gpu and torch.cuda.is_available():
+                model = model.to("cuda")
+            before = job.read_json(store, f"{spec.output_prefix}/{tool_resume.BEFORE}")
+            if before is None:
+                stage_log(progress, f"evaluating the base student on {len(examples['prompts'])} prompts "
+                                    f"({fmt.name} format)")  # fmt: skip
+                before = evaluate(model, tokenizer, examples, max_new_tokens, "base", progress, 0)
 
-        # --- 4. SFT ---
-        sft_steps = evals.planned_steps(sft, len(train_set))
-        total = sft_steps + (grpo.max_steps if grpo else 0)
-        every = evals.cadence(sft, sft_steps)
-        stage_log(progress, f"SFT: {sft_steps} steps on {len(train_set)} conversations, evals every {every or '-'}")
-        trainer = sft_trainer(model, peft_config, tokenizer, train_set, eval_set, sft, workdir, use_gpu, bf16, every)
-        watch = Watch(failures.SFT)
-        trainer.add_callback(watch)
-        trainer.add_callback(StageProgress(progress, 0, total))
-        measure = partial(evaluate, tokenizer=tokenizer, examples=examples, max_new_tokens=max_new_tokens,
-                          stage="eval")  # fmt: skip
-        best = evals.BestByMetric(measure, "eval_correct_rate", every, evals.patience(sft, every), progress)
-        trainer.add_callback(best)
-        metrics["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])
-        output = trainer.train()
-        if progress.stopped_by_service:
-            log.info("run %s: the trainer says the run is final; stopping without a result", spec.run_id)
-            return
-        watch.check()
-        metrics["eval_loss_after"] = eval_loss(trainer, failures.SFT)
-        metrics.update(
-            train_loss=float(output.training_loss), steps=trainer.state.global_step,
-            train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
-        )  # fmt: skip
-        model, sft_steps = trainer.model, trainer.state.global_step
-        history, stop = best.evals, evals.ending(sft_steps, trainer.state.max_steps, sft, best.stopped_early)
-        del trainer  # its optimizer state
-        gc.collect()
-        stage_log(progress, "evaluating the SFT model")
-        metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
-        best_step = sft_steps
-        if best.restore(
-            model, {"eval_correct_rate": metrics["sft_correct_rate"], "eval_loss": metrics["eval_loss_after"]}
-        ):
-            stage_log(progress, f"keeping the best SFT checkpoint, step {best.best_step}; evaluating it")
+            # --- 4. SFT (checkpoints in a Ray Train job; a retried attempt resumes from the last) ---
+            sft_steps = evals.planned_steps(sft, len(train_set))
+            total = sft_steps + (grpo.max_steps if grpo else 0)
+            every = evals.cadence(sft, sft_steps)
+            stage_log(progress, f"SFT: {sft_steps} steps on {len(train_set)} conversations, evals every {every or '-'}")
+            trainer = sft_trainer(model, peft_config, tokenizer, train_set, eval_set, sft, workdir, use_gpu, bf16,
+                                  every, checkpoints=ray_train)  # fmt: skip
+            watch = Watch(failures.SFT)
+            best = evals.BestByMetric(measure, "eval_correct_rate", every, evals.patience(sft, every), progress)
+            for callback in (watch, StageProgress(progress, 0, total), best, *tool_resume.reporting(ray_train)):
+                trainer.add_callback(callback)
+            if "eval_loss_before" not in before:
+                before["eval_loss_before"] = float(trainer.evaluate()["eval_loss"])
+                job.write_json(store, f"{spec.output_prefix}/{tool_resume.BEFORE}", before)
+            metrics.update(before)
+            output = tool_resume.train(trainer, progress, ray_train)
+            if progress.stopped_by_service:
+                log.info("run %s: the trainer says the run is final; stopping without a result", spec.run_id)
+                return
+            watch.check()
+            metrics["eval_loss_after"] = eval_loss(trainer, failures.SFT)
+            metrics.update(
+                train_loss=float(output.training_loss), steps=trainer.state.global_step,
+                train_runtime_s=float(output.metrics.get("train_runtime", 0.0)),
+            )  # fmt: skip
+            model, sft_steps = trainer.model, trainer.state.global_step
+            history, stop = best.evals, evals.ending(sft_steps, trainer.state.max_steps, sft, best.stopped_early)
+            del trainer  # its optimizer state
+            gc.collect()
+            stage_log(progress, "evaluating the SFT model")
             metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
-            best_step = best.best_step
+            best_step = sft_steps
+            if best.restore(
+                model, {"eval_correct_rate": metrics["sft_correct_rate"], "eval_loss": metrics["eval_loss_after"]}
+            ):
+                stage_log(progress, f"keeping the best SFT checkpoint, step {best.best_step}; evaluating it")
+                metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
+                best_step = best.best_step
+            if grpo is not None:  # for an attempt retried during GRPO
+                done = {"metrics": metrics, "steps": sft_steps, "evals": history, "stop": stop, "best_step": best_step}
+                tool_resume.keep(store, spec, model, workdir / "sft", done)
 
         # --- 5. GRPO ---
         if grpo is not None:
@@ -236,16 +264,17 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path) -> None:
 
 def sft_trainer(
     model: Any, peft_config: Any, tokenizer: Any, train_set: list[dict[str, Any]], eval_set: list[dict[str, Any]],
-    settings: SftSettings, workdir: Path, use_gpu: bool, bf16: bool, every: int = 0,
+    settings: SftSettings, workdir: Path, use_gpu: bool, bf16: bool, every: int = 0, checkpoints: bool = False,
 ) -> Any:  # fmt: skip
-    """trl's SFTTrainer on pre-tokenized rows: ``assistant_masks`` make the labels (-100 elsewhere)."""
+    """trl's SFTTrainer on pre-tokenized rows: ``assistant_masks`` make the labels (-100 elsewhere); a checkpoint
+    every ``settings.checkpoint_every_steps`` steps (and at the last) with ``checkpoints``."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     # Evals of the eval loss every ``every`` steps; ``run`` adds the scoring of generated calls to each
     # (``evals.BestByMetric``), which decides on early stopping.
     config = trl_configs.sft_config(
-        settings, workdir / "sft-out", use_gpu=use_gpu, bf16=bf16, save_checkpoints=False, every=every
+        settings, workdir / "sft-out", use_gpu=use_gpu, bf16=bf16, save_checkpoints=checkpoints, every=every
     )
     return SFTTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=peft_config,

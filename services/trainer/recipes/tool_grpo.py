@@ -4,6 +4,10 @@ that refuses rewards without variance, and trl's ``GRPOTrainer`` with ``tool_rew
 The rows are ``tool_data.grpo_rows``: text prompts (the tools rendered in: trl does not pass per-row
 tools to the template) with the reward columns ``tools`` and ``expected_calls``. Step time is split
 into generation (trl's sampling call) and the rest.
+
+GRPO saves no checkpoints (its steps are few): an attempt the Ray Train job retries during GRPO (a worker lost)
+starts GRPO over, reward dry run included, from the SFT model an earlier attempt kept (``tool_resume.keep``),
+without evaluating the base again or training SFT again; its steps go on from the SFT stage's in the progress.
 """
 
 from __future__ import annotations
@@ -31,13 +35,15 @@ DRY_RUN_PROMPTS = 4
 
 def grpo_start(model: Any, directory: Path) -> Any:
     """The model GRPO starts from: the SFT adapter as it is (trl copies it as the reference when beta > 0), or
-    the full SFT model saved and reloaded, so that trl's reference (loaded by the model's name) is it, not the base."""
+    the full SFT model loaded from ``directory`` (saved there first unless it is there already), so that trl's
+    reference (loaded by the model's name) is it, not the base."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    if isinstance(model, PeftModel):
+    if isinstance(model, PeftModel) or model.name_or_path == str(directory):
         return model
-    model.save_pretrained(directory)
+    if not (directory / "config.json").is_file():
+        model.save_pretrained(directory)
     return AutoModelForCausalLM.from_pretrained(directory, dtype=model.dtype).to(model.device)
 
 
