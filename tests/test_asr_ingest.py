@@ -319,13 +319,16 @@ def test_every_unusable_wav_gets_its_own_code(tmp_path, data, code, words):
     assert words in report.violations[0].message and report.violations[0].hint
 
 
-def test_clips_over_the_limit_are_refused_with_their_length_and_the_limit(tmp_path):
+def test_clips_over_the_limit_are_flagged_with_their_length_and_the_limit_and_the_dataset_stays_valid(tmp_path):
     files = {"long.wav": pcm_wav(31, 8000, 1, 1, silent=True), "ok.wav": pcm_wav(29.9, 8000, 1, 1, silent=True)}
     rows = [{"audio": name, "text": "a long story", "language": "en"} for name in files]
-    report, _ = check(tmp_path, rows, files)
-    assert found(report) == [(1, "audio", "oversized_clip", "long.wav")]
-    message = report.violations[0].message
-    assert "31.0 s" in message and "limit is 30 s" in message and "split the clip" in report.violations[0].hint
+    report, out = check(tmp_path, rows, files)
+    assert report.valid and not report.violations
+    assert warned(report) == [(1, "audio", "oversized_clip", "long.wav")]
+    message = report.warnings[0].message
+    assert "31.0 s" in message and "limit of 30 s" in message and "split the clip" in report.warnings[0].hint
+    assert report.warning_counts["oversized_clip"] == 1
+    assert {r["audio"]: r["duration_s"] for r in out} == {"long.wav": 31.0, "ok.wav": 29.9}
     report, out = check(tmp_path, rows, files, limits=AsrLimits(max_clip_seconds=60))
     assert report.valid and out[0]["duration_s"] == 31.0
 

@@ -22,8 +22,9 @@ The manifest is checked against the uploads: a row naming a file not uploaded
 named by two rows (``duplicate_audio_reference``, a warning). Every upload is
 checked by content, never by name: archives are refused (``archive_not_allowed``);
 the WAV header must be sound and supported (codes in ``wav.py``); a clip longer
-than ``max_clip_seconds`` is refused (``oversized_clip``), since Whisper trains on
-30-second windows. An empty manifest (``empty_manifest``) or no uploads at all
+than ``max_clip_seconds`` is flagged, not refused (``oversized_clip``, a warning
+naming its line and file): Whisper trains on 30-second windows, so runs leave such
+clips out (their canonical row keeps ``duration_s`` to tell them by). An empty manifest (``empty_manifest``) or no uploads at all
 (``no_audio_files``) are refused too. Only headers are read, so each file costs
 bounded time and memory whatever its size.
 """
@@ -221,11 +222,11 @@ def _check_clip(name: str, path: Path, line: int, limits: AsrLimits, report: Rep
             report.add(line, "audio", err.code, f"{name!r}: {err.message}", err.hint, entry=name)
             return None
     if info.duration_s > limits.max_clip_seconds:
-        report.add(line, "audio", "oversized_clip",
-                   f"{name!r} is {info.duration_s:.1f} s long; the limit is {limits.max_clip_seconds:g} s",
-                   f"split the clip into pieces of at most {limits.max_clip_seconds:g} s "
-                   "(Whisper trains on 30 s windows), or raise the clip length limit", entry=name)  # fmt: skip
-        return None
+        report.warn(line, "audio", "oversized_clip",
+                    f"{name!r} is {info.duration_s:.1f} s long, over the limit of {limits.max_clip_seconds:g} s: "
+                    "training and evaluation leave it out",
+                    f"split the clip into pieces of at most {limits.max_clip_seconds:g} s "
+                    "(Whisper trains on 30 s windows), or raise the clip length limit", entry=name)  # fmt: skip
     return info
 
 
