@@ -24,9 +24,10 @@ checked by content, never by name: archives are refused (``archive_not_allowed``
 the WAV header must be sound and supported (codes in ``wav.py``); a clip longer
 than ``max_clip_seconds`` is flagged, not refused (``oversized_clip``, a warning
 naming its line and file): Whisper trains on 30-second windows, so runs leave such
-clips out (their canonical row keeps ``duration_s`` to tell them by). An empty manifest (``empty_manifest``) or no uploads at all
-(``no_audio_files``) are refused too. Only headers are read, so each file costs
-bounded time and memory whatever its size.
+clips out (their canonical row keeps ``duration_s`` to tell them by). An empty
+manifest (``empty_manifest``) or no uploads at all (``no_audio_files``) are
+refused too. Only headers are read, so each file costs bounded time and memory
+whatever its size.
 """
 
 from __future__ import annotations
