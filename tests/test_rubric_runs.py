@@ -24,6 +24,11 @@ from distillery.cli.main import cli
 from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.trainer.recipes import rubric_evals
+from services.trainer.recipes.job_spec import JobSpec
+from services.trainer.recipes.sft_settings import resolve_sft
+from services.trainer.rubric import parse_rubric
 
 FRENCH = {"rouge", "bleu", "vert", "blanc", "noir", "gris"}
 ANSWER = re.compile(r"<answer>\n(.*)\n</answer>", re.DOTALL)
@@ -140,9 +145,9 @@ def test_validate_rubric_scores_references_and_given_answers(services, client_fo
     assert field_of(refused(partial(client.trainer.ValidateRubric, request), grpc.StatusCode.NOT_FOUND)) == "rubric"
 
 
-def run_request(dataset_id: str, student: str, **extra) -> pb.CreateRunRequest:
+def run_request(dataset_id: str, student: str, sft: pb.SftSettings = QUICK, **extra) -> pb.CreateRunRequest:
     return pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_TEXT, dataset_id=dataset_id,
-                               student_model=student, sft=QUICK, **extra)  # fmt: skip
+                               student_model=student, sft=sft, **extra)  # fmt: skip
 
 
 def test_a_validate_only_run_shows_the_rubric_scores_before_any_training(
@@ -210,7 +215,10 @@ def test_a_run_with_a_rubric_trains_and_shows_its_validation(services, client_fo
     client = client_for(make_tenant())
     dataset = upload(client, ROWS).dataset
     create(client, RUBRIC)
-    run = client.trainer.CreateRun(run_request(dataset.id, student, rubric="colours"))
+    # A checkpoint at every eval, so that the best eval's weights are there to keep.
+    sft = pb.SftSettings(max_steps=24, learning_rate=5e-3, batch_size=4, eval_every_steps=3, checkpoint_every_steps=3,
+                         lora_r=8)  # fmt: skip
+    run = client.trainer.CreateRun(run_request(dataset.id, student, rubric="colours", sft=sft))
     events = watch(client, run.id, timeout=240)
     done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
     assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
@@ -220,6 +228,16 @@ def test_a_run_with_a_rubric_trains_and_shows_its_validation(services, client_fo
     checked = next(i for i, t in enumerate(texts) if t.startswith("rubric colours v1 checked on"))
     submitted = next(i for i, t in enumerate(texts) if t.startswith("submitted Ray job"))
     assert checked < submitted  # validated before the training job was submitted
+
+    # The mid-training evals scored generated answers with the rubric's programmatic criterion (the judge's is
+    # the teacher's, not the job's), and the checkpoint kept is the best by that score.
+    during = [e for e in done.evals if e.step > 0]
+    assert during and all({"eval_rubric_score", "eval_rubric_exact", "eval_loss"} <= set(e.values) for e in during)
+    assert all(0.0 <= e.values["eval_rubric_score"] <= 1.0 for e in during)
+    best = max(e.values["eval_rubric_score"] for e in during)
+    assert done.best_step == next(e.step for e in during if e.values["eval_rubric_score"] == best)
+    pushed = [e.metrics for e in events if "eval_rubric_score" in e.metrics.values]
+    assert {m.step for m in pushed} >= {e.step for e in during}
 
 
 def test_the_cli_creates_shows_and_validates_rubrics(services, client_for, make_tenant, providers, tmp_path):
@@ -243,3 +261,22 @@ def test_the_cli_creates_shows_and_validates_rubrics(services, client_for, make_
     refused_table = cli_run(services, tenant.api_key, "rubrics", "validate", "colours-broken", "--dataset",
                             dataset.id, exit_code=1)  # fmt: skip
     assert "refused" in refused_table and "problem: count (numeric) cannot score row 0 of the eval" in refused_table
+
+
+def test_mid_training_evals_score_generated_answers_with_the_programmatic_criteria():
+    stored = parse_rubric(RUBRIC).to_dict()
+    criteria = rubric_evals.for_job(stored)
+    assert [c.name for c in criteria or []] == ["exact"]  # the judge's criterion is the teacher's, not the job's
+    rows = [{"prompt": [{"role": "user", "content": f"{en}, please"}], "completion": [{"role": "assistant",
+             "content": fr}]} for en, fr in (("red", "rouge"), ("blue", "bleu"))]  # fmt: skip
+    got = rubric_evals.scores(criteria or [], rows, [{"answer": " Rouge "}, {"answer": "blue"}])
+    assert got == {"eval_rubric_score": 0.5, "eval_rubric_exact": 0.5}
+    judge_only = parse_rubric(RUBRIC.replace("  - name: exact\n    kind: exact_match\n", "")).to_dict()
+    assert rubric_evals.for_job(judge_only) is None and rubric_evals.for_job(None) is None
+
+    spec = JobSpec(run_id="run_1", tenant_id="t", student_model="m", train_key="a", eval_key="b", output_prefix="p",
+                   sft=resolve_sft({}), rubric=stored)  # fmt: skip
+    assert JobSpec.from_json(spec.to_json()).rubric == stored
+    with pytest.raises(InvalidArgument) as err:
+        JobSpec.from_dict({**json.loads(spec.to_json()), "rubric": {"name": "x"}})
+    assert err.value.field == "spec.rubric"

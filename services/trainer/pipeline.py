@@ -105,6 +105,7 @@ def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
         sft=SftSettings(**request["sft"]), grpo=GrpoSettings(**grpo) if grpo is not None else None,
         num_workers=workers, use_gpu=use_gpu,
         start_from=source.get("artifact_prefix", ""), start_kind=source.get("artifact_kind", ""),
+        rubric=(run.rubric_validation or {}).get("definition"),  # the rubric the run checked (``rubric_runs``)
     )  # fmt: skip
 
 

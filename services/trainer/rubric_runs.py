@@ -15,7 +15,8 @@ sized), the rubric is checked on the first rows of the run's eval split:
    (a restarted trainer) is not run again;
 2. ``rubric_checks.report`` scores the eval references and those answers on every criterion (judge criteria
    through the teacher: its limits, the tenant's key or the platform's, and usage accounting);
-3. the report is kept on the run (``Run.rubric_validation``) and summed up in a run event;
+3. the report is kept on the run (``Run.rubric_validation``) and summed up in a run event, with the rubric's
+   definition, which the training job gets (``JobSpec.rubric``: its mid-training evals score by the rubric);
 4. a criterion that cannot score a row, or gives no spread, fails the run with code ``rubric_invalid``, its
    field ``rubric.criteria[i]`` and a message naming the criterion;
 5. a validate-only run (``validate_only``) then ends SUCCEEDED with no model, its allowance slot released;
@@ -140,6 +141,7 @@ async def _report(stage: Stage, run: runs.Run, answered: dict[str, Any]) -> dict
     shown = await rubric_checks.report(
         stored, rows, answers, partial(stage.peers.judge, run.tenant_id), f"the base student {student}"
     )
+    shown["definition"] = stored.rubric  # what the training job's evals score with (``JobSpec.rubric``)
     await runs.save(stage.pool, run.id, rubric_validation=shown)
     await stage.note(run, rubric_checks.summary(shown))
     return shown

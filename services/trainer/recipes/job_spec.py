@@ -67,6 +67,14 @@ class JobSpec:
             "without start_from."
         },
     )
+    rubric: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "The run's rubric as stored (``Rubric.to_dict()``), checked on the eval set before training; "
+            "mid-training evals then score generated answers with its programmatic criteria "
+            "(eval_rubric_score, recipes/rubric_evals.py). None: evals score the eval loss."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in _TEXT_FIELDS:
@@ -105,6 +113,8 @@ class JobSpec:
                 f"spec.start_from {self.start_from!r} is not under the tenant's prefix tenants/{self.tenant_id}/",
                 field="spec.start_from",
             )
+        if self.rubric is not None and not (isinstance(self.rubric, dict) and self.rubric.get("criteria")):
+            raise InvalidArgument("spec.rubric must be a stored rubric (its criteria) or null", field="spec.rubric")
         if not isinstance(self.use_gpu, bool):
             raise InvalidArgument(f"spec.use_gpu must be true or false, not {self.use_gpu!r}", field="spec.use_gpu")
 

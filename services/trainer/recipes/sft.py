@@ -16,7 +16,8 @@ then runs a Ray Train ``TorchTrainer`` whose loop, on every worker (``train``, t
 3. evaluates before training (once per run: kept in ``eval_before.json``): the eval loss, and on
    rank 0 the base student's answers to the first eval prompts (``answers.py``); trains with evals of
    the eval loss at a cadence and early stopping, both on by default (``evals.py``: the best checkpoint is
-   loaded at the end), evaluates the loss after;
+   loaded at the end; for a run with a rubric, by the rubric's score of generated answers instead:
+   ``rubric_evals.py``), evaluates the loss after;
 4. on rank 0, saves the model (the adapter or the full weights, the tokenizer and
    ``training_config.json`` with the evaluation's decoding), asks the saved model as ``Generate``
    serves it the same prompts (``eval_answers.json``), uploads it all to ``<output_prefix>/model/``
@@ -49,7 +50,7 @@ from typing import Any
 
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import answers, evals, failures, job, start_model, trl_configs
+from services.trainer.recipes import answers, evals, failures, job, rubric_evals, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.splits import prompt_completion, split_lines
 from services.trainer.recipes.watch import Watch, eval_loss
@@ -100,9 +101,13 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
         settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, save_checkpoints=True, every=every,
         patience=patience, count_tokens=True,
     )  # fmt: skip
+    rubric = rubric_evals.for_job(spec.rubric) if every else None  # a rubric: evals by its score, not the loss
+    if rubric:
+        rubric_evals.use(config)
     watch = Watch(failures.SFT)
     progress = ProgressPush.from_env(spec.run_id, rank=rank)
-    callbacks: list[Any] = [RayTrainReportCallback(), watch, progress, *trl_configs.early_stopping(patience)]
+    scoring = [rubric_evals.RubricScore(rubric, tokenizer, eval_rows, max_new_tokens, progress)] if rubric else []
+    callbacks: list[Any] = [RayTrainReportCallback(), watch, progress, *scoring, *trl_configs.early_stopping(patience)]
     trainer = SFTTrainer(
         model=model, args=config, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
