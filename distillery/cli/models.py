@@ -1,8 +1,9 @@
-"""distillery models: list, show, delete, generate, snippet."""
+"""distillery models: list, show, delete, generate, transcribe, snippet."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -107,6 +108,31 @@ def generate(
         click.echo(reply.message.content)
     if reply.finish_reason == "length":
         click.echo(f"(cut off at {reply.completion_tokens} tokens: raise --max-new-tokens)", err=True)
+
+
+# The largest clip Transcribe takes (the registry refuses more, naming `audio`).
+MAX_AUDIO_BYTES = 25 * 1024 * 1024
+
+
+@group.command("transcribe")
+@click.argument("model_id")
+@click.argument("audio", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--language", default="", help="The spoken language (a code such as en, fr, yue); default: detected.")
+@json_option
+def transcribe(model_id: str, audio: Path, language: str, as_json: bool) -> None:
+    """Transcribe a .wav clip (at most 30 s) with a speech model (runtime testing)."""
+    if audio.stat().st_size > MAX_AUDIO_BYTES:
+        raise click.UsageError(f"{audio} is over {MAX_AUDIO_BYTES // (1024 * 1024)} MiB: give a clip of at most 30 s")
+    with rpc_errors():
+        reply = Client.from_environment(timeout=600).registry.Transcribe(
+            registry_pb2.TranscribeRequest(model_id=model_id, audio=audio.read_bytes(), language=language)
+        )
+    if as_json:
+        print_json(reply)
+        return
+    click.echo(reply.text)
+    detected = "" if language else f" (detected, probability {reply.language_probability:.2f})"
+    click.echo(f"language: {reply.language}{detected}")
 
 
 def chosen_tools(client: Client, tool_ids: tuple[str, ...]) -> list[str]:

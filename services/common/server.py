@@ -29,6 +29,8 @@ Cleanup = Callable[[], Awaitable[None]]
 # What of a service's dependencies cannot be reached now (``Backends.problems``); empty when all can.
 DependencyCheck = Callable[[], Awaitable[list[str]]]
 HEALTH_INTERVAL_S = 2.0
+# The largest request a service takes, unless it names its own (start_server).
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -67,6 +69,7 @@ async def start_server(
     verify_run: auth.RunVerifier | None = None,
     cleanups: list[Cleanup] | None = None,
     dependencies: DependencyCheck | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> RunningServer:
     """``register`` adds the servicers and returns their full service names.
 
@@ -74,6 +77,7 @@ async def start_server(
     the tokens only some services take (the registry's admin token, the trainer's run tokens).
     ``dependencies`` is asked every ``HEALTH_INTERVAL_S``: while it names a problem, the
     service's health is NOT_SERVING (``distillery status`` shows it), and SERVING again after.
+    ``max_message_bytes`` is the largest request it takes (the registry's takes a clip to transcribe).
     """
     auth_interceptor = AuthInterceptor([access], resolve_key, service_token, is_admin_token, verify_run)
     server = grpc.aio.server(
@@ -82,7 +86,7 @@ async def start_server(
             ErrorInterceptor(),
             auth_interceptor,
         ],
-        options=[("grpc.max_receive_message_length", 8 * 1024 * 1024), ("grpc.so_reuseport", 0)],
+        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 0)],
     )
     names = register(server)
     health_servicer = health_aio.HealthServicer()

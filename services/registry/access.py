@@ -41,6 +41,7 @@ ACCESS = AccessTable(
         "ListModels": Access.TENANT,
         "DeleteModel": Access.TENANT,
         "Generate": Access.TENANT,
+        "Transcribe": Access.TENANT,
         "GetSnippet": Access.TENANT,
     },
     why={"ReserveQuota": QUOTA_BY_SERVICE, "ReleaseQuota": QUOTA_BY_SERVICE, "RegisterModel": MODELS_BY_SERVICE},

@@ -1,11 +1,12 @@
-"""Generate: runtime testing of a registered model.
+"""Generate (and Transcribe): runtime testing of a registered model.
 
 A model's artifacts (a LoRA adapter or full weights, with the tokenizer and its chat
 template) are copied once from S3 into a local cache directory, loaded (an adapter is
 merged into its base model), and kept in a small LRU of loaded models. torch,
 transformers and peft are imported on first use, so the registry starts fast; loading
 and generating run in worker threads, with one lock per model so that concurrent
-requests load it once.
+requests load it once. Speech models (path TRAINING_PATH_FINETUNE_ASR) share the cache and
+the LRU, loaded and asked by ``transcribe.py``; each RPC refuses the other kind of model.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
 from services.common import decoding, served_models, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.tool_format import ToolFormat
+from services.registry import transcribe as speech
 from services.registry.models import Model
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -110,7 +113,7 @@ class Generator:
         self.store = store
         self.cache_dir = cache_dir.expanduser()
         self.max_loaded = max_loaded
-        self._loaded: OrderedDict[str, Loaded] = OrderedDict()
+        self._loaded: OrderedDict[str, Loaded | speech.Speech] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def generate(
@@ -124,9 +127,29 @@ class Generator:
         """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant; ``max_new_tokens``
         0 is the model's default. ``tools`` are canonical tools, rendered as given (key order kept)."""
         check_request(messages, max_new_tokens, temperature)
+        if is_speech(model):
+            raise FailedPrecondition(
+                f"model {model.id} is a speech model: it transcribes audio with Transcribe "
+                f"(distillery models transcribe {model.id} FILE.wav), not Generate",
+                field="model_id",
+            )
         loaded = await self._load(model)
+        assert isinstance(loaded, Loaded)
         budget = max_new_tokens or loaded.max_new_tokens
         return await asyncio.to_thread(_generate, loaded, messages, budget, temperature, tools)
+
+    async def transcribe(self, model: Model, audio: bytes, language: str = "") -> speech.Transcript:
+        """Transcribe one .wav clip (``transcribe.py``) in ``language`` ("": detected)."""
+        if not is_speech(model):
+            raise FailedPrecondition(
+                f"model {model.id} is a text model: ask it with Generate (distillery models generate), not Transcribe",
+                field="model_id",
+            )
+        clip = await asyncio.to_thread(speech.decode_wav, audio)
+        loaded = await self._load(model)
+        assert isinstance(loaded, speech.Speech)
+        code = speech.language_code(loaded.model.generation_config, language)
+        return await asyncio.to_thread(speech.transcribe, loaded, clip, code)
 
     async def forget(self, model_id: str) -> None:
         """Drop a (deleted) model from memory and from the local cache."""
@@ -135,7 +158,7 @@ class Generator:
         if _SAFE_ID.match(model_id):
             await asyncio.to_thread(shutil.rmtree, self.cache_dir / model_id, True)
 
-    async def _load(self, model: Model) -> Loaded:
+    async def _load(self, model: Model) -> Loaded | speech.Speech:
         if not _SAFE_ID.match(model.id):
             raise InvalidArgument(f"invalid model id {model.id!r}", field="model_id")
         prefix = artifact_prefix(model.artifact_uri, self.store.bucket, model.tenant_id)
@@ -143,7 +166,10 @@ class Generator:
             loaded = self._loaded.get(model.id)
             if loaded is None:
                 directory = await asyncio.to_thread(self._download, model, prefix)
-                loaded = await asyncio.to_thread(_load, model, directory)
+                if is_speech(model):
+                    loaded = await asyncio.to_thread(speech.load, directory, model.base_model, model.artifact_kind)
+                else:
+                    loaded = await asyncio.to_thread(_load, model, directory)
                 self._loaded[model.id] = loaded
             self._loaded.move_to_end(model.id)
             while len(self._loaded) > self.max_loaded:
@@ -169,6 +195,10 @@ class Generator:
         finally:
             shutil.rmtree(partial, ignore_errors=True)
         return target
+
+
+def is_speech(model: Model) -> bool:
+    return model.path == common_pb2.TRAINING_PATH_FINETUNE_ASR
 
 
 def _load(model: Model, directory: Path) -> Loaded:

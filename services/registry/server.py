@@ -10,7 +10,7 @@ from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import auth
 from services.common.backends import open_backends
 from services.common.server import RunningServer, start_server
-from services.registry import tenants
+from services.registry import tenants, transcribe
 from services.registry.access import ACCESS
 from services.registry.generate import Generator
 from services.registry.servicer import RegistryServicer
@@ -18,6 +18,8 @@ from services.registry.settings import Settings
 
 SCHEMA = "registry"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# Transcribe takes a clip of up to transcribe.MAX_AUDIO_BYTES in one message.
+MAX_REQUEST_BYTES = transcribe.MAX_AUDIO_BYTES + 1024 * 1024
 
 
 async def create(settings: Settings) -> RunningServer:
@@ -47,4 +49,5 @@ async def create(settings: Settings) -> RunningServer:
         is_admin_token=is_admin_token,
         cleanups=[pool.close],
         dependencies=backends.problems,
+        max_message_bytes=MAX_REQUEST_BYTES,
     )

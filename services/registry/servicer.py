@@ -16,7 +16,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Permissi
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, struct, timestamp
 from services.registry import models, quotas, snippets, tenants
-from services.registry.generate import Generator, artifact_prefix
+from services.registry.generate import Generator, artifact_prefix, is_speech
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             prompt_token_ids=reply.prompt_ids if request.return_prompt_token_ids else [],
         )
 
+    async def Transcribe(self, request: Any, context: Any) -> registry_pb2.TranscribeResponse:
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        found = await self.generator.transcribe(model, request.audio, request.language)
+        return registry_pb2.TranscribeResponse(
+            text=found.text, language=found.language, language_probability=found.language_probability,
+            duration_s=found.duration_s, latency_ms=found.latency_ms,
+        )  # fmt: skip
+
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
-        return registry_pb2.Snippet(snippets=snippets.for_model(model.id, request.language))
+        return registry_pb2.Snippet(snippets=snippets.for_model(model.id, request.language, speech=is_speech(model)))

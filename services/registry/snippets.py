@@ -1,5 +1,5 @@
-"""API-ready request snippets for calling a model through Generate: grpcurl, python (the SDK)
-and cli. There is no curl snippet: the services speak gRPC only, with no HTTP gateway in
+"""API-ready request snippets for calling a model through Generate (a speech model: Transcribe):
+grpcurl, python (the SDK) and cli. There is no curl snippet: the services speak gRPC only, with no HTTP gateway in
 front of them; grpcurl finds Generate through the services' reflection.
 
 tests/test_generate.py runs every snippet against a running stack."""
@@ -27,9 +27,32 @@ _CLI = """distillery models generate {model_id} "Hello\""""
 
 TEMPLATES = {"grpcurl": _GRPCURL, "python": _PYTHON, "cli": _CLI}
 
+# Speech models (path finetune-asr) transcribe a .wav clip instead (grpcurl takes bytes as base64).
+_GRPCURL_SPEECH = """grpcurl -plaintext -H "authorization: Bearer $DISTILLERY_API_KEY" \\
+  -d '{{"model_id": "{model_id}", "audio": "'"$(base64 -w0 clip.wav)"'"}}' \\
+  "$DISTILLERY_REGISTRY_ADDRESS" distillery.registry.v1.RegistryService/Transcribe"""
 
-def for_model(model_id: str, language: str = "") -> dict[str, str]:
-    if language and language not in TEMPLATES:
-        raise InvalidArgument(f"no snippet for {language!r}: use one of {', '.join(TEMPLATES)}", field="language")
-    chosen = [language] if language else list(TEMPLATES)
-    return {name: TEMPLATES[name].format(model_id=model_id) for name in chosen}
+_PYTHON_SPEECH = """from pathlib import Path
+
+from distillery.client import Client
+from distillery.registry.v1 import registry_pb2
+
+client = Client.from_environment()  # DISTILLERY_API_KEY, DISTILLERY_REGISTRY_ADDRESS
+reply = client.registry.Transcribe(registry_pb2.TranscribeRequest(
+    model_id="{model_id}",
+    audio=Path("clip.wav").read_bytes(),
+))
+print(reply.text, reply.language)"""
+
+_CLI_SPEECH = """distillery models transcribe {model_id} clip.wav"""
+
+SPEECH_TEMPLATES = {"grpcurl": _GRPCURL_SPEECH, "python": _PYTHON_SPEECH, "cli": _CLI_SPEECH}
+
+
+def for_model(model_id: str, language: str = "", *, speech: bool = False) -> dict[str, str]:
+    """The snippets for ``model_id`` (all, or the one ``language``); ``speech``: a speech model's (Transcribe)."""
+    templates = SPEECH_TEMPLATES if speech else TEMPLATES
+    if language and language not in templates:
+        raise InvalidArgument(f"no snippet for {language!r}: use one of {', '.join(templates)}", field="language")
+    chosen = [language] if language else list(templates)
+    return {name: templates[name].format(model_id=model_id) for name in chosen}

@@ -109,6 +109,11 @@ class RegistryServiceStub:
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Transcribe = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/Transcribe',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeResponse.FromString,
+                _registered_method=True)
         self.GetSnippet = channel.unary_unary(
                 '/distillery.registry.v1.RegistryService/GetSnippet',
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetSnippetRequest.SerializeToString,
@@ -228,6 +233,15 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transcribe(self, request, context):
+        """Load a speech model (path TRAINING_PATH_FINETUNE_ASR) and transcribe one
+        clip (runtime testing). Generate answers text models only, Transcribe
+        speech models only: each refuses the other kind with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSnippet(self, request, context):
         """API-ready request snippets for calling the model.
         """
@@ -312,6 +326,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.FromString,
                     response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Transcribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeResponse.SerializeToString,
             ),
             'GetSnippet': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSnippet,
@@ -724,6 +743,33 @@ class RegistryService:
             '/distillery.registry.v1.RegistryService/Generate',
             distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.SerializeToString,
             distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transcribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/Transcribe',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,
