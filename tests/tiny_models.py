@@ -12,6 +12,7 @@ directory, loadable by path like any real model.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 CHATML = (
@@ -134,4 +135,63 @@ def build_qwen2(directory: Path, *, hidden: int = 64, layers: int = 2, seed: int
         tie_word_embeddings=True,
     )  # fmt: skip
     Qwen2ForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+SPEECH_CORPUS = [
+    "turn off the lights in the kitchen",
+    "what is the weather tomorrow in Paris",
+    "bonjour, je voudrais réserver une table pour deux",
+    "The quick brown fox jumps over the lazy dog. Hello, thanks, good morning, good night.",
+]
+
+
+def build_whisper(directory: Path, *, mel_bins: int = 80, seed: int = 0) -> Path:
+    """A tiny random Whisper (2+2 layers of 64) with a byte-level BPE tokenizer trained here, every Whisper special
+    token (start of transcript, the language tokens in Whisper's order, tasks, no timestamps), the generation
+    config a real multilingual Whisper has (``lang_to_id``, ``task_to_id``; no ``forced_decoder_ids``) and a
+    feature extractor of ``mel_bins`` bins, saved in ``directory``; returns it."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperTokenizer
+    from transformers import WhisperForConditionalGeneration as Whisper
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    directory.mkdir(parents=True, exist_ok=True)
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator((SPEECH_CORPUS + CORPUS) * 20, trainer)
+    vocab = core.get_vocab()
+    merges = [
+        tuple(m) if not isinstance(m, str) else tuple(m.split(" "))
+        for m in json.loads(core.to_str())["model"]["merges"]
+    ]
+    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges)
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{code}|>" for code in LANGUAGES],
+                "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>",
+                "<|notimestamps|>"]  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    tokenizer.pad_token = "<|endoftext|>"
+    tokenizer.save_pretrained(directory)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
+    torch.manual_seed(seed)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=mel_bins, d_model=64, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+        max_source_positions=1500, max_target_positions=448, pad_token_id=ids["<|endoftext|>"],
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|endoftext|>"],
+        decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=[], begin_suppress_tokens=None,
+    )  # fmt: skip
+    model = Whisper(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
+        pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"], max_length=448,
+        is_multilingual=True, lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], prev_sot_token_id=ids["<|startofprev|>"],
+        suppress_tokens=[], begin_suppress_tokens=[ids["<|endoftext|>"]],
+    )  # fmt: skip
+    model.save_pretrained(directory)
+    WhisperFeatureExtractor(feature_size=mel_bins).save_pretrained(directory)
     return directory

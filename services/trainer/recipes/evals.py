@@ -86,13 +86,15 @@ def history(trainer: Any, key: str = "eval_loss") -> tuple[list[dict[str, Any]],
 class BestByMetric(TrainerCallback):
     """Measure (``measure(model) -> values``) at the trainer's evals, or every ``every`` steps when ``on_steps``;
     keep the weights at the best ``rank``, stop after ``patience`` evals without a better one (0: never), and
-    ``restore`` the best at the end. ``offset`` turns a stage's steps into the run's (a GRPO stage after SFT)."""
+    ``restore`` the best at the end. ``offset`` turns a stage's steps into the run's (a GRPO stage after SFT).
+    ``lower_is_better``: the score is an error rate (the speech recipe's WER), better when lower."""
 
     def __init__(
         self, measure: Callable[[Any], dict[str, float]], key: str, every: int, patience: int,
-        push: ProgressPush | None = None, offset: int = 0, on_steps: bool = False,
+        push: ProgressPush | None = None, offset: int = 0, on_steps: bool = False, lower_is_better: bool = False,
     ) -> None:  # fmt: skip
         self.measure, self.key, self.every, self.patience = measure, key, every, patience
+        self.sign = -1.0 if lower_is_better else 1.0
         self.push, self.offset, self.on_steps = push, offset, on_steps
         self.evals: list[dict[str, Any]] = []
         self.best: tuple[float, float] = (-math.inf, -math.inf)
@@ -102,8 +104,9 @@ class BestByMetric(TrainerCallback):
         self._training = False  # an evaluate() before or after train() is not a mid-training eval
 
     def rank(self, values: dict[str, float]) -> tuple[float, float]:
-        """Higher is better: the score, then the eval loss (lower) where there is one."""
-        return values[self.key], -values.get("eval_loss", math.inf)
+        """Higher is better: the score (negated when lower is better), then the eval loss (lower) where there is
+        one."""
+        return self.sign * values[self.key], -values.get("eval_loss", math.inf)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._training = True

@@ -76,6 +76,15 @@ class JobSpec:
         },
     )
 
+    language: str = field(
+        default="",
+        metadata={
+            "help": "A speech run's language override: every clip is transcribed in this language (a Whisper code or "
+            "an ISO 639-1 one, mapped to Whisper's spelling: jv -> jw), whatever its row says; empty keeps each "
+            "row's language and detects it from the audio where the row has none (recipes/speech.py)."
+        },
+    )
+
     def __post_init__(self) -> None:
         for name in _TEXT_FIELDS:
             value = getattr(self, name)
@@ -115,6 +124,10 @@ class JobSpec:
             )
         if self.rubric is not None and not (isinstance(self.rubric, dict) and self.rubric.get("criteria")):
             raise InvalidArgument("spec.rubric must be a stored rubric (its criteria) or null", field="spec.rubric")
+        if not isinstance(self.language, str):
+            raise InvalidArgument(
+                f"spec.language must be a language code or empty, not {self.language!r}", field="spec.language"
+            )
         if not isinstance(self.use_gpu, bool):
             raise InvalidArgument(f"spec.use_gpu must be true or false, not {self.use_gpu!r}", field="spec.use_gpu")
 
