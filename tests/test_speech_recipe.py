@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -270,3 +273,54 @@ def test_the_saved_model_transcribes_the_training_clips(speech_run: dict[str, An
              "input_features": speech_data.features(extractor, audio)}]  # fmt: skip
     [text] = speech_eval.transcribe(model, tokenizer, rows, 40)
     assert speech_eval.score(rows, [text])["wer"] < 0.5, text
+
+
+def test_the_ray_job_trains_a_lora_adapter_with_checkpoints(
+    store: ObjectStore, s3_settings: S3Settings, whisper: Path, tmp_path: Path
+) -> None:
+    """``python -m services.trainer.recipes.speech`` as the pipeline submits it: a one-worker Ray Train job, LoRA on
+    the attention projections (the default), a checkpoint every 2 steps, the language overridden for every clip."""
+    run_id = "run_speech_lora"
+    rows = [clip("turn_off_lights.wav", "turn off the lights in the kitchen", "en"), clip("bonjour.wav", "bonjour")]
+    evals = [clip("weather.wav", "what is the weather tomorrow in Paris")]
+    prefix = f"tenants/ten_test/runs/{run_id}"
+    spec = JobSpec(
+        run_id=run_id, tenant_id="ten_test", student_model=str(whisper),
+        train_key=put_split(store, run_id, "train", rows), eval_key=put_split(store, run_id, "eval", evals),
+        output_prefix=prefix, language="jv",
+        sft=resolve_sft({"max_steps": 4, "learning_rate": 1e-3, "batch_size": 2, "seed": 1, "eval_every_steps": 2,
+                         "checkpoint_every_steps": 2}),
+    )  # fmt: skip
+    store.put_bytes(f"{prefix}/spec.json", spec.to_json().encode(), "application/json")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DISTILLERY_"))}
+    env.update({
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+        "RAY_JOB_STOP_SIGNAL": "SIGINT",
+        "DISTILLERY_S3_ENDPOINT": s3_settings.endpoint, "DISTILLERY_S3_ACCESS_KEY": s3_settings.access_key,
+        "DISTILLERY_S3_SECRET_KEY": s3_settings.secret_key, "DISTILLERY_S3_BUCKET": s3_settings.bucket,
+        "DISTILLERY_S3_SECURE": "false",
+    })  # fmt: skip
+    command = [sys.executable, "-m", "services.trainer.recipes.speech", "--spec-key", f"{prefix}/spec.json"]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    result = json.loads(store.get_bytes(f"{prefix}/result.json"))
+    assert result["artifact_kind"] == "lora_adapter" and result["metrics"]["steps"] == 4
+    assert [e["step"] for e in result["evals"]] == [2, 4]
+    config = result["training_config"]
+    assert config["language"] == "jw" and config["detected_languages"] == [] and config["languages"] == {"jw": 3}
+    assert set(result["metrics"]["per_language_after"]) == {"jw"}
+    names = {o.object_name for o in store.client.list_objects(store.bucket, prefix=f"{prefix}/", recursive=True)}
+    assert any("/ray/" in name and "checkpoint" in name for name in names)  # Ray Train's checkpoints in S3
+    assert f"{prefix}/model/adapter_config.json" in names and f"{prefix}/model/model.safetensors" not in names
+    adapter = json.loads(store.get_bytes(f"{prefix}/model/adapter_config.json"))
+    assert set(adapter["target_modules"]) == set(speech.LORA_TARGETS)
+    model_dir = tmp_path / "trained"
+    for name in names:
+        if name.startswith(f"{prefix}/model/"):
+            store.client.fget_object(store.bucket, name, str(model_dir / name.removeprefix(f"{prefix}/model/")))
+    model, tokenizer, extractor = speech.load_trained(model_dir, str(whisper))
+    audio = speech_data.decode((CLIPS / "weather.wav").read_bytes())
+    [text] = speech_eval.transcribe(model, tokenizer, [{"language": "jw", "input_features":
+                                                        speech_data.features(extractor, audio)}], 5)  # fmt: skip
+    assert isinstance(text, str)

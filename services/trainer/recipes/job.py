@@ -58,8 +58,11 @@ SECRET_ENV = {
 # --- the driver ---
 
 
-def drive(argv: list[str] | None, prog: str, fit: Callable[[JobSpec, S3Settings], None]) -> int:
-    """A recipe's Ray job from its command line to its exit code (module docstring)."""
+def drive(
+    argv: list[str] | None, prog: str, fit: Callable[[JobSpec, S3Settings], None], *, chat_model: bool = True
+) -> int:
+    """A recipe's Ray job from its command line to its exit code (module docstring); ``chat_model``: the student
+    must have a chat template (a speech model has none)."""
     parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--spec-key", required=True, help="S3 key of the run's spec.json")
     parser.add_argument("--secrets-url", default="", help="presigned URL of the job's secrets object")
@@ -71,7 +74,7 @@ def drive(argv: list[str] | None, prog: str, fit: Callable[[JobSpec, S3Settings]
     store = ObjectStore(s3)
     if args.secrets_url:  # read once: the URL in Ray's logs reads nothing from now on
         store.delete_prefix(f"{args.spec_key.rpartition('/')[0]}/{SECRETS_NAME}")
-    return run_job(store, args.spec_key, lambda spec: fit(spec, s3))
+    return run_job(store, args.spec_key, lambda spec: fit(spec, s3), chat_model=chat_model)
 
 
 def receive_secrets(url: str) -> bool:
@@ -104,7 +107,7 @@ def secrets_for_workers() -> dict[str, str]:
     return {variable: os.environ[variable] for variable in SECRET_ENV.values() if os.environ.get(variable)}
 
 
-def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None]) -> int:
+def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None], *, chat_model: bool = True) -> int:
     """Steps 1-4 of the module docstring against ``store``; the exit code."""
     raw = read_json(store, spec_key)
     if raw is None:
@@ -127,7 +130,7 @@ def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None]) -
     store.delete_prefix(f"{prefix}/phase.json")
     try:
         if spec.start_kind != "full_weights":  # full weights carry their own config and tokenizer
-            check_student_model(spec.student_model)
+            (check_student_model if chat_model else check_model_loads)(spec.student_model)
         fit(spec)
     except KeyboardInterrupt:
         log.info("cancelled")
@@ -150,19 +153,23 @@ def run_job(store: ObjectStore, spec_key: str, fit: Callable[[JobSpec], None]) -
 
 def check_student_model(student_model: str) -> None:
     """Fail before starting any worker when the student cannot be loaded or has no chat template."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        AutoConfig.from_pretrained(student_model)
-        tokenizer = AutoTokenizer.from_pretrained(student_model)
-    except Exception as err:
-        raise failures.unknown_model(student_model, err) from err
-    if not tokenizer.chat_template:
+    if not check_model_loads(student_model).chat_template:
         raise RunFailure(
             failures.UNKNOWN_MODEL,
             f"the student model {student_model!r} has no chat template: pick a chat (instruct) model",
             "student_model",
         )
+
+
+def check_model_loads(student_model: str) -> Any:
+    """The student's tokenizer; an ``unknown_model`` failure when its config or tokenizer cannot be loaded."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(student_model)
+        return AutoTokenizer.from_pretrained(student_model)
+    except Exception as err:
+        raise failures.unknown_model(student_model, err) from err
 
 
 # --- the phase a job is in (what a failure's advice is about) ---

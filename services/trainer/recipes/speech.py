@@ -53,7 +53,7 @@ PREFIX_TOKENS = 4  # start of transcript, language, task, no timestamps
 
 
 def main(argv: list[str] | None = None) -> int:
-    return job.drive(argv, "python -m services.trainer.recipes.speech", fit)
+    return job.drive(argv, "python -m services.trainer.recipes.speech", fit, chat_model=False)
 
 
 def fit(spec: JobSpec, s3: S3Settings) -> None:
