@@ -324,3 +324,32 @@ def test_the_ray_job_trains_a_lora_adapter_with_checkpoints(
     [text] = speech_eval.transcribe(model, tokenizer, [{"language": "jw", "input_features":
                                                         speech_data.features(extractor, audio)}], 5)  # fmt: skip
     assert isinstance(text, str)
+
+
+def test_ingests_canonical_rows_are_read_as_stored(store: ObjectStore, whisper: Path) -> None:
+    """The rows ingest writes for examples/asr (``validate_asr`` + the clips' keys) read back as the recipe's rows:
+    a manifest's language kept (in Whisper's spelling), ingest's guess from the transcript left for the audio."""
+    from transformers import WhisperConfig
+
+    from services.ingest.asr import validate_asr
+
+    clips = {path.name: path for path in CLIPS.glob("*.wav")}
+    with (CLIPS / "manifest.jsonl").open("rb") as manifest:
+        report, canonical = validate_asr(manifest, clips)
+    assert report.valid
+    lines = []
+    for row in canonical:
+        row["audio_key"] = f"tenants/ten_test/datasets/ingest/{row['audio']}"
+        store.put_bytes(row["audio_key"], clips[row["audio"]].read_bytes())
+        lines.append(json.dumps(row))
+    store.put_bytes("tenants/ten_test/splits/ingest/train.jsonl", ("\n".join(lines) + "\n").encode())
+    extractor = speech_data.feature_extractor(str(whisper), WhisperConfig(num_mel_bins=80))
+    rows, oversized = speech_data.read_split(store, "tenants/ten_test/splits/ingest/train.jsonl", "train", extractor)
+    assert oversized == [] and [r["audio"] for r in rows] == [r["audio"] for r in canonical]
+    by_clip = {r["audio"]: r["language"] for r in rows}
+    assert by_clip == {"turn_off_lights.wav": "en", "weather.wav": "", "bonjour.wav": ""}
+    assert all(r["input_features"].shape == (80, 3000) for r in rows)
+    overridden, _ = speech_data.read_split(
+        store, "tenants/ten_test/splits/ingest/train.jsonl", "train", extractor, language_override="fr"
+    )
+    assert {r["language"] for r in overridden} == {"fr"}
