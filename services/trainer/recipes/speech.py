@@ -172,12 +172,13 @@ def train(
             return None
         watch.check()
         after = measure(trainer.model)
-        if best.restore(trainer.model, {"eval_wer": after["wer"]}):
+        restored = best.restore(trainer.model, {"eval_wer": after["wer"]})  # the best eval's weights, if better
+        if restored:
             after = measure(trainer.model)
     finally:
         progress.close()
     stop = evals.ending(trainer.state.global_step, trainer.state.max_steps, settings, best.stopped_early)
-    best_step = best.best_step if best.evals and best.rank({"eval_wer": after["wer"]}) <= best.best else 0
+    best_step = best.best_step if restored else trainer.state.global_step  # the step of the weights kept
     log.info("run %s: WER %.3f -> %.3f, %d evals, stopped by %s at step %d", spec.run_id, before["wer"],
              after["wer"], len(best.evals), stop["reason"], stop["step"])  # fmt: skip
     if rank != 0:
