@@ -263,11 +263,14 @@ def test_oversized_clips_long_labels_and_detected_languages_are_reported(speech_
 
 def test_the_saved_model_transcribes_the_training_clips(speech_run: dict[str, Any]) -> None:
     model_dir = speech_run["model_dir"]
-    for name in ("config.json", "model.safetensors", "generation_config.json", "preprocessor_config.json",
+    for name in ("config.json", "model.safetensors", "generation_config.json", "processor_config.json",
                  "tokenizer_config.json", "training_config.json"):  # fmt: skip
         assert (model_dir / name).exists(), name
     model, tokenizer, extractor = speech.load_trained(model_dir, speech_run["spec"].student_model)
     assert model.generation_config.forced_decoder_ids is None
+    from transformers import AutoProcessor
+
+    assert type(AutoProcessor.from_pretrained(model_dir)).__name__ == "WhisperProcessor"  # as Transcribe loads it
     audio = speech_data.decode((CLIPS / "turn_off_lights.wav").read_bytes())
     rows = [{"text": "turn off the lights in the kitchen", "language": "en",
              "input_features": speech_data.features(extractor, audio)}]  # fmt: skip
@@ -320,6 +323,9 @@ def test_the_ray_job_trains_a_lora_adapter_with_checkpoints(
         if name.startswith(f"{prefix}/model/"):
             store.client.fget_object(store.bucket, name, str(model_dir / name.removeprefix(f"{prefix}/model/")))
     model, tokenizer, extractor = speech.load_trained(model_dir, str(whisper))
+    from transformers import AutoProcessor
+
+    assert type(AutoProcessor.from_pretrained(model_dir)).__name__ == "WhisperProcessor"  # beside an adapter too
     audio = speech_data.decode((CLIPS / "weather.wav").read_bytes())
     [text] = speech_eval.transcribe(model, tokenizer, [{"language": "jw", "input_features":
                                                         speech_data.features(extractor, audio)}], 5)  # fmt: skip

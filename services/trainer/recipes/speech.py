@@ -21,9 +21,10 @@ runs a Ray Train ``TorchTrainer`` whose loop, on every worker (``train``, top to
    a checkpoint every ``sft.checkpoint_every_steps`` to S3 through Ray Train (a job submitted again for the run
    resumes from the last one), mid-training evals of the WER at the cadence of ``evals.py`` with early stopping
    (``evals.BestByMetric``, lower is better; the best weights are put back at the end);
-5. evaluates again, and on rank 0 saves the model (adapter or full weights), the tokenizer, the feature extractor,
-   the generation config and ``training_config.json`` (language, task, decoding), uploads them to
-   ``<output_prefix>/model/`` (``load_trained`` loads them back to transcribe) and writes ``result.json`` last.
+5. evaluates again, and on rank 0 saves the model (adapter or full weights), the processor (tokenizer and feature
+   extractor: ``AutoProcessor`` loads it), the generation config and ``training_config.json`` (language, task,
+   decoding), uploads them to ``<output_prefix>/model/`` (``load_trained`` loads them back to transcribe; so does
+   the registry's ``Transcribe``) and writes ``result.json`` last.
 
 Failures end in ``<output_prefix>/error.json`` as in every recipe (``job.py``, ``failures.py``).
 """
@@ -86,7 +87,7 @@ def train(
 ) -> dict[str, Any] | None:
     """Steps 1-5 of the module docstring; the result (rank 0), or None. Without ``ray_train`` it runs in this
     process (no checkpoints to Ray)."""
-    from transformers import AutoTokenizer, Seq2SeqTrainer, WhisperForConditionalGeneration
+    from transformers import AutoTokenizer, Seq2SeqTrainer, WhisperForConditionalGeneration, WhisperProcessor
 
     from services.trainer.recipes.progress import ProgressPush, stage_log
 
@@ -187,8 +188,8 @@ def train(
     # --- save: the model and processor, then result.json (last: it says the run is done) ---
     model_dir = workdir / "model"
     cast(Any, trainer.model).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    extractor.save_pretrained(model_dir)
+    # one processor (tokenizer + feature extractor): what AutoProcessor loads back, beside an adapter too
+    WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(model_dir)
     model.generation_config.save_pretrained(model_dir)
     training_config = {
         "sft": dataclasses.asdict(settings), "student_model": spec.student_model,
@@ -258,7 +259,7 @@ def training_args(spec: JobSpec, output_dir: Path, bf16: bool, every: int, ray_t
 def load_trained(model_dir: Path, base: str) -> tuple[Any, Any, Any]:
     """A trained speech model as saved under ``<output_prefix>/model/`` (an adapter is merged into ``base``): the
     model, its tokenizer and its feature extractor, ready for ``speech_eval.transcribe``."""
-    from transformers import AutoTokenizer, GenerationConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+    from transformers import GenerationConfig, WhisperForConditionalGeneration, WhisperProcessor
 
     model: Any
     if (model_dir / "adapter_config.json").exists():
@@ -269,7 +270,8 @@ def load_trained(model_dir: Path, base: str) -> tuple[Any, Any, Any]:
     else:
         model = WhisperForConditionalGeneration.from_pretrained(model_dir)
     model.generation_config = GenerationConfig.from_pretrained(model_dir)
-    return model, AutoTokenizer.from_pretrained(model_dir), WhisperFeatureExtractor.from_pretrained(model_dir)
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    return model, processor.tokenizer, processor.feature_extractor
 
 
 if __name__ == "__main__":
