@@ -336,7 +336,7 @@ def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for,
     # Full fine-tuning here (LoRA is the default, tested above): the restart must not care.
     sft = pb.SftSettings(max_steps=120, learning_rate=1e-3, batch_size=2, checkpoint_every_steps=40, full_finetune=True)
     run = client.trainer.CreateRun(run_request(dataset.id, student, sft))
-    wait_for(lambda: training_step(client, run.id) >= 1)
+    wait_for(lambda: training_step(client, run.id) >= 1, timeout=300)  # a busy machine is slow to start a job
 
     services.loop.run(services.restart_trainer())
 
