@@ -167,9 +167,8 @@ def main() -> None:
         f"settings:  {sft.max_steps} steps, max length {sft.max_seq_length}, an eval every {sft.eval_every_steps} "
         f"steps, patience {sft.early_stopping_patience} ({', '.join(run.request.auto_fields)} sized from the data)"
     )
-    if run.evals:
-        say("evals:     " + ", ".join(f"step {e.step} {e.values['eval_loss']:.3f}" for e in run.evals))
-        say(f"           {eval_line(run)}")
+    for line in eval_line(run).splitlines():  # the evals' sparkline, then each eval's step and value
+        say(f"           {line}")
     best = f"; kept the best checkpoint, step {run.best_step}" if run.best_step else ""
     say(f"stopped:   {run.stop_reason.replace('_', ' ')} at step {run.stop_step}{best}")
     say("\nsample generations (system prompt as in the dataset):")

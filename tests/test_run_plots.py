@@ -96,6 +96,11 @@ def test_eval_line_shows_the_eval_metric():
     line = eval_line(run)
     assert line.startswith("eval_loss ") and "3 → 1.5 over 4 evals, best checkpoint at step 10" in line
     assert line.split()[1] == sparkline([3.0, 2.0, 1.0, 1.5])
+    assert line.splitlines()[1] == "evals (step eval_loss): 0 3, 5 2, 10 1, 15 1.5"
+    rated = a_run()  # the tool path decides by its correct-call rate, not the eval loss it also has
+    for step, rate in ((2, 0.1), (4, 0.6)):
+        rated.evals.add(step=step, values={"eval_loss": 1.0, "eval_correct_rate": rate})
+    assert eval_line(rated).startswith("eval_correct_rate ") and "2 0.1, 4 0.6" in eval_line(rated)
     assert eval_line(a_run()) == ""
     assert eval_line(a_run(), training([2.0, 1.0], every=1)).startswith("eval_loss ")
 

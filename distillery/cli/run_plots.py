@@ -168,16 +168,23 @@ def sparkline(values: Sequence[float], width: int = 24) -> str:
     )
 
 
+# The metric a run's evals decide by, first found first: a rubric's score, the tool path's correct-call rate,
+# speech's WER, else eval loss (services/trainer/recipes/evals.py).
+DECIDING = ("eval_rubric_score", "eval_correct_rate", "eval_wer", "eval_loss")
+
+
 def eval_line(run: pb.Run, events: Iterable[pb.RunEvent] = ()) -> str:
-    """`runs show`'s line for the eval metric (eval_loss, else the first): its sparkline, first and last
-    value and the best step; empty when the run has no evals."""
+    """`runs show`'s lines for the metric the evals decide by (``DECIDING``, else the first): its sparkline, first
+    and last value and the best step, then each eval's step and value; empty when the run has no evals."""
     evals = run_series(run, events).evals
     if not evals:
         return ""
-    key = "eval_loss" if "eval_loss" in evals else next(iter(evals))
+    key = next((k for k in DECIDING if k in evals), next(iter(evals)))
     values = [value for _, value in evals[key]]
     best = f", best checkpoint at step {run.best_step}" if run.best_step else ""
-    return f"{key} {sparkline(values)} {values[0]:.4g} → {values[-1]:.4g} over {len(values)} evals{best}"
+    steps = ", ".join(f"{step} {value:.4g}" for step, value in evals[key])
+    return (f"{key} {sparkline(values)} {values[0]:.4g} → {values[-1]:.4g} over {len(values)} evals{best}\n"
+            f"evals (step {key}): {steps}")  # fmt: skip
 
 
 def history(trainer: Any, run: pb.Run) -> list[pb.RunEvent]:
