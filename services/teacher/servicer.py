@@ -30,6 +30,16 @@ def provider_name(provider: int) -> str:
     return teacher_pb2.Provider.Name(provider).removeprefix("PROVIDER_").lower()
 
 
+def usage_pb(teacher: str, counted: Any) -> common_pb2.Usage:
+    """What a call to ``teacher`` used (``counted``: its input and output tokens, requests, billed), priced."""
+    provider, model = split_teacher(teacher)
+    return common_pb2.Usage(
+        input_tokens=counted.input_tokens, output_tokens=counted.output_tokens, requests=counted.requests,
+        estimated_cost_usd=prices.cost_usd(provider, model, counted.input_tokens, counted.output_tokens),
+        billed=counted.billed,
+    )  # fmt: skip
+
+
 def estimate_pb(estimate: dict[str, Any]) -> teacher_pb2.JobEstimate:
     return teacher_pb2.JobEstimate(
         rows=estimate["rows"],
@@ -89,12 +99,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
         )  # fmt: skip
         await tool_descriptions.record(self.pool, tenant_id, request.teacher, described)
-        provider, model = split_teacher(request.teacher)
-        usage = common_pb2.Usage(
-            input_tokens=described.input_tokens, output_tokens=described.output_tokens, requests=described.requests,
-            estimated_cost_usd=prices.cost_usd(provider, model, described.input_tokens, described.output_tokens),
-            billed=described.billed,
-        )  # fmt: skip
+        usage = usage_pb(request.teacher, described)
         violations = [common_pb2.Violation(**asdict(v)) for v in described.report.violations]
         if described.tool is not None:
             tool = described.tool
@@ -122,12 +127,7 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
             attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
         )  # fmt: skip
         await judging.record(self.pool, tenant_id, request.teacher, judged)
-        provider, model = split_teacher(request.teacher)
-        usage = common_pb2.Usage(
-            input_tokens=judged.input_tokens, output_tokens=judged.output_tokens, requests=judged.requests,
-            estimated_cost_usd=prices.cost_usd(provider, model, judged.input_tokens, judged.output_tokens),
-            billed=judged.billed,
-        )  # fmt: skip
+        usage = usage_pb(request.teacher, judged)
         scores = [teacher_pb2.JudgeScore(score=row.score or 0.0, reply=row.reply, error=row.error, message=row.message)
                   for row in judged.rows]  # fmt: skip
         return teacher_pb2.JudgeAnswersResponse(scores=scores, usage=usage)

@@ -21,7 +21,6 @@ The rules, each an approximation a user can check against a real run (``runs sho
 
 from __future__ import annotations
 
-import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.trainer import run_recipes, run_requests
 from services.trainer.peers import Peers
-from services.trainer.recipes.evals import EVALS_PER_RUN
+from services.trainer.recipes.evals import EVALS_PER_RUN, planned_steps
+from services.trainer.recipes.sft_settings import SftSettings
 
 TABLE = Path(__file__).with_name("throughputs.toml")
 BYTES_PER_TOKEN = run_recipes.BYTES_PER_TOKEN
@@ -81,10 +81,7 @@ def training_steps(request: dict[str, Any], train_rows: int, bytes_per_row: floa
     if request.get("auto_fields"):
         size = run_recipes.SplitSize(train_rows, 0, int(2 * bytes_per_row))
         sft.update(run_recipes.sized(sft, list(request["auto_fields"]), request.get("auto_limits", {}), size, workers))
-    per_epoch = math.ceil(
-        math.ceil(max(train_rows, 1) / (sft["batch_size"] * workers)) / sft["gradient_accumulation_steps"]
-    )
-    sft["max_steps"] = sft["max_steps"] or sft["epochs"] * max(per_epoch, 1)
+    sft["max_steps"] = planned_steps(SftSettings(**sft), max(train_rows, 1), workers)
     return sft
 
 
