@@ -1,5 +1,5 @@
 """SplitDataset through the real gRPC API: seeded held-out fractions, user eval files,
-no row on both sides after whitespace and case normalisation, and the errors."""
+no row on both sides after whitespace and case normalisation (asr rows: by clip content), and the errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import grpc
 import pytest
 from minio.error import S3Error
 from rpc_refusals import named_field, raised
+from test_asr_ingest import pcm_wav
 from test_services import upload
 
 from distillery.ingest.v1 import ingest_pb2
+from distillery.uploads import Upload, send
 from services.common.objects import ObjectStore
 
 
@@ -172,3 +174,40 @@ def test_bad_requests_and_datasets_are_refused(services, client_for, make_tenant
     code, message, field = refused(alice, dataset_id=same.dataset.id)
     assert (code, field) == (grpc.StatusCode.FAILED_PRECONDITION, "dataset_id")
     assert "at least 2 distinct rows" in message and "eval_dataset_id" in message
+
+
+def asr_dataset(client, tmp_path, clips: dict[str, bytes], rows: list[tuple[str, str]], name: str) -> str:
+    """An asr dataset of ``clips`` (file name -> WAV bytes) and manifest ``rows`` (file, transcript)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for file, data in clips.items():
+        (folder / file).write_bytes(data)
+    manifest = folder / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": f, "text": t, "language": "en"}) + "\n" for f, t in rows))
+    files = [manifest, *(folder / file for file in clips)]
+    reply = send(client.ingest, Upload(files, ingest_pb2.DATASET_KIND_ASR, manifest=manifest))
+    assert reply.dataset.valid, reply.report
+    return reply.dataset.id
+
+
+def test_asr_rows_are_split_by_clip_content(services, client_for, make_tenant, tmp_path):
+    """The same audio under two names (with two transcripts) lands on one side; a user eval set sharing a clip
+    with the training set takes that clip out of training, whatever it is called there."""
+    client = client_for(make_tenant())
+    tones = {f"clip{i}.wav": pcm_wav(0.2 + i / 100) for i in range(20)}
+    copies = {"copy_of_3.wav": tones["clip3.wav"], "copy_of_4.wav": tones["clip4.wav"]}
+    rows = [(f, f"words {i}") for i, f in enumerate([*tones, *copies])]
+    dataset_id = asr_dataset(client, tmp_path, {**tones, **copies}, rows, "train")
+    for seed in range(4):
+        made = split(client, dataset_id=dataset_id, eval_fraction=0.3, seed=seed)
+        train, held = read_side(services, made.train_key), read_side(services, made.eval_key)
+        assert len(train) + len(held) == 22 and train and held
+        on_train = {json.loads(line)["audio_key"] for line in train}
+        on_eval = {json.loads(line)["audio_key"] for line in held}
+        assert not on_train & on_eval and len(on_train | on_eval) == 20
+
+    eval_id = asr_dataset(client, tmp_path, {"renamed.wav": tones["clip7.wav"], "new.wav": pcm_wav(0.9)},
+                          [("renamed.wav", "other words"), ("new.wav", "new words")], "eval")  # fmt: skip
+    made = split(client, dataset_id=dataset_id, eval_dataset_id=eval_id)
+    assert (made.train_rows, made.eval_rows, made.overlap_removed) == (21, 2, 1)
+    assert "clip7.wav" not in {json.loads(line)["audio"] for line in read_side(services, made.train_key)}

@@ -1,8 +1,11 @@
-"""Train/eval splits of a pairs dataset, with no row on both sides.
+"""Train/eval splits of a pairs, tool-calls or asr dataset, with no row on both sides.
 
 The eval side is either a user-given eval dataset or a held-out fraction of the
 dataset (default 0.1). Rows are compared after normalisation: every message's role
 and content, case-folded, runs of whitespace collapsed to one space and stripped.
+An asr row is compared by its clip's content (its ``audio_key`` is the sha256 of
+the bytes), so the same audio is never on both sides, whatever the file was called
+or its transcript says.
 
 - Held out: rows identical after normalisation form one group, and each group goes
   wholly to one side. Groups are ordered by a sha256 of (seed, group), a seeded draw
@@ -68,8 +71,10 @@ def split_id(dataset_id: str, eval_dataset_id: str, eval_fraction: float, seed: 
 def normalised(line: str) -> str:
     """One canonical row, compared ignoring case and whitespace. A tool-calls row is keyed by its
     request (the turns before the first assistant turn): the trajectories of one request stay on
-    one side of the split, so no eval request was seen in training."""
+    one side of the split, so no eval request was seen in training. An asr row is keyed by its clip's content."""
     row = json.loads(line)
+    if "audio_key" in row:
+        return "audio:" + row["audio_key"].rsplit("/", 1)[-1]
     messages = row["messages"]
     if "tools" in row:
         first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
@@ -86,7 +91,8 @@ def hold_out(lines: list[str], fraction: float, seed: int) -> Sides:
         groups.setdefault(normalised(line), []).append(index)
     if len(groups) < 2:
         raise FailedPrecondition(
-            f"the dataset has {len(groups)} distinct row(s) after whitespace and case normalisation; holding out an "
+            f"the dataset has {len(groups)} distinct row(s) after whitespace and case normalisation (clips: by "
+            f"content); holding out an "
             "eval side needs at least 2 distinct rows: add rows, or upload an eval file and pass it as eval_dataset_id",
             field="dataset_id",
         )
@@ -111,18 +117,18 @@ def remove_overlap(train: list[str], eval_lines: list[str]) -> Sides:
     return Sides(train=kept, eval=eval_lines, overlap_removed=len(train) - len(kept))
 
 
-SPLITTABLE = (ingest_pb2.DATASET_KIND_PAIRS, ingest_pb2.DATASET_KIND_TOOL_CALLS)
+SPLITTABLE = (ingest_pb2.DATASET_KIND_PAIRS, ingest_pb2.DATASET_KIND_TOOL_CALLS, ingest_pb2.DATASET_KIND_ASR)
 
 
 async def _trainable(pool: AsyncConnectionPool, tenant_id: str, ds_id: str, field: str) -> datasets.Dataset:
-    """A valid pairs or tool-calls dataset of the tenant, or an error naming ``field`` and what to do."""
+    """A valid pairs, tool-calls or asr dataset of the tenant, or an error naming ``field`` and what to do."""
     found = await datasets.find(pool, tenant_id, ds_id)
     if found is None:
         raise NotFound(f"dataset {ds_id} not found; upload it first (UploadDataset)", field=field)
     if found.kind not in SPLITTABLE:
         raise InvalidArgument(
-            f"dataset {ds_id} is not a pairs or tool-calls dataset; only those are split here: upload the file as "
-            "pairs (or tool-calls)",
+            f"dataset {ds_id} is not a pairs, tool-calls or asr dataset; only those are split here: upload the file "
+            "as one of those kinds",
             field=field,
         )
     if not found.valid or not found.canonical_key:
@@ -225,7 +231,8 @@ async def split_dataset(
         if not sides.train:
             raise FailedPrecondition(
                 f"every row of dataset {dataset_id} also appears in eval dataset {eval_dataset_id} (after whitespace "
-                "and case normalisation), so nothing is left to train on: upload an eval file of other rows",
+                "and case normalisation; clips by content), so nothing is left to train on: upload an eval file of "
+                "other rows",
                 field="eval_dataset_id",
             )
     else:
