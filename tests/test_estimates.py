@@ -12,6 +12,7 @@ from test_recipes import cli_run
 from test_services import upload
 from test_training import ROWS, run_request
 
+from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
 from services.trainer import estimates, run_recipes, run_requests
@@ -33,6 +34,20 @@ def test_the_size_of_a_student_is_read_from_its_name() -> None:
     assert estimates.params_of("/models/SmolLM2-360M-Instruct/") == 360e6
     assert estimates.params_of("meta-llama/Llama-3.2-1B") == 1e9
     assert estimates.params_of("org/tiny-llama") == 0  # says nothing: no durations, not a guess
+    assert estimates.params_of("openai/whisper-large-v3") == 1550e6  # Whisper's sizes by name
+    assert estimates.params_of("openai/whisper-large-v3-turbo") == 809e6
+    assert estimates.params_of("/models/whisper-tiny.en") == 39e6
+
+
+def test_a_speech_row_costs_a_whole_window_whatever_the_clip() -> None:
+    request = run_requests.checked(pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x",
+                                                       sft=pb.SftSettings(max_steps=10)))  # fmt: skip
+    assert request["recipe"] == "speech" and request["student_model"] == "openai/whisper-large-v3"
+    short = estimates.estimate(request, request["student_model"], 100, 20_000.0, 0.1, 1, throughputs=[CPU])
+    long = estimates.estimate(request, request["student_model"], 100, 900_000.0, 0.1, 1, throughputs=[CPU])
+    assert short.tokens_per_row == long.tokens_per_row == estimates.SPEECH_TOKENS_PER_ROW
+    assert short.tokens_to_process == long.tokens_to_process > 10 * 16 * estimates.SPEECH_TOKENS_PER_ROW
+    assert short.student_params == 1_550_000_000 and short.compute
 
 
 def test_steps_tokens_and_durations_follow_the_settings_and_the_table() -> None:

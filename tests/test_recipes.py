@@ -39,11 +39,11 @@ BEFORE_SIZING = {pb.RUN_STATE_QUEUED, pb.RUN_STATE_VALIDATING}
 # --- the platform's recipes and an operator's file ---
 
 
-def test_the_platform_recipes_cover_the_tasks_with_slots_for_speech_and_ocr() -> None:
+def test_the_platform_recipes_cover_the_tasks_with_a_slot_for_ocr() -> None:
     raw = tomllib.loads(run_recipes.DEFAULT_FILE.read_text())  # the stdlib reads the file as it is
     recipes = run_recipes.defaults()
     assert set(raw["recipes"]) == set(recipes) >= {"classify", "generate", "tool-calling", "speech", "ocr"}
-    assert {name for name, r in recipes.items() if not r.available} == {"speech", "ocr"}
+    assert {name for name, r in recipes.items() if not r.available} == {"ocr"}
     assert {r.task for r in recipes.values()} == set(run_recipes.TASKS)
     for recipe in recipes.values():
         assert "/" in recipe.base_model and recipe.paths and recipe.compute["workers"] >= 1, recipe.name
@@ -177,7 +177,7 @@ def test_a_recipe_fills_what_the_request_leaves_and_the_request_wins() -> None:
 def test_a_recipe_for_another_path_or_a_slot_is_refused_naming_recipe() -> None:
     for recipe, request, words in [
         (CLASSIFY, pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_DISTILL_TOOLS), "for finetune-text, distill"),
-        (run_recipes.defaults()["speech"], pb.CreateRunRequest(), "finetune-asr path, which arrives in a later"),
+        (run_recipes.defaults()["ocr"], pb.CreateRunRequest(), "finetune-ocr path, which arrives in a later"),
     ]:
         with pytest.raises(InvalidArgument, match=words) as err:
             run_recipes.apply(recipe, request)
@@ -417,7 +417,7 @@ def test_a_flag_overrides_the_recipe_and_runs_show_marks_the_auto_values(service
 
 def test_an_unknown_or_unavailable_recipe_is_refused_naming_recipe(services, client_for, make_tenant):
     client = client_for(make_tenant())
-    for name, words in [("nope", "give one of classify"), ("speech", "arrives in a later version")]:
+    for name, words in [("nope", "give one of classify"), ("ocr", "arrives in a later version")]:
         request = pb.CreateRunRequest(recipe=name, dataset_id="ds_1")
         err = assert_refused(lambda r=request: client.trainer.CreateRun(r), "recipe")
         assert words in err.details(), err.details()

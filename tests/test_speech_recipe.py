@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from services.common import whisper as whisper_codes
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import speech, speech_data, speech_eval
@@ -100,18 +101,18 @@ def test_labels_start_with_the_language_prefix_and_long_ones_are_left_out(whispe
 
 
 def test_language_codes_are_whispers_spelling() -> None:
-    assert speech_eval.whisper_language("jv") == "jw"
-    assert speech_eval.whisper_language("nb") == "no"
-    assert speech_eval.whisper_language("iw") == "he"
-    assert speech_eval.whisper_language("en-US") == "en"
-    assert speech_eval.whisper_language("FR") == "fr"
-    assert speech_eval.whisper_language("yue") == "yue" and speech_eval.whisper_language("haw") == "haw"
-    assert speech_eval.whisper_language("cantonese") == "yue"
-    assert len(speech_eval.whisper_languages()) == 100
-    for code in speech_eval.whisper_languages():
-        assert speech_eval.whisper_language(code) == code
+    assert whisper_codes.whisper_language("jv") == "jw"
+    assert whisper_codes.whisper_language("nb") == "no"
+    assert whisper_codes.whisper_language("iw") == "he"
+    assert whisper_codes.whisper_language("en-US") == "en"
+    assert whisper_codes.whisper_language("FR") == "fr"
+    assert whisper_codes.whisper_language("yue") == "yue" and whisper_codes.whisper_language("haw") == "haw"
+    assert whisper_codes.whisper_language("cantonese") == "yue"
+    assert len(whisper_codes.whisper_languages()) == 100
+    for code in whisper_codes.whisper_languages():
+        assert whisper_codes.whisper_language(code) == code
     with pytest.raises(ValueError, match="not a language Whisper transcribes"):
-        speech_eval.whisper_language("xx")
+        whisper_codes.whisper_language("xx")
 
 
 def test_row_language_override_own_or_detected() -> None:
@@ -256,7 +257,7 @@ def test_oversized_clips_long_labels_and_detected_languages_are_reported(speech_
     assert config["train_rows_too_long"] == 1 and config["eval_rows_too_long"] == 0
     train_clip, eval_clip = config["detected_languages"]  # the same audio in both splits: the same language
     assert train_clip == eval_clip and train_clip["audio"] == "weather.wav"
-    assert train_clip["language"] in speech_eval.whisper_languages() and 0.0 < train_clip["probability"] <= 1.0
+    assert train_clip["language"] in whisper_codes.whisper_languages() and 0.0 < train_clip["probability"] <= 1.0
     assert config["task"] == "transcribe" and config["decoding"]["language"] == "per row"
     assert sum(config["languages"].values()) == 6
 

@@ -356,7 +356,7 @@ def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for,
 
 def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, make_tenant):
     client = client_for(make_tenant())
-    distill = common_pb2.TRAINING_PATH_DISTILL_TEXT
+    distill, asr = common_pb2.TRAINING_PATH_DISTILL_TEXT, common_pb2.TRAINING_PATH_FINETUNE_ASR
     teacher = "openai:gpt-4.1-mini"  # the system prompts are the teacher's check: it needs one
 
     def named(name: str) -> teacher_pb2.NamedSystemPrompt:
@@ -370,8 +370,17 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
         (run_request("ds_x", "org/m", pb.SftSettings(learning_rate=3.0)), grpc.StatusCode.INVALID_ARGUMENT,
          "sft.learning_rate"),
         (run_request("ds_x", "org/m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
-        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_ASR, dataset_id="ds_x", student_model="org/m"),
+        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_OCR, dataset_id="ds_x", student_model="org/m"),
          grpc.StatusCode.UNIMPLEMENTED, ""),
+        # Speech runs: a language Whisper knows, only on finetune-asr; no teacher, no RL, an asr dataset.
+        (pb.CreateRunRequest(path=asr, dataset_id="ds_x", language="klingon"), grpc.StatusCode.INVALID_ARGUMENT,
+         "language"),
+        (run_request("ds_x", "org/m", language="en"), grpc.StatusCode.INVALID_ARGUMENT, "language"),
+        (pb.CreateRunRequest(path=asr, dataset_id="ds_x", teacher=teacher), grpc.StatusCode.INVALID_ARGUMENT,
+         "teacher"),
+        (pb.CreateRunRequest(path=asr, dataset_id="ds_x", mode=common_pb2.TRAINING_MODE_SFT_RL),
+         grpc.StatusCode.INVALID_ARGUMENT, "mode"),
+        (pb.CreateRunRequest(path=asr), grpc.StatusCode.INVALID_ARGUMENT, "dataset_id"),
         # Distill-text with no named system prompt is refused before it starts, saying so (the teacher's check).
         (pb.CreateRunRequest(path=distill, dataset_id="ds_x", student_model="org/m", teacher=teacher),
          grpc.StatusCode.INVALID_ARGUMENT, "system_prompts"),

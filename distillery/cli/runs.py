@@ -60,6 +60,7 @@ PATHS = {
     "finetune-text": common_pb2.TRAINING_PATH_FINETUNE_TEXT,
     "distill-text": common_pb2.TRAINING_PATH_DISTILL_TEXT,
     "distill-tools": common_pb2.TRAINING_PATH_DISTILL_TOOLS,
+    "finetune-asr": common_pb2.TRAINING_PATH_FINETUNE_ASR,
 }
 
 
@@ -70,10 +71,17 @@ PATHS = {
 @click.option("--path", "path", type=click.Choice(sorted(PATHS)), default=None,
               help="[default: finetune-text, or the recipe's first path]")  # fmt: skip
 @click.option("--dataset", "dataset_id", default="", help="The training dataset (none for distill-tools --teacher).")
-@click.option("--student", "student_model", default="",
-              help="Hub id (org/name) or a model directory under the trainer's model roots (the local stack's: "
-              "$DISTILLERY_HOME/models), or one of your models (mdl_...) to train it further. Required without "
-              "--recipe; with one, overrides its base model.")  # fmt: skip
+@click.option(
+    "--student",
+    "student_model",
+    default="",
+    help="Hub id (org/name) or a model directory under the trainer's model roots (the local stack's: "
+    "$DISTILLERY_HOME/models), or one of your models (mdl_...) to train it further. Required without "
+    "--recipe (but for finetune-asr: the speech recipe's Whisper); with one, overrides its base model.",
+)
+@click.option("--language", default="", metavar="CODE",
+              help="finetune-asr: the language spoken in every clip (en, fr, yue, ...), over the rows' own and "
+              "detection from the audio.")  # fmt: skip
 @click.option("--eval-dataset", "eval_dataset_id", default="", help="An eval dataset (else a held-out share).")
 @click.option("--eval-fraction", type=float, default=0.0, help="Share held out for eval [default: 0.1].")
 @click.option("--name", "model_name", default="", help="Name of the registered model [default: the run id].")
@@ -155,10 +163,10 @@ def create(
     model_name: str, system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool,
     teacher: str, augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
     estimate_only: bool, workers: int, cpus_per_worker: float, gpu_type: str, rubric: str, validate_only: bool,
-    **options: Any,
+    language: str, **options: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
-    if not student_model and not recipe:
+    if not student_model and not recipe and path != "finetune-asr":
         raise click.UsageError("give --student MODEL, or --recipe NAME (its base model is the student)")
     if path is None:
         path = "" if recipe else "finetune-text"  # with a recipe, the trainer takes the recipe's first path
@@ -178,7 +186,7 @@ def create(
         sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,
         max_failed_fraction=max_failed_fraction, tool_ids=tools["tool_ids"], seed_prompts=tools["seed_prompts"],
         objectives=tools["objectives"], tool_responses=tools["tool_responses"], mode=tools["mode"],
-        rubric=rubric, validate_only=validate_only,
+        rubric=rubric, validate_only=validate_only, language=language,
         generation=teacher_pb2.GenerationParameters(
             temperature=temperature, max_output_tokens=max_output_tokens, **tools["generation"]
         ),

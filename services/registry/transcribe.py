@@ -13,7 +13,8 @@ this module decodes the clip, loads the model and transcribes.
   ``english``), set in the generation config (never ``forced_decoder_ids``); with none,
   Whisper's own detection from the audio (the language token most probable after
   ``<|startoftranscript|>``), with its probability. An English-only model answers ``en``.
-- Decoding: greedy, task ``transcribe``, at most half the decoder's positions (as Whisper does).
+- Decoding: greedy, task ``transcribe``, at most half the decoder's positions (as Whisper does, and as a
+  run's evaluations decode: ``services/common/whisper.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from distillery.registry.v1 import registry_pb2
+from services.common import whisper
 from services.common.errors import FailedPrecondition, InvalidArgument
 
 SAMPLE_RATE = 16_000
@@ -33,8 +35,6 @@ MAX_SECONDS = 30.0
 MAX_AUDIO_BYTES = 25 * 1024 * 1024
 # What soundfile calls the WAV family (RIFF, WAVE_FORMAT_EXTENSIBLE, RF64, Sony Wave64).
 WAV_FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64"})
-# ISO 639-1 codes Whisper spells its own way.
-ALIASES = {"jv": "jw"}
 
 
 @dataclass(frozen=True)
@@ -131,18 +131,15 @@ def load(directory: Path, base_model: str, artifact_kind: int) -> Speech:
 
 def language_code(generation_config: Any, language: str) -> str:
     """The request's language as the model's code ("" for none), or INVALID_ARGUMENT naming ``language``."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
-
-    wanted = language.strip().lower()
-    if not wanted:
+    if not language.strip():
         return ""
-    code = ALIASES.get(wanted, wanted)
-    code = code if code in LANGUAGES else TO_LANGUAGE_CODE.get(code, "")
-    if not code:
+    try:
+        code = whisper.whisper_language(language)
+    except ValueError:
         raise InvalidArgument(
             f"language {language[:40]!r} is not a Whisper language: give a code such as 'en', 'fr' or 'yue'",
             field="language",
-        )
+        ) from None
     known = _languages(generation_config)
     if known is None:
         if code != "en":
@@ -177,7 +174,7 @@ def transcribe(speech: Speech, clip: Clip, language: str) -> Transcript:
         config.do_sample = False
         config.num_beams = 1
         config.max_length = None
-        config.max_new_tokens = max(1, model.config.max_target_positions // 2)
+        config.max_new_tokens = whisper.max_new_tokens(model.config.max_target_positions)  # as the run evaluated
         output = model.generate(features, generation_config=config)
     sequences = output.sequences if hasattr(output, "sequences") else output
     text = processor.tokenizer.decode(sequences[0], skip_special_tokens=True).strip()

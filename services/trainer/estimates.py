@@ -16,7 +16,11 @@ The rules, each an approximation a user can check against a real run (``runs sho
   table (``measured = true``) is scaled by parameters (throughput ~ 1 / parameters); a GPU without a
   measurement is estimated from its peak bf16 FLOPs at ``MFU`` utilisation and 6 FLOPs per parameter and
   token (``measured = false``, said so in the answer). The student's size comes from its name
-  (``SmolLM2-135M``, ``Qwen2.5-0.5B``); a name without one gets the tokens but no durations.
+  (``SmolLM2-135M``, ``Qwen2.5-0.5B``), or Whisper's size (``whisper-large-v3``); a name without one gets the
+  tokens but no durations;
+- a speech run (finetune-asr): every clip is padded to Whisper's 30 s window, so a row costs the same whatever its
+  length: ``SPEECH_TOKENS_PER_ROW``, the encoder's 1500 positions over its half of the weights and a transcript's
+  ~50 tokens over the decoder's half, as tokens of the whole model.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ TABLE = Path(__file__).with_name("throughputs.toml")
 BYTES_PER_TOKEN = run_recipes.BYTES_PER_TOKEN
 MFU = 0.35
 EVAL_TOKEN_COST = 1 / 3
+SPEECH_TOKENS_PER_ROW = (1500 + 50) / 2
+WHISPER_SIZES = {"tiny": 39e6, "base": 74e6, "small": 244e6, "medium": 769e6, "large": 1550e6, "turbo": 809e6}
+_WHISPER = re.compile(r"whisper-large-v3-(turbo)|whisper-(tiny|base|small|medium|large|turbo)", re.IGNORECASE)
 _SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([MB])(?![a-z])", re.IGNORECASE)
 
 
@@ -66,8 +73,12 @@ def table(path: Path = TABLE) -> list[Throughput]:
 
 
 def params_of(model: str) -> float:
-    """Parameters named in a model's id or directory name (``135M``, ``0.5B``); 0 when it names none."""
-    found = _SIZE.findall(Path(model.rstrip("/")).name)
+    """Parameters named in a model's id or directory name (``135M``, ``0.5B``, a Whisper size); 0 when it names
+    none."""
+    name = Path(model.rstrip("/")).name
+    if whisper := _WHISPER.search(name):
+        return WHISPER_SIZES[(whisper.group(1) or whisper.group(2)).lower()]
+    found = _SIZE.findall(name)
     if not found:
         return 0.0
     number, unit = found[-1]
@@ -91,7 +102,8 @@ def estimate(
 ) -> pb.RunEstimate:  # fmt: skip
     """The estimate of a run (its request as stored, ``checked``) over ``rows`` rows of ``bytes_per_row``."""
     notes: list[str] = []
-    tokens_per_row = bytes_per_row / BYTES_PER_TOKEN
+    speech = request.get("path") == "TRAINING_PATH_FINETUNE_ASR"
+    tokens_per_row = SPEECH_TOKENS_PER_ROW if speech else bytes_per_row / BYTES_PER_TOKEN
     if teacher is not None and teacher.rows:
         rows = teacher.rows + (rows if request.get("augment_count") else 0)
         tokens_per_row = (teacher.input_tokens + teacher.output_tokens) / teacher.rows
@@ -99,7 +111,7 @@ def estimate(
     eval_rows = max(int(rows * eval_fraction), 1) if rows else 0
     train_rows = max(rows - eval_rows, 0)
     sft = training_steps(request, train_rows, tokens_per_row * BYTES_PER_TOKEN, workers)
-    per_row = min(tokens_per_row, sft["max_seq_length"])
+    per_row = tokens_per_row if speech else min(tokens_per_row, sft["max_seq_length"])
     per_step = sft["batch_size"] * sft["gradient_accumulation_steps"] * workers
     train_tokens = sft["max_steps"] * per_step * per_row
     evals = EVALS_PER_RUN if sft["eval_every_steps"] != -1 else 0

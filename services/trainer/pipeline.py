@@ -76,7 +76,10 @@ RECIPES = {
     common_pb2.TRAINING_PATH_FINETUNE_TEXT: "services.trainer.recipes.sft",
     common_pb2.TRAINING_PATH_DISTILL_TEXT: "services.trainer.recipes.sft",
     common_pb2.TRAINING_PATH_DISTILL_TOOLS: "services.trainer.recipes.tool_calling",
+    common_pb2.TRAINING_PATH_FINETUNE_ASR: "services.trainer.recipes.speech",
 }
+# The metric after training a run's result must hold as a number (else the training diverged), by path.
+CHECKED_AFTER = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "wer_after"}
 # Environment of every training job: what ENVIRONMENT.md measured to help.
 JOB_TUNING = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -106,6 +109,7 @@ def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
         num_workers=workers, use_gpu=use_gpu,
         start_from=source.get("artifact_prefix", ""), start_kind=source.get("artifact_kind", ""),
         rubric=(run.rubric_validation or {}).get("definition"),  # the rubric the run checked (``rubric_runs``)
+        language=request.get("language", ""),
     )  # fmt: skip
 
 
@@ -222,8 +226,9 @@ class Pipeline:
                 (Jsonb(request), run.id, run.state),
             )
         values = ", ".join(f"{name} {request['sft'][name]}" for name in request["auto_fields"])
-        await self.note(run, f"sized from the split ({measured.train_rows} train rows, the longest about "
-                        f"{measured.longest_tokens} tokens): {values}")  # fmt: skip
+        speech = run.path == common_pb2.TRAINING_PATH_FINETUNE_ASR  # its rows are clips, not tokens
+        longest = f", the longest about {measured.longest_tokens} tokens" * (not speech)
+        await self.note(run, f"sized from the split ({measured.train_rows} train rows{longest}): {values}")
 
     async def train(self, run: runs.Run) -> bool:
         """Submit the run's Ray job (or find it again) and wait for it; True when it succeeded."""
@@ -262,7 +267,10 @@ class Pipeline:
         spec = job_spec(run, *run_recipes.job_compute(run.request, self.deployment()))
         await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
-        secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, spec.inputs())
+        inputs = spec.inputs()
+        if run.path == common_pb2.TRAINING_PATH_FINETUNE_ASR:  # and the clips its split's rows name
+            inputs += await asyncio.to_thread(run_inputs.clip_keys, self.store, run)
+        secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, inputs)
         await runs.save(
             self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token),
             resume_pending=False,
@@ -310,11 +318,17 @@ class Pipeline:
         if result is None:
             raise RunFailed("training_failed", "the training job ended without writing its result")
         metrics = numbers(result)
-        after = metrics.get("eval_loss_after", math.nan)
-        if not math.isfinite(after):
-            raise RunFailed("training_diverged", "the eval loss after training is not a number: the training "
-                            "diverged. Lower sft.learning_rate and try again", "sft.learning_rate")  # fmt: skip
+        checked = CHECKED_AFTER.get(common_pb2.TrainingPath.ValueType(run.path), "eval_loss_after")
+        if not math.isfinite(metrics.get(checked, math.nan)):
+            raise RunFailed("training_diverged", f"{checked} is not a number: the training diverged. Lower "
+                            "sft.learning_rate and try again", "sft.learning_rate")  # fmt: skip
         await runs.save(self.pool, run.id, result=result, metrics={**run.metrics, **metrics})
+        config = result.get("training_config") or {}
+        if oversized := config.get("oversized_clips"):  # a speech run's clips over Whisper's 30 s window
+            await self.note(run, f"left out {len(oversized)} clip(s) over 30 s (Whisper's window): "
+                            f"{', '.join(map(str, oversized[:20]))}{' ...' * (len(oversized) > 20)}")  # fmt: skip
+        if too_long := int(config.get("train_rows_too_long", 0)) + int(config.get("eval_rows_too_long", 0)):
+            await self.note(run, f"left out {too_long} row(s) whose transcript is over Whisper's 448 tokens")
         await runs.report(self.pool, run.id, [{"metrics": {"step": int(metrics.get("steps", 0)), "values": metrics}}])
 
     async def _read_json(self, key: str) -> dict[str, Any] | None:

@@ -6,16 +6,23 @@ Each refusal ends the run FAILED with a ``RunFailed`` a user can act on, naming 
 
 from __future__ import annotations
 
+import json
+
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.common.v1 import common_pb2
 from distillery.ingest.v1 import ingest_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.objects import ObjectStore, tenant_key
 from services.trainer import runs
 from services.trainer.peers import Peers
 from services.trainer.runs import RunFailed
 
 VIOLATIONS_IN_ERROR = 10
+KIND_NAMES: dict[ingest_pb2.DatasetKind.ValueType, str] = {
+    ingest_pb2.DATASET_KIND_INPUTS: "inputs", ingest_pb2.DATASET_KIND_TOOL_CALLS: "tool-calls",
+    ingest_pb2.DATASET_KIND_ASR: "asr",
+}  # fmt: skip
 
 
 async def validate(pool: AsyncConnectionPool, peers: Peers, run: runs.Run) -> None:
@@ -24,6 +31,12 @@ async def validate(pool: AsyncConnectionPool, peers: Peers, run: runs.Run) -> No
     if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
         await check_dataset(peers, run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_INPUTS)
         return  # split after generation, on the generated pairs
+    if run.path == common_pb2.TRAINING_PATH_FINETUNE_ASR:
+        await check_dataset(peers, run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_ASR)
+        if request.get("eval_dataset_id"):
+            await check_dataset(peers, run, request["eval_dataset_id"], "eval_dataset_id", ingest_pb2.DATASET_KIND_ASR)
+        await split(pool, peers, run, request["dataset_id"])
+        return
     if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
         if not request.get("dataset_id"):
             return  # the teacher's trajectories are split after generation
@@ -57,7 +70,11 @@ async def split(pool: AsyncConnectionPool, peers: Peers, run: runs.Run, dataset_
 
 
 async def check_dataset(
-    peers: Peers, run: runs.Run, dataset_id: str, field: str, wanted: int = ingest_pb2.DATASET_KIND_PAIRS
+    peers: Peers,
+    run: runs.Run,
+    dataset_id: str,
+    field: str,
+    wanted: ingest_pb2.DatasetKind.ValueType = ingest_pb2.DATASET_KIND_PAIRS,
 ) -> None:
     """The dataset exists, is of the kind the path trains on, and has no violations; else the run fails."""
     try:
@@ -70,6 +87,8 @@ async def check_dataset(
             needed = "distillation answers an input-only dataset (upload it with --kind inputs)"
         elif wanted == ingest_pb2.DATASET_KIND_TOOL_CALLS:
             needed = "distill-tools trains on a tool-calls dataset (upload it with --kind tool-calls)"
+        elif wanted == ingest_pb2.DATASET_KIND_ASR:
+            needed = "finetune-asr trains on an asr dataset (upload the clips and their manifest with --kind asr)"
         else:
             needed = "fine-tuning text trains on a pairs dataset"
         raise RunFailed("invalid_dataset", f"{needed}; {dataset_id} is a {kind} dataset", field)
@@ -84,7 +103,24 @@ async def check_dataset(
         raise RunFailed(
             "invalid_dataset",
             f"dataset {dataset_id} has {report.violation_count} violation(s){where}. Fix them and upload it "
-            f"again (`distillery datasets validate FILE --kind pairs` shows them all)",
+            f"again (`distillery datasets validate FILE --kind {KIND_NAMES.get(wanted, 'pairs')}` shows them all)",
             field,
             violations,
         )
+
+
+def clip_keys(store: ObjectStore, run: runs.Run) -> list[str]:
+    """The S3 keys of the clips an asr run's split names (its job reads those and no other upload). Each must
+    lie among the tenant's own uploads, as ingest writes them; another is refused. Blocking: call it in a thread."""
+    split, own = run.split or {}, tenant_key(run.tenant_id, "uploads") + "/"
+    keys: set[str] = set()
+    for side in ("train_key", "eval_key"):
+        for number, line in enumerate(store.get_bytes(split[side]).decode().splitlines(), 1):
+            if not line.strip():
+                continue
+            key = json.loads(line).get("audio_key", "")
+            if not (isinstance(key, str) and key.startswith(own) and ".." not in key):
+                raise RunFailed("invalid_dataset", f"row {number} of the split's {side.removesuffix('_key')} side "
+                                "names no clip of yours: upload the dataset again", "dataset_id")  # fmt: skip
+            keys.add(key)
+    return sorted(keys)

@@ -22,9 +22,11 @@ runs a Ray Train ``TorchTrainer`` whose loop, on every worker (``train``, top to
    resumes from the last one), mid-training evals of the WER at the cadence of ``evals.py`` with early stopping
    (``evals.BestByMetric``, lower is better; the best weights are put back at the end);
 5. evaluates again, and on rank 0 saves the model (adapter or full weights), the processor (tokenizer and feature
-   extractor: ``AutoProcessor`` loads it), the generation config and ``training_config.json`` (language, task,
-   decoding), uploads them to ``<output_prefix>/model/`` (``load_trained`` loads them back to transcribe; so does
-   the registry's ``Transcribe``) and writes ``result.json`` last.
+   extractor: ``AutoProcessor`` loads it), the generation config, ``training_config.json`` (language, task,
+   decoding) and ``eval_transcripts.json`` (each eval clip's transcript: decoded with ``Transcribe``'s budget,
+   ``services/common/whisper.py``, so ``Transcribe`` answers the same), uploads them to
+   ``<output_prefix>/model/`` (``load_trained`` loads them back to transcribe; so does the registry's
+   ``Transcribe``) and writes ``result.json`` last.
 
 Failures end in ``<output_prefix>/error.json`` as in every recipe (``job.py``, ``failures.py``).
 """
@@ -40,6 +42,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, cast
 
+from services.common import whisper
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import evals, failures, job, speech_data, speech_eval, trl_configs
@@ -50,7 +53,6 @@ from services.trainer.recipes.watch import Watch
 log = logging.getLogger("distillery.recipes.speech")
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # Whisper's attention projections
-PREFIX_TOKENS = 4  # start of transcript, language, task, no timestamps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +111,7 @@ def train(
     model.config.forced_decoder_ids = None
     model.generation_config.task = speech_data.TASK
     extractor = speech_data.feature_extractor(spec.student_model, model.config)
-    override = speech_eval.whisper_language(spec.language) if spec.language else ""
+    override = whisper.whisper_language(spec.language) if spec.language else ""
     train_rows, train_oversized = speech_data.read_split(store, spec.train_key, "train", extractor, override)
     eval_rows, eval_oversized = speech_data.read_split(store, spec.eval_key, "eval", extractor, override)
     detected = detect(model, train_rows + eval_rows)
@@ -127,12 +129,12 @@ def train(
                 f"the {name} split has no clip to train on ({len(oversized)} over 30 s, {too_long} with transcripts "
                 f"over {limit} tokens): split long clips and their transcripts"
             )  # fmt: skip
-    longest = max(len(row["labels"]) for row in train_rows + eval_rows)
-    max_new_tokens = max(min(longest + 8, limit) - PREFIX_TOKENS, 1)
+    max_new_tokens = whisper.max_new_tokens(model.config.max_target_positions)  # Transcribe's budget too
     spelling = getattr(tokenizer, "english_spelling_normalizer", None)
 
     def measure(m: Any) -> dict[str, Any]:
-        return speech_eval.score(eval_rows, speech_eval.transcribe(m, tokenizer, eval_rows, max_new_tokens), spelling)
+        transcripts = speech_eval.transcribe(m, tokenizer, eval_rows, max_new_tokens)
+        return {**speech_eval.score(eval_rows, transcripts, spelling), "transcripts": transcripts}
 
     if not settings.full_finetune:
         from peft import LoraConfig, get_peft_model
@@ -202,6 +204,10 @@ def train(
                      "language": override or "per row"},
     }  # fmt: skip
     (model_dir / "training_config.json").write_text(json.dumps(training_config, indent=2))
+    # what the model answered on each eval clip: Transcribe answers the same (the WER above is theirs)
+    answered = [{"audio": row["audio"], "language": row["language"], "text": row["text"], "transcript": transcript}
+                for row, transcript in zip(eval_rows, after["transcripts"], strict=True)]  # fmt: skip
+    (model_dir / "eval_transcripts.json").write_text(json.dumps({"rows": answered}, indent=2, ensure_ascii=False))
     job.upload_dir(store, model_dir, f"{prefix}/model")
     metrics = {
         "wer_before": before["wer"], "wer_after": after["wer"], "wer_raw_before": before["wer_raw"],

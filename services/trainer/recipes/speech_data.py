@@ -7,7 +7,7 @@ A split is ingest's canonical asr JSONL: one row a clip, ``{"audio", "text", "la
    (``decode``); a clip over 30 s (Whisper's window) is left out and reported by name;
 2. computes log-mel features with the model's own ``WhisperFeatureExtractor`` (``feature_extractor``: its bins
    are the model config's ``num_mel_bins``, 128 for large-v3, 80 for the others);
-3. keeps the row's language in Whisper's spelling (``speech_eval.whisper_language``), or none when the row has
+3. keeps the row's language in Whisper's spelling (``services/common/whisper.py``), or none when the row has
    none or only ingest's guess from the transcript (the recipe detects those from the audio: ``speech_eval``).
 
 ``labels`` then gives a row's labels: Whisper's prefix (start of transcript, the row's language, transcribe,
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from services.common import whisper
 from services.common.objects import ObjectStore
-from services.trainer.recipes import failures, speech_eval
+from services.trainer.recipes import failures
 from services.trainer.recipes.splits import split_lines
 
 SAMPLE_RATE = 16_000
@@ -71,12 +72,12 @@ def row_language(raw: dict[str, Any], override: str, where: str) -> str:
     """The row's Whisper language: the run's override, else the row's own (unless ingest only guessed it from
     the transcript), else "" (detected from the audio)."""
     if override:
-        return speech_eval.whisper_language(override)
+        return whisper.whisper_language(override)
     language = raw.get("language") or ""
     if not isinstance(language, str) or not language or raw.get("language_source") == "detected":
         return ""
     try:
-        return speech_eval.whisper_language(language)
+        return whisper.whisper_language(language)
     except ValueError as err:
         raise failures.invalid_dataset(f"{where}: {err}") from None
 

@@ -1,9 +1,5 @@
-"""How the speech recipe scores transcripts, and the language codes it accepts.
+"""How the speech recipe scores transcripts (the language codes it accepts: ``services/common/whisper.py``).
 
-- **Language codes** (``whisper_language``): every code Whisper has a language token for (``yue``, ``haw``
-  included), its language names (``english``, ``cantonese``), and the ISO 639-1 codes ingest writes where
-  Whisper spells them differently (``jv`` -> ``jw``, ``nb`` -> ``no``) or the deprecated ones (``iw``, ``in``,
-  ``ji``, ``mo``); a region tag (``en-US``) counts as its language.
 - **Normalisation** (``normaliser``): Whisper's ``EnglishTextNormalizer`` for English (with the tokenizer's
   English spelling mapping, where it has one), ``BasicTextNormalizer`` for every other language.
 - **Error rates** (``score``): jiwer's WER, or CER for languages written without spaces between words
@@ -20,32 +16,6 @@ from typing import Any
 
 # Languages written without spaces between words: their error rate is CER (characters), not WER.
 CER_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue", "km", "bo"})
-# ISO 639-1 codes (and deprecated ones) Whisper spells differently.
-ISO_TO_WHISPER = {"jv": "jw", "nb": "no", "iw": "he", "in": "id", "ji": "yi", "mo": "ro", "fil": "tl"}
-
-
-def whisper_languages() -> dict[str, str]:
-    """Whisper's language codes and their names (transformers' table)."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    return dict(LANGUAGES)
-
-
-def whisper_language(code: str) -> str:
-    """The Whisper code of a language code or name; ValueError naming the accepted codes when it has none."""
-    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
-
-    value = code.strip().lower().replace("_", "-")
-    languages = whisper_languages()
-    for candidate in (value, value.split("-", 1)[0]):
-        candidate = ISO_TO_WHISPER.get(candidate, candidate)
-        if candidate in languages:
-            return candidate
-        if candidate in TO_LANGUAGE_CODE:
-            return str(TO_LANGUAGE_CODE[candidate])
-    raise ValueError(
-        f"{code!r} is not a language Whisper transcribes: give one of its codes ({', '.join(sorted(languages))})"
-    )
 
 
 def uses_cer(language: str) -> bool:
