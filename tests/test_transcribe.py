@@ -23,65 +23,14 @@ from test_tracing_and_cli import cli_env
 from distillery.cli.main import cli
 from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
+from services.common import whisper
+from tests.tiny_models import build_whisper
 
 CLIP = Path(__file__).resolve().parent.parent / "examples" / "asr" / "weather.wav"
 ASR = common_pb2.TRAINING_PATH_FINETUNE_ASR
 LORA = registry_pb2.ARTIFACT_KIND_LORA_ADAPTER
 FULL = registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS
 TIMEOUT_S = 120
-SPEECH_CORPUS = ["what is the weather tomorrow", "turn off the lights", "bonjour, une table pour deux"]
-
-
-def build_whisper(directory: Path, seed: int = 0) -> Path:
-    """A tiny random multilingual Whisper (one layer of 32 each side, 80 mel bins) with a byte-level BPE
-    tokenizer trained here, every Whisper special token, and the generation config a real Whisper has
-    (``lang_to_id``, ``task_to_id``; no ``forced_decoder_ids``), saved with its processor in ``directory``."""
-    import torch
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizerFast,
-    )  # fmt: skip
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    directory.mkdir(parents=True, exist_ok=True)
-    specials = ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{code}|>" for code in LANGUAGES], "<|translate|>",
-                "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]  # fmt: skip
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(SPEECH_CORPUS * 20, trainer)
-    core.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
-    end = "<|endoftext|>"
-    tokenizer = WhisperTokenizerFast(tokenizer_object=core, bos_token=end, eos_token=end, unk_token=end, pad_token=end)
-    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tokenizer).save_pretrained(
-        directory
-    )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in specials}
-    torch.manual_seed(seed)
-    config = WhisperConfig(
-        vocab_size=len(tokenizer), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=64, pad_token_id=ids[end], bos_token_id=ids[end],
-        eos_token_id=ids[end], decoder_start_token_id=ids["<|startoftranscript|>"], suppress_tokens=[],
-        begin_suppress_tokens=[],
-    )  # fmt: skip
-    model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids[end], pad_token_id=ids[end],
-        bos_token_id=ids[end], max_length=64, is_multilingual=True,
-        lang_to_id={f"<|{code}|>": ids[f"<|{code}|>"] for code in LANGUAGES},
-        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
-        no_timestamps_token_id=ids["<|notimestamps|>"], begin_suppress_tokens=[ids[end]],
-        suppress_tokens=[i for token, i in ids.items() if token != end],  # so a random model still writes text
-    )  # fmt: skip
-    model.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +80,7 @@ def direct(whispers: dict[str, Path], kind: int, data: bytes, language: str = ""
             found = int(model.detect_language(features)[0])
             language = next(t for t, i in model.generation_config.lang_to_id.items() if i == found).strip("<|>")
         out = model.generate(features, language=language, task="transcribe", do_sample=False, num_beams=1,
-                             max_new_tokens=32)  # fmt: skip
+                             max_new_tokens=whisper.max_new_tokens(model.config.max_target_positions))  # fmt: skip
     return processor.tokenizer.decode(out[0], skip_special_tokens=True).strip(), language
 
 
