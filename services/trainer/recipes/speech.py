@@ -51,6 +51,7 @@ from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.watch import Watch
 
 log = logging.getLogger("distillery.recipes.speech")
+SAMPLES = 8  # eval clips whose transcripts before and after training the model's training_config shows
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # Whisper's attention projections
 
@@ -193,6 +194,9 @@ def train(
     # one processor (tokenizer + feature extractor): what AutoProcessor loads back, beside an adapter too
     WhisperProcessor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(model_dir)
     model.generation_config.save_pretrained(model_dir)
+    was = before.get("transcripts") or [""] * len(eval_rows)  # (an eval_before.json of an older job has none)
+    samples = [{"audio": row["audio"], "language": row["language"], "text": row["text"], "before": was[i],
+                "after": after["transcripts"][i]} for i, row in enumerate(eval_rows[:SAMPLES])]  # fmt: skip
     training_config = {
         "sft": dataclasses.asdict(settings), "student_model": spec.student_model,
         "artifact_kind": settings.artifact_kind, "num_workers": spec.num_workers, "use_gpu": spec.use_gpu,
@@ -200,6 +204,7 @@ def train(
         "languages": dict(languages), "detected_languages": detected, "lora_targets": list(LORA_TARGETS),
         "train_rows": len(train_rows), "eval_rows": len(eval_rows), "oversized_clips": train_oversized + eval_oversized,
         "train_rows_too_long": train_too_long, "eval_rows_too_long": eval_too_long,
+        "eval_samples": samples,
         "decoding": {"max_new_tokens": max_new_tokens, "num_beams": 1, "temperature": 0.0, "task": speech_data.TASK,
                      "language": override or "per row"},
     }  # fmt: skip
