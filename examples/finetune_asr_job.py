@@ -51,8 +51,8 @@ def gather(folder: Path) -> Path:
     for row in rows:
         (folder / row["audio"]).write_bytes((EXAMPLES / row["audio"]).read_bytes())
     if espeak_available():
-        spoken = synthesise([(text, "en") for text in SENTENCES], folder / "spoken")
-        rows += [{"audio": f"spoken/{path.name}", "text": text, "language": "en"}
+        spoken = synthesise([(text, "en") for text in SENTENCES], folder)  # an upload's files go by name alone
+        rows += [{"audio": path.name, "text": text, "language": "en"}
                  for path, text in zip(spoken, SENTENCES, strict=True)]  # fmt: skip
         say(f"clips: {len(rows) - len(spoken)} from examples/asr, {len(spoken)} spoken by eSpeak NG")
     else:
