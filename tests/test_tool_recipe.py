@@ -180,7 +180,11 @@ def test_each_recipe_is_one_module_on_the_shared_skeleton() -> None:
     from services.trainer import pipeline
 
     recipes = set(pipeline.RECIPES.values())
-    assert recipes == {"services.trainer.recipes.sft", "services.trainer.recipes.tool_calling"}
+    assert recipes == {
+        "services.trainer.recipes.sft",
+        "services.trainer.recipes.tool_calling",
+        "services.trainer.recipes.speech",
+    }
     trainer = ROOT / "services" / "trainer"
     for path in sorted(trainer.rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
