@@ -15,11 +15,9 @@ Running it again reuses the finished run (a run still going is followed).
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from distillery.cli.run_watch import follow
 from distillery.client import Client, home
 from distillery.common.v1 import common_pb2
 from distillery.demo_model import ensure_demo_model
@@ -27,7 +25,7 @@ from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from examples.main_job import create_run, reusable_run, say, upload
+from examples.main_job import create_run, finished, reusable_run, say, upload
 
 DATASET = Path(__file__).parent / "support_inputs.jsonl"
 TEACHER = "platform:smollm2"
@@ -72,11 +70,7 @@ def main() -> None:
     student = str(ensure_demo_model(home() / "models"))
     dataset = upload(client, DATASET, ingest_pb2.DATASET_KIND_INPUTS, "input-only dataset")
     run = distill_run(client, dataset.id, student)
-    if run.state != pb.RUN_STATE_SUCCEEDED:
-        final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
-        if final != pb.RUN_STATE_SUCCEEDED:
-            sys.exit(f"run {run.id} ended {pb.RunState.Name(final)}; see `distillery runs show {run.id}`")
-        run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    run = finished(client, run)
     usage = run.teacher_usage
     pairs, skipped = run.metrics["teacher_rows"], run.metrics["teacher_rows_failed"]
     say(f"\nteacher: {usage.requests} requests, {usage.input_tokens:,} input and {usage.output_tokens:,} output "

@@ -21,19 +21,17 @@ Running it again reuses the finished run with the same settings (a run still goi
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from distillery.cli.run_watch import follow
 from distillery.client import Client, home
 from distillery.common.v1 import common_pb2
 from distillery.demo_model import ensure_demo_model
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from examples.main_job import create_run, reusable_run, say, upload
+from examples.main_job import create_run, finished, reusable_run, say, upload
 from examples.tools import stand_in_teacher
 
 DATASET = home() / "examples" / "stand_in_tool_calls.jsonl"
@@ -96,12 +94,7 @@ def main() -> None:
     student = str(ensure_demo_model(home() / "models"))
     dataset = stand_in_dataset(client)
     run = tools_run(client, dataset.id, student)
-    if run.state != pb.RUN_STATE_SUCCEEDED:
-        final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
-        run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
-        if final != pb.RUN_STATE_SUCCEEDED:
-            why = f": {run.error.code}: {run.error.message}" if run.error.code else ""
-            sys.exit(f"run {run.id} ended {pb.RunState.Name(run.state)}{why}\nsee `distillery runs show {run.id}`")
+    run = finished(client, run)
     m = run.metrics
     say(f"\nrun {run.id}, model {run.model_id}")
     say(f"held-out requests: {m['eval_prompts']:.0f} ({m['eval_call_prompts']:.0f} wanting a call); "

@@ -19,23 +19,20 @@ Running it again reuses the finished run and its model (a run still going is fol
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from distillery.cli.run_plots import eval_line
-from distillery.cli.run_watch import follow
 from distillery.client import Client, home
 from distillery.common.v1 import common_pb2
 from distillery.demo_whisper import ensure_demo_whisper
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from distillery.uploads import Upload, send
 from examples.asr_synth import SENTENCES, espeak_available, synthesise
-from examples.main_job import create_run, reusable_run, say
+from examples.main_job import create_run, finished, reusable_run, say, upload
 
 EXAMPLES = Path(__file__).parent / "asr"
 # A short full fine-tune: Whisper base trains a few steps a minute on a laptop's CPU.
@@ -64,17 +61,6 @@ def gather(folder: Path) -> Path:
     return manifest
 
 
-def upload_clips(client: Client, manifest: Path) -> ingest_pb2.Dataset:
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    files = [manifest, *(manifest.parent / row["audio"] for row in rows)]
-    reply = send(client.ingest, Upload(files, ingest_pb2.DATASET_KIND_ASR, manifest=manifest))
-    say(f"{'reused' if reply.reused else 'uploaded'} asr dataset {reply.dataset.id}: {reply.report.rows} clips")
-    if not reply.report.valid:
-        first = reply.report.violations[0]
-        sys.exit(f"the clips have violations: line {first.line} {first.field}: {first.message}")
-    return reply.dataset
-
-
 def asr_run(client: Client, dataset_id: str, student: str) -> pb.Run:
     earlier, key = reusable_run(client, f"demo-asr-{dataset_id}-")
     if earlier is not None:
@@ -93,13 +79,10 @@ def main() -> None:
     client = Client.from_environment(timeout=60)
     student = str(ensure_demo_whisper(home() / "models"))
     say(f"student model: {student} (OpenAI's Whisper base weights)")
-    dataset = upload_clips(client, gather(home() / "demo-asr"))
-    run = asr_run(client, dataset.id, student)
-    if run.state != pb.RUN_STATE_SUCCEEDED:
-        final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
-        if final != pb.RUN_STATE_SUCCEEDED:
-            sys.exit(f"run {run.id} ended {pb.RunState.Name(final)}; see `distillery runs show {run.id}`")
-        run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    manifest = gather(home() / "demo-asr")
+    clips = [manifest.parent / json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
+    dataset = upload(client, manifest, ingest_pb2.DATASET_KIND_ASR, "asr dataset", clips)
+    run = finished(client, asr_run(client, dataset.id, student))
 
     metrics = run.metrics
     say(f"\nmodel id:  {run.model_id}")

@@ -61,9 +61,11 @@ def upload(
     path: Path,
     kind: ingest_pb2.DatasetKind.ValueType = ingest_pb2.DATASET_KIND_PAIRS,
     what: str = "dataset",
+    files: list[Path] | None = None,
 ) -> ingest_pb2.Dataset:
-    """Upload an example file (the same bytes are reused) and stop, naming the first violation, if it is invalid."""
-    reply = send(client.ingest, Upload([path], kind))
+    """Upload an example file (the same bytes are reused) and stop, naming the first violation, if it is invalid.
+    With ``files`` (the clips of an asr dataset), ``path`` is their manifest."""
+    reply = send(client.ingest, Upload([path, *files], kind, manifest=path) if files else Upload([path], kind))
     say(f"{'reused' if reply.reused else 'uploaded'} {what} {reply.dataset.id}: {reply.report.rows} rows")
     if not reply.report.valid:
         first = reply.report.violations[0]
@@ -109,6 +111,18 @@ def create_run(client: Client, request: pb.CreateRunRequest) -> pb.Run:
         raise
 
 
+def finished(client: Client, run: pb.Run) -> pb.Run:
+    """The run once it has succeeded (followed live until it ends); the job stops, saying why, if it did not."""
+    if run.state == pb.RUN_STATE_SUCCEEDED:
+        return run
+    final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
+    run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    if final != pb.RUN_STATE_SUCCEEDED:
+        why = f": {run.error.code}: {run.error.message}" if run.error.code else ""
+        sys.exit(f"run {run.id} ended {pb.RunState.Name(final)}{why}\nsee `distillery runs show {run.id}`")
+    return run
+
+
 def model_exists(client: Client, model_id: str) -> bool:
     try:
         client.registry.GetModel(registry_pb2.GetModelRequest(id=model_id))
@@ -152,12 +166,7 @@ def main() -> None:
     student = str(ensure_demo_model(home() / "models"))
     say(f"student model: {student}")
     dataset = upload(client, DATASET)
-    run = demo_run(client, dataset.id, student)
-    if run.state != pb.RUN_STATE_SUCCEEDED:
-        final = follow(Client.from_environment(timeout=24 * 3600).trainer, run.id)
-        if final != pb.RUN_STATE_SUCCEEDED:
-            sys.exit(f"run {run.id} ended {pb.RunState.Name(final)}; see `distillery runs show {run.id}`")
-        run = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
+    run = finished(client, demo_run(client, dataset.id, student))
 
     before, after = run.metrics["eval_loss_before"], run.metrics["eval_loss_after"]
     say(f"\nmodel id:  {run.model_id}")
