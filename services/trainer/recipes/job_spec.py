@@ -84,6 +84,20 @@ class JobSpec:
             "row's language and detects it from the audio where the row has none (recipes/speech.py)."
         },
     )
+    train_vision: bool = field(
+        default=False,
+        metadata={
+            "help": "An OCR run: train the vision encoder too (LoRA on it, or its weights in a full fine-tune); "
+            "false keeps it frozen and trains the language side only (recipes/ocr.py)."
+        },
+    )
+    image_mode: str = field(
+        default="",
+        metadata={
+            "help": "An OCR run's resolution mode, for models that have modes (recipes/ocr.py lists them); empty: "
+            "the model's default."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in _TEXT_FIELDS:
@@ -128,6 +142,13 @@ class JobSpec:
             raise InvalidArgument(
                 f"spec.language must be a language code or empty, not {self.language!r}", field="spec.language"
             )
+        if not isinstance(self.train_vision, bool):
+            raise InvalidArgument(
+                f"spec.train_vision must be true or false, not {self.train_vision!r}", field="spec.train_vision"
+            )
+        if not isinstance(self.image_mode, str):
+            raise InvalidArgument(f"spec.image_mode must be a mode's name or empty, not {self.image_mode!r}",
+                                  field="spec.image_mode")  # fmt: skip
         if not isinstance(self.use_gpu, bool):
             raise InvalidArgument(f"spec.use_gpu must be true or false, not {self.use_gpu!r}", field="spec.use_gpu")
 
