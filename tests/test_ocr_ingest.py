@@ -8,6 +8,7 @@ written byte by byte. Hostile inputs run in a fresh interpreter through
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -161,6 +162,7 @@ def test_every_accepted_format_is_decoded_and_described(tmp_path: Path) -> None:
     assert all((r["width"], r["height"]) == (240, 48) for r in out)
     assert out[0]["prompt"] == "Transcribe the page." and out[1]["prompt"] == ""
     assert out[2]["text"] == "invoice pages/page.png"
+    assert [r["sha256"] for r in out] == [hashlib.sha256(data).hexdigest() for data in files.values()]
 
 
 def test_format_is_known_by_decoding_not_by_extension(tmp_path: Path) -> None:

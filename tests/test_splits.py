@@ -10,6 +10,7 @@ import pytest
 from minio.error import S3Error
 from rpc_refusals import named_field, raised
 from test_asr_ingest import pcm_wav
+from test_ocr_ingest import render, write_manifest, write_zip
 from test_services import upload
 
 from distillery.ingest.v1 import ingest_pb2
@@ -211,3 +212,29 @@ def test_asr_rows_are_split_by_clip_content(services, client_for, make_tenant, t
     made = split(client, dataset_id=dataset_id, eval_dataset_id=eval_id)
     assert (made.train_rows, made.eval_rows, made.overlap_removed) == (21, 2, 1)
     assert "clip7.wav" not in {json.loads(line)["audio"] for line in read_side(services, made.train_key)}
+
+
+def test_ocr_rows_are_split_by_image_content(services, client_for, make_tenant, tmp_path):
+    """The same image under two names lands on one side; an eval set's image leaves training whatever its name."""
+    client = client_for(make_tenant())
+    pages = {f"page{i}.png": render(f"total {i}.00 EUR", "PNG") for i in range(12)}
+    pages["again.png"] = pages["page2.png"]
+
+    def dataset(name: str, files: dict[str, bytes]) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        archive = write_zip(folder / "images.zip", files)
+        manifest = write_manifest(folder / "manifest.jsonl", [{"image": f, "text": f"text of {f}"} for f in files])
+        reply = send(client.ingest, Upload([manifest, archive], ingest_pb2.DATASET_KIND_OCR, manifest=manifest))
+        assert reply.dataset.valid, reply.report
+        return reply.dataset.id
+
+    dataset_id = dataset("train", pages)
+    for seed in range(4):
+        made = split(client, dataset_id=dataset_id, eval_fraction=0.3, seed=seed)
+        train, held = read_side(services, made.train_key), read_side(services, made.eval_key)
+        assert len(train) + len(held) == 13 and train and held
+        assert not {json.loads(line)["sha256"] for line in train} & {json.loads(line)["sha256"] for line in held}
+    eval_id = dataset("eval", {"renamed.png": pages["page5.png"], "new.png": render("new page", "PNG")})
+    made = split(client, dataset_id=dataset_id, eval_dataset_id=eval_id)
+    assert (made.train_rows, made.eval_rows, made.overlap_removed) == (12, 2, 1)

@@ -24,6 +24,7 @@ not decode), ``image_too_large`` (over ``max_pixels``), and every archive rule o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from dataclasses import dataclass
@@ -183,14 +184,15 @@ def _missing_hint(image: str, archive: SafeZip) -> str:
 
 
 def _check_entries(archive: SafeZip, lines: dict[str, int], max_pixels: int, report: Report) -> dict[str, Any]:
-    """Each readable entry checked; returns the decoded images' {key: (name, width, height, format)}."""
+    """Each readable entry checked; returns the decoded images' {key: (name, width, height, format, sha256)}."""
     images: dict[str, Any] = {}
     for info in archive.files:
         key = entry_key(info.filename)
         line, field = (lines[key], "image") if key in lines else (0, "")
         try:
             if key in lines:
-                images[key] = (info.filename, *_image(archive.read(info), max_pixels))
+                data = archive.read(info)
+                images[key] = (info.filename, *_image(data, max_pixels), hashlib.sha256(data).hexdigest())
                 continue
             head = archive.head(info)
             if not _looks_like_image(head):
@@ -207,7 +209,8 @@ def _check_entries(archive: SafeZip, lines: dict[str, int], max_pixels: int, rep
 def validate_ocr(
     manifest: IO[bytes], archive: Path, *, limits: OcrLimits = OcrLimits()
 ) -> tuple[Report, list[dict[str, Any]]]:
-    """The report and, one per manifest row in order, {image, text, prompt, width, height, format}."""
+    """The report and, one per manifest row in order, {image, text, prompt, width, height, format, sha256} (the
+    image bytes' sha256: a split keeps the same image on one side)."""
     report = Report()
     rows = _read_manifest(manifest, report, limits.max_line_bytes)
     if not report.rows:
@@ -229,9 +232,9 @@ def validate_ocr(
                 report.add(row.line, "image", "missing_image", f"the ZIP has no file {row.image!r}",
                            _missing_hint(row.image, zipped), entry=row.image)  # fmt: skip
             elif key in images:
-                name, width, height, kind = images[key]
+                name, width, height, kind, digest = images[key]
                 out.append({"image": name, "text": row.text, "prompt": row.prompt, "width": width, "height": height,
-                            "format": kind})  # fmt: skip
+                            "format": kind, "sha256": digest})  # fmt: skip
     return report, out
 
 

@@ -1,11 +1,11 @@
-"""Train/eval splits of a pairs, tool-calls or asr dataset, with no row on both sides.
+"""Train/eval splits of a pairs, tool-calls, asr or ocr dataset, with no row on both sides.
 
 The eval side is either a user-given eval dataset or a held-out fraction of the
 dataset (default 0.1). Rows are compared after normalisation: every message's role
 and content, case-folded, runs of whitespace collapsed to one space and stripped.
 An asr row is compared by its clip's content (its ``audio_key`` is the sha256 of
 the bytes), so the same audio is never on both sides, whatever the file was called
-or its transcript says.
+or its transcript says; an ocr row by its image's content (the sha256 ingest keeps).
 
 - Held out: rows identical after normalisation form one group, and each group goes
   wholly to one side. Groups are ordered by a sha256 of (seed, group), a seeded draw
@@ -75,6 +75,8 @@ def normalised(line: str) -> str:
     row = json.loads(line)
     if "audio_key" in row:
         return "audio:" + row["audio_key"].rsplit("/", 1)[-1]
+    if "archive_key" in row:  # an ocr row: its image's content (a row stored before sha256 was kept: its name)
+        return "image:" + (row.get("sha256") or f"{row['archive_key']}/{row['image']}")
     messages = row["messages"]
     if "tools" in row:
         first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
@@ -117,18 +119,21 @@ def remove_overlap(train: list[str], eval_lines: list[str]) -> Sides:
     return Sides(train=kept, eval=eval_lines, overlap_removed=len(train) - len(kept))
 
 
-SPLITTABLE = (ingest_pb2.DATASET_KIND_PAIRS, ingest_pb2.DATASET_KIND_TOOL_CALLS, ingest_pb2.DATASET_KIND_ASR)
+SPLITTABLE = (
+    ingest_pb2.DATASET_KIND_PAIRS, ingest_pb2.DATASET_KIND_TOOL_CALLS, ingest_pb2.DATASET_KIND_ASR,
+    ingest_pb2.DATASET_KIND_OCR,
+)  # fmt: skip
 
 
 async def _trainable(pool: AsyncConnectionPool, tenant_id: str, ds_id: str, field: str) -> datasets.Dataset:
-    """A valid pairs, tool-calls or asr dataset of the tenant, or an error naming ``field`` and what to do."""
+    """A valid dataset of the tenant of a kind that trains as it is, or an error naming ``field`` and what to do."""
     found = await datasets.find(pool, tenant_id, ds_id)
     if found is None:
         raise NotFound(f"dataset {ds_id} not found; upload it first (UploadDataset)", field=field)
     if found.kind not in SPLITTABLE:
         raise InvalidArgument(
-            f"dataset {ds_id} is not a pairs, tool-calls or asr dataset; only those are split here: upload the file "
-            "as one of those kinds",
+            f"dataset {ds_id} is not a pairs, tool-calls, asr or ocr dataset; only those are split here: upload the "
+            "file as one of those kinds",
             field=field,
         )
     if not found.valid or not found.canonical_key:
