@@ -356,7 +356,11 @@ def test_a_trainer_restart_mid_training_still_ends_the_run(services, client_for,
 
 def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, make_tenant):
     client = client_for(make_tenant())
-    distill, asr = common_pb2.TRAINING_PATH_DISTILL_TEXT, common_pb2.TRAINING_PATH_FINETUNE_ASR
+    distill, asr, ocr = (
+        common_pb2.TRAINING_PATH_DISTILL_TEXT,
+        common_pb2.TRAINING_PATH_FINETUNE_ASR,
+        common_pb2.TRAINING_PATH_FINETUNE_OCR,
+    )
     teacher = "openai:gpt-4.1-mini"  # the system prompts are the teacher's check: it needs one
 
     def named(name: str) -> teacher_pb2.NamedSystemPrompt:
@@ -370,8 +374,15 @@ def test_create_run_refuses_bad_requests_naming_the_field(services, client_for, 
         (run_request("ds_x", "org/m", pb.SftSettings(learning_rate=3.0)), grpc.StatusCode.INVALID_ARGUMENT,
          "sft.learning_rate"),
         (run_request("ds_x", "org/m", eval_fraction=1.5), grpc.StatusCode.INVALID_ARGUMENT, "eval_fraction"),
-        (pb.CreateRunRequest(path=common_pb2.TRAINING_PATH_FINETUNE_OCR, dataset_id="ds_x", student_model="org/m"),
-         grpc.StatusCode.UNIMPLEMENTED, ""),
+        # OCR runs: not the original DeepSeek-OCR (remote code), no teacher; their options on their path only.
+        (pb.CreateRunRequest(path=ocr, dataset_id="ds_x", student_model="deepseek-ai/DeepSeek-OCR"),
+         grpc.StatusCode.INVALID_ARGUMENT, "student_model"),
+        (pb.CreateRunRequest(path=ocr, dataset_id="ds_x", teacher=teacher), grpc.StatusCode.INVALID_ARGUMENT,
+         "teacher"),
+        (run_request("ds_x", "org/m", train_vision=True), grpc.StatusCode.INVALID_ARGUMENT, "train_vision"),
+        (pb.CreateRunRequest(path=asr, dataset_id="ds_x", image_mode="large"), grpc.StatusCode.INVALID_ARGUMENT,
+         "image_mode"),
+        (pb.CreateRunRequest(path=ocr), grpc.StatusCode.INVALID_ARGUMENT, "dataset_id"),
         # Speech runs: a language Whisper knows, only on finetune-asr; no teacher, no RL, an asr dataset.
         (pb.CreateRunRequest(path=asr, dataset_id="ds_x", language="klingon"), grpc.StatusCode.INVALID_ARGUMENT,
          "language"),

@@ -61,7 +61,9 @@ PATHS = {
     "distill-text": common_pb2.TRAINING_PATH_DISTILL_TEXT,
     "distill-tools": common_pb2.TRAINING_PATH_DISTILL_TOOLS,
     "finetune-asr": common_pb2.TRAINING_PATH_FINETUNE_ASR,
+    "finetune-ocr": common_pb2.TRAINING_PATH_FINETUNE_OCR,
 }
+DEFAULT_RECIPE_PATHS = ("finetune-asr", "finetune-ocr")  # a run of these without --student uses its path's recipe
 
 
 @group.command("create")
@@ -77,11 +79,14 @@ PATHS = {
     default="",
     help="Hub id (org/name) or a model directory under the trainer's model roots (the local stack's: "
     "$DISTILLERY_HOME/models), or one of your models (mdl_...) to train it further. Required without "
-    "--recipe (but for finetune-asr: the speech recipe's Whisper); with one, overrides its base model.",
+    "--recipe (but for finetune-asr and finetune-ocr: their recipe's model); with one, overrides its base model.",
 )
 @click.option("--language", default="", metavar="CODE",
               help="finetune-asr: the language spoken in every clip (en, fr, yue, ...), over the rows' own and "
               "detection from the audio.")  # fmt: skip
+@click.option("--train-vision", is_flag=True, help="finetune-ocr: train the vision encoder too (default: frozen).")
+@click.option("--image-mode", default="", metavar="MODE",
+              help="finetune-ocr: the resolution mode, for models that have modes [default: the model's].")  # fmt: skip
 @click.option("--eval-dataset", "eval_dataset_id", default="", help="An eval dataset (else a held-out share).")
 @click.option("--eval-fraction", type=float, default=0.0, help="Share held out for eval [default: 0.1].")
 @click.option("--name", "model_name", default="", help="Name of the registered model [default: the run id].")
@@ -163,10 +168,10 @@ def create(
     model_name: str, system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool,
     teacher: str, augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
     estimate_only: bool, workers: int, cpus_per_worker: float, gpu_type: str, rubric: str, validate_only: bool,
-    language: str, **options: Any,
+    language: str, train_vision: bool, image_mode: str, **options: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
-    if not student_model and not recipe and path != "finetune-asr":
+    if not student_model and not recipe and path not in DEFAULT_RECIPE_PATHS:
         raise click.UsageError("give --student MODEL, or --recipe NAME (its base model is the student)")
     if path is None:
         path = "" if recipe else "finetune-text"  # with a recipe, the trainer takes the recipe's first path
@@ -186,7 +191,8 @@ def create(
         sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,
         max_failed_fraction=max_failed_fraction, tool_ids=tools["tool_ids"], seed_prompts=tools["seed_prompts"],
         objectives=tools["objectives"], tool_responses=tools["tool_responses"], mode=tools["mode"],
-        rubric=rubric, validate_only=validate_only, language=language,
+        rubric=rubric, validate_only=validate_only, language=language, train_vision=train_vision,
+        image_mode=image_mode,
         generation=teacher_pb2.GenerationParameters(
             temperature=temperature, max_output_tokens=max_output_tokens, **tools["generation"]
         ),

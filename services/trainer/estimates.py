@@ -20,7 +20,10 @@ The rules, each an approximation a user can check against a real run (``runs sho
   tokens but no durations;
 - a speech run (finetune-asr): every clip is padded to Whisper's 30 s window, so a row costs the same whatever its
   length: ``SPEECH_TOKENS_PER_ROW``, the encoder's 1500 positions over its half of the weights and a transcript's
-  ~50 tokens over the decoder's half, as tokens of the whole model.
+  ~50 tokens over the decoder's half, as tokens of the whole model;
+- an OCR run (finetune-ocr): a row is its image's tokens and its text's, ``OCR_TOKENS_PER_ROW`` (a page's 576
+  image tokens, a vision-language model's common budget, and a short text's 64): its dataset's bytes are mostly
+  the image ZIP's, which say little about tokens.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ BYTES_PER_TOKEN = run_recipes.BYTES_PER_TOKEN
 MFU = 0.35
 EVAL_TOKEN_COST = 1 / 3
 SPEECH_TOKENS_PER_ROW = (1500 + 50) / 2
+OCR_TOKENS_PER_ROW = 576 + 64
 WHISPER_SIZES = {"tiny": 39e6, "base": 74e6, "small": 244e6, "medium": 769e6, "large": 1550e6, "turbo": 809e6}
 _WHISPER = re.compile(r"whisper-large-v3-(turbo)|whisper-(tiny|base|small|medium|large|turbo)", re.IGNORECASE)
 _SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([MB])(?![a-z])", re.IGNORECASE)
@@ -102,8 +106,8 @@ def estimate(
 ) -> pb.RunEstimate:  # fmt: skip
     """The estimate of a run (its request as stored, ``checked``) over ``rows`` rows of ``bytes_per_row``."""
     notes: list[str] = []
-    speech = request.get("path") == "TRAINING_PATH_FINETUNE_ASR"
-    tokens_per_row = SPEECH_TOKENS_PER_ROW if speech else bytes_per_row / BYTES_PER_TOKEN
+    media = {"TRAINING_PATH_FINETUNE_ASR": SPEECH_TOKENS_PER_ROW, "TRAINING_PATH_FINETUNE_OCR": OCR_TOKENS_PER_ROW}
+    tokens_per_row = media.get(request.get("path", ""), bytes_per_row / BYTES_PER_TOKEN)
     if teacher is not None and teacher.rows:
         rows = teacher.rows + (rows if request.get("augment_count") else 0)
         tokens_per_row = (teacher.input_tokens + teacher.output_tokens) / teacher.rows
@@ -111,7 +115,7 @@ def estimate(
     eval_rows = max(int(rows * eval_fraction), 1) if rows else 0
     train_rows = max(rows - eval_rows, 0)
     sft = training_steps(request, train_rows, tokens_per_row * BYTES_PER_TOKEN, workers)
-    per_row = tokens_per_row if speech else min(tokens_per_row, sft["max_seq_length"])
+    per_row = tokens_per_row if request.get("path") in media else min(tokens_per_row, sft["max_seq_length"])
     per_step = sft["batch_size"] * sft["gradient_accumulation_steps"] * workers
     train_tokens = sft["max_steps"] * per_step * per_row
     evals = EVALS_PER_RUN if sft["eval_every_steps"] != -1 else 0

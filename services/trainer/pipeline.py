@@ -77,9 +77,10 @@ RECIPES = {
     common_pb2.TRAINING_PATH_DISTILL_TEXT: "services.trainer.recipes.sft",
     common_pb2.TRAINING_PATH_DISTILL_TOOLS: "services.trainer.recipes.tool_calling",
     common_pb2.TRAINING_PATH_FINETUNE_ASR: "services.trainer.recipes.speech",
+    common_pb2.TRAINING_PATH_FINETUNE_OCR: "services.trainer.recipes.ocr",
 }
 # The metric after training a run's result must hold as a number (else the training diverged), by path.
-CHECKED_AFTER = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "wer_after"}
+CHECKED_AFTER = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "wer_after", common_pb2.TRAINING_PATH_FINETUNE_OCR: "cer_after"}
 # Environment of every training job: what ENVIRONMENT.md measured to help.
 JOB_TUNING = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
@@ -109,7 +110,8 @@ def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
         num_workers=workers, use_gpu=use_gpu,
         start_from=source.get("artifact_prefix", ""), start_kind=source.get("artifact_kind", ""),
         rubric=(run.rubric_validation or {}).get("definition"),  # the rubric the run checked (``rubric_runs``)
-        language=request.get("language", ""),
+        language=request.get("language", ""), train_vision=bool(request.get("train_vision", False)),
+        image_mode=request.get("image_mode", ""),
     )  # fmt: skip
 
 
@@ -226,8 +228,8 @@ class Pipeline:
                 (Jsonb(request), run.id, run.state),
             )
         values = ", ".join(f"{name} {request['sft'][name]}" for name in request["auto_fields"])
-        speech = run.path == common_pb2.TRAINING_PATH_FINETUNE_ASR  # its rows are clips, not tokens
-        longest = f", the longest about {measured.longest_tokens} tokens" * (not speech)
+        media = run.path in run_inputs.MEDIA_KINDS  # its rows are clips or images, not tokens
+        longest = f", the longest about {measured.longest_tokens} tokens" * (not media)
         await self.note(run, f"sized from the split ({measured.train_rows} train rows{longest}): {values}")
 
     async def train(self, run: runs.Run) -> bool:
@@ -268,8 +270,8 @@ class Pipeline:
         await asyncio.to_thread(self.store.put_bytes, spec_key, spec.to_json().encode(), "application/json")
         await asyncio.to_thread(self.store.delete_prefix, f"{prefix}/error.json")
         inputs = spec.inputs()
-        if run.path == common_pb2.TRAINING_PATH_FINETUNE_ASR:  # and the clips its split's rows name
-            inputs += await asyncio.to_thread(run_inputs.clip_keys, self.store, run)
+        if run.path in run_inputs.MEDIA_KEYS:  # and the uploads its split's rows name (clips, image ZIPs)
+            inputs += await asyncio.to_thread(run_inputs.media_keys, self.store, run)
         secrets, secrets_url = await asyncio.to_thread(self.access.issue, run, prefix, inputs)
         await runs.save(
             self.pool, run.id, job_attempt=attempt, push_token_hash=job_access.hash_token(secrets.push_token),

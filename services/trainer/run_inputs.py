@@ -21,8 +21,12 @@ from services.trainer.runs import RunFailed
 VIOLATIONS_IN_ERROR = 10
 KIND_NAMES: dict[ingest_pb2.DatasetKind.ValueType, str] = {
     ingest_pb2.DATASET_KIND_INPUTS: "inputs", ingest_pb2.DATASET_KIND_TOOL_CALLS: "tool-calls",
-    ingest_pb2.DATASET_KIND_ASR: "asr",
+    ingest_pb2.DATASET_KIND_ASR: "asr", ingest_pb2.DATASET_KIND_OCR: "ocr",
 }  # fmt: skip
+# The paths that train on media, their dataset kind, and the field of a row naming the upload it reads.
+MEDIA_KINDS = {common_pb2.TRAINING_PATH_FINETUNE_ASR: ingest_pb2.DATASET_KIND_ASR,
+               common_pb2.TRAINING_PATH_FINETUNE_OCR: ingest_pb2.DATASET_KIND_OCR}  # fmt: skip
+MEDIA_KEYS = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "audio_key", common_pb2.TRAINING_PATH_FINETUNE_OCR: "archive_key"}
 
 
 async def validate(pool: AsyncConnectionPool, peers: Peers, run: runs.Run) -> None:
@@ -31,10 +35,11 @@ async def validate(pool: AsyncConnectionPool, peers: Peers, run: runs.Run) -> No
     if run.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
         await check_dataset(peers, run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_INPUTS)
         return  # split after generation, on the generated pairs
-    if run.path == common_pb2.TRAINING_PATH_FINETUNE_ASR:
-        await check_dataset(peers, run, request["dataset_id"], "dataset_id", ingest_pb2.DATASET_KIND_ASR)
+    if run.path in MEDIA_KINDS:  # finetune-asr, finetune-ocr: their datasets train as they are
+        kind = MEDIA_KINDS[common_pb2.TrainingPath.ValueType(run.path)]
+        await check_dataset(peers, run, request["dataset_id"], "dataset_id", kind)
         if request.get("eval_dataset_id"):
-            await check_dataset(peers, run, request["eval_dataset_id"], "eval_dataset_id", ingest_pb2.DATASET_KIND_ASR)
+            await check_dataset(peers, run, request["eval_dataset_id"], "eval_dataset_id", kind)
         await split(pool, peers, run, request["dataset_id"])
         return
     if run.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS:
@@ -89,6 +94,8 @@ async def check_dataset(
             needed = "distill-tools trains on a tool-calls dataset (upload it with --kind tool-calls)"
         elif wanted == ingest_pb2.DATASET_KIND_ASR:
             needed = "finetune-asr trains on an asr dataset (upload the clips and their manifest with --kind asr)"
+        elif wanted == ingest_pb2.DATASET_KIND_OCR:
+            needed = "finetune-ocr trains on an ocr dataset (upload the image ZIP and its manifest with --kind ocr)"
         else:
             needed = "fine-tuning text trains on a pairs dataset"
         raise RunFailed("invalid_dataset", f"{needed}; {dataset_id} is a {kind} dataset", field)
@@ -109,18 +116,23 @@ async def check_dataset(
         )
 
 
-def clip_keys(store: ObjectStore, run: runs.Run) -> list[str]:
-    """The S3 keys of the clips an asr run's split names (its job reads those and no other upload). Each must
-    lie among the tenant's own uploads, as ingest writes them; another is refused. Blocking: call it in a thread."""
-    split, own = run.split or {}, tenant_key(run.tenant_id, "uploads") + "/"
+def media_keys(store: ObjectStore, run: runs.Run) -> list[str]:
+    """The S3 keys of the uploads a media run's split names (an asr run's clips, an ocr run's image ZIPs): its
+    job reads those and no other upload. Each must lie among the tenant's own uploads, as ingest writes them;
+    another is refused. Blocking: call it in a thread."""
+    split, own, field = (
+        run.split or {},
+        tenant_key(run.tenant_id, "uploads") + "/",
+        MEDIA_KEYS[common_pb2.TrainingPath.ValueType(run.path)],
+    )
     keys: set[str] = set()
     for side in ("train_key", "eval_key"):
         for number, line in enumerate(store.get_bytes(split[side]).decode().splitlines(), 1):
             if not line.strip():
                 continue
-            key = json.loads(line).get("audio_key", "")
+            key = json.loads(line).get(field, "")
             if not (isinstance(key, str) and key.startswith(own) and ".." not in key):
                 raise RunFailed("invalid_dataset", f"row {number} of the split's {side.removesuffix('_key')} side "
-                                "names no clip of yours: upload the dataset again", "dataset_id")  # fmt: skip
+                                "names no upload of yours: upload the dataset again", "dataset_id")  # fmt: skip
             keys.add(key)
     return sorted(keys)

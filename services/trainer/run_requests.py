@@ -12,10 +12,9 @@ from google.protobuf import json_format
 from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2
 from distillery.trainer.v1 import trainer_pb2 as pb
-from services.common import whisper
-from services.common.errors import InvalidArgument, NotFound, Unimplemented
+from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import check_count, check_id, check_text
-from services.trainer import rubric_runs, run_recipes
+from services.trainer import media_requests, rubric_runs, run_recipes
 from services.trainer.peers import Peers
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import resolve_sft
@@ -35,14 +34,8 @@ MAX_SEED_PROMPTS = 10_000
 MAX_OBJECTIVES = 100
 MAX_TOOL_RESPONSES = 1_000
 MAX_AUGMENT_COUNT = 100_000
-WORKING_PATHS = (
-    common_pb2.TRAINING_PATH_FINETUNE_TEXT,
-    common_pb2.TRAINING_PATH_DISTILL_TEXT,
-    common_pb2.TRAINING_PATH_DISTILL_TOOLS,
-    common_pb2.TRAINING_PATH_FINETUNE_ASR,
-)
 # The recipe a run of the path uses when it names none: its defaults (student, settings) suit the path's models.
-PATH_RECIPES = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "speech"}
+PATH_RECIPES = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "speech", common_pb2.TRAINING_PATH_FINETUNE_OCR: "ocr"}
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PATH_NAMES = {
     common_pb2.TRAINING_PATH_DISTILL_TOOLS: "distill-tools",
@@ -94,26 +87,6 @@ def _check_tools(request: pb.CreateRunRequest) -> None:
     if not 0.0 <= request.max_failed_fraction <= 1.0:
         raise InvalidArgument(f"max_failed_fraction must be between 0 and 1 (got {request.max_failed_fraction})",
                               field="max_failed_fraction")  # fmt: skip
-
-
-def _check_speech(request: pb.CreateRunRequest) -> str:
-    """A finetune-asr run trains Whisper on an asr dataset as it is: no teacher, tools or RL; its ``language``
-    (any code Whisper knows, or an ISO code it spells otherwise) overrides every row's. The language as stored."""
-    for field, given in (("teacher", request.teacher), ("augment_count", request.augment_count),
-                         ("tool_ids", request.tool_ids), ("seed_prompts", request.seed_prompts),
-                         ("system_prompts", request.system_prompts)):  # fmt: skip
-        if given:
-            raise InvalidArgument(f"{field} is not for finetune-asr runs: they train on the transcripts of an asr "
-                                  "dataset as they are", field=field)  # fmt: skip
-    if registered_id(request.student_model) is not None:
-        raise InvalidArgument("continuing one of your speech models is not supported yet: give a Whisper model "
-                              "by hub id or directory (--student)", field="student_model")  # fmt: skip
-    if not request.language:
-        return ""
-    try:
-        return whisper.whisper_language(request.language)
-    except ValueError as err:
-        raise InvalidArgument(f"language {err}", field="language") from None
 
 
 def _check_bounds(request: pb.CreateRunRequest) -> None:
@@ -175,21 +148,13 @@ def checked(
     if request.path == common_pb2.TRAINING_PATH_UNSPECIFIED:
         raise InvalidArgument("path is required (finetune-text)", field="path")
     tools = request.path == common_pb2.TRAINING_PATH_DISTILL_TOOLS
-    if request.path not in WORKING_PATHS:
-        raise Unimplemented(
-            f"the {PATH_NAMES.get(request.path, str(request.path))} path arrives in a later version; "
-            "finetune-text, distill-text, distill-tools and finetune-asr work today"
-        )
     _check_bounds(request)
     rubric_runs.check_request(request, request.path)
-    speech = request.path == common_pb2.TRAINING_PATH_FINETUNE_ASR
-    language = _check_speech(request) if speech else ""
-    if request.language and not speech:
-        raise InvalidArgument("language overrides the spoken language of a finetune-asr run's clips; leave it out "
-                              "of other runs", field="language")  # fmt: skip
+    media = request.path in media_requests.MEDIA_PATHS  # finetune-asr, finetune-ocr
+    media_fields = media_requests.checked(request)
     if tools:
         _check_tools(request)
-    elif not speech:
+    elif not media:
         _check_teacher(request)
     if request.mode == common_pb2.TRAINING_MODE_SFT_RL and not tools:
         raise InvalidArgument("SFT + RL (GRPO) is only available for the tool-calling distillation path", field="mode")
@@ -197,7 +162,9 @@ def checked(
         raise InvalidArgument("GRPO settings need the SFT + RL mode (--mode sft-rl)", field="mode")
     if not request.dataset_id and not tools:
         kind = "an input-only" if request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT else "a pairs"
-        kind = "an asr" if speech else kind
+        kind = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "an asr", common_pb2.TRAINING_PATH_FINETUNE_OCR: "an ocr"}.get(
+            request.path, kind
+        )
         raise InvalidArgument(f"dataset_id is required: upload {kind} dataset and pass its id", field="dataset_id")
     student = _checked_student(request, students, given=original_student)
     if request.eval_dataset_id and request.path == common_pb2.TRAINING_PATH_DISTILL_TEXT:
@@ -225,8 +192,7 @@ def checked(
         common_pb2.TRAINING_MODE_SFT_RL if rl else common_pb2.TRAINING_MODE_SFT
     )
     stored["student_model"] = student
-    if language:
-        stored["language"] = language
+    stored.update(media_fields)
     if not request.eval_dataset_id:
         stored["eval_fraction"] = request.eval_fraction or DEFAULT_EVAL_FRACTION
     sft = resolve_sft(json_format.MessageToDict(request.sft, preserving_proto_field_name=True))

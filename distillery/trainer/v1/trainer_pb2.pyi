@@ -388,6 +388,8 @@ class CreateRunRequest(_message.Message):
     COMPUTE_FIELD_NUMBER: _builtins.int
     AUTO_FIELDS_FIELD_NUMBER: _builtins.int
     VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    TRAIN_VISION_FIELD_NUMBER: _builtins.int
+    IMAGE_MODE_FIELD_NUMBER: _builtins.int
     path: _common_pb2.TrainingPath.ValueType
     mode: _common_pb2.TrainingMode.ValueType
     dataset_id: _builtins.str
@@ -417,7 +419,10 @@ class CreateRunRequest(_message.Message):
     augment_count: _builtins.int
     """Augmentation for finetune-text: number of new pairs (0 = none)."""
     language: _builtins.str
-    """ASR: dataset-wide language override (ISO 639-1)."""
+    """finetune-asr: the language spoken in every clip, over each row's own and
+    detection from the audio: a Whisper code (en, yue, haw), a language name
+    (cantonese) or an ISO 639-1 code Whisper spells otherwise (jv -> jw).
+    """
     max_failed_fraction: _builtins.float
     """Distillation and augmentation: fail the run when more than this share of
     the teacher's rows fail (0: the default, 0.05); below it the run trains on
@@ -431,6 +436,14 @@ class CreateRunRequest(_message.Message):
     """With a rubric: stop after the rubric is validated, before any training
     (SUCCEEDED with Run.rubric_validation and no model; the allowance slot is
     released).
+    """
+    train_vision: _builtins.bool
+    """finetune-ocr: train the vision encoder too (default: frozen, the
+    language side trains).
+    """
+    image_mode: _builtins.str
+    """finetune-ocr: the resolution mode, for models that have modes (empty: the
+    model's default); a mode the model does not have is refused.
     """
     @_builtins.property
     def system_prompts(self) -> _containers.RepeatedCompositeFieldContainer[_teacher_pb2.NamedSystemPrompt]: ...
@@ -494,10 +507,12 @@ class CreateRunRequest(_message.Message):
         compute: Global___Compute | None = ...,
         auto_fields: _abc.Iterable[_builtins.str] | None = ...,
         validate_only: _builtins.bool = ...,
+        train_vision: _builtins.bool = ...,
+        image_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compute", b"compute", "generation", b"generation", "grpo", b"grpo", "sft", b"sft"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "auto_fields", b"auto_fields", "compute", b"compute", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses", "validate_only", b"validate_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["augment_count", b"augment_count", "auto_fields", b"auto_fields", "compute", b"compute", "dataset_id", b"dataset_id", "eval_dataset_id", b"eval_dataset_id", "eval_fraction", b"eval_fraction", "generation", b"generation", "grpo", b"grpo", "idempotency_key", b"idempotency_key", "image_mode", b"image_mode", "language", b"language", "max_failed_fraction", b"max_failed_fraction", "mode", b"mode", "model_name", b"model_name", "objectives", b"objectives", "path", b"path", "recipe", b"recipe", "rubric", b"rubric", "seed_prompts", b"seed_prompts", "sft", b"sft", "student_model", b"student_model", "system_prompts", b"system_prompts", "teacher", b"teacher", "tool_ids", b"tool_ids", "tool_responses", b"tool_responses", "train_vision", b"train_vision", "validate_only", b"validate_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
