@@ -1,4 +1,4 @@
-"""distillery models: list, show, delete, generate, transcribe, snippet."""
+"""distillery models: list, show, delete, generate, transcribe, read, snippet."""
 
 from __future__ import annotations
 
@@ -133,6 +133,30 @@ def transcribe(model_id: str, audio: Path, language: str, as_json: bool) -> None
     click.echo(reply.text)
     detected = "" if language else f" (detected, probability {reply.language_probability:.2f})"
     click.echo(f"language: {reply.language}{detected}")
+
+
+# The largest image ReadImage takes (the registry refuses more, naming `image`).
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+
+
+@group.command("read")
+@click.argument("model_id")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--prompt", default="", help="The instruction to read the image under (default: the model's own).")
+@json_option
+def read(model_id: str, image: Path, prompt: str, as_json: bool) -> None:
+    """Read an image (PNG, JPEG, WebP, BMP or TIFF) with an OCR model (runtime testing)."""
+    if image.stat().st_size > MAX_IMAGE_BYTES:
+        raise click.UsageError(f"{image} is over {MAX_IMAGE_BYTES // (1024 * 1024)} MiB: give a smaller image")
+    with rpc_errors():
+        reply = Client.from_environment(timeout=600).registry.ReadImage(
+            registry_pb2.ReadImageRequest(model_id=model_id, image=image.read_bytes(), prompt=prompt)
+        )
+    if as_json:
+        print_json(reply)
+        return
+    click.echo(reply.text)
+    click.echo(f"prompt: {reply.prompt!r}" + ("" if prompt else " (the model's default)"), err=True)
 
 
 def chosen_tools(client: Client, tool_ids: tuple[str, ...]) -> list[str]:

@@ -42,6 +42,7 @@ ACCESS = AccessTable(
         "DeleteModel": Access.TENANT,
         "Generate": Access.TENANT,
         "Transcribe": Access.TENANT,
+        "ReadImage": Access.TENANT,
         "GetSnippet": Access.TENANT,
     },
     why={"ReserveQuota": QUOTA_BY_SERVICE, "ReleaseQuota": QUOTA_BY_SERVICE, "RegisterModel": MODELS_BY_SERVICE},

@@ -1,4 +1,4 @@
-"""Generate (and Transcribe): runtime testing of a registered model.
+"""Generate (and Transcribe, ReadImage): runtime testing of a registered model.
 
 A model's artifacts (a LoRA adapter or full weights, with the tokenizer and its chat
 template) are copied once from S3 into a local cache directory, loaded (an adapter is
@@ -6,7 +6,8 @@ merged into its base model), and kept in a small LRU of loaded models. torch,
 transformers and peft are imported on first use, so the registry starts fast; loading
 and generating run in worker threads, with one lock per model so that concurrent
 requests load it once. Speech models (path TRAINING_PATH_FINETUNE_ASR) share the cache and
-the LRU, loaded and asked by ``transcribe.py``; each RPC refuses the other kind of model.
+the LRU, loaded and asked by ``transcribe.py``, and so do OCR models (TRAINING_PATH_FINETUNE_OCR),
+by ``read_image.py``; each RPC refuses the other kinds of model, naming the RPC that answers them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from services.common import decoding, served_models, tool_format
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.tool_format import ToolFormat
+from services.registry import read_image as ocr
 from services.registry import transcribe as speech
 from services.registry.models import Model
 
@@ -113,7 +115,7 @@ class Generator:
         self.store = store
         self.cache_dir = cache_dir.expanduser()
         self.max_loaded = max_loaded
-        self._loaded: OrderedDict[str, Loaded | speech.Speech] = OrderedDict()
+        self._loaded: OrderedDict[str, Loaded | speech.Speech | ocr.Reader] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def generate(
@@ -127,12 +129,8 @@ class Generator:
         """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant; ``max_new_tokens``
         0 is the model's default. ``tools`` are canonical tools, rendered as given (key order kept)."""
         check_request(messages, max_new_tokens, temperature)
-        if is_speech(model):
-            raise FailedPrecondition(
-                f"model {model.id} is a speech model: it transcribes audio with Transcribe "
-                f"(distillery models transcribe {model.id} FILE.wav), not Generate",
-                field="model_id",
-            )
+        if is_speech(model) or is_ocr(model):
+            raise wrong_kind(model, "Generate")
         loaded = await self._load(model)
         assert isinstance(loaded, Loaded)
         budget = max_new_tokens or loaded.max_new_tokens
@@ -141,15 +139,21 @@ class Generator:
     async def transcribe(self, model: Model, audio: bytes, language: str = "") -> speech.Transcript:
         """Transcribe one .wav clip (``transcribe.py``) in ``language`` ("": detected)."""
         if not is_speech(model):
-            raise FailedPrecondition(
-                f"model {model.id} is a text model: ask it with Generate (distillery models generate), not Transcribe",
-                field="model_id",
-            )
+            raise wrong_kind(model, "Transcribe")
         clip = await asyncio.to_thread(speech.decode_wav, audio)
         loaded = await self._load(model)
         assert isinstance(loaded, speech.Speech)
         code = speech.language_code(loaded.model.generation_config, language)
         return await asyncio.to_thread(speech.transcribe, loaded, clip, code)
+
+    async def read_image(self, model: Model, image: bytes, prompt: str = "") -> ocr.Reading:
+        """Read one image (``read_image.py``) under ``prompt`` ("": the model's default OCR prompt)."""
+        if not is_ocr(model):
+            raise wrong_kind(model, "ReadImage")
+        picture = await asyncio.to_thread(ocr.decode_image, image)
+        loaded = await self._load(model)
+        assert isinstance(loaded, ocr.Reader)
+        return await asyncio.to_thread(ocr.read, loaded, picture, prompt)
 
     async def forget(self, model_id: str) -> None:
         """Drop a (deleted) model from memory and from the local cache."""
@@ -158,7 +162,7 @@ class Generator:
         if _SAFE_ID.match(model_id):
             await asyncio.to_thread(shutil.rmtree, self.cache_dir / model_id, True)
 
-    async def _load(self, model: Model) -> Loaded | speech.Speech:
+    async def _load(self, model: Model) -> Loaded | speech.Speech | ocr.Reader:
         if not _SAFE_ID.match(model.id):
             raise InvalidArgument(f"invalid model id {model.id!r}", field="model_id")
         prefix = artifact_prefix(model.artifact_uri, self.store.bucket, model.tenant_id)
@@ -168,6 +172,8 @@ class Generator:
                 directory = await asyncio.to_thread(self._download, model, prefix)
                 if is_speech(model):
                     loaded = await asyncio.to_thread(speech.load, directory, model.base_model, model.artifact_kind)
+                elif is_ocr(model):
+                    loaded = await asyncio.to_thread(ocr.load, directory, model.base_model, model.artifact_kind)
                 else:
                     loaded = await asyncio.to_thread(_load, model, directory)
                 self._loaded[model.id] = loaded
@@ -199,6 +205,22 @@ class Generator:
 
 def is_speech(model: Model) -> bool:
     return model.path == common_pb2.TRAINING_PATH_FINETUNE_ASR
+
+
+def is_ocr(model: Model) -> bool:
+    return model.path == common_pb2.TRAINING_PATH_FINETUNE_OCR
+
+
+def wrong_kind(model: Model, rpc: str) -> FailedPrecondition:
+    """FAILED_PRECONDITION for ``rpc`` asked of a model it does not answer, naming the RPC (and command) that does."""
+    if is_speech(model):
+        kind = "a speech model: it transcribes audio with Transcribe"
+        command = f"distillery models transcribe {model.id} FILE.wav"
+    elif is_ocr(model):
+        kind, command = "an OCR model: it reads images with ReadImage", f"distillery models read {model.id} IMAGE"
+    else:
+        kind, command = "a text model: ask it with Generate", f"distillery models generate {model.id} PROMPT"
+    return FailedPrecondition(f"model {model.id} is {kind} ({command}), not {rpc}", field="model_id")
 
 
 def _load(model: Model, directory: Path) -> Loaded:

@@ -16,7 +16,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Permissi
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, struct, timestamp
 from services.registry import models, quotas, snippets, tenants
-from services.registry.generate import Generator, artifact_prefix, is_speech
+from services.registry.generate import Generator, artifact_prefix, is_ocr, is_speech
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             duration_s=found.duration_s, latency_ms=found.latency_ms,
         )  # fmt: skip
 
+    async def ReadImage(self, request: Any, context: Any) -> registry_pb2.ReadImageResponse:
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        found = await self.generator.read_image(model, request.image, request.prompt)
+        return registry_pb2.ReadImageResponse(
+            text=found.text, prompt=found.prompt, width=found.width, height=found.height, latency_ms=found.latency_ms
+        )
+
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
-        return registry_pb2.Snippet(snippets=snippets.for_model(model.id, request.language, speech=is_speech(model)))
+        return registry_pb2.Snippet(
+            snippets=snippets.for_model(model.id, request.language, speech=is_speech(model), ocr=is_ocr(model))
+        )

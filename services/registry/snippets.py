@@ -1,6 +1,6 @@
-"""API-ready request snippets for calling a model through Generate (a speech model: Transcribe):
-grpcurl, python (the SDK) and cli. There is no curl snippet: the services speak gRPC only, with no HTTP gateway in
-front of them; grpcurl finds Generate through the services' reflection.
+"""API-ready request snippets for calling a model through Generate (a speech model: Transcribe; an OCR model:
+ReadImage): grpcurl, python (the SDK) and cli. There is no curl snippet: the services speak gRPC only, with no HTTP
+gateway in front of them; grpcurl finds Generate through the services' reflection.
 
 tests/test_generate.py runs every snippet against a running stack."""
 
@@ -48,10 +48,32 @@ _CLI_SPEECH = """distillery models transcribe {model_id} clip.wav"""
 
 SPEECH_TEMPLATES = {"grpcurl": _GRPCURL_SPEECH, "python": _PYTHON_SPEECH, "cli": _CLI_SPEECH}
 
+# OCR models (path finetune-ocr) read an image instead (an empty prompt: the model's default OCR prompt).
+_GRPCURL_OCR = """grpcurl -plaintext -H "authorization: Bearer $DISTILLERY_API_KEY" \\
+  -d '{{"model_id": "{model_id}", "image": "'"$(base64 -w0 page.png)"'"}}' \\
+  "$DISTILLERY_REGISTRY_ADDRESS" distillery.registry.v1.RegistryService/ReadImage"""
 
-def for_model(model_id: str, language: str = "", *, speech: bool = False) -> dict[str, str]:
-    """The snippets for ``model_id`` (all, or the one ``language``); ``speech``: a speech model's (Transcribe)."""
-    templates = SPEECH_TEMPLATES if speech else TEMPLATES
+_PYTHON_OCR = """from pathlib import Path
+
+from distillery.client import Client
+from distillery.registry.v1 import registry_pb2
+
+client = Client.from_environment()  # DISTILLERY_API_KEY, DISTILLERY_REGISTRY_ADDRESS
+reply = client.registry.ReadImage(registry_pb2.ReadImageRequest(
+    model_id="{model_id}",
+    image=Path("page.png").read_bytes(),
+))
+print(reply.text)"""
+
+_CLI_OCR = """distillery models read {model_id} page.png"""
+
+OCR_TEMPLATES = {"grpcurl": _GRPCURL_OCR, "python": _PYTHON_OCR, "cli": _CLI_OCR}
+
+
+def for_model(model_id: str, language: str = "", *, speech: bool = False, ocr: bool = False) -> dict[str, str]:
+    """The snippets for ``model_id`` (all, or the one ``language``); ``speech``: a speech model's (Transcribe);
+    ``ocr``: an OCR model's (ReadImage)."""
+    templates = OCR_TEMPLATES if ocr else SPEECH_TEMPLATES if speech else TEMPLATES
     if language and language not in templates:
         raise InvalidArgument(f"no snippet for {language!r}: use one of {', '.join(templates)}", field="language")
     chosen = [language] if language else list(templates)

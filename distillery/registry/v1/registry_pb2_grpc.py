@@ -114,6 +114,11 @@ class RegistryServiceStub:
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.SerializeToString,
                 response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeResponse.FromString,
                 _registered_method=True)
+        self.ReadImage = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ReadImage',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadImageRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadImageResponse.FromString,
+                _registered_method=True)
         self.GetSnippet = channel.unary_unary(
                 '/distillery.registry.v1.RegistryService/GetSnippet',
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetSnippetRequest.SerializeToString,
@@ -242,6 +247,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadImage(self, request, context):
+        """Load an OCR model (path TRAINING_PATH_FINETUNE_OCR) and read one image
+        (runtime testing). ReadImage answers OCR models only; Generate and
+        Transcribe refuse them, and it refuses text and speech models, with
+        FAILED_PRECONDITION naming the RPC to use.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSnippet(self, request, context):
         """API-ready request snippets for calling the model.
         """
@@ -331,6 +346,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.Transcribe,
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.FromString,
                     response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeResponse.SerializeToString,
+            ),
+            'ReadImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadImage,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadImageRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadImageResponse.SerializeToString,
             ),
             'GetSnippet': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSnippet,
@@ -770,6 +790,33 @@ class RegistryService:
             '/distillery.registry.v1.RegistryService/Transcribe',
             distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.SerializeToString,
             distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ReadImage',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ReadImageRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ReadImageResponse.FromString,
             options,
             channel_credentials,
             insecure,
