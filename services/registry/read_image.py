@@ -131,11 +131,10 @@ def merge_adapter(base: Any, directory: Path) -> Any:
     unknown = sorted(set(saved) - set(wanted))
     missing = sorted(set(wanted) - set(saved))
     if unknown or missing:
+        why = [f"{len(unknown)} saved weights match no adapter parameter ({', '.join(unknown[:3])})"] if unknown else []
+        why += [f"{len(missing)} adapter parameters have no saved weight ({', '.join(missing[:3])})"] if missing else []
         raise FailedPrecondition(
-            f"the OCR model's adapter does not fit its base model: {len(unknown)} saved weights match no adapter "
-            f"parameter ({', '.join(unknown[:3])}) and {len(missing)} adapter parameters have no saved weight "
-            f"({', '.join(missing[:3])})",
-            field="base_model",
+            f"the OCR model's adapter does not fit its base model: {'; '.join(why)}", field="base_model"
         )
     model.load_state_dict({wanted[key]: value for key, value in saved.items()}, strict=False)
     return model.merge_and_unload()
