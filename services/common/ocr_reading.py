@@ -213,3 +213,40 @@ def recorded_image_mode(training_config: Mapping[str, Any] | None) -> str:
     """The resolution mode a run trained and evaluated in (``decoding.image_mode``; "" for the default)."""
     mode = ((training_config or {}).get("decoding") or {}).get("image_mode")
     return mode if isinstance(mode, str) else ""
+
+
+# --- a LoRA adapter, loaded by name ---
+
+
+def load_adapter_weights(model: Any, directory: Any) -> None:
+    """Put a saved LoRA adapter's weights (``adapter_model.safetensors`` in ``directory``) into ``model``, a peft
+    model wrapped with the same adapter config, by name. peft's own loader (``PeftModel.from_pretrained``,
+    ``load_adapter``, a Trainer resuming) renames keys by transformers' checkpoint conversion first, and for
+    DeepSeek-OCR 2 that conversion turns ``language_model.layers.`` into ``language_language_model.layers.``:
+    every language-side weight is then silently left out (transformers 5.23, peft 0.21). ValueError when a
+    saved weight has no place in ``model`` or a LoRA weight of ``model`` none in the file."""
+    import re
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    saved = load_file(str(Path(directory) / "adapter_model.safetensors"))
+    params = dict(model.named_parameters())
+    names = {re.sub(r"\.(lora_[AB])\.(weight|bias)$", r".\1.default.\2", key): key for key in saved}
+    lora = {name for name in params if ".lora_" in name}
+    if set(names) - set(params) or lora - set(names):
+        left = sorted((set(names) - set(params)) | (lora - set(names)))
+        raise ValueError(f"the adapter in {directory} does not fit the model: {', '.join(left[:3])}")
+    with torch.no_grad():
+        for name, key in names.items():
+            params[name].copy_(saved[key].to(params[name].device, params[name].dtype))
+
+
+def merged_with_adapter(base: Any, directory: Any) -> Any:
+    """``base`` with the LoRA adapter saved in ``directory`` merged into it (``load_adapter_weights``)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(base, LoraConfig.from_pretrained(str(directory)))
+    load_adapter_weights(model, directory)
+    return model.merge_and_unload()
