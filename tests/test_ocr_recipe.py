@@ -338,3 +338,26 @@ def test_the_ray_job_trains_a_lora_adapter_with_checkpoints(
     budget = result["training_config"]["decoding"]["max_new_tokens"]
     read = ocr_reading.read(model, processor, images, [row["prompt"] for row in rows], budget, "small")
     assert read == [row["reading"] for row in rows]
+
+
+def test_train_vision_trains_the_vision_tower_too(store: ObjectStore, vlm: Path, tmp_path: Path) -> None:
+    """``spec.train_vision``: a full fine-tune changes the vision tower's weights as well (the frozen default keeps
+    them: ``test_the_saved_model_reads_what_the_run_reported``); LoRA then targets its linear layers too."""
+    import torch
+
+    run_id = "run_ocr_vision"
+    spec = JobSpec(
+        run_id=run_id, tenant_id="ten_test", student_model=str(vlm), train_key=put_split(store, run_id, "train", LINES),
+        eval_key=put_split(store, run_id, "eval", LINES[:2]), output_prefix=f"tenants/ten_test/runs/{run_id}",
+        train_vision=True, sft=resolve_sft({"max_steps": 2, "learning_rate": 1e-3, "batch_size": 4,
+                                            "full_finetune": True, "eval_every_steps": -1}),
+    )  # fmt: skip
+    result = ocr.train(spec, store, 0, tmp_path / "work")
+    assert result is not None and result["training_config"]["train_vision"] is True
+    download(store, spec.output_prefix, tmp_path / "trained")
+    trained, _ = ocr.load_trained(tmp_path / "trained", str(vlm))
+    base = dict(ocr.load_trained(vlm, "")[0].named_parameters())
+    changed = {n for n, p in trained.named_parameters() if not torch.equal(p, base[n])}
+    assert any(ocr.is_vision(n) for n in changed) and any(".language_model." in n for n in changed)
+    targets = ocr.lora_targets(trained, True)
+    assert set(targets) - set(ocr.lora_targets(trained, False)) == {t for t in targets if ocr.is_vision(t)} != set()
