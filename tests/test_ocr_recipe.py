@@ -127,6 +127,34 @@ def test_prompts_inputs_and_resolution_modes(vlm: Path) -> None:
     assert ocr_reading.max_new_tokens(100) == 150
 
 
+def test_a_chat_template_vlm_reads_in_one_user_turn_and_has_no_modes(tmp_path: Path) -> None:
+    """A processor with a chat template (a Llava one here: its PIL image processor needs no torchvision) gets the
+    image and the prompt as one user turn and the template's generation prompt; it has no resolution modes."""
+    from transformers import AutoTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.processing_llava import LlavaProcessor
+
+    from tests.tiny_models import build_tokenizer
+
+    build_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}{{ '<image>' }}{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
+        "{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    images = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=14, chat_template=template,
+                               num_additional_image_tokens=0)  # fmt: skip
+    text = ocr_reading.prompt_text(processor, "<image>\nRead the total.")
+    assert text == "<|im_start|>user\n<image>Read the total.<|im_end|>\n<|im_start|>assistant\n"
+    batch = ocr_reading.prompt_inputs(processor, [Image.new("RGB", (50, 20), "white")], [ocr_reading.GENERIC_PROMPT])
+    assert (batch["input_ids"] == tokenizer.convert_tokens_to_ids("<image>")).sum() == 4  # (28 / 14) ** 2
+    with pytest.raises(InvalidArgument, match="has no resolution modes"):
+        ocr_reading.image_kwargs(processor, "base")
+
+
 def test_the_original_deepseek_ocr_is_refused_with_a_hint(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "deepseek_vl_v2", "architectures": ["DeepseekOCRForCausalLM"],
