@@ -184,6 +184,7 @@ def test_each_recipe_is_one_module_on_the_shared_skeleton() -> None:
         "services.trainer.recipes.sft",
         "services.trainer.recipes.tool_calling",
         "services.trainer.recipes.speech",
+        "services.trainer.recipes.ocr",
     }
     trainer = ROOT / "services" / "trainer"
     for path in sorted(trainer.rglob("*.py")):

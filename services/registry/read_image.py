@@ -110,34 +110,16 @@ def load(directory: Path, base_model: str, artifact_kind: int) -> Reader:
 
 
 def merge_adapter(base: Any, directory: Path) -> Any:
-    """``base`` with the LoRA adapter saved in ``directory`` merged into it.
+    """``base`` with the LoRA adapter saved in ``directory`` merged into it, loaded by the names peft saved it with
+    (``ocr_reading.merged_with_adapter``: peft's own loader renames DeepSeek-OCR 2's keys and loads nothing); an
+    adapter that does not fit its base model is FAILED_PRECONDITION."""
+    from services.common import ocr_reading
 
-    The adapter's weights are loaded under the names peft saved them with (the model's own module names), each
-    matched to one of the adapter's parameters, all of them, or FAILED_PRECONDITION. peft's own loader
-    (``PeftModel.from_pretrained``, peft 0.21 with transformers 5) first renames the saved keys with transformers'
-    checkpoint conversion for the architecture, meant for the original hub checkpoints: for DeepSeek-OCR 2 it turns
-    ``model.language_model.layers`` into ``model.language_model.language_model.layers``, no key matches, peft only
-    warns, and the model would read as its base model does."""
-    from peft import PeftConfig, get_peft_model
-    from peft.utils.save_and_load import load_peft_weights
-
-    config = PeftConfig.from_pretrained(str(directory))
-    config.inference_mode = True
-    model = get_peft_model(base, config)
-    # peft saves an adapter's parameter without its adapter's name: "...q_proj.lora_A.default.weight" as
-    # "...q_proj.lora_A.weight".
-    wanted = {name.replace(".default", ""): name for name in model.state_dict() if ".default." in name}
-    saved = load_peft_weights(str(directory), device="cpu")
-    unknown = sorted(set(saved) - set(wanted))
-    missing = sorted(set(wanted) - set(saved))
-    if unknown or missing:
-        why = [f"{len(unknown)} saved weights match no adapter parameter ({', '.join(unknown[:3])})"] if unknown else []
-        why += [f"{len(missing)} adapter parameters have no saved weight ({', '.join(missing[:3])})"] if missing else []
-        raise FailedPrecondition(
-            f"the OCR model's adapter does not fit its base model: {'; '.join(why)}", field="base_model"
-        )
-    model.load_state_dict({wanted[key]: value for key, value in saved.items()}, strict=False)
-    return model.merge_and_unload()
+    try:
+        return ocr_reading.merged_with_adapter(base, directory)
+    except ValueError as err:
+        raise FailedPrecondition(f"the OCR model's adapter does not fit its base model: {err}",
+                                 field="base_model") from None  # fmt: skip
 
 
 def read(reader: Reader, image: Any, prompt: str) -> Reading:

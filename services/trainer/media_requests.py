@@ -6,8 +6,8 @@ finetune-ocr (a vision-language model on images). Each refusal names the field a
 - Continuing one of the tenant's registered speech or OCR models is not supported yet (``student_model``).
 - ``language`` belongs to finetune-asr (any code Whisper knows, ``services/common/whisper.py``); ``train_vision``
   and ``image_mode`` to finetune-ocr. Each given on another path is refused.
-- finetune-ocr refuses the original DeepSeek-OCR (remote code pinned to an old transformers), naming DeepSeek-OCR 2,
-  which transformers loads natively.
+- finetune-ocr refuses DeepSeek-OCR's remote-code repositories (``deepseek-ai/DeepSeek-OCR`` and ``-2``, pinned to an
+  old transformers), naming DeepSeek-OCR 2 as transformers loads it natively (``deepseek-community/DeepSeek-OCR-2``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ MEDIA_PATHS = {common_pb2.TRAINING_PATH_FINETUNE_ASR: "finetune-asr", common_pb2
                "finetune-ocr"}  # fmt: skip
 MAX_IMAGE_MODE_CHARS = 32
 OCR_2 = "deepseek-community/DeepSeek-OCR-2"
-_ORIGINAL_DEEPSEEK_OCR = re.compile(r"(^|/)deepseek-ocr/?$", re.IGNORECASE)
+# deepseek-ai's own DeepSeek-OCR and DeepSeek-OCR-2 repositories: remote code (model type deepseek_vl_v2).
+_REMOTE_CODE_OCR = re.compile(r"^deepseek-ai/deepseek-ocr(-2)?/?$|(^|/)deepseek-ocr/?$", re.IGNORECASE)
 
 
 def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
@@ -53,10 +54,10 @@ def checked(request: pb.CreateRunRequest) -> dict[str, Any]:
                               "give a model by hub id or directory (--student)", field="student_model")  # fmt: skip
     if speech:
         return {"language": _language(request.language)} if request.language else {}
-    if _ORIGINAL_DEEPSEEK_OCR.search(request.student_model.strip()):
-        raise InvalidArgument(f"student_model {request.student_model!r} is the original DeepSeek-OCR, whose remote "
-                              f"code needs an old transformers: give DeepSeek-OCR 2 ({OCR_2}), which transformers "
-                              "loads natively, or another image-text-to-text model", field="student_model")  # fmt: skip
+    if _REMOTE_CODE_OCR.search(request.student_model.strip()):
+        raise InvalidArgument(f"student_model {request.student_model!r} is DeepSeek-OCR's remote code, pinned to an "
+                              f"old transformers: give DeepSeek-OCR 2 as transformers loads it natively ({OCR_2}), "
+                              "or another image-text-to-text model", field="student_model")  # fmt: skip
     check_text(request.image_mode, "image_mode", MAX_IMAGE_MODE_CHARS)
     stored: dict[str, Any] = {"train_vision": True} if request.train_vision else {}
     if request.image_mode.strip():
