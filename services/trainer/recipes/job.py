@@ -226,6 +226,29 @@ def worker_spec(config: dict[str, Any]) -> JobSpec:
     return JobSpec.from_json(config["spec"])
 
 
+def resumable_worker(config: dict[str, Any], train: Callable[..., Any]) -> None:
+    """One Ray Train worker of a recipe that resumes from the run's last checkpoint (speech, OCR):
+    ``train(spec, store, rank, workdir, resume=<the checkpoint's trainer state dir or None>, ray_train=True)``
+    in a scratch directory, its failures handled by ``attempt``."""
+    import ray.train
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    spec = worker_spec(config)
+    rank = ray.train.get_context().get_world_rank()
+    store = ObjectStore(S3Settings.from_env())
+
+    def stages(workdir: Path) -> None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            train(spec, store, rank, workdir, resume=None, ray_train=True)
+            return
+        with checkpoint.as_directory() as directory:
+            resume = os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME)
+            train(spec, store, rank, workdir, resume=resume, ray_train=True)
+
+    attempt(spec, store, stages, rank)
+
+
 def start_ray() -> None:
     """Join the job's Ray cluster (RAY_ADDRESS under the Jobs API), else start a local one."""
     import ray

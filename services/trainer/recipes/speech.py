@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -66,23 +65,7 @@ def fit(spec: JobSpec, s3: S3Settings) -> None:
 
 def train_loop(config: dict[str, Any]) -> None:
     """One Ray Train worker: ``train`` from the run's last checkpoint, if it has one."""
-    import ray.train
-    from ray.train.huggingface.transformers import RayTrainReportCallback
-
-    spec = job.worker_spec(config)
-    rank = ray.train.get_context().get_world_rank()
-    store = ObjectStore(S3Settings.from_env())
-
-    def stages(workdir: Path) -> None:
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            train(spec, store, rank, workdir, ray_train=True)
-            return
-        with checkpoint.as_directory() as directory:
-            resume = os.path.join(directory, RayTrainReportCallback.CHECKPOINT_NAME)
-            train(spec, store, rank, workdir, resume=resume, ray_train=True)
-
-    job.attempt(spec, store, stages, rank)
+    job.resumable_worker(config, train)
 
 
 def train(
