@@ -142,8 +142,10 @@ def train(
     best = evals.BestByMetric(lambda m: {"eval_cer": measure(m)["cer"]}, "eval_cer", every, patience, progress,
                               lower_is_better=True)  # fmt: skip
     watch = Watch(failures.SFT)
+    args = trl_configs.trainer_args(settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, every=every,
+                                    ray_train=ray_train)  # fmt: skip
     trainer = Trainer(
-        model=model, args=training_args(spec, workdir / "out", bf16, every, ray_train),
+        model=model, args=args,
         data_collator=ocr_data.Collator(processor, mode), train_dataset=cast(Any, train_rows),
         eval_dataset=cast(Any, eval_rows), callbacks=[watch, progress, best],
     )  # fmt: skip
@@ -284,24 +286,6 @@ def lora_targets(model: Any, train_vision: bool) -> list[str]:
         elif "language_model" in name.split(".") and name.rsplit(".", 1)[-1] in LM_PROJECTIONS:
             names.append(name)
     return names
-
-
-def training_args(spec: JobSpec, output_dir: Path, bf16: bool, every: int, ray_train: bool) -> Any:
-    """transformers' ``TrainingArguments``: evals (of the eval loss; ``BestByMetric`` adds the CER) every ``every``
-    steps, a checkpoint every ``sft.checkpoint_every_steps`` under Ray Train, a log line a step."""
-    from transformers import TrainingArguments
-
-    settings = spec.sft
-    return TrainingArguments(
-        output_dir=str(output_dir), use_cpu=not spec.use_gpu, bf16=bf16, seed=settings.seed, data_seed=settings.seed,
-        learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
-        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        save_strategy="steps" if ray_train else "no", save_steps=settings.checkpoint_every_steps, save_total_limit=2,
-        eval_strategy="steps" if every else "no", eval_steps=every or None, remove_unused_columns=False,
-        label_names=["labels"], logging_steps=1, logging_nan_inf_filter=False, report_to=[], disable_tqdm=True,
-        dataloader_num_workers=0,
-    )  # fmt: skip
 
 
 def load_trained(model_dir: Path, base: str) -> tuple[Any, Any]:

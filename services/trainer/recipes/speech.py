@@ -132,8 +132,10 @@ def train(
     best = evals.BestByMetric(lambda m: {"eval_wer": measure(m)["wer"]}, "eval_wer", every, patience, progress,
                               lower_is_better=True)  # fmt: skip
     watch = Watch(failures.SFT)
+    args = trl_configs.trainer_args(settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, every=every,
+                                    ray_train=ray_train, seq2seq=True)  # fmt: skip
     trainer = Seq2SeqTrainer(
-        model=model, args=training_args(spec, workdir / "out", bf16, every, ray_train),
+        model=model, args=args,
         data_collator=speech_data.Collator(int(model.generation_config.decoder_start_token_id)),
         train_dataset=cast(Any, train_rows), eval_dataset=cast(Any, eval_rows), callbacks=[watch, progress, best],
     )  # fmt: skip
@@ -230,24 +232,6 @@ def detect(model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     log.info("languages detected from the audio: %s", dict(Counter(language for language, _ in found)))
     return [{"audio": row["audio"], "language": language, "probability": round(probability, 4)}
             for row, (language, probability) in zip(missing, found, strict=True)]  # fmt: skip
-
-
-def training_args(spec: JobSpec, output_dir: Path, bf16: bool, every: int, ray_train: bool) -> Any:
-    """transformers' ``Seq2SeqTrainingArguments``: evals (of the eval loss; ``BestByMetric`` adds the WER) every
-    ``every`` steps, a checkpoint every ``sft.checkpoint_every_steps`` under Ray Train, a log line a step."""
-    from transformers import Seq2SeqTrainingArguments
-
-    settings = spec.sft
-    return Seq2SeqTrainingArguments(
-        output_dir=str(output_dir), use_cpu=not spec.use_gpu, bf16=bf16, seed=settings.seed, data_seed=settings.seed,
-        learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
-        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        save_strategy="steps" if ray_train else "no", save_steps=settings.checkpoint_every_steps, save_total_limit=2,
-        eval_strategy="steps" if every else "no", eval_steps=every or None, predict_with_generate=False,
-        remove_unused_columns=False, label_names=["labels"], logging_steps=1, logging_nan_inf_filter=False,
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-    )  # fmt: skip
 
 
 def load_trained(model_dir: Path, base: str) -> tuple[Any, Any, Any]:

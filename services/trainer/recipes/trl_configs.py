@@ -90,3 +90,31 @@ def grpo_config(
         reward_weights=list(reward_weights), logging_steps=1, logging_nan_inf_filter=False,
         save_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
+
+
+def trainer_args(
+    settings: SftSettings,
+    output_dir: Path,
+    *,
+    use_gpu: bool,
+    bf16: bool,
+    every: int,
+    ray_train: bool,
+    seq2seq: bool = False,
+) -> Any:
+    """transformers' ``TrainingArguments`` (``Seq2SeqTrainingArguments`` for an encoder-decoder) of a recipe on a
+    plain ``Trainer`` (speech, OCR): evals of the eval loss every ``every`` steps (the recipe's ``BestByMetric``
+    adds its metric), a checkpoint every ``settings.checkpoint_every_steps`` under Ray Train, a log line a step."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    extra: dict[str, Any] = {"predict_with_generate": False} if seq2seq else {}
+    return (Seq2SeqTrainingArguments if seq2seq else TrainingArguments)(
+        output_dir=str(output_dir), use_cpu=not use_gpu, bf16=bf16, seed=settings.seed, data_seed=settings.seed,
+        learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
+        per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        save_strategy="steps" if ray_train else "no", save_steps=settings.checkpoint_every_steps, save_total_limit=2,
+        eval_strategy="steps" if every else "no", eval_steps=every or None, remove_unused_columns=False,
+        label_names=["labels"], logging_steps=1, logging_nan_inf_filter=False, report_to=[], disable_tqdm=True,
+        dataloader_num_workers=0, **extra,
+    )  # fmt: skip
