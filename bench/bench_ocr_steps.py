@@ -18,9 +18,9 @@ recipe's GPU setting), fp32 otherwise.
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
+from bench import training_steps
 from services.trainer.recipes.ocr import is_vision, lora_targets
 
 SIZES: dict[str, dict[str, Any]] = {
@@ -93,15 +93,7 @@ def steps_per_second(size: str, lora: bool, batch: int, steps: int, device: str)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocation, kernels
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - started), sum(p.numel() for p in trainable)
+    return training_steps.steps_per_second(step, steps, device), sum(p.numel() for p in trainable)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,19 +105,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8 if device == "cuda" else 2)
     parser.add_argument("--steps", type=int, default=10 if device == "cuda" else 3)
     args = parser.parse_args(argv or [])
-    full, full_params = steps_per_second(args.size, False, args.batch, args.steps, device)
-    lora, lora_params = steps_per_second(args.size, True, args.batch, args.steps, device)
+    full = steps_per_second(args.size, False, args.batch, args.steps, device)
+    lora = steps_per_second(args.size, True, args.batch, args.steps, device)
     precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     view = SIZES[args.size]["image"]
-    print(f"{args.size} on {device} ({precision}), batch {args.batch} x one {view} px view + {ANSWER_TOKENS} answer "
-          f"tokens, {args.steps} steps:")  # fmt: skip
-    print(
-        f"  full fine-tune  {full:8.3f} steps/s  {full * args.batch:8.2f} images/s  ({full_params / 1e6:,.1f}M trained)"
+    training_steps.report(
+        f"{args.size} on {device} ({precision}), batch {args.batch} x one {view} px view + {ANSWER_TOKENS} answer "
+        f"tokens, {args.steps} steps:",
+        "images",
+        args.batch,
+        full,
+        lora,
+        rank=16,
     )
-    print(
-        f"  LoRA r 16       {lora:8.3f} steps/s  {lora * args.batch:8.2f} images/s  ({lora_params / 1e6:,.1f}M trained)"
-    )
-    print(f"  LoRA / full     {lora / full:8.2f}x")
 
 
 if __name__ == "__main__":

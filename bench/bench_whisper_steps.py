@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 from typing import Any
 
+from bench import training_steps
 from services.trainer.recipes.speech import LORA_TARGETS
 
 SIZES: dict[str, dict[str, Any]] = {  # (d_model, layers each side, heads, ffn, mel bins) of OpenAI's checkpoints
@@ -67,15 +67,7 @@ def steps_per_second(size: str, lora: bool, batch: int, steps: int, device: str)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocation, kernels
-    if device == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - started), sum(p.numel() for p in trainable)
+    return training_steps.steps_per_second(step, steps, device), sum(p.numel() for p in trainable)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,17 +79,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=16 if device == "cuda" else 2)
     parser.add_argument("--steps", type=int, default=10 if device == "cuda" else 2)
     args = parser.parse_args(argv or [])
-    full, full_params = steps_per_second(args.size, False, args.batch, args.steps, device)
-    lora, lora_params = steps_per_second(args.size, True, args.batch, args.steps, device)
+    full = steps_per_second(args.size, False, args.batch, args.steps, device)
+    lora = steps_per_second(args.size, True, args.batch, args.steps, device)
     precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    print(f"whisper-{args.size} on {device} ({precision}), batch {args.batch} x 30 s windows, {args.steps} steps:")
-    print(
-        f"  full fine-tune  {full:8.3f} steps/s  {full * args.batch:8.2f} clips/s  ({full_params / 1e6:,.1f}M trained)"
+    training_steps.report(
+        f"whisper-{args.size} on {device} ({precision}), batch {args.batch} x 30 s windows, {args.steps} steps:",
+        "clips",
+        args.batch,
+        full,
+        lora,
+        rank=32,
     )
-    print(
-        f"  LoRA r 32       {lora:8.3f} steps/s  {lora * args.batch:8.2f} clips/s  ({lora_params / 1e6:,.1f}M trained)"
-    )
-    print(f"  LoRA / full     {lora / full:8.2f}x")
 
 
 if __name__ == "__main__":
