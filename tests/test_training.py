@@ -80,6 +80,13 @@ def wait_for(predicate, timeout: float = 120, every: float = 0.3):
     raise AssertionError("timed out waiting")
 
 
+# The states a run that trains goes through, in order.
+EVERY_STATE = [
+    pb.RUN_STATE_QUEUED, pb.RUN_STATE_VALIDATING, pb.RUN_STATE_TRAINING, pb.RUN_STATE_EVALUATING,
+    pb.RUN_STATE_REGISTERING, pb.RUN_STATE_SUCCEEDED,
+]  # fmt: skip
+
+
 def states(events: list[pb.RunEvent]) -> list[int]:
     return [e.state_change.to_state for e in events if e.WhichOneof("payload") == "state_change"]
 
@@ -99,10 +106,7 @@ def test_a_finetune_text_run_trains_registers_and_generates(services, client_for
     events = watch(client, run.id)
     done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
     assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
-    assert states(events) == [
-        pb.RUN_STATE_QUEUED, pb.RUN_STATE_VALIDATING, pb.RUN_STATE_TRAINING, pb.RUN_STATE_EVALUATING,
-        pb.RUN_STATE_REGISTERING, pb.RUN_STATE_SUCCEEDED,
-    ]  # fmt: skip
+    assert states(events) == EVERY_STATE
     # Live progress and metrics came from the training job while it ran.
     progress = [e.progress for e in events if e.WhichOneof("payload") == "progress"]
     assert progress and progress[-1].step == progress[-1].total_steps == LEARN.max_steps
