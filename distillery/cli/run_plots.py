@@ -169,7 +169,7 @@ def sparkline(values: Sequence[float], width: int = 24) -> str:
 
 
 # The metric a run's evals decide by, first found first: a rubric's score, the tool path's correct-call rate,
-# speech's WER, else eval loss (services/trainer/recipes/evals.py).
+# speech's WER, OCR's CER, else eval loss (services/trainer/recipes/evals.py).
 DECIDING = ("eval_rubric_score", "eval_correct_rate", "eval_wer", "eval_cer", "eval_loss")
 
 
