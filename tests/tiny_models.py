@@ -197,68 +197,10 @@ def build_whisper(directory: Path, *, mel_bins: int = 80, seed: int = 0) -> Path
     return directory
 
 
-OCR_CORPUS = [
-    "<image>\nFree OCR. Read all the text in this image.",
-    "2 x Coffee 4.50 Tea 1.80 Bagel 3.10 Muffin 2.75 Orange Juice 4.20 Croissant 2.30 Water 1.00",
-    "TOTAL 12.40 EUR SUBTOTAL Cash Change VAT 20% Amount due USD GBP CHF",
-    "INV-2024-0017 Total 129.90 EUR ID: AB123456 Date: 2024-03-15 Member Card Customer Passport",
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz 0123456789 .,:;-/%#()",
-]
-DEEPSEEK_SPECIAL = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image>"]
-
-
 def build_tiny_vlm(directory: Path, *, seed: int = 0, image_size: int = 192) -> Path:
-    """A tiny random DeepSeek-OCR 2 (``DeepseekOcr2ForConditionalGeneration``, native in transformers 5.23: the
-    default student of the OCR path) with its processor, saved in ``directory``; returns it.
+    """A tiny random DeepSeek-OCR 2 (about 0.3M parameters: a ``image_size`` px view, two dense text layers of 64)
+    with its processor and a tokenizer trained on receipt-like text, saved in ``directory``; returns it. Built by
+    ``distillery.demo_ocr.build_ocr_model``, whose docstring says why this architecture and this shape."""
+    from distillery.demo_ocr import build_ocr_model
 
-    Why this architecture: it is the OCR path's default model, and it builds tiny and trains on CPU in seconds
-    (about 0.3M parameters; 0.2 s a step of 4 images on 2 cores), so the tests exercise the real model's
-    processor, image tokens and resolution modes rather than a stand-in's (Qwen2-VL's processor needs
-    torchvision, which this project never installs). The shape keeps the real model's arithmetic at a
-    quarter of its size: the real model reads 768 px tiles through a SAM with 16 px patches (a 48 x 48 grid),
-    downsampled 4 x to 12 x 12 = 144 patches, which meet 144 learned queries; here a ``image_size`` (192) px
-    view through 4 px patches gives the same 48 x 48 grid and 144 queries, so the processor (patch size 4,
-    downsample ratio 4) puts 144 + 1 image tokens in the prompt. An image no wider or taller than 192 px
-    gets no local tiles in the model's default mode (larger ones get 2 to 6 tiles, as the real model's do).
-    The text side is two dense layers of 64 (no experts). The vision tower is initialised 10-25 x wider than
-    the real config's defaults: with them a random tower gives nearly the same features for every image, and
-    a frozen one could never tell the training images apart. The tokenizer is a byte-level BPE trained here
-    (receipt-like text), with DeepSeek's special tokens and ``<image>``."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration, PreTrainedTokenizerFast
-    from transformers.models.deepseek_ocr2.image_processing_pil_deepseek_ocr2 import DeepseekOcr2ImageProcessorPil
-    from transformers.models.deepseek_ocr2.processing_deepseek_ocr2 import DeepseekOcr2Processor
-
-    directory.mkdir(parents=True, exist_ok=True)
-    bos, eos, pad, image = DEEPSEEK_SPECIAL
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=DEEPSEEK_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    core.train_from_iterator(OCR_CORPUS * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token=eos, pad_token=pad)
-    images = DeepseekOcr2ImageProcessorPil(size={"height": image_size, "width": image_size}, tile_size=image_size)
-    processor = DeepseekOcr2Processor(image_processor=images, tokenizer=tokenizer, patch_size=image_size // 48,
-                                      downsample_ratio=4)  # fmt: skip
-    processor.save_pretrained(directory)
-    torch.manual_seed(seed)
-    sam = {"hidden_size": 32, "output_channels": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-           "image_size": image_size, "patch_size": image_size // 48, "window_size": 4, "global_attn_indexes": [1],
-           "mlp_dim": 64, "downsample_channels": [32, 32], "initializer_range": 0.2}  # fmt: skip
-    encoder = {"vocab_size": 1, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-               "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
-               "initializer_range": 0.5}  # fmt: skip
-    text = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 2048,
-            "mlp_layer_types": ["dense", "dense"], "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
-    config = DeepseekOcr2Config(vision_config={"sam_config": sam, "encoder_config": encoder}, text_config=text,
-                                image_token_id=tokenizer.convert_tokens_to_ids(image))  # fmt: skip
-    model = DeepseekOcr2ForConditionalGeneration(config)
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        setattr(model.generation_config, name, getattr(tokenizer, name))
-    model.save_pretrained(directory)
-    return directory
+    return build_ocr_model(directory, seed=seed, image_size=image_size, text_width=64, text_layers=2)
