@@ -5,8 +5,10 @@ No package registry ships the weights of a real OCR-capable vision-language mode
 student is a small DeepSeek-OCR 2 built from its config with random weights (``distillery/demo_ocr.py``: the OCR
 path's default architecture, about 0.9M parameters), which learns to read from scratch. Its readings before
 training are noise; what the demo shows is the whole path (upload, split, training, CER evals, registration,
-``ReadImage``) and the held-out CER falling as it learns. A real model (``deepseek-community/DeepSeek-OCR-2``
-where a hub can be reached) goes through the same run.
+``ReadImage``) and the held-out CER falling as it learns (measured: 4.554 -> 0.813 in about 10 minutes on 2 CPU
+cores). Plainly: in that time it learns what the lines look like as text, a well-formed line instead of noise,
+but not yet to tell one image from another: it reads every line as the same one. A real model
+(``deepseek-community/DeepSeek-OCR-2`` where a hub can be reached) goes through the same run.
 
 1. builds the demo model once, into ``$DISTILLERY_HOME/models/deepseek-ocr2-demo``;
 2. renders ``LINES`` printed receipt, total, invoice, ID and date lines with Pillow
