@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import json_format, struct_pb2
 from rpc_refusals import assert_refused
-from test_generate import GENERATE_TIMEOUT_S, optimise, upload
 from test_tracing_and_cli import cli_env
 from tiny_models import build_llama, build_qwen2
+from trained_models import GENERATE_TIMEOUT_S, optimise, upload
 
 from distillery.cli.main import cli
 from distillery.registry.v1 import registry_pb2

@@ -25,8 +25,8 @@ import test_generate
 from click.testing import CliRunner
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from test_generate import FULL, GENERATE_TIMEOUT_S, trained_model
 from test_tracing_and_cli import cli_env
+from trained_models import FULL, GENERATE_TIMEOUT_S, trained_model
 
 from distillery.cli.main import cli
 from distillery.cli.models import SNIPPET_LANGUAGES

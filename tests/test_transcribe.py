@@ -17,8 +17,8 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from rpc_refusals import field_of, raised, refused
-from test_generate import register, upload
 from test_tracing_and_cli import cli_env
+from trained_models import register, upload
 
 from distillery.cli.main import cli
 from distillery.common.v1 import common_pb2

@@ -25,5 +25,13 @@ ACCESS = AccessTable(
         "ImportTools": Access.TENANT,
         "ListTools": Access.TENANT,
         "DeleteTool": Access.TENANT,
+        # captured traffic: the gateway stores it; the tenant lists it and builds datasets from it
+        "CaptureTraffic": Access.SERVICE,
+        "ListTraffic": Access.TENANT,
+        "CreateDatasetFromTraffic": Access.TENANT,
+    },
+    why={
+        "CaptureTraffic": "traffic is captured by the gateway for requests that ask it (\"store\": true); "
+        "send the request through the gateway's /v1/chat/completions with store set"
     },
 )

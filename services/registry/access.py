@@ -31,6 +31,7 @@ ACCESS = AccessTable(
         "RevokeApiKey": Access.TENANT,
         "AuthenticateKey": Access.OPEN,  # the other services check their callers' keys here
         "WhoAmI": Access.TENANT,
+        "SetTenantTier": Access.ADMIN,
         # quota
         "GetQuota": Access.TENANT,
         "ReserveQuota": Access.SERVICE,
@@ -41,9 +42,18 @@ ACCESS = AccessTable(
         "ListModels": Access.TENANT,
         "DeleteModel": Access.TENANT,
         "Generate": Access.TENANT,
+        "GenerateStream": Access.TENANT,  # the gateway streams an answer so
         "Transcribe": Access.TENANT,
         "ReadImage": Access.TENANT,
         "GetSnippet": Access.TENANT,
+        # deployments (the gateway reads them, with the service token and the tenant, to route)
+        "DeployModel": Access.TENANT,
+        "UndeployModel": Access.TENANT,
+        "ListDeployments": Access.TENANT,
+        "GetDeployment": Access.TENANT,
+        # export
+        "ExportModel": Access.TENANT,
+        "ReadExportFile": Access.TENANT,
     },
     why={"ReserveQuota": QUOTA_BY_SERVICE, "ReleaseQuota": QUOTA_BY_SERVICE, "RegisterModel": MODELS_BY_SERVICE},
 )

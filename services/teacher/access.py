@@ -27,5 +27,6 @@ ACCESS = AccessTable(
         "WatchGenerationJob": Access.TENANT,
         "DescribeTool": Access.TENANT,
         "JudgeAnswers": Access.TENANT,  # the trainer, when it validates a rubric and evaluates a run
+        "Complete": Access.TENANT,  # the gateway's proxy mode, for the tenant of the request's key
     },
 )

@@ -89,6 +89,21 @@ class IngestServiceStub:
                 request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.DeleteToolRequest.SerializeToString,
                 response_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.DeleteToolResponse.FromString,
                 _registered_method=True)
+        self.CaptureTraffic = channel.unary_unary(
+                '/distillery.ingest.v1.IngestService/CaptureTraffic',
+                request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.CaptureTrafficRequest.SerializeToString,
+                response_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.TrafficRecord.FromString,
+                _registered_method=True)
+        self.ListTraffic = channel.unary_unary(
+                '/distillery.ingest.v1.IngestService/ListTraffic',
+                request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ListTrafficRequest.SerializeToString,
+                response_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ListTrafficResponse.FromString,
+                _registered_method=True)
+        self.CreateDatasetFromTraffic = channel.unary_unary(
+                '/distillery.ingest.v1.IngestService/CreateDatasetFromTraffic',
+                request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.CreateDatasetFromTrafficRequest.SerializeToString,
+                response_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.DatasetFromTraffic.FromString,
+                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -175,6 +190,32 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CaptureTraffic(self, request, context):
+        """--- captured traffic: requests through the gateway, for the next dataset ---
+        Store one request and its answer (service token only: the gateway, for a
+        request with "store": true or a key that stores traffic).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTraffic(self, request, context):
+        """The tenant's captured traffic, newest first, filtered by metadata tags
+        (every given tag must match), model and time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDatasetFromTraffic(self, request, context):
+        """Build a dataset version (pairs or tool-calls) from captured traffic,
+        validated exactly like an upload. Rows already in one of the tenant's
+        eval sets are left out and counted; near-duplicates are reported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +273,21 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.DeleteTool,
                     request_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.DeleteToolRequest.FromString,
                     response_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.DeleteToolResponse.SerializeToString,
+            ),
+            'CaptureTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.CaptureTraffic,
+                    request_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.CaptureTrafficRequest.FromString,
+                    response_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.TrafficRecord.SerializeToString,
+            ),
+            'ListTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTraffic,
+                    request_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ListTrafficRequest.FromString,
+                    response_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ListTrafficResponse.SerializeToString,
+            ),
+            'CreateDatasetFromTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateDatasetFromTraffic,
+                    request_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.CreateDatasetFromTrafficRequest.FromString,
+                    response_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.DatasetFromTraffic.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -531,6 +587,87 @@ class IngestService:
             '/distillery.ingest.v1.IngestService/DeleteTool',
             distillery_dot_ingest_dot_v1_dot_ingest__pb2.DeleteToolRequest.SerializeToString,
             distillery_dot_ingest_dot_v1_dot_ingest__pb2.DeleteToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CaptureTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.ingest.v1.IngestService/CaptureTraffic',
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.CaptureTrafficRequest.SerializeToString,
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.TrafficRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.ingest.v1.IngestService/ListTraffic',
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.ListTrafficRequest.SerializeToString,
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.ListTrafficResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDatasetFromTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.ingest.v1.IngestService/CreateDatasetFromTraffic',
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.CreateDatasetFromTrafficRequest.SerializeToString,
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.DatasetFromTraffic.FromString,
             options,
             channel_credentials,
             insecure,

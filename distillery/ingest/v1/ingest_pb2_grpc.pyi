@@ -65,6 +65,20 @@ class IngestServiceStub:
     """
     ListTools: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListToolsRequest, _ingest_pb2.ListToolsResponse]
     DeleteTool: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DeleteToolRequest, _ingest_pb2.DeleteToolResponse]
+    CaptureTraffic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CaptureTrafficRequest, _ingest_pb2.TrafficRecord]
+    """--- captured traffic: requests through the gateway, for the next dataset ---
+    Store one request and its answer (service token only: the gateway, for a
+    request with "store": true or a key that stores traffic).
+    """
+    ListTraffic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ListTrafficRequest, _ingest_pb2.ListTrafficResponse]
+    """The tenant's captured traffic, newest first, filtered by metadata tags
+    (every given tag must match), model and time.
+    """
+    CreateDatasetFromTraffic: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.CreateDatasetFromTrafficRequest, _ingest_pb2.DatasetFromTraffic]
+    """Build a dataset version (pairs or tool-calls) from captured traffic,
+    validated exactly like an upload. Rows already in one of the tenant's
+    eval sets are left out and counted; near-duplicates are reported.
+    """
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -100,6 +114,20 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     ListTools: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListToolsRequest, _ingest_pb2.ListToolsResponse]  # type: ignore[assignment]
     DeleteTool: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DeleteToolRequest, _ingest_pb2.DeleteToolResponse]  # type: ignore[assignment]
+    CaptureTraffic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CaptureTrafficRequest, _ingest_pb2.TrafficRecord]  # type: ignore[assignment]
+    """--- captured traffic: requests through the gateway, for the next dataset ---
+    Store one request and its answer (service token only: the gateway, for a
+    request with "store": true or a key that stores traffic).
+    """
+    ListTraffic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ListTrafficRequest, _ingest_pb2.ListTrafficResponse]  # type: ignore[assignment]
+    """The tenant's captured traffic, newest first, filtered by metadata tags
+    (every given tag must match), model and time.
+    """
+    CreateDatasetFromTraffic: _aio.UnaryUnaryMultiCallable[_ingest_pb2.CreateDatasetFromTrafficRequest, _ingest_pb2.DatasetFromTraffic]  # type: ignore[assignment]
+    """Build a dataset version (pairs or tool-calls) from captured traffic,
+    validated exactly like an upload. Rows already in one of the tenant's
+    eval sets are left out and counted; near-duplicates are reported.
+    """
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -198,5 +226,37 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingest_pb2.DeleteToolRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.DeleteToolResponse, _abc.Awaitable[_ingest_pb2.DeleteToolResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CaptureTraffic(
+        self,
+        request: _ingest_pb2.CaptureTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.TrafficRecord, _abc.Awaitable[_ingest_pb2.TrafficRecord]]:
+        """--- captured traffic: requests through the gateway, for the next dataset ---
+        Store one request and its answer (service token only: the gateway, for a
+        request with "store": true or a key that stores traffic).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTraffic(
+        self,
+        request: _ingest_pb2.ListTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ListTrafficResponse, _abc.Awaitable[_ingest_pb2.ListTrafficResponse]]:
+        """The tenant's captured traffic, newest first, filtered by metadata tags
+        (every given tag must match), model and time.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateDatasetFromTraffic(
+        self,
+        request: _ingest_pb2.CreateDatasetFromTrafficRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.DatasetFromTraffic, _abc.Awaitable[_ingest_pb2.DatasetFromTraffic]]:
+        """Build a dataset version (pairs or tool-calls) from captured traffic,
+        validated exactly like an upload. Rows already in one of the tenant's
+        eval sets are left out and counted; near-duplicates are reported.
+        """
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

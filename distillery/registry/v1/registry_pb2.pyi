@@ -158,6 +158,32 @@ class GetTenantRequest(_message.Message):
 Global___GetTenantRequest: _TypeAlias = GetTenantRequest  # noqa: Y015
 
 @_typing.final
+class SetTenantTierRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    MODEL_ALLOWANCE_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    tier: Global___Tier.ValueType
+    model_allowance: _builtins.int
+    """Overrides the tier's allowance when > 0; 0 takes the tier's default."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        tier: Global___Tier.ValueType = ...,
+        model_allowance: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_allowance", b"model_allowance", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTenantTierRequest: _TypeAlias = SetTenantTierRequest  # noqa: Y015
+
+@_typing.final
 class ApiKey(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -167,12 +193,17 @@ class ApiKey(_message.Message):
     PREFIX_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
+    STORE_TRAFFIC_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     tenant_id: _builtins.str
     name: _builtins.str
     prefix: _builtins.str
     """The key's first characters ("dk_" and 6 more), to recognise it; the key
     itself is stored only as a hash and never returned after creation.
+    """
+    store_traffic: _builtins.bool
+    """Requests made with this key through the gateway are stored as traffic
+    (as if each said "store": true).
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -187,10 +218,11 @@ class ApiKey(_message.Message):
         prefix: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        store_traffic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "prefix", b"prefix", "revoked_at", b"revoked_at", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "name", b"name", "prefix", b"prefix", "revoked_at", b"revoked_at", "store_traffic", b"store_traffic", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,17 +234,21 @@ class CreateApiKeyRequest(_message.Message):
 
     TENANT_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    STORE_TRAFFIC_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     name: _builtins.str
+    store_traffic: _builtins.bool
+    """See ApiKey.store_traffic."""
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         name: _builtins.str = ...,
+        store_traffic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "store_traffic", b"store_traffic", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,19 +378,22 @@ class AuthenticateKeyResponse(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    STORE_TRAFFIC_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     tier: Global___Tier.ValueType
     key_id: _builtins.str
+    store_traffic: _builtins.bool
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         tier: Global___Tier.ValueType = ...,
         key_id: _builtins.str = ...,
+        store_traffic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "store_traffic", b"store_traffic", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,6 +564,9 @@ class Model(_message.Message):
     TRAINING_CONFIG_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TOOLS_JSON_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CARD_FIELD_NUMBER: _builtins.int
+    ARTIFACTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """"mdl_..."; private to the tenant."""
     tenant_id: _builtins.str
@@ -537,6 +579,10 @@ class Model(_message.Message):
     artifact_kind: Global___ArtifactKind.ValueType
     artifact_uri: _builtins.str
     """S3 prefix of the weights, tokenizer and training config."""
+    state: _builtins.str
+    """"ready", or "deployed" while a deployment serves it."""
+    card: _builtins.str
+    """GetModel only: the model card (markdown; an export's README.md)."""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Final metrics (eval loss before/after, tool-call rates, ...)."""
@@ -551,6 +597,10 @@ class Model(_message.Message):
         canonical tool ({name, description, parameters}) as JSON text. `Generate`
         offers them when a request asks for the model's tools.
         """
+
+    @_builtins.property
+    def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Artifact]:
+        """GetModel only: the files under artifact_uri."""
 
     def __init__(
         self,
@@ -568,14 +618,40 @@ class Model(_message.Message):
         training_config: _struct_pb2.Struct | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         tools_json: _abc.Iterable[_builtins.str] | None = ...,
+        state: _builtins.str = ...,
+        card: _builtins.str = ...,
+        artifacts: _abc.Iterable[Global___Artifact] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "training_config", b"training_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "base_model", b"base_model", "created_at", b"created_at", "id", b"id", "metrics", b"metrics", "name", b"name", "path", b"path", "run_id", b"run_id", "tenant_id", b"tenant_id", "tools_json", b"tools_json", "training_config", b"training_config", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "artifacts", b"artifacts", "base_model", b"base_model", "card", b"card", "created_at", b"created_at", "id", b"id", "metrics", b"metrics", "name", b"name", "path", b"path", "run_id", b"run_id", "state", b"state", "tenant_id", b"tenant_id", "tools_json", b"tools_json", "training_config", b"training_config", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Artifact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Relative to artifact_uri."""
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Artifact: _TypeAlias = Artifact  # noqa: Y015
 
 @_typing.final
 class RegisterModelRequest(_message.Message):
@@ -713,15 +789,19 @@ class DeleteModelRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    force: _builtins.bool
+    """Undeploy a deployed model first instead of refusing."""
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1067,8 +1147,8 @@ class GetSnippetRequest(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     language: _builtins.str
-    """"grpcurl", "python" or "cli"; empty returns all. There is no "curl": the
-    services speak gRPC only and no HTTP gateway stands in front of them.
+    """"curl", "python", "typescript" (the gateway's OpenAI-compatible endpoint),
+    "grpcurl" or "cli"; empty returns all.
     """
     def __init__(
         self,
@@ -1125,3 +1205,331 @@ class Snippet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Snippet: _TypeAlias = Snippet  # noqa: Y015
+
+@_typing.final
+class GenerateChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELTA_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    delta: _builtins.str
+    """Content written since the previous chunk. With tools offered, nothing
+    streams as content until the answer is known not to be a tool call.
+    """
+    @_builtins.property
+    def final(self) -> Global___GenerateResponse:
+        """Set on the last chunk only: the whole answer, as Generate returns it."""
+
+    def __init__(
+        self,
+        *,
+        delta: _builtins.str = ...,
+        final: Global___GenerateResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["final", b"final"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "final", b"final"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateChunk: _TypeAlias = GenerateChunk  # noqa: Y015
+
+@_typing.final
+class Deployment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    UPSTREAM_FIELD_NUMBER: _builtins.int
+    ADAPTER_NAME_FIELD_NUMBER: _builtins.int
+    ARTIFACT_URI_FIELD_NUMBER: _builtins.int
+    ARTIFACT_KIND_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    model_name: _builtins.str
+    state: _builtins.str
+    """"ready" (answering), "loading" or "failed" (see error)."""
+    engine: _builtins.str
+    """"local" or "vllm"."""
+    replicas: _builtins.int
+    endpoint: _builtins.str
+    """The OpenAI-compatible base URL to call it at (the gateway's /v1)."""
+    upstream: _builtins.str
+    """vllm: the OpenAI-compatible upstream the gateway routes to; "" for local."""
+    adapter_name: _builtins.str
+    """vllm multi-LoRA: the adapter's name in the upstream's pool (the model id);
+    "" for a full fine-tune served by a dedicated upstream.
+    """
+    artifact_uri: _builtins.str
+    """What is served (the model's artifact_uri)."""
+    artifact_kind: Global___ArtifactKind.ValueType
+    error: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        model_name: _builtins.str = ...,
+        state: _builtins.str = ...,
+        engine: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        endpoint: _builtins.str = ...,
+        upstream: _builtins.str = ...,
+        adapter_name: _builtins.str = ...,
+        artifact_uri: _builtins.str = ...,
+        artifact_kind: Global___ArtifactKind.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "artifact_kind", b"artifact_kind", "artifact_uri", b"artifact_uri", "created_at", b"created_at", "endpoint", b"endpoint", "engine", b"engine", "error", b"error", "model_id", b"model_id", "model_name", b"model_name", "replicas", b"replicas", "state", b"state", "upstream", b"upstream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
+
+@_typing.final
+class DeployModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    replicas: _builtins.int
+    """0 means 1. The local engine serves one replica."""
+    engine: _builtins.str
+    """"local", "vllm", or "" (see DeployModel)."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        replicas: _builtins.int = ...,
+        engine: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "model_id", b"model_id", "replicas", b"replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeployModelRequest: _TypeAlias = DeployModelRequest  # noqa: Y015
+
+@_typing.final
+class UndeployModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeployModelRequest: _TypeAlias = UndeployModelRequest  # noqa: Y015
+
+@_typing.final
+class ListDeploymentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentsRequest: _TypeAlias = ListDeploymentsRequest  # noqa: Y015
+
+@_typing.final
+class ListDeploymentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentsResponse: _TypeAlias = ListDeploymentsResponse  # noqa: Y015
+
+@_typing.final
+class GetDeploymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeploymentRequest: _TypeAlias = GetDeploymentRequest  # noqa: Y015
+
+@_typing.final
+class ExportModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    format: _builtins.str
+    """"adapter", "merged" or "gguf"."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportModelRequest: _TypeAlias = ExportModelRequest  # noqa: Y015
+
+@_typing.final
+class ExportFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Relative to the export's root ("README.md", "model.safetensors", ...)."""
+    size_bytes: _builtins.int
+    sha256: _builtins.str
+    url: _builtins.str
+    """A presigned GET URL (valid until Export.url_expires_at)."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportFile: _TypeAlias = ExportFile  # noqa: Y015
+
+@_typing.final
+class Export(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    URL_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    format: _builtins.str
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExportFile]: ...
+    @_builtins.property
+    def url_expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+        files: _abc.Iterable[Global___ExportFile] | None = ...,
+        url_expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["url_expires_at", b"url_expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "format", b"format", "model_id", b"model_id", "url_expires_at", b"url_expires_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Export: _TypeAlias = Export  # noqa: Y015
+
+@_typing.final
+class ReadExportFileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    format: _builtins.str
+    path: _builtins.str
+    offset: _builtins.int
+    """Resume from this byte."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+        path: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "model_id", b"model_id", "offset", b"offset", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadExportFileRequest: _TypeAlias = ReadExportFileRequest  # noqa: Y015
+
+@_typing.final
+class ExportChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    offset: _builtins.int
+    """Where data starts in the file."""
+    size_bytes: _builtins.int
+    """The file's whole size."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015

@@ -69,6 +69,11 @@ class RegistryServiceStub:
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Tenant.FromString,
                 _registered_method=True)
+        self.SetTenantTier = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/SetTenantTier',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.SetTenantTierRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Tenant.FromString,
+                _registered_method=True)
         self.GetQuota = channel.unary_unary(
                 '/distillery.registry.v1.RegistryService/GetQuota',
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetQuotaRequest.SerializeToString,
@@ -109,6 +114,11 @@ class RegistryServiceStub:
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.unary_stream(
+                '/distillery.registry.v1.RegistryService/GenerateStream',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateChunk.FromString,
+                _registered_method=True)
         self.Transcribe = channel.unary_unary(
                 '/distillery.registry.v1.RegistryService/Transcribe',
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.SerializeToString,
@@ -123,6 +133,36 @@ class RegistryServiceStub:
                 '/distillery.registry.v1.RegistryService/GetSnippet',
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetSnippetRequest.SerializeToString,
                 response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Snippet.FromString,
+                _registered_method=True)
+        self.DeployModel = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/DeployModel',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeployModelRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.UndeployModel = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/UndeployModel',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.UndeployModelRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.ListDeployments = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ListDeployments',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
+        self.GetDeployment = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/GetDeployment',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetDeploymentRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.FromString,
+                _registered_method=True)
+        self.ExportModel = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ExportModel',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportModelRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Export.FromString,
+                _registered_method=True)
+        self.ReadExportFile = channel.unary_stream(
+                '/distillery.registry.v1.RegistryService/ReadExportFile',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadExportFileRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportChunk.FromString,
                 _registered_method=True)
 
 
@@ -171,6 +211,16 @@ class RegistryServiceServicer:
 
     def WhoAmI(self, request, context):
         """The caller's own tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantTier(self, request, context):
+        """Change a tenant's tier (admin token). model_allowance > 0 overrides the
+        tier's allowance, 0 takes the tier's default. The quota follows at once; an
+        allowance below the models the tenant holds keeps them all and refuses new
+        runs (RESOURCE_EXHAUSTED) until the count is under it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -226,6 +276,8 @@ class RegistryServiceServicer:
 
     def DeleteModel(self, request, context):
         """Delete a model and its artifacts; frees its allowance slot.
+        A deployed model is FAILED_PRECONDITION unless force is set, which
+        undeploys it first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -233,6 +285,14 @@ class RegistryServiceServicer:
 
     def Generate(self, request, context):
         """Load the model and answer a chat request (runtime testing).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateStream(self, request, context):
+        """Generate, streamed: content deltas as the model writes them, then one last
+        chunk with the whole answer (tool calls arrive whole in it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -259,6 +319,57 @@ class RegistryServiceServicer:
 
     def GetSnippet(self, request, context):
         """API-ready request snippets for calling the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeployModel(self, request, context):
+        """--- deployments: what the gateway's OpenAI-compatible endpoint serves ---
+        Deploy a model (idempotent: deploying again changes replicas). The engine
+        is "local" (the registry's transformers engine, one replica) or "vllm"
+        (the cluster's vLLM pool: a LoRA adapter joins the shared pool by name, a
+        full fine-tune gets a dedicated upstream); empty picks local unless the
+        registry has a vLLM upstream configured.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeployModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeployments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeployment(self, request, context):
+        """One model's deployment; NOT_FOUND when it is not deployed. The gateway
+        calls it (service token and x-distillery-tenant) to route a request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportModel(self, request, context):
+        """--- export: the weights the tenant owns ---
+        Build (once; later calls reuse it) an export of the model in a format:
+        "adapter" (the LoRA adapter as trained), "merged" (full weights with the
+        adapter merged, tokenizer and chat template) or "gguf" (llama.cpp's
+        format, where its converter is installed), each with a model card
+        (README.md). Returns the files, each with a presigned GET URL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadExportFile(self, request, context):
+        """One file of a built export as a stream of chunks from offset (to resume).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -302,6 +413,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.WhoAmIRequest.FromString,
                     response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Tenant.SerializeToString,
             ),
+            'SetTenantTier': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantTier,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.SetTenantTierRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Tenant.SerializeToString,
+            ),
             'GetQuota': grpc.unary_unary_rpc_method_handler(
                     servicer.GetQuota,
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetQuotaRequest.FromString,
@@ -342,6 +458,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.FromString,
                     response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateResponse.SerializeToString,
             ),
+            'GenerateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateChunk.SerializeToString,
+            ),
             'Transcribe': grpc.unary_unary_rpc_method_handler(
                     servicer.Transcribe,
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.TranscribeRequest.FromString,
@@ -356,6 +477,36 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetSnippet,
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetSnippetRequest.FromString,
                     response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Snippet.SerializeToString,
+            ),
+            'DeployModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeployModel,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeployModelRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.SerializeToString,
+            ),
+            'UndeployModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeployModel,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.UndeployModelRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.SerializeToString,
+            ),
+            'ListDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeployments,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsResponse.SerializeToString,
+            ),
+            'GetDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeployment,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetDeploymentRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.SerializeToString,
+            ),
+            'ExportModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportModel,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportModelRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Export.SerializeToString,
+            ),
+            'ReadExportFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadExportFile,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadExportFileRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -546,6 +697,33 @@ class RegistryService:
             target,
             '/distillery.registry.v1.RegistryService/WhoAmI',
             distillery_dot_registry_dot_v1_dot_registry__pb2.WhoAmIRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantTier(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/SetTenantTier',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.SetTenantTierRequest.SerializeToString,
             distillery_dot_registry_dot_v1_dot_registry__pb2.Tenant.FromString,
             options,
             channel_credentials,
@@ -774,6 +952,33 @@ class RegistryService:
             _registered_method=True)
 
     @staticmethod
+    def GenerateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/GenerateStream',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Transcribe(request,
             target,
             options=(),
@@ -844,6 +1049,168 @@ class RegistryService:
             '/distillery.registry.v1.RegistryService/GetSnippet',
             distillery_dot_registry_dot_v1_dot_registry__pb2.GetSnippetRequest.SerializeToString,
             distillery_dot_registry_dot_v1_dot_registry__pb2.Snippet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeployModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/DeployModel',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.DeployModelRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeployModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/UndeployModel',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.UndeployModelRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ListDeployments',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ListDeploymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/GetDeployment',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.GetDeploymentRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Deployment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ExportModel',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ExportModelRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Export.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadExportFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ReadExportFile',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ReadExportFileRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,12 @@ class RegistryServiceStub:
     """Resolve an API key to its tenant and tier (service-to-service)."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_registry_pb2.WhoAmIRequest, _registry_pb2.Tenant]
     """The caller's own tenant."""
+    SetTenantTier: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetTenantTierRequest, _registry_pb2.Tenant]
+    """Change a tenant's tier (admin token). model_allowance > 0 overrides the
+    tier's allowance, 0 takes the tier's default. The quota follows at once; an
+    allowance below the models the tenant holds keeps them all and refuses new
+    runs (RESOURCE_EXHAUSTED) until the count is under it.
+    """
     GetQuota: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetQuotaRequest, _registry_pb2.Quota]
     """--- quota: private-model allowance by tier ---"""
     ReserveQuota: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReserveQuotaRequest, _registry_pb2.Reservation]
@@ -77,9 +83,16 @@ class RegistryServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]
     ListModels: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]
-    """Delete a model and its artifacts; frees its allowance slot."""
+    """Delete a model and its artifacts; frees its allowance slot.
+    A deployed model is FAILED_PRECONDITION unless force is set, which
+    undeploys it first.
+    """
     Generate: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GenerateRequest, _registry_pb2.GenerateResponse]
     """Load the model and answer a chat request (runtime testing)."""
+    GenerateStream: _grpc.UnaryStreamMultiCallable[_registry_pb2.GenerateRequest, _registry_pb2.GenerateChunk]
+    """Generate, streamed: content deltas as the model writes them, then one last
+    chunk with the whole answer (tool calls arrive whole in it).
+    """
     Transcribe: _grpc.UnaryUnaryMultiCallable[_registry_pb2.TranscribeRequest, _registry_pb2.TranscribeResponse]
     """Load a speech model (path TRAINING_PATH_FINETUNE_ASR) and transcribe one
     clip (runtime testing). Generate answers text models only, Transcribe
@@ -93,6 +106,30 @@ class RegistryServiceStub:
     """
     GetSnippet: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetSnippetRequest, _registry_pb2.Snippet]
     """API-ready request snippets for calling the model."""
+    DeployModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeployModelRequest, _registry_pb2.Deployment]
+    """--- deployments: what the gateway's OpenAI-compatible endpoint serves ---
+    Deploy a model (idempotent: deploying again changes replicas). The engine
+    is "local" (the registry's transformers engine, one replica) or "vllm"
+    (the cluster's vLLM pool: a LoRA adapter joins the shared pool by name, a
+    full fine-tune gets a dedicated upstream); empty picks local unless the
+    registry has a vLLM upstream configured.
+    """
+    UndeployModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.UndeployModelRequest, _registry_pb2.Deployment]
+    ListDeployments: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]
+    GetDeployment: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]
+    """One model's deployment; NOT_FOUND when it is not deployed. The gateway
+    calls it (service token and x-distillery-tenant) to route a request.
+    """
+    ExportModel: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportModelRequest, _registry_pb2.Export]
+    """--- export: the weights the tenant owns ---
+    Build (once; later calls reuse it) an export of the model in a format:
+    "adapter" (the LoRA adapter as trained), "merged" (full weights with the
+    adapter merged, tokenizer and chat template) or "gguf" (llama.cpp's
+    format, where its converter is installed), each with a model card
+    (README.md). Returns the files, each with a presigned GET URL.
+    """
+    ReadExportFile: _grpc.UnaryStreamMultiCallable[_registry_pb2.ReadExportFileRequest, _registry_pb2.ExportChunk]
+    """One file of a built export as a stream of chunks from offset (to resume)."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -110,6 +147,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """Resolve an API key to its tenant and tier (service-to-service)."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_registry_pb2.WhoAmIRequest, _registry_pb2.Tenant]  # type: ignore[assignment]
     """The caller's own tenant."""
+    SetTenantTier: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetTenantTierRequest, _registry_pb2.Tenant]  # type: ignore[assignment]
+    """Change a tenant's tier (admin token). model_allowance > 0 overrides the
+    tier's allowance, 0 takes the tier's default. The quota follows at once; an
+    allowance below the models the tenant holds keeps them all and refuses new
+    runs (RESOURCE_EXHAUSTED) until the count is under it.
+    """
     GetQuota: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetQuotaRequest, _registry_pb2.Quota]  # type: ignore[assignment]
     """--- quota: private-model allowance by tier ---"""
     ReserveQuota: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReserveQuotaRequest, _registry_pb2.Reservation]  # type: ignore[assignment]
@@ -132,9 +175,16 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetModelRequest, _registry_pb2.Model]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListModelsRequest, _registry_pb2.ListModelsResponse]  # type: ignore[assignment]
     DeleteModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteModelRequest, _registry_pb2.DeleteModelResponse]  # type: ignore[assignment]
-    """Delete a model and its artifacts; frees its allowance slot."""
+    """Delete a model and its artifacts; frees its allowance slot.
+    A deployed model is FAILED_PRECONDITION unless force is set, which
+    undeploys it first.
+    """
     Generate: _aio.UnaryUnaryMultiCallable[_registry_pb2.GenerateRequest, _registry_pb2.GenerateResponse]  # type: ignore[assignment]
     """Load the model and answer a chat request (runtime testing)."""
+    GenerateStream: _aio.UnaryStreamMultiCallable[_registry_pb2.GenerateRequest, _registry_pb2.GenerateChunk]  # type: ignore[assignment]
+    """Generate, streamed: content deltas as the model writes them, then one last
+    chunk with the whole answer (tool calls arrive whole in it).
+    """
     Transcribe: _aio.UnaryUnaryMultiCallable[_registry_pb2.TranscribeRequest, _registry_pb2.TranscribeResponse]  # type: ignore[assignment]
     """Load a speech model (path TRAINING_PATH_FINETUNE_ASR) and transcribe one
     clip (runtime testing). Generate answers text models only, Transcribe
@@ -148,6 +198,30 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     GetSnippet: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetSnippetRequest, _registry_pb2.Snippet]  # type: ignore[assignment]
     """API-ready request snippets for calling the model."""
+    DeployModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeployModelRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
+    """--- deployments: what the gateway's OpenAI-compatible endpoint serves ---
+    Deploy a model (idempotent: deploying again changes replicas). The engine
+    is "local" (the registry's transformers engine, one replica) or "vllm"
+    (the cluster's vLLM pool: a LoRA adapter joins the shared pool by name, a
+    full fine-tune gets a dedicated upstream); empty picks local unless the
+    registry has a vLLM upstream configured.
+    """
+    UndeployModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.UndeployModelRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
+    ListDeployments: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListDeploymentsRequest, _registry_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
+    GetDeployment: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetDeploymentRequest, _registry_pb2.Deployment]  # type: ignore[assignment]
+    """One model's deployment; NOT_FOUND when it is not deployed. The gateway
+    calls it (service token and x-distillery-tenant) to route a request.
+    """
+    ExportModel: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportModelRequest, _registry_pb2.Export]  # type: ignore[assignment]
+    """--- export: the weights the tenant owns ---
+    Build (once; later calls reuse it) an export of the model in a format:
+    "adapter" (the LoRA adapter as trained), "merged" (full weights with the
+    adapter merged, tokenizer and chat template) or "gguf" (llama.cpp's
+    format, where its converter is installed), each with a model card
+    (README.md). Returns the files, each with a presigned GET URL.
+    """
+    ReadExportFile: _aio.UnaryStreamMultiCallable[_registry_pb2.ReadExportFileRequest, _registry_pb2.ExportChunk]  # type: ignore[assignment]
+    """One file of a built export as a stream of chunks from offset (to resume)."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -204,6 +278,18 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Tenant, _abc.Awaitable[_registry_pb2.Tenant]]:
         """The caller's own tenant."""
+
+    @_abc_1.abstractmethod
+    def SetTenantTier(
+        self,
+        request: _registry_pb2.SetTenantTierRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Tenant, _abc.Awaitable[_registry_pb2.Tenant]]:
+        """Change a tenant's tier (admin token). model_allowance > 0 overrides the
+        tier's allowance, 0 takes the tier's default. The quota follows at once; an
+        allowance below the models the tenant holds keeps them all and refuses new
+        runs (RESOURCE_EXHAUSTED) until the count is under it.
+        """
 
     @_abc_1.abstractmethod
     def GetQuota(
@@ -268,7 +354,10 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _registry_pb2.DeleteModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.DeleteModelResponse, _abc.Awaitable[_registry_pb2.DeleteModelResponse]]:
-        """Delete a model and its artifacts; frees its allowance slot."""
+        """Delete a model and its artifacts; frees its allowance slot.
+        A deployed model is FAILED_PRECONDITION unless force is set, which
+        undeploys it first.
+        """
 
     @_abc_1.abstractmethod
     def Generate(
@@ -277,6 +366,16 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GenerateResponse, _abc.Awaitable[_registry_pb2.GenerateResponse]]:
         """Load the model and answer a chat request (runtime testing)."""
+
+    @_abc_1.abstractmethod
+    def GenerateStream(
+        self,
+        request: _registry_pb2.GenerateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.GenerateChunk], _abc.AsyncIterator[_registry_pb2.GenerateChunk]]:
+        """Generate, streamed: content deltas as the model writes them, then one last
+        chunk with the whole answer (tool calls arrive whole in it).
+        """
 
     @_abc_1.abstractmethod
     def Transcribe(
@@ -308,5 +407,65 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.Snippet, _abc.Awaitable[_registry_pb2.Snippet]]:
         """API-ready request snippets for calling the model."""
+
+    @_abc_1.abstractmethod
+    def DeployModel(
+        self,
+        request: _registry_pb2.DeployModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
+        """--- deployments: what the gateway's OpenAI-compatible endpoint serves ---
+        Deploy a model (idempotent: deploying again changes replicas). The engine
+        is "local" (the registry's transformers engine, one replica) or "vllm"
+        (the cluster's vLLM pool: a LoRA adapter joins the shared pool by name, a
+        full fine-tune gets a dedicated upstream); empty picks local unless the
+        registry has a vLLM upstream configured.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeployModel(
+        self,
+        request: _registry_pb2.UndeployModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDeployments(
+        self,
+        request: _registry_pb2.ListDeploymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListDeploymentsResponse, _abc.Awaitable[_registry_pb2.ListDeploymentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDeployment(
+        self,
+        request: _registry_pb2.GetDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Deployment, _abc.Awaitable[_registry_pb2.Deployment]]:
+        """One model's deployment; NOT_FOUND when it is not deployed. The gateway
+        calls it (service token and x-distillery-tenant) to route a request.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportModel(
+        self,
+        request: _registry_pb2.ExportModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Export, _abc.Awaitable[_registry_pb2.Export]]:
+        """--- export: the weights the tenant owns ---
+        Build (once; later calls reuse it) an export of the model in a format:
+        "adapter" (the LoRA adapter as trained), "merged" (full weights with the
+        adapter merged, tokenizer and chat template) or "gguf" (llama.cpp's
+        format, where its converter is installed), each with a model card
+        (README.md). Returns the files, each with a presigned GET URL.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadExportFile(
+        self,
+        request: _registry_pb2.ReadExportFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_registry_pb2.ExportChunk], _abc.AsyncIterator[_registry_pb2.ExportChunk]]:
+        """One file of a built export as a stream of chunks from offset (to resume)."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

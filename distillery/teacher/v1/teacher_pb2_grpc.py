@@ -94,6 +94,11 @@ class TeacherServiceStub:
                 request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersRequest.SerializeToString,
                 response_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_unary(
+                '/distillery.teacher.v1.TeacherService/Complete',
+                request_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CompleteRequest.SerializeToString,
+                response_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CompleteResponse.FromString,
+                _registered_method=True)
 
 
 class TeacherServiceServicer:
@@ -186,6 +191,16 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Complete(self, request, context):
+        """Answer one chat request with an outside provider and the tenant's own
+        stored key, through the same adapters, limits and retries as a job (the
+        gateway's proxy mode: a request for model "openai:gpt-4.1-mini"). The key
+        never leaves the teacher.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TeacherServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +263,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.JudgeAnswers,
                     request_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersRequest.FromString,
                     response_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CompleteRequest.FromString,
+                    response_serializer=distillery_dot_teacher_dot_v1_dot_teacher__pb2.CompleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +594,33 @@ class TeacherService:
             '/distillery.teacher.v1.TeacherService/JudgeAnswers',
             distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersRequest.SerializeToString,
             distillery_dot_teacher_dot_v1_dot_teacher__pb2.JudgeAnswersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.teacher.v1.TeacherService/Complete',
+            distillery_dot_teacher_dot_v1_dot_teacher__pb2.CompleteRequest.SerializeToString,
+            distillery_dot_teacher_dot_v1_dot_teacher__pb2.CompleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

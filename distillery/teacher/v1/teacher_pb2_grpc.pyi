@@ -66,6 +66,12 @@ class TeacherServiceStub:
     is one call through the provider's limits and retries, and the usage is
     kept like a job's. A reply with no score on the scale is that row's error.
     """
+    Complete: _grpc.UnaryUnaryMultiCallable[_teacher_pb2.CompleteRequest, _teacher_pb2.CompleteResponse]
+    """Answer one chat request with an outside provider and the tenant's own
+    stored key, through the same adapters, limits and retries as a job (the
+    gateway's proxy mode: a request for model "openai:gpt-4.1-mini"). The key
+    never leaves the teacher.
+    """
 
 @_typing.type_check_only
 class TeacherServiceAsyncStub(TeacherServiceStub):
@@ -100,6 +106,12 @@ class TeacherServiceAsyncStub(TeacherServiceStub):
     The prompt is the caller's, fixed and recorded with its rubric; every row
     is one call through the provider's limits and retries, and the usage is
     kept like a job's. A reply with no score on the scale is that row's error.
+    """
+    Complete: _aio.UnaryUnaryMultiCallable[_teacher_pb2.CompleteRequest, _teacher_pb2.CompleteResponse]  # type: ignore[assignment]
+    """Answer one chat request with an outside provider and the tenant's own
+    stored key, through the same adapters, limits and retries as a job (the
+    gateway's proxy mode: a request for model "openai:gpt-4.1-mini"). The key
+    never leaves the teacher.
     """
 
 class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -204,6 +216,18 @@ class TeacherServiceServicer(metaclass=_abc_1.ABCMeta):
         The prompt is the caller's, fixed and recorded with its rubric; every row
         is one call through the provider's limits and retries, and the usage is
         kept like a job's. A reply with no score on the scale is that row's error.
+        """
+
+    @_abc_1.abstractmethod
+    def Complete(
+        self,
+        request: _teacher_pb2.CompleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_teacher_pb2.CompleteResponse, _abc.Awaitable[_teacher_pb2.CompleteResponse]]:
+        """Answer one chat request with an outside provider and the tenant's own
+        stored key, through the same adapters, limits and retries as a job (the
+        gateway's proxy mode: a request for model "openai:gpt-4.1-mini"). The key
+        never leaves the teacher.
         """
 
 def add_TeacherServiceServicer_to_server(servicer: TeacherServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
