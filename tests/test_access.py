@@ -48,14 +48,17 @@ def test_the_tables_say_who_calls_what() -> None:
     assert {m for m, a in REGISTRY.methods.items() if a == Access.SERVICE} == {
         "ReserveQuota", "ReleaseQuota", "RegisterModel",
     }  # fmt: skip
+    assert {m for m, a in INGEST.methods.items() if a == Access.SERVICE} == {"CaptureTraffic"}
     admin = {m for m, a in REGISTRY.methods.items() if Access.ADMIN in a}
-    assert admin == {"CreateTenant", "GetTenant", "CreateApiKey"}
+    assert admin == {"CreateTenant", "GetTenant", "CreateApiKey", "SetTenantTier"}
     assert {(s, m) for s, m, a in entries if Access.ADMIN in a} == {("RegistryService", m) for m in admin}
     assert {(s, m) for s, m, a in entries if a == Access.RUN} == {("TrainerService", "ReportRunEvents")}
     # What the trainer and the teacher call on a tenant's behalf takes the service token.
     for table, method in (
         (INGEST, "GetDataset"), (INGEST, "SplitDataset"), (INGEST, "UploadDataset"), (INGEST, "ListTools"),
         (TEACHER, "CreateGenerationJob"), (TEACHER, "GetGenerationJob"), (TEACHER, "EstimateJob"),
+        # the gateway: routing, streaming and the proxy mode
+        (REGISTRY, "GetDeployment"), (REGISTRY, "GenerateStream"), (TEACHER, "Complete"),
     ):  # fmt: skip
         assert Access.SERVICE in table.methods[method], method
 
