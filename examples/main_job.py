@@ -11,7 +11,9 @@ model on the example pairs dataset, end to end through the services.
    evaluation, registration;
 4. prints the model id, the eval loss before and after training, the eval history and why
    training stopped, and the trained model's answers (through the registry's Generate) next
-   to the base model's.
+   to the base model's;
+5. deploys the model and asks it once more through the gateway's OpenAI-compatible endpoint
+   with the official `openai` SDK, as an application would.
 
 Running it again reuses the finished run and its model instead of training again (a
 run still going is followed); `distillery models delete ID` and a new `make run`
@@ -29,7 +31,7 @@ import grpc
 
 from distillery.cli.run_plots import eval_line
 from distillery.cli.run_watch import follow
-from distillery.client import Client, home
+from distillery.client import Client, api_key, home
 from distillery.demo_model import ensure_demo_model
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
@@ -160,6 +162,20 @@ def trained_answers(client: Client, model_id: str) -> list[str]:
     return answers
 
 
+def served_answer(client: Client, model_id: str) -> tuple[str, str]:
+    """Deploy the model (a no-op when it is deployed) and ask it through the OpenAI-compatible endpoint."""
+    from openai import OpenAI
+
+    deployment = client.registry.DeployModel(registry_pb2.DeployModelRequest(model_id=model_id), timeout=300)
+    openai = OpenAI(base_url=deployment.endpoint, api_key=api_key() or "")
+    completion = openai.chat.completions.create(
+        model=model_id,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": SAMPLES[0]}],
+        max_tokens=40,
+    )
+    return deployment.endpoint, completion.choices[0].message.content or ""
+
+
 def main() -> None:
     started = time.monotonic()
     client = Client.from_environment(timeout=60)
@@ -183,8 +199,12 @@ def main() -> None:
     say("\nsample generations (system prompt as in the dataset):")
     for text, base, trained in zip(SAMPLES, base_answers(student), trained_answers(client, run.model_id), strict=True):
         say(f"\n  user:    {text}\n  base:    {base[:200]!r}\n  trained: {trained[:200]!r}")
+    endpoint, served = served_answer(client, run.model_id)
+    say(f"\nthrough the OpenAI-compatible endpoint ({endpoint}, the `openai` SDK, deployed on the local engine):")
+    say(f"  user:    {SAMPLES[0]}\n  model:   {served[:200]!r}")
     say(f"\ndone in {time.monotonic() - started:.0f} s.")
     say(f"Try: distillery models generate {run.model_id} 'your message' --system '...'")
+    say(f"     distillery models snippet {run.model_id} --lang python   (call it from your code)")
     say(f"     distillery runs plot {run.id} --out run.png   (loss, evals and learning rate by step)")
     say("Stop the stack with `distillery down` (data stays in $DISTILLERY_HOME, default ~/.distillery).")
 
