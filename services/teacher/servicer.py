@@ -14,7 +14,7 @@ from distillery.common.v1 import common_pb2
 from distillery.teacher.v1 import teacher_pb2, teacher_pb2_grpc
 from services.common import auth
 from services.common.protoconv import Bounds, bounded, page_size, timestamp
-from services.teacher import job_requests, jobs, judging, prices, tool_descriptions
+from services.teacher import completions, job_requests, jobs, judging, prices, tool_descriptions
 from services.teacher.job_runner import JobRunner
 from services.teacher.keys import KeyStore, StoredKey
 from services.teacher.providers import split_teacher
@@ -61,12 +61,14 @@ def provider_key_pb(key: StoredKey) -> teacher_pb2.ProviderKey:
 # Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
 BOUNDS = Bounds(
     # keys.py refuses a key over 1,024 itself, saying what a key looks like
-    strings={"api_key": 4096, "system_prompt": judging.MAX_PROMPT_CHARS, "user_template": judging.MAX_PROMPT_CHARS},
+    strings={"api_key": 4096, "system_prompt": judging.MAX_PROMPT_CHARS, "user_template": judging.MAX_PROMPT_CHARS,
+             "messages_json": completions.MAX_MESSAGES_CHARS, "response_schema_json": 256 * 1024},
     lists={"seed_prompts": job_requests.MAX_SEED_PROMPTS, "system_prompts": 100, "tool_ids": 256, "objectives": 100,
-           "rows": judging.MAX_ROWS},
+           "rows": judging.MAX_ROWS, "tools_json": 256},
     numbers={"scale_min": (0, judging.MAX_SCALE), "scale_max": (0, judging.MAX_SCALE),
              "max_failed_fraction": (0.0, 1.0), "parameters.temperature": (0.0, 2.0),
-             "parameters.no_tool_share": (0.0, 1.0), "parameters.max_output_tokens": (0, 32_768)},
+             "parameters.no_tool_share": (0.0, 1.0), "parameters.max_output_tokens": (0, 32_768),
+             "temperature": (0.0, 2.0), "max_tokens": (0, completions.MAX_OUTPUT_TOKENS)},
 )  # fmt: skip
 
 
@@ -131,6 +133,23 @@ class TeacherServicer(teacher_pb2_grpc.TeacherServiceServicer):
         scores = [teacher_pb2.JudgeScore(score=row.score or 0.0, reply=row.reply, error=row.error, message=row.message)
                   for row in judged.rows]  # fmt: skip
         return teacher_pb2.JudgeAnswersResponse(scores=scores, usage=usage)
+
+    async def Complete(self, request: Any, context: Any) -> teacher_pb2.CompleteResponse:
+        tenant_id = auth.current_caller().tenant_id
+        completed = await completions.complete(
+            self.keys, self.runner.limiters, tenant_id, request,
+            attempts=self.settings.max_attempts, max_backoff_s=self.settings.max_backoff_s,
+        )  # fmt: skip
+        await completions.record(self.pool, tenant_id, request.model, completed)
+        answer = completed.completion
+        return teacher_pb2.CompleteResponse(
+            content=answer.text,
+            tool_calls=[teacher_pb2.CompletedToolCall(id=c.id, name=c.name, arguments_json=c.arguments)
+                        for c in answer.tool_calls],
+            finish_reason=completed.finish_reason,
+            prompt_tokens=answer.input_tokens,
+            completion_tokens=answer.output_tokens,
+        )  # fmt: skip
 
     async def CheckGenerationJob(self, request: Any, context: Any) -> teacher_pb2.CheckGenerationJobResponse:
         job_requests.check_settings(request)
