@@ -16,6 +16,9 @@ class Settings:
     admin_token: str
     # Where Generate keeps models' artifacts copied from S3 (one directory per model).
     model_cache_dir: str = "~/.cache/distillery/models"
+    # llama.cpp's convert_hf_to_gguf.py for "gguf" exports; "": where deploy/native/gguf_converter.sh puts it
+    # in this Python environment (<prefix>/share/distillery/llama.cpp-convert/).
+    gguf_converter: str = ""
 
     def __repr__(self) -> str:
         return f"Settings(server={self.server!r}, s3={self.s3!r}, model_cache_dir={self.model_cache_dir!r})"
@@ -28,4 +31,5 @@ class Settings:
             s3=S3Settings.from_env(),
             admin_token=env_str("DISTILLERY_ADMIN_TOKEN", ""),
             model_cache_dir=env_str("DISTILLERY_MODEL_CACHE_DIR", cls.model_cache_dir),
+            gguf_converter=env_str("DISTILLERY_GGUF_CONVERTER", ""),
         )
