@@ -33,7 +33,7 @@ from services.common.objects import ObjectStore
 from services.common.tool_format import ToolFormat
 from services.registry import read_image as ocr
 from services.registry import transcribe as speech
-from services.registry.models import Model
+from services.registry.models import Model, check_tools_json
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -128,13 +128,27 @@ class Generator:
     ) -> Reply:
         """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant; ``max_new_tokens``
         0 is the model's default. ``tools`` are canonical tools, rendered as given (key order kept)."""
+        loaded = await self.text_model(model, messages, max_new_tokens, temperature)
+        budget = max_new_tokens or loaded.max_new_tokens
+        return await asyncio.to_thread(_generate, loaded, messages, budget, temperature, tools)
+
+    async def text_model(
+        self, model: Model, messages: Sequence[Mapping[str, Any]], max_new_tokens: int, temperature: float
+    ) -> Loaded:
+        """The text model, loaded, once the request is checked (Generate's checks; GenerateStream's too)."""
         check_request(messages, max_new_tokens, temperature)
         if is_speech(model) or is_ocr(model):
             raise wrong_kind(model, "Generate")
         loaded = await self._load(model)
         assert isinstance(loaded, Loaded)
-        budget = max_new_tokens or loaded.max_new_tokens
-        return await asyncio.to_thread(_generate, loaded, messages, budget, temperature, tools)
+        return loaded
+
+    async def warm(self, model: Model) -> None:
+        """Load a model of any kind (a local deployment keeps it warm; the LRU still bounds memory)."""
+        await self._load(model)
+
+    def is_loaded(self, model_id: str) -> bool:
+        return model_id in self._loaded
 
     async def transcribe(self, model: Model, audio: bytes, language: str = "") -> speech.Transcript:
         """Transcribe one .wav clip (``transcribe.py``) in ``language`` ("": detected)."""
@@ -203,6 +217,19 @@ class Generator:
         return target
 
 
+def offered_tools(model: Model, model_tools: bool, tools_json: Sequence[str]) -> list[dict[str, Any]]:
+    """The tools a request offers: the model's own (in training order) when it asks for them, then its
+    ``tools_json``; each checked and read as the renderer takes them (key order and numbers as written)."""
+    if model_tools and not model.tools_json:
+        raise FailedPrecondition(
+            f"model {model.id} was not trained with tools: offer tools with tools_json (`--tool ID`)",
+            field="model_tools",
+        )
+    texts = [*(model.tools_json if model_tools else []), *tools_json]
+    check_tools_json(texts)
+    return tool_format.tools_from_json(texts)
+
+
 def is_speech(model: Model) -> bool:
     return model.path == common_pb2.TRAINING_PATH_FINETUNE_ASR
 
@@ -243,7 +270,7 @@ def _load(model: Model, directory: Path) -> Loaded:
     )  # fmt: skip
 
 
-def _prompt_ids(loaded: Loaded, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> list[int]:
+def prompt_ids(loaded: Loaded, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]]) -> list[int]:
     """The prompt as token ids: with tools, exactly as the tool-calling recipe's evaluation asked the model
     (``tool_format.prompt_ids``, its recorded format, its system message first when the request has none)."""
     tokenizer = loaded.tokenizer
@@ -272,7 +299,7 @@ def _generate(
 
     started = time.perf_counter()
     tokenizer = loaded.tokenizer
-    prompt = _prompt_ids(loaded, messages, tools)
+    prompt = prompt_ids(loaded, messages, tools)
     ends = decoding.end_ids(loaded.model, tokenizer)
     input_ids = torch.tensor([prompt], device=loaded.model.device)
     with torch.inference_mode():

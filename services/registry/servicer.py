@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import json_format
 from psycopg_pool import AsyncConnectionPool
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common import auth, tool_format
+from services.common import auth
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, struct, timestamp
-from services.registry import models, quotas, snippets, tenants
-from services.registry.generate import Generator, artifact_prefix, is_ocr, is_speech
+from services.registry import exports, model_card, models, quotas, snippets, streaming, tenants
+from services.registry.exports import Exporter
+from services.registry.generate import Generator, Reply, artifact_prefix, is_ocr, is_speech, offered_tools
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +57,24 @@ def chat_message(m: registry_pb2.ChatMessage) -> dict[str, Any]:
     return message
 
 
-def tools_of(texts: list[str]) -> list[dict[str, Any]]:
-    """Offered tools (JSON text) as the renderer takes them, key order and numbers as written."""
-    models.check_tools_json(texts)
-    return tool_format.tools_from_json(texts)
+def generate_response_pb(reply: Reply, with_prompt_ids: bool) -> registry_pb2.GenerateResponse:
+    """A Reply as Generate returns it (and GenerateStream's final chunk)."""
+    calls = [
+        registry_pb2.ToolCall(id=f"call_{i + 1}", name=c.name, arguments_json=json.dumps(c.arguments))
+        for i, c in enumerate(reply.answer.calls)
+    ]
+    invalid = []
+    if reply.answer.invalid_raw:
+        invalid.append(registry_pb2.InvalidToolCall(raw=reply.answer.invalid_raw, error=reply.answer.invalid_error))
+    return registry_pb2.GenerateResponse(
+        message=registry_pb2.ChatMessage(role="assistant", content=reply.answer.content, tool_calls=calls),
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        latency_ms=reply.latency_ms,
+        finish_reason=reply.answer.finish_reason,
+        invalid_tool_calls=invalid,
+        prompt_token_ids=reply.prompt_ids if with_prompt_ids else [],
+    )
 
 
 def quota_pb(q: quotas.Quota) -> registry_pb2.Quota:
@@ -83,10 +99,13 @@ BOUNDS = Bounds(
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Who may call each method is declared in ``access.py`` and checked before the call."""
 
-    def __init__(self, pool: AsyncConnectionPool, store: ObjectStore, generator: Generator) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool, store: ObjectStore, generator: Generator, exporter: Exporter | None = None
+    ) -> None:
         self.pool = pool
         self.store = store
         self.generator = generator
+        self.exporter = exporter or Exporter(store, generator.cache_dir / ".exports")
 
     # --- tenants and keys ---
 
@@ -151,7 +170,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return model_pb(await models.register(self.pool, tenant_id, new))
 
     async def GetModel(self, request: Any, context: Any) -> registry_pb2.Model:
-        return model_pb(await models.get(self.pool, auth.current_caller().tenant_id, request.id))
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.id)
+        found = model_pb(model)
+        found.card = model_card.render(model)
+        for path, size in await asyncio.to_thread(exports.artifacts_of, self.store, model):
+            found.artifacts.add(path=path, size_bytes=size)
+        return found
 
     async def ListModels(self, request: Any, context: Any) -> registry_pb2.ListModelsResponse:
         found, next_token = await models.list_page(
@@ -170,39 +194,35 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             log.warning("model %s: artifacts at %s left in place", model.id, model.artifact_uri)
         else:
             await asyncio.to_thread(self.store.delete_prefix, prefix)
+        await asyncio.to_thread(self.store.delete_prefix, exports.exports_prefix(model.tenant_id, model.id))
         return registry_pb2.DeleteModelResponse()
 
     async def Generate(self, request: Any, context: Any) -> registry_pb2.GenerateResponse:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
-        if request.model_tools and not model.tools_json:
-            raise FailedPrecondition(
-                f"model {model.id} was not trained with tools: offer tools with tools_json (`--tool ID`)",
-                field="model_tools",
-            )
-        offered = [*(model.tools_json if request.model_tools else []), *request.tools_json]
         reply = await self.generator.generate(
             model,
             [chat_message(m) for m in request.messages],
             max_new_tokens=request.max_new_tokens,
             temperature=request.temperature,
-            tools=tools_of(offered),
+            tools=offered_tools(model, request.model_tools, request.tools_json),
         )
-        calls = [
-            registry_pb2.ToolCall(id=f"call_{i + 1}", name=c.name, arguments_json=json.dumps(c.arguments))
-            for i, c in enumerate(reply.answer.calls)
-        ]
-        invalid = []
-        if reply.answer.invalid_raw:
-            invalid.append(registry_pb2.InvalidToolCall(raw=reply.answer.invalid_raw, error=reply.answer.invalid_error))
-        return registry_pb2.GenerateResponse(
-            message=registry_pb2.ChatMessage(role="assistant", content=reply.answer.content, tool_calls=calls),
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            latency_ms=reply.latency_ms,
-            finish_reason=reply.answer.finish_reason,
-            invalid_tool_calls=invalid,
-            prompt_token_ids=reply.prompt_ids if request.return_prompt_token_ids else [],
+        return generate_response_pb(reply, request.return_prompt_token_ids)
+
+    async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[registry_pb2.GenerateChunk]:
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        written = streaming.stream(
+            self.generator,
+            model,
+            [chat_message(m) for m in request.messages],
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            tools=offered_tools(model, request.model_tools, request.tools_json),
         )
+        async for item in written:
+            if isinstance(item, str):
+                yield registry_pb2.GenerateChunk(delta=item)
+            else:
+                yield registry_pb2.GenerateChunk(final=generate_response_pb(item, request.return_prompt_token_ids))
 
     async def Transcribe(self, request: Any, context: Any) -> registry_pb2.TranscribeResponse:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
@@ -224,3 +244,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.Snippet(
             snippets=snippets.for_model(model.id, request.language, speech=is_speech(model), ocr=is_ocr(model))
         )
+
+    # --- export ---
+
+    async def ExportModel(self, request: Any, context: Any) -> registry_pb2.Export:
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        built = await self.exporter.export(model, request.format)
+        files = [
+            registry_pb2.ExportFile(path=f.path, size_bytes=f.size_bytes, sha256=f.sha256, url=built.urls[f.path])
+            for f in built.files
+        ]
+        return registry_pb2.Export(
+            model_id=model.id, format=request.format, files=files, url_expires_at=timestamp(built.expires_at)
+        )
+
+    async def ReadExportFile(self, request: Any, context: Any) -> AsyncIterator[registry_pb2.ExportChunk]:
+        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        async for data, offset, size in self.exporter.read(model, request.format, request.path, request.offset):
+            yield registry_pb2.ExportChunk(data=data, offset=offset, size_bytes=size)
