@@ -36,6 +36,7 @@ $(STAMP): pyproject.toml deploy/native/llama_cpp.sh
 	@# portable (runs on any x86-64 CPU, picks its fastest CPU code at load time) by the one script
 	@# that holds its build flags: about 20 minutes the first time on 2 cores, then from its own cache.
 	deploy/native/llama_cpp.sh $(BIN)/python
+	deploy/native/gguf_converter.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[server,dev,platform-teacher,plot]'
 	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
 	@rm -f $(VENV)/.installed-*
