@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from provider_servers import ProviderServer
+from vllm_standin import VllmStandin
 
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -41,6 +42,8 @@ from distillery.stack import processes, ray_head, servers
 from distillery.tokens import new_admin_token, new_service_token
 from services.common.server import RunningServer
 from services.common.settings import S3Settings, ServerSettings
+from services.gateway import server as gateway_server
+from services.gateway.settings import Settings as GatewaySettings
 from services.ingest import server as ingest_server
 from services.ingest.settings import Settings as IngestSettings
 from services.registry import server as registry_server
@@ -187,6 +190,10 @@ class Services:
     provider_urls: dict[str, str] = field(default_factory=dict)
     # Where the trainer takes student directories from: pytest's temporary folders, where tests build tiny models.
     model_roots: tuple[str, ...] = ()
+    # The gateway's OpenAI-compatible endpoint ("http://127.0.0.1:P"; the SDK's base_url is this + "/v1"),
+    # and the vLLM stand-in the registry names as its vLLM upstream (tests/vllm_standin.py).
+    gateway_url: str = ""
+    vllm_url: str = ""
 
     def address(self, name: str) -> str:
         return self.running[name].address
@@ -222,6 +229,17 @@ class Services:
             **{**settings, **changes},
         )  # fmt: skip
 
+    def gateway_settings(self) -> GatewaySettings:
+        return GatewaySettings(
+            server_settings(self.service_token), self.address("registry"),
+            http_address=self.gateway_url.removeprefix("http://"), teacher_address=self.address("teacher"),
+            ingest_address=self.address("ingest"), generate_timeout_s=120.0, vllm_api_key=VLLM_API_KEY,
+        )  # fmt: skip
+
+
+# The key the gateway sends to vLLM upstreams in tests (it must reach the stand-in, and appear nowhere else).
+VLLM_API_KEY = "vllm-test-key-" + secrets.token_hex(8)
+
 
 def server_settings(service_token: str = "") -> ServerSettings:
     return ServerSettings(
@@ -237,6 +255,8 @@ INGEST_MAX_UPLOAD_BYTES = 96 * 1024 * 1024
 async def start_services(services: Services) -> None:
     pg, s3, token = services.postgres_url, services.s3, services.service_token
     running = services.running
+    # The gateway's HTTP port is picked first: the registry gives its URL in deployments and snippets.
+    services.gateway_url = f"http://127.0.0.1:{servers.free_port()}"
     running["registry"] = await registry_server.create(
         RegistrySettings(
             server_settings(token), pg, s3, services.admin_token, model_cache_dir=str(services.workdir / "models")
@@ -250,6 +270,7 @@ async def start_services(services: Services) -> None:
     running["ingest"] = await ingest_server.create(ingest)
     running["teacher"] = await teacher_server.create(services.teacher_settings())
     running["trainer"] = await trainer_server.create(services.trainer_settings())
+    running["gateway"] = await gateway_server.create(services.gateway_settings())
 
 
 # Each provider's fake API speaks this vendor protocol ("platform" is OpenAI-compatible).
@@ -274,12 +295,28 @@ def providers(fake_providers: dict[str, ProviderServer]) -> dict[str, ProviderSe
 
 
 @pytest.fixture(scope="session")
+def vllm_standins() -> Iterator[VllmStandin]:
+    """The registry's vLLM upstream in tests: a stand-in at the wire (tests/vllm_standin.py)."""
+    standin = VllmStandin().start()
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def vllm(vllm_standins: VllmStandin) -> VllmStandin:
+    """The vLLM stand-in, reset: no adapter loaded, nothing scripted, no request recorded."""
+    vllm_standins.reset()
+    return vllm_standins
+
+
+@pytest.fixture(scope="session")
 def services(
     postgres_url: str,
     s3_settings: S3Settings,
     ray_cluster: RayCluster,
     workdir: Path,
     fake_providers: dict[str, ProviderServer],
+    vllm_standins: VllmStandin,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Services]:
     loop = EventLoopThread()
@@ -287,7 +324,7 @@ def services(
         loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster, workdir,
         master_key=base64.b64encode(os.urandom(32)).decode(),
         provider_urls={name: fake.base_url for name, fake in fake_providers.items()},
-        model_roots=(os.path.realpath(tmp_path_factory.getbasetemp()),),
+        model_roots=(os.path.realpath(tmp_path_factory.getbasetemp()),), vllm_url=vllm_standins.url,
     )  # fmt: skip
     loop.run(start_services(services))
     running = services.running
