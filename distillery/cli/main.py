@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from distillery.cli import datasets, keys, models, quota, recipes, rubrics, runs, server_side, tools
+from distillery.cli import datasets, keys, model_exports, models, quota, recipes, rubrics, runs, server_side, tools
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,6 +26,7 @@ except ImportError as err:  # the client alone: each says what to install
 for command in stack_commands:
     cli.add_command(command)
 
+models.group.add_command(model_exports.export)
 for group in (
     datasets.group,
     tools.group,
