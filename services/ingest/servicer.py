@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -17,7 +18,7 @@ from services.common import auth
 from services.common.errors import InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, timestamp
-from services.ingest import datasets, intake, splits, tool_list, tools, uploads
+from services.ingest import datasets, intake, splits, tool_list, tools, traffic, traffic_datasets, uploads
 
 
 def _counts(counts: dict[str, int]) -> list[ingest_pb2.CodeCount]:
@@ -63,6 +64,18 @@ def tool_pb(t: tool_list.StoredTool) -> ingest_pb2.Tool:
     )  # fmt: skip
 
 
+def traffic_pb(r: traffic.Record) -> ingest_pb2.TrafficRecord:
+    return ingest_pb2.TrafficRecord(
+        id=r.id, model=r.model, source=r.source, metadata=r.metadata, request_json=r.request_json,
+        response_json=r.response_json, prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+        created_at=timestamp(r.created_at),
+    )  # fmt: skip
+
+
+def _since(request: Any) -> datetime | None:
+    return request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+
+
 def outcome_pb(outcome: intake.Outcome) -> ingest_pb2.UploadDatasetResponse:
     return ingest_pb2.UploadDatasetResponse(
         dataset=dataset_pb(outcome.dataset) if outcome.dataset is not None else None,  # None: an empty upload
@@ -86,7 +99,8 @@ async def _chunks(request_iterator: AsyncIterator[Any]) -> AsyncIterator[tuple[i
 
 # Beyond protoconv's defaults (ids, names, texts of 64 KiB, lists of 1,000, numbers >= 0): docs/api.md.
 BOUNDS = Bounds(
-    strings={"header.manifest": 1024, "header.files.name": 1024},
+    strings={"header.manifest": 1024, "header.files.name": 1024,
+             "record.request_json": traffic.MAX_REQUEST_CHARS, "record.response_json": traffic.MAX_RESPONSE_CHARS},
     lists={"header.files": 100_000},
     numbers={"header.max_clip_seconds": (0.0, 3600.0), "header.context_tokens": (0, 1_048_576),
              "chunk.file": (0, 100_000),
@@ -174,3 +188,32 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     async def DeleteTool(self, request: Any, context: Any) -> ingest_pb2.DeleteToolResponse:
         await tool_list.delete(self.pool, auth.current_caller().tenant_id, request.id)
         return ingest_pb2.DeleteToolResponse()
+
+    async def CaptureTraffic(self, request: Any, context: Any) -> ingest_pb2.TrafficRecord:
+        r = request.record
+        checked = traffic.checked_record(r.model, r.source, dict(r.metadata), r.request_json, r.response_json)
+        stored = await traffic.capture(
+            self.pool, auth.current_caller().tenant_id, checked, r.prompt_tokens, r.completion_tokens
+        )
+        return traffic_pb(stored)
+
+    async def ListTraffic(self, request: Any, context: Any) -> ingest_pb2.ListTrafficResponse:
+        filters = traffic.Filters(traffic.check_tags(dict(request.metadata)), traffic.check_model(request.model),
+                                  _since(request))  # fmt: skip
+        found, next_token = await traffic.list_page(
+            self.pool, auth.current_caller().tenant_id, filters, page_size(request.page), request.page.page_token
+        )
+        return ingest_pb2.ListTrafficResponse(
+            records=[traffic_pb(r) for r in found], page={"next_page_token": next_token}
+        )
+
+    async def CreateDatasetFromTraffic(self, request: Any, context: Any) -> ingest_pb2.DatasetFromTraffic:
+        made = await traffic_datasets.from_traffic(
+            self.pool, self.store, self.intake, auth.current_caller().tenant_id, dict(request.metadata),
+            kind=request.kind, since=_since(request), limit=request.limit, display_name=request.display_name,
+            max_upload_bytes=self.max_upload_bytes,
+        )  # fmt: skip
+        return ingest_pb2.DatasetFromTraffic(
+            upload=outcome_pb(made.outcome), records=made.records, left_out_eval=made.left_out_eval,
+            left_out_kind=made.left_out_kind,
+        )  # fmt: skip
