@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import re
+from collections.abc import Generator
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
@@ -99,6 +100,20 @@ class ObjectStore:
     def presigned_put(self, key: str, expires_s: float) -> str:
         return self.public_client.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
 
+    def presigned_get(self, key: str, expires_s: float) -> str:
+        """A URL that GETs the object without credentials until it expires (signed for the public address)."""
+        return self.public_client.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def chunks(self, key: str, offset: int = 0, chunk_bytes: int = 1024 * 1024) -> Generator[bytes]:
+        """The object's bytes from ``offset`` on, ``chunk_bytes`` at a time, over one GET."""
+        response = self.client.get_object(self.bucket, key, offset=offset)
+        try:
+            while data := response.read(chunk_bytes):
+                yield data
+        finally:
+            response.close()
+            response.release_conn()
+
     def get_bytes(self, key: str) -> bytes:
         response = self.client.get_object(self.bucket, key)
         try:
@@ -112,6 +127,11 @@ class ObjectStore:
         return sorted(
             o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True) if o.object_name
         )
+
+    def sizes(self, prefix: str) -> list[tuple[str, int]]:
+        """(key, size in bytes) of every object under ``prefix``, in key order."""
+        found = self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+        return sorted((o.object_name, o.size or 0) for o in found if o.object_name and not o.object_name.endswith("/"))
 
     def delete_prefix(self, prefix: str) -> int:
         names = [o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)]
