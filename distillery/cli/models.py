@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+from google.protobuf import json_format
 
 from distillery.cli.metrics_view import print_metrics
 from distillery.cli.output import as_dict, console, json_option, print_json, print_table, rpc_errors
@@ -37,23 +38,50 @@ def list_(as_json: bool) -> None:
 
 @group.command("show")
 @click.argument("model_id")
+@click.option("--card", is_flag=True, help="Print the whole model card (markdown: an export's README.md).")
 @json_option
-def show(model_id: str, as_json: bool) -> None:
-    """Show one model with its metrics."""
+def show(model_id: str, card: bool, as_json: bool) -> None:
+    """Show one model: its card's key facts, metrics, tools and artifacts."""
     with rpc_errors():
         model = Client.from_environment().registry.GetModel(registry_pb2.GetModelRequest(id=model_id))
     if as_json:
         print_json(model)
         return
+    if card:
+        click.echo(model.card)
+        return
     console.print(
         f"[bold]{model.id}[/bold] {model.name} v{model.version} ({path_name(model.path)}) from {model.base_model}"
     )
+    for label, value in card_facts(model):
+        console.print(f"  {label}: {value}", highlight=False)
     print_metrics(model.metrics)
     if model.tools_json:
         tools = [json.loads(text) for text in model.tools_json]
         rows = [(i + 1, t.get("name", ""), t.get("description", "")) for i, t in enumerate(tools)]
         print_table("Tools it was trained with (`models generate --tools` offers them)", ["#", "name", "description"],
                     rows, whole=["name"])  # fmt: skip
+    print_table("Artifacts", ["path", "bytes"], [(a.path, f"{a.size_bytes:,}") for a in model.artifacts])
+
+
+def card_facts(model: registry_pb2.Model) -> list[tuple[str, str]]:
+    """The model card's key facts: state, weights, recipe, data, created."""
+    config = json_format.MessageToDict(model.training_config)
+    data = config["data"] if isinstance(config.get("data"), dict) else {}
+    weights = {registry_pb2.ARTIFACT_KIND_LORA_ADAPTER: "LoRA adapter", registry_pb2.ARTIFACT_KIND_FULL_WEIGHTS:
+               "full weights"}.get(model.artifact_kind, "unknown")  # fmt: skip
+    facts = [("state", model.state or "ready"), ("weights", weights), ("recipe", config.get("recipe") or "none")]
+    datasets = ", ".join(
+        f"{k.removesuffix('_id').replace('_', ' ')} {v}" for k, v in data.items() if k.endswith("dataset_id")
+    )
+    rows = ", ".join(
+        f"{int(config[k]):,} {k.removesuffix('_rows')}" for k in ("train_rows", "eval_rows") if k in config
+    )
+    if datasets or rows:
+        facts.append(("data", "; ".join(part for part in (datasets, rows and f"rows: {rows}") if part)))
+    facts.append(("created", model.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M UTC")))
+    facts.append(("artifacts", model.artifact_uri))
+    return facts
 
 
 @group.command("delete")
