@@ -41,9 +41,16 @@ def _parts_table(parts: list[PartStatus]) -> Table:
     return table
 
 
+def _print_endpoint(console: Console, parts: list[PartStatus]) -> None:
+    for part in parts:
+        if part.name == "gateway" and part.url:
+            console.print(f"Endpoint:    {escape(part.url)}/v1 (OpenAI-compatible; your API key as the bearer token)")
+
+
 @click.command()
 def up() -> None:
-    """Start the local stack: PostgreSQL, S3, a Ray head, the four services and the platform teacher.
+    """Start the local stack: PostgreSQL, S3, a Ray head, the four services, the platform teacher and
+    the gateway (the OpenAI-compatible endpoint of deployed models).
 
     Everything lives under $DISTILLERY_HOME (default ~/.distillery); logs go to
     $DISTILLERY_HOME/logs/<part>.log. Parts already running are kept.
@@ -83,6 +90,7 @@ def up() -> None:
               "new key": "made a new API key for the dev tenant",
               "kept": "dev tenant's API key kept"}[result.tenant]  # fmt: skip
     console.print(f"Credentials: {stack.credentials_path} ({tenant})")
+    _print_endpoint(console, result.parts)
     console.print(f"Logs:        {stack.logs}/<part>.log")
     if not all(part.ok for part in result.parts):
         sys.exit(EXIT_UNAVAILABLE)
@@ -109,6 +117,7 @@ def status(as_json: bool) -> None:
         console = _console()
         console.print(f"Local stack in {stack.home}")
         console.print(_parts_table(parts))
+        _print_endpoint(console, parts)
         if unhealthy:
             console.print(f"[red]Not serving:[/] {', '.join(unhealthy)}. Logs: {stack.logs}/<part>.log; "
                           "`distillery up` restarts what is down.")  # fmt: skip

@@ -45,6 +45,20 @@ def ensure_bucket(address: str, access_key: str, secret_key: str, bucket: str) -
         client.make_bucket(bucket)  # type: ignore[attr-defined]
 
 
+def http_ok(url: str) -> tuple[bool, str]:
+    """A GET of ``url`` answers 200 (the gateway's /health)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_S) as response:
+            return (True, "") if response.status == 200 else (False, f"{url} answered {response.status}")
+    except urllib.error.HTTPError as err:
+        return False, f"{url} answered {err.code}"
+    except (OSError, ValueError) as err:
+        return False, f"{url} does not answer ({type(err).__name__})"
+
+
 def grpc_service(address: str, service: str = "") -> tuple[bool, str]:
     """The standard gRPC health check (grpc.health.v1) of ``service`` ("" = the server)."""
     with grpc.insecure_channel(address) as channel:

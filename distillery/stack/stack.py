@@ -13,9 +13,12 @@ Everything lives under ``$DISTILLERY_HOME`` (``distillery.client.home()``):
 
 ``up`` starts what is not running, in order: the Ray head and the platform
 teacher (llama.cpp's server, both in the background), PostgreSQL, S3, the
-registry, the dev tenant, then ingest, teacher and trainer. A part keeps its
-ports from one ``up`` to the next while they are free. A service whose settings
-changed (a dependency moved) is restarted.
+registry, the dev tenant, then ingest, teacher and trainer, and last the
+gateway (the OpenAI-compatible endpoint: a gRPC port for health checks and an
+HTTP port, recorded as ``parts.gateway.url``; the registry is told it as
+DISTILLERY_GATEWAY_URL). A part keeps its ports from one ``up`` to the next
+while they are free. A service whose settings changed (a dependency moved) is
+restarted.
 
 The platform teacher is optional: it is ``OFF`` (and the teacher service has no
 platform endpoint) when llama-cpp-python is not installed, and when
@@ -54,7 +57,7 @@ from distillery.stack.processes import (
     unique,
 )
 from distillery.stack.servers import S3Ports, postgres_url, start_postgres, start_s3
-from distillery.stack.state import BUCKET, PARTS, SERVICES, State, choose_port, part_ref
+from distillery.stack.state import BUCKET, GATEWAY_HTTP, PARTS, SERVICES, State, choose_port, part_ref
 
 LOCK_TIMEOUT_S = 300.0
 SERVICE_START_TIMEOUT_S = 90.0
@@ -84,6 +87,7 @@ class PartStatus:
     pid: int | None = None
     detail: str = ""
     log: str = ""
+    url: str = ""  # the gateway: its base URL (the OpenAI-compatible endpoint is url + "/v1")
 
     @property
     def ok(self) -> bool:
@@ -155,6 +159,9 @@ class LocalStack:
             result.detail = f"dashboard {part['dashboard']}"
         if ok and name == "platform":
             result.detail = f"{platform_teacher.MODEL_ALIAS} at {part['base_url']}" + (f" ({why})" if why else "")
+        if name == "gateway" and part.get("url"):
+            result.url = part["url"]
+            result.detail = f"OpenAI-compatible endpoint {part['url']}/v1" + (f" ({why})" if why else "")
         return result
 
     def _check(self, state: State, name: str) -> tuple[bool, str]:
@@ -176,6 +183,9 @@ class LocalStack:
             return ray_head.health(ray_head.RayPorts.from_dict(part["ports"]), token)
         if name == "platform":
             return platform_teacher.health(part["base_url"], keys["platform_api_key"])
+        if name == "gateway":
+            ok, why = health.grpc_service(part["address"])
+            return health.http_ok(part["url"] + "/health") if ok else (ok, why)
         return health.grpc_service(part["address"])
 
     # --- up -------------------------------------------------------------------
@@ -230,6 +240,7 @@ class LocalStack:
             self._start_s3(state, taken, progress)
         # Services get every address in their environment: one whose settings differ is restarted.
         addresses = {name: self._service_address(state, name, taken) for name in SERVICES}
+        addresses[GATEWAY_HTTP] = self._gateway_http_address(state, taken)
         for name in SERVICES:
             current = before[name].health == "SERVING"
             if current and state["parts"][name].get("config") != recorded.fingerprint(state, name, addresses):
@@ -251,6 +262,9 @@ class LocalStack:
             waiting.append("trainer")
         for name in waiting:
             self._wait_service(state, name, progress)
+        if needs_start("gateway"):  # last: it calls the registry, ingest and the teacher
+            self._spawn_service(state, "gateway", addresses, progress)
+            self._wait_service(state, "gateway", progress)
         return [name for name in PARTS if name in started]
 
     def _record(self, state: State, name: str, pid: int, **fields: Any) -> None:
@@ -350,17 +364,32 @@ class LocalStack:
             return str(part["address"])  # running: keep its port
         return f"127.0.0.1:{choose_port(name, part.get('ports', {}).get('grpc'), taken)}"
 
+    def _gateway_http_address(self, state: State, taken: set[int]) -> str:
+        """The gateway's HTTP host:port: kept while it runs, else its previous port while free, else a free one."""
+        part = state["parts"].get("gateway", {})
+        ref, previous = part_ref(part), part.get("ports", {}).get("http")
+        if ref is not None and ref.alive() and previous:
+            taken.add(int(previous))
+            return f"127.0.0.1:{previous}"
+        return f"127.0.0.1:{choose_port('gateway_http', previous, taken)}"
+
     def _services_current(self, state: State) -> bool:
+        if any(name not in state["parts"] for name in SERVICES):
+            return False
         addresses = {name: state["parts"][name]["address"] for name in SERVICES}
+        addresses[GATEWAY_HTTP] = state["parts"]["gateway"].get("url", "").removeprefix("http://")
         return all(state["parts"][n].get("config") == recorded.fingerprint(state, n, addresses) for n in SERVICES)
 
     def _spawn_service(self, state: State, name: str, addresses: dict[str, str], progress: Progress) -> None:
         env = {**_base_env(state, name), **recorded.service_env(state, name, addresses)}
         progress(name, "starting", addresses[name])
         proc = spawn([sys.executable, "-m", f"services.{name}"], self.logs / f"{name}.log", env, cwd=_repo_root())
-        port = int(addresses[name].rsplit(":", 1)[1])
-        self._record(state, name, proc.pid, address=addresses[name], ports={"grpc": port},
-                     config=recorded.fingerprint(state, name, addresses))  # fmt: skip
+        ports, extra = {"grpc": int(addresses[name].rsplit(":", 1)[1])}, {}
+        if name == "gateway":
+            ports["http"] = int(addresses[GATEWAY_HTTP].rsplit(":", 1)[1])
+            extra["url"] = f"http://{addresses[GATEWAY_HTTP]}"
+        self._record(state, name, proc.pid, address=addresses[name], ports=ports,
+                     config=recorded.fingerprint(state, name, addresses), **extra)  # fmt: skip
 
     def _wait_service(self, state: State, name: str, progress: Progress,
                       timeout_s: float = SERVICE_START_TIMEOUT_S) -> None:  # fmt: skip

@@ -7,6 +7,8 @@
      "parts": {"postgres": {"address": "127.0.0.1:P", "pid": N, "create_time": T, "ports": {...}, "log": ...},
                "s3": {..., "bucket"}, "ray": {..., "dashboard": "http://127.0.0.1:D", "token_file", "temp_dir"},
                "registry": {..., "config": settings fingerprint}, "ingest": ..., "teacher": ..., "trainer": ...,
+               "gateway": {..., "ports": {"grpc", "http"}, "url": "http://127.0.0.1:H"} (the OpenAI-compatible
+                          endpoint is url + "/v1"; ``gateway_url()`` reads it),
                "platform": {..., "base_url": "http://127.0.0.1:P/v1"} or {"external": URL, "ports": {}}}}
 
 Secrets are made on the first ``up`` and kept, so later ones find the data they
@@ -29,9 +31,12 @@ from distillery.stack.processes import ProcessRef
 from distillery.stack.servers import free_port, postgres_url
 from distillery.tokens import new_admin_token, new_service_token
 
-PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer")
-SERVICES = ("registry", "ingest", "teacher", "trainer")
+PARTS = ("postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer", "gateway")
+SERVICES = ("registry", "ingest", "teacher", "trainer", "gateway")
 BUCKET = "distillery"
+# The gateway's HTTP address in the services' addresses (host:port): DISTILLERY_GATEWAY_HTTP_ADDRESS.
+GATEWAY_HTTP = "gateway_http"
+GATEWAY_URL_VARIABLE = "DISTILLERY_GATEWAY_URL"
 
 State = dict[str, Any]
 
@@ -131,6 +136,7 @@ def service_env(state: State, name: str, addresses: dict[str, str]) -> dict[str,
     }
     if name == "registry":
         env["DISTILLERY_ADMIN_TOKEN"] = keys["admin_token"]
+        env[GATEWAY_URL_VARIABLE] = f"http://{addresses[GATEWAY_HTTP]}"
     if name == "teacher":
         env["DISTILLERY_MASTER_KEY"] = keys["master_key"]
         env.update(platform_env(state))
@@ -143,6 +149,18 @@ def service_env(state: State, name: str, addresses: dict[str, str]) -> dict[str,
         # Student models: hub ids, or directories under these (the examples' demo model is in home/models).
         env["DISTILLERY_MODEL_ROOTS"] = os.environ.get("DISTILLERY_MODEL_ROOTS") or str(Path(state["home"]) / "models")
     return env
+
+
+def gateway_url(root: Path | None = None) -> str | None:
+    """The gateway's base URL (``http://127.0.0.1:P``; the OpenAI SDK's base_url is this + "/v1"):
+    DISTILLERY_GATEWAY_URL, else the local stack's (``$DISTILLERY_HOME/stack.json``), else None."""
+    if url := os.environ.get(GATEWAY_URL_VARIABLE, "").strip():
+        return url.rstrip("/")
+    from distillery.client import home
+
+    state = load((root or home()) / "stack.json")
+    recorded = ((state or {}).get("parts", {}).get("gateway") or {}).get("url")
+    return str(recorded) if recorded else None
 
 
 def platform_env(state: State) -> dict[str, str]:

@@ -49,9 +49,12 @@ class Tenant:
     store_traffic: bool
 
 
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
 def make_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=gateway.max_body_bytes, middlewares=[_errors(gateway.max_body_bytes)])
-    app["gateway"] = gateway
+    app[GATEWAY] = gateway
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model_id}", get_model)
@@ -86,8 +89,7 @@ def _errors(limit: int) -> Any:
 
 
 def _gateway(request: web.Request) -> Gateway:
-    gateway: Gateway = request.app["gateway"]
-    return gateway
+    return request.app[GATEWAY]
 
 
 async def _tenant(request: web.Request) -> Tenant:
@@ -157,7 +159,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not call.stream:
         answer = await chosen.engine.complete(call)
         if store:
-            await capture(gateway.peers, tenant.tenant_id, call, chosen, answer)
+            await capture(gateway.peers, tenant.api_key, tenant.tenant_id, call, chosen, answer)
         return web.json_response(reply.completion(answer))
 
     events = chosen.engine.stream(call).__aiter__()
@@ -186,7 +188,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if call.include_usage:
         await send(reply.usage_chunk(event))
     if store:
-        await capture(gateway.peers, tenant.tenant_id, call, chosen, event)
+        await capture(gateway.peers, tenant.api_key, tenant.tenant_id, call, chosen, event)
     await send("[DONE]")
     await response.write_eof()
     return response
