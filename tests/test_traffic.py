@@ -14,12 +14,15 @@ from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from conftest import TenantKey
 from google.protobuf import timestamp_pb2
 from rpc_refusals import named_field, raised
 from test_datasets_cli import canonical_rows
 from test_services import upload
+from test_tracing_and_cli import cli_env
 
+from distillery.cli.main import cli
 from distillery.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from services.common.auth import service_metadata
 from services.common.objects import ObjectStore
@@ -250,3 +253,50 @@ def test_from_traffic_refusals(services, make_tenant, client_for, gateway_for):
     old = stamp(datetime.now(UTC) + timedelta(hours=1))
     err = raised(lambda: from_traffic(client, metadata={"task": "t"}, kind=TOOL_CALLS, since=old))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# The CLI
+
+
+def test_the_cli_lists_traffic_and_builds_a_dataset_from_it(services, make_tenant, gateway_for):
+    tenant = make_tenant()
+    gateway = gateway_for(tenant)
+    env = cli_env(services, tenant.api_key)
+    question = "Where is my order number 1234 and when will it arrive at my door?"
+    gateway.capture(model="mdl_a", source="endpoint", metadata={"task": "cli"}, **chat(question, "Tomorrow."))
+    gateway.capture(model="mdl_b", source="endpoint", metadata={"task": "cli"}, **chat("Refund?", "Yes."))
+    gateway.capture(model="mdl_a", source="endpoint", metadata={"task": "other"}, **chat("Other?", "No."))
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, list(args), env=env)
+
+    listed_json = run("traffic", "list", "--tag", "task=cli", "--since", "1h", "--json")
+    assert listed_json.exit_code == 0, listed_json.output
+    records = json.loads(listed_json.output)
+    assert [r["model"] for r in records] == ["mdl_b", "mdl_a"] and records[0]["metadata"] == {"task": "cli"}
+    assert [r["model"] for r in json.loads(run("traffic", "list", "--model", "mdl_a", "--json").output)] == [
+        "mdl_a", "mdl_a"
+    ]  # fmt: skip
+    assert json.loads(run("traffic", "list", "--limit", "1", "--json").output)[0]["metadata"] == {"task": "other"}
+    assert json.loads(run("traffic", "list", "--since", "2099-01-01", "--json").output) == []
+    table = run("traffic", "list", "--tag", "task=cli")
+    assert table.exit_code == 0 and all(r["id"] in table.output for r in records)
+    # The first eight words of the last user message (the table wraps them in its column).
+    assert all(word in table.output for word in ["Where", "is", "my", "order", "number", "1234", "and", "when", "..."])
+    assert "arrive" not in table.output and "endpoint" in table.output and "task=cli" in table.output
+    for bad in (["--tag", "task"], ["--since", "yesterday"]):
+        wrong = run("traffic", "list", *bad)
+        assert wrong.exit_code == 2 and ("KEY=VALUE" in wrong.output or "time ago" in wrong.output)
+
+    made = run("datasets", "from-traffic", "--tag", "task=cli", "--kind", "pairs", "--name", "cli set", "--json")
+    assert made.exit_code == 0, made.output
+    out = json.loads(made.output)
+    assert out["id"].startswith("ds_") and out["valid"] and out["rows"] == 2 and out["display_name"] == "cli set"
+    assert (out["records"], out["left_out_eval"], out["left_out_kind"]) == (2, 0, 0)
+    assert {r["messages"][1]["content"] for r in canonical_rows(services, tenant, out["id"])} == {question, "Refund?"}
+    text = run("datasets", "from-traffic", "--tag", "task=cli", "--name", "cli set")
+    assert text.exit_code == 0 and f"reused {out['id']} from 2 captured records: 2 rows" in text.output
+    assert "valid: 2 rows" in text.output and "few_rows" in text.output  # the upload's own report
+    none = run("datasets", "from-traffic", "--tag", "task=missing")
+    assert none.exit_code == 1 and "no captured traffic matches task=missing" in none.output
+    assert run("datasets", "from-traffic").exit_code == 2  # --tag is required

@@ -1,4 +1,4 @@
-"""distillery datasets: upload, validate, list, show."""
+"""distillery datasets: upload, validate, list, show, from-traffic."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from distillery.cli.output import FAILED, as_dict, console, json_option, print_json, print_table, rpc_errors
+from distillery.cli.traffic import parse_since, parse_tags, since_option, since_stamp, tag_option
 from distillery.client import Client
 from distillery.ingest.v1 import ingest_pb2
 from distillery.uploads import BUNDLE_KINDS, Upload, bundle, send, send_presigned
@@ -194,3 +195,45 @@ def show(dataset_id: str, as_json: bool) -> None:
     for key, value in as_dict(dataset).items():
         if key != "report":
             console.print(f"[bold]{key}[/bold]: {value}", highlight=False)
+
+
+@group.command("from-traffic")
+@tag_option(required=True)
+@click.option(
+    "--kind",
+    type=click.Choice(["pairs", "tool-calls"]),
+    default="pairs",
+    show_default=True,
+    help="pairs: the conversation and the text answer; tool-calls: with the tools and the answer's calls.",
+)
+@since_option
+@click.option(
+    "--limit", type=click.IntRange(min=0), default=0, help="At most this many records, newest first (default 10,000)."
+)
+@click.option("--name", default="", help="A display name (default: traffic and the tags).")
+@json_option
+def from_traffic(tags: tuple[str, ...], kind: str, since: str, limit: int, name: str, as_json: bool) -> None:
+    """Build a dataset version from captured traffic, validated like an upload.
+
+    Rows already in one of your eval sets (the eval side of a split) are left out, and
+    records that do not fit the kind (a tool call in a pairs dataset) too; both are counted.
+    Near-duplicates are reported as warnings.
+    """
+    request = ingest_pb2.CreateDatasetFromTrafficRequest(
+        metadata=parse_tags(tags), kind=KINDS[kind], since=since_stamp(parse_since(since)), limit=limit,
+        display_name=name,
+    )  # fmt: skip
+    with rpc_errors():
+        made = Client.from_environment(timeout=3600).ingest.CreateDatasetFromTraffic(request)
+    reply = made.upload
+    counts = {"records": made.records, "left_out_eval": made.left_out_eval, "left_out_kind": made.left_out_kind}
+    if as_json:
+        print_json({**as_dict(reply.dataset), "reused": reply.reused, **counts, **report_json(reply.report)})
+    else:
+        verb = "reused" if reply.reused else "created"
+        console.print(f"{verb} [bold]{reply.dataset.id}[/bold] from {made.records} captured records: "
+                      f"{reply.report.rows} rows, {made.left_out_eval} left out as already in an eval set, "
+                      f"{made.left_out_kind} not fitting {kind}", highlight=False)  # fmt: skip
+        print_report(reply.report)
+    if not reply.report.valid:
+        raise SystemExit(FAILED)

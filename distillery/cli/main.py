@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import click
 
-from distillery.cli import datasets, keys, model_exports, models, quota, recipes, rubrics, runs, server_side, tools
+from distillery.cli import (
+    admin,
+    datasets,
+    deployments,
+    keys,
+    model_exports,
+    models,
+    quota,
+    recipes,
+    rubrics,
+    runs,
+    server_side,
+    tools,
+    traffic,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,6 +41,11 @@ for command in stack_commands:
     cli.add_command(command)
 
 models.group.add_command(model_exports.export)
+# Deployments: `models deploy` / `models undeploy`, `deployments list`; operators: `admin tenants set-tier`.
+models.group.add_command(deployments.deploy)
+models.group.add_command(deployments.undeploy)
+cli.add_command(deployments.group)
+cli.add_command(admin.group)
 for group in (
     datasets.group,
     tools.group,
@@ -36,6 +55,7 @@ for group in (
     runs.group,
     models.group,
     quota.command,
+    traffic.group,
 ):
     cli.add_command(group)
 
