@@ -31,9 +31,10 @@ def list_(as_json: bool) -> None:
         print_json([as_dict(m) for m in reply.models])
         return
     rows = [
-        (m.id, m.name, m.version, path_name(m.path), m.base_model, m.created_at.ToJsonString()) for m in reply.models
+        (m.id, m.name, m.version, path_name(m.path), m.base_model, m.state or "ready", m.created_at.ToJsonString())
+        for m in reply.models
     ]
-    print_table("Models", ["id", "name", "version", "path", "base", "created"], rows)
+    print_table("Models", ["id", "name", "version", "path", "base", "state", "created"], rows, whole=["name", "state"])
 
 
 @group.command("show")
@@ -87,12 +88,13 @@ def card_facts(model: registry_pb2.Model) -> list[tuple[str, str]]:
 @group.command("delete")
 @click.argument("model_id")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def delete(model_id: str, yes: bool) -> None:
+@click.option("--force", is_flag=True, help="Undeploy a deployed model first (else deleting it is refused).")
+def delete(model_id: str, yes: bool, force: bool) -> None:
     """Delete a model and its artifacts (frees one slot of your allowance)."""
     if not yes:
         click.confirm(f"delete {model_id} and its artifacts?", abort=True)
     with rpc_errors():
-        Client.from_environment().registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model_id))
+        Client.from_environment().registry.DeleteModel(registry_pb2.DeleteModelRequest(id=model_id, force=force))
     console.print(f"deleted {model_id}")
 
 
@@ -199,22 +201,26 @@ def chosen_tools(client: Client, tool_ids: tuple[str, ...]) -> list[str]:
     ]
 
 
-# What GetSnippet serves: grpcurl (the services speak gRPC only; there is no HTTP gateway for curl).
-SNIPPET_LANGUAGES = ("grpcurl", "python", "cli")
+# What GetSnippet serves: the OpenAI-compatible endpoint (curl, python, typescript), gRPC (grpcurl) and the CLI.
+SNIPPET_LANGUAGES = ("curl", "python", "typescript", "grpcurl", "cli")
 
 
 @group.command("snippet")
 @click.argument("model_id")
-@click.option("--language", type=click.Choice(SNIPPET_LANGUAGES), default=None, help="One snippet (default: all).")
+@click.option("--lang", "--language", "language", type=click.Choice(SNIPPET_LANGUAGES), default=None,
+              help="One snippet, printed alone to run as printed (default: all, each under a heading).")  # fmt: skip
 @json_option
 def snippet(model_id: str, language: str | None, as_json: bool) -> None:
-    """Print API-ready request snippets for a model."""
+    """Print API-ready request snippets for a model (the key is read from $DISTILLERY_API_KEY, never printed)."""
     with rpc_errors():
         reply = Client.from_environment().registry.GetSnippet(
             registry_pb2.GetSnippetRequest(model_id=model_id, language=language or "")
         )
     if as_json:
         print_json(dict(reply.snippets))
+        return
+    if language:
+        click.echo(reply.snippets[language])
         return
     for name, code in sorted(reply.snippets.items()):
         console.print(f"[bold]# {name}[/bold]")

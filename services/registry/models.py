@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -11,10 +11,15 @@ from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.paging import newest_first
 from services.registry import quotas
 from services.registry.tenants import new_id
+
+READY, DEPLOYED = "ready", "deployed"
+_STATE = (
+    f"CASE WHEN EXISTS (SELECT 1 FROM deployments d WHERE d.model_id = models.id) THEN '{DEPLOYED}' ELSE '{READY}' END"
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Model:
     metrics: dict[str, float] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)
     tools_json: list[str] = field(default_factory=list)  # a tool model's tools, in training order
+    state: str = READY  # READY, or DEPLOYED while a deployment serves it
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,9 @@ def check_tools_json(texts: list[str]) -> None:
 async def get(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model:
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=class_row(Model))
-        await cur.execute("SELECT * FROM models WHERE id = %s AND tenant_id = %s", (model_id, tenant_id))
+        await cur.execute(
+            f"SELECT *, {_STATE} AS state FROM models WHERE id = %s AND tenant_id = %s", (model_id, tenant_id)
+        )
         model = await cur.fetchone()
     if model is None:
         raise NotFound(f"model {model_id} not found")
@@ -118,15 +126,36 @@ async def get(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model
 
 
 async def list_page(pool: AsyncConnectionPool, tenant_id: str, size: int, after: str) -> tuple[list[Model], str]:
-    return await newest_first(pool, Model, "models", tenant_id, size, after)
-
-
-async def delete(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> Model:
-    """Remove the model's row (freeing its slot); the caller removes its artifacts."""
+    found, next_token = await newest_first(pool, Model, "models", tenant_id, size, after)
+    if not found:
+        return found, next_token
     async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(Model))
-        await cur.execute("DELETE FROM models WHERE id = %s AND tenant_id = %s RETURNING *", (model_id, tenant_id))
-        model = await cur.fetchone()
+        cur = await conn.execute(
+            "SELECT model_id FROM deployments WHERE tenant_id = %s AND model_id = ANY(%s)",
+            (tenant_id, [m.id for m in found]),
+        )
+        deployed = {row[0] for row in await cur.fetchall()}
+    return [replace(m, state=DEPLOYED if m.id in deployed else READY) for m in found], next_token
+
+
+async def delete(pool: AsyncConnectionPool, tenant_id: str, model_id: str, force: bool = False) -> Model:
+    """Remove the model's row (freeing its slot); the caller removes its artifacts. A deployed model is refused
+    unless ``force``, which undeploys it first."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "SELECT engine FROM deployments WHERE model_id = %s AND tenant_id = %s FOR UPDATE", (model_id, tenant_id)
+        )
+        if await cur.fetchone() is not None:
+            if not force:
+                raise FailedPrecondition(
+                    f"model {model_id} is deployed: undeploy it first (`distillery models undeploy {model_id}`), "
+                    "or delete with --force, which undeploys it",
+                    field="id",
+                )
+            await conn.execute("DELETE FROM deployments WHERE model_id = %s AND tenant_id = %s", (model_id, tenant_id))
+        rows = conn.cursor(row_factory=class_row(Model))
+        await rows.execute("DELETE FROM models WHERE id = %s AND tenant_id = %s RETURNING *", (model_id, tenant_id))
+        model = await rows.fetchone()
     if model is None:
         raise NotFound(f"model {model_id} not found")
     return model

@@ -12,6 +12,8 @@ from services.common.backends import open_backends
 from services.common.server import RunningServer, start_server
 from services.registry import tenants, transcribe
 from services.registry.access import ACCESS
+from services.registry.deployments import Deployments
+from services.registry.exports import Exporter
 from services.registry.generate import Generator
 from services.registry.servicer import RegistryServicer
 from services.registry.settings import Settings
@@ -32,11 +34,17 @@ async def create(settings: Settings) -> RunningServer:
     def is_admin_token(token: str) -> bool:
         return bool(settings.admin_token) and auth.same_secret(token, settings.admin_token)
 
-    generator = Generator(backends.store, Path(settings.model_cache_dir))
+    generator = Generator(backends.store, Path(settings.model_cache_dir), max_loaded=settings.max_loaded_models)
+    deployer = Deployments(pool, generator, settings.vllm_url, settings.vllm_dedicated_url)
+    converter = Path(settings.gguf_converter).expanduser() if settings.gguf_converter else None
+    exporter = Exporter(backends.store, Path(settings.model_cache_dir) / ".exports", converter)
 
     def register(server: grpc.aio.Server) -> list[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(pool, backends.store, generator), server
+            RegistryServicer(
+                pool, backends.store, generator, exporter, deployer=deployer, gateway_url=settings.gateway_url
+            ),
+            server,
         )
         return [registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name]
 

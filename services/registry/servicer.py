@@ -16,7 +16,7 @@ from services.common import auth
 from services.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, struct, timestamp
-from services.registry import exports, model_card, models, quotas, snippets, streaming, tenants
+from services.registry import deployments, exports, model_card, models, quotas, snippets, streaming, tenants
 from services.registry.exports import Exporter
 from services.registry.generate import Generator, Reply, artifact_prefix, is_ocr, is_speech, offered_tools
 
@@ -32,7 +32,7 @@ def tenant_pb(t: tenants.Tenant) -> registry_pb2.Tenant:
 def key_pb(k: tenants.ApiKey) -> registry_pb2.ApiKey:
     return registry_pb2.ApiKey(
         id=k.id, tenant_id=k.tenant_id, name=k.name, prefix=k.prefix,
-        created_at=timestamp(k.created_at), revoked_at=timestamp(k.revoked_at),
+        created_at=timestamp(k.created_at), revoked_at=timestamp(k.revoked_at), store_traffic=k.store_traffic,
     )  # fmt: skip
 
 
@@ -41,6 +41,15 @@ def model_pb(m: models.Model) -> registry_pb2.Model:
         id=m.id, tenant_id=m.tenant_id, name=m.name, path=m.path, base_model=m.base_model, run_id=m.run_id,
         version=m.version, artifact_kind=m.artifact_kind, artifact_uri=m.artifact_uri, metrics=m.metrics,
         training_config=struct(m.training_config), created_at=timestamp(m.created_at), tools_json=m.tools_json,
+        state=m.state,
+    )  # fmt: skip
+
+
+def deployment_pb(d: deployments.Deployment, endpoint: str) -> registry_pb2.Deployment:
+    return registry_pb2.Deployment(
+        model_id=d.model_id, model_name=d.model_name, state=d.state, engine=d.engine, replicas=d.replicas,
+        endpoint=endpoint, upstream=d.upstream, adapter_name=d.adapter_name, artifact_uri=d.artifact_uri,
+        artifact_kind=d.artifact_kind, created_at=timestamp(d.created_at), error=d.error,
     )  # fmt: skip
 
 
@@ -91,7 +100,8 @@ BOUNDS = Bounds(
              # A key of any shape is UNAUTHENTICATED (the services' auth asks here), not INVALID_ARGUMENT.
              "api_key": 8192},
     lists={"messages": 1_000, "tools_json": 256, "messages.tool_calls": 256},
-    numbers={"temperature": (0.0, 2.0), "max_new_tokens": (0, 2048), "model_allowance": (0, 1_000_000)},
+    numbers={"temperature": (0.0, 2.0), "max_new_tokens": (0, 2048), "model_allowance": (0, 1_000_000),
+             "replicas": (0, deployments.MAX_REPLICAS)},
 )  # fmt: skip
 
 
@@ -100,12 +110,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     """Who may call each method is declared in ``access.py`` and checked before the call."""
 
     def __init__(
-        self, pool: AsyncConnectionPool, store: ObjectStore, generator: Generator, exporter: Exporter | None = None
-    ) -> None:
+        self, pool: AsyncConnectionPool, store: ObjectStore, generator: Generator, exporter: Exporter | None = None,
+        deployer: deployments.Deployments | None = None, gateway_url: str = "",
+    ) -> None:  # fmt: skip
         self.pool = pool
         self.store = store
         self.generator = generator
         self.exporter = exporter or Exporter(store, generator.cache_dir / ".exports")
+        self.deployments = deployer or deployments.Deployments(pool, generator)
+        # The gateway's base URL: deployments' endpoint (+ "/v1") and the snippets name it.
+        self.gateway_url = gateway_url
 
     # --- tenants and keys ---
 
@@ -123,7 +137,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             request.tenant_id = caller.tenant_id
         if not request.tenant_id:
             raise InvalidArgument("tenant_id is required", field="tenant_id")
-        record, secret = await tenants.create_api_key(self.pool, request.tenant_id, request.name)
+        record, secret = await tenants.create_api_key(
+            self.pool, request.tenant_id, request.name, store_traffic=request.store_traffic
+        )
         return registry_pb2.CreateApiKeyResponse(key=key_pb(record), secret=secret)
 
     async def ListApiKeys(self, request: Any, context: Any) -> registry_pb2.ListApiKeysResponse:
@@ -135,11 +151,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.RevokeApiKeyResponse(key=key_pb(record))
 
     async def AuthenticateKey(self, request: Any, context: Any) -> registry_pb2.AuthenticateKeyResponse:
-        caller = await tenants.authenticate(self.pool, request.api_key)
-        return registry_pb2.AuthenticateKeyResponse(tenant_id=caller.tenant_id, tier=caller.tier, key_id=caller.key_id)
+        caller, store_traffic = await tenants.authenticate_key(self.pool, request.api_key)
+        return registry_pb2.AuthenticateKeyResponse(
+            tenant_id=caller.tenant_id, tier=caller.tier, key_id=caller.key_id, store_traffic=store_traffic
+        )
 
     async def WhoAmI(self, request: Any, context: Any) -> registry_pb2.Tenant:
         return tenant_pb(await tenants.get_tenant(self.pool, auth.current_caller().tenant_id))
+
+    async def SetTenantTier(self, request: Any, context: Any) -> registry_pb2.Tenant:
+        return tenant_pb(await tenants.set_tier(self.pool, request.tenant_id, request.tier, request.model_allowance))
 
     # --- quota ---
 
@@ -186,7 +207,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def DeleteModel(self, request: Any, context: Any) -> registry_pb2.DeleteModelResponse:
-        model = await models.delete(self.pool, auth.current_caller().tenant_id, request.id)
+        model = await models.delete(self.pool, auth.current_caller().tenant_id, request.id, force=request.force)
         await self.generator.forget(model.id)
         try:
             prefix = artifact_prefix(model.artifact_uri, self.store.bucket, model.tenant_id)
@@ -262,3 +283,27 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
         async for data, offset, size in self.exporter.read(model, request.format, request.path, request.offset):
             yield registry_pb2.ExportChunk(data=data, offset=offset, size_bytes=size)
+
+    # --- deployments ---
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.gateway_url}/v1" if self.gateway_url else ""
+
+    async def DeployModel(self, request: Any, context: Any) -> registry_pb2.Deployment:
+        found = await self.deployments.deploy(
+            auth.current_caller().tenant_id, request.model_id, request.replicas, request.engine
+        )
+        return deployment_pb(found, self.endpoint)
+
+    async def UndeployModel(self, request: Any, context: Any) -> registry_pb2.Deployment:
+        found = await self.deployments.undeploy(auth.current_caller().tenant_id, request.model_id)
+        return deployment_pb(found, self.endpoint)
+
+    async def ListDeployments(self, request: Any, context: Any) -> registry_pb2.ListDeploymentsResponse:
+        found = await self.deployments.list(auth.current_caller().tenant_id)
+        return registry_pb2.ListDeploymentsResponse(deployments=[deployment_pb(d, self.endpoint) for d in found])
+
+    async def GetDeployment(self, request: Any, context: Any) -> registry_pb2.Deployment:
+        found = await self.deployments.get(auth.current_caller().tenant_id, request.model_id)
+        return deployment_pb(found, self.endpoint)

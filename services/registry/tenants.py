@@ -33,6 +33,9 @@ class Tenant:
     created_at: datetime
 
 
+_KEY_COLUMNS = "id, tenant_id, name, prefix, created_at, revoked_at, store_traffic"
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
@@ -41,6 +44,8 @@ class ApiKey:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    # Requests made with the key through the gateway are stored as traffic.
+    store_traffic: bool = False
 
 
 def new_id(prefix: str) -> str:
@@ -81,16 +86,38 @@ async def get_tenant(pool: AsyncConnectionPool, tenant_id: str) -> Tenant:
     return row
 
 
-async def create_api_key(pool: AsyncConnectionPool, tenant_id: str, name: str) -> tuple[ApiKey, str]:
+async def set_tier(pool: AsyncConnectionPool, tenant_id: str, tier: int, allowance: int) -> Tenant:
+    """Move a tenant to ``tier``, with ``allowance`` (> 0) or the tier's default. The quota follows at once:
+    an allowance below the models the tenant holds keeps them all, and new runs are refused until the count
+    is under it (``quotas.reserve``)."""
+    if tier not in DEFAULT_ALLOWANCE:
+        raise InvalidArgument(f"unknown tier {tier}: use standard, starter or pro", field="tier")
+    if allowance < 0:
+        raise InvalidArgument("model_allowance must not be negative (0: the tier's default)", field="model_allowance")
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=class_row(Tenant))
+        await cur.execute(
+            "UPDATE tenants SET tier = %s, model_allowance = %s WHERE id = %s RETURNING *",
+            (tier, allowance or DEFAULT_ALLOWANCE[tier], tenant_id),
+        )
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFound(f"tenant {tenant_id} not found", field="tenant_id")
+    return row
+
+
+async def create_api_key(
+    pool: AsyncConnectionPool, tenant_id: str, name: str, store_traffic: bool = False
+) -> tuple[ApiKey, str]:
     """Return the key's record and the secret, which is not kept anywhere."""
     await get_tenant(pool, tenant_id)
     secret = tokens.new_api_key()
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=class_row(ApiKey))
         await cur.execute(
-            "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash) VALUES (%s, %s, %s, %s, %s)"
-            " RETURNING id, tenant_id, name, prefix, created_at, revoked_at",
-            (new_id("key"), tenant_id, name or "default", secret[:9], auth.hash_key(secret)),
+            "INSERT INTO api_keys (id, tenant_id, name, prefix, key_hash, store_traffic)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING " + _KEY_COLUMNS,
+            (new_id("key"), tenant_id, name or "default", secret[:9], auth.hash_key(secret), store_traffic),
         )
         row = await cur.fetchone()
     assert row is not None
@@ -101,8 +128,7 @@ async def list_api_keys(pool: AsyncConnectionPool, tenant_id: str) -> list[ApiKe
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=class_row(ApiKey))
         await cur.execute(
-            "SELECT id, tenant_id, name, prefix, created_at, revoked_at FROM api_keys"
-            " WHERE tenant_id = %s ORDER BY created_at, id",
+            "SELECT " + _KEY_COLUMNS + " FROM api_keys WHERE tenant_id = %s ORDER BY created_at, id",
             (tenant_id,),
         )
         return await cur.fetchall()
@@ -113,7 +139,7 @@ async def revoke_api_key(pool: AsyncConnectionPool, tenant_id: str, key_id: str)
         cur = conn.cursor(row_factory=class_row(ApiKey))
         await cur.execute(
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = %s AND tenant_id = %s"
-            " RETURNING id, tenant_id, name, prefix, created_at, revoked_at",
+            " RETURNING " + _KEY_COLUMNS,
             (key_id, tenant_id),
         )
         row = await cur.fetchone()
@@ -123,13 +149,18 @@ async def revoke_api_key(pool: AsyncConnectionPool, tenant_id: str, key_id: str)
 
 
 async def authenticate(pool: AsyncConnectionPool, key: str) -> auth.Caller:
+    return (await authenticate_key(pool, key))[0]
+
+
+async def authenticate_key(pool: AsyncConnectionPool, key: str) -> tuple[auth.Caller, bool]:
+    """The key's caller, and whether requests made with it are stored as traffic."""
     async with pool.connection() as conn:
         cur = await conn.execute(
-            "SELECT k.id, t.id, t.tier FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
+            "SELECT k.id, t.id, t.tier, k.store_traffic FROM api_keys k JOIN tenants t ON t.id = k.tenant_id"
             " WHERE k.key_hash = %s AND k.revoked_at IS NULL",
             (auth.hash_key(key),),
         )
         row = await cur.fetchone()
     if row is None:
         raise Unauthenticated("invalid or revoked API key")
-    return auth.Caller(key_id=row[0], tenant_id=row[1], tier=row[2])
+    return auth.Caller(key_id=row[0], tenant_id=row[1], tier=row[2]), bool(row[3])
