@@ -229,6 +229,14 @@ class Services:
             **{**settings, **changes},
         )  # fmt: skip
 
+    def registry_settings(self, **changes: Any) -> RegistrySettings:
+        """The registry's settings in tests. Its engine for a deployment is local by default: a registry with
+        ``vllm_url`` (test_gateway_vllm starts one beside it, ``vllm_url=services.vllm_url``) deploys on vLLM."""
+        return RegistrySettings(
+            server_settings(self.service_token), self.postgres_url, self.s3, self.admin_token,
+            model_cache_dir=str(self.workdir / "models"), gateway_url=self.gateway_url, **changes,
+        )  # fmt: skip
+
     def gateway_settings(self) -> GatewaySettings:
         return GatewaySettings(
             server_settings(self.service_token), self.address("registry"),
@@ -257,11 +265,7 @@ async def start_services(services: Services) -> None:
     running = services.running
     # The gateway's HTTP port is picked first: the registry gives its URL in deployments and snippets.
     services.gateway_url = f"http://127.0.0.1:{servers.free_port()}"
-    running["registry"] = await registry_server.create(
-        RegistrySettings(
-            server_settings(token), pg, s3, services.admin_token, model_cache_dir=str(services.workdir / "models")
-        )
-    )
+    running["registry"] = await registry_server.create(services.registry_settings())
     registry = running["registry"].address
     ingest = IngestSettings(
         server_settings(token), pg, s3, registry, max_upload_bytes=INGEST_MAX_UPLOAD_BYTES,
@@ -324,7 +328,7 @@ def services(
         loop, new_admin_token(), new_service_token(), {}, postgres_url, s3_settings, ray_cluster, workdir,
         master_key=base64.b64encode(os.urandom(32)).decode(),
         provider_urls={name: fake.base_url for name, fake in fake_providers.items()},
-        model_roots=(os.path.realpath(tmp_path_factory.getbasetemp()),), vllm_url=vllm_standins.url,
+        model_roots=(os.path.realpath(tmp_path_factory.getbasetemp()),), vllm_url=vllm_standins.url + "/v1",
     )  # fmt: skip
     loop.run(start_services(services))
     running = services.running

@@ -45,7 +45,7 @@ class VllmPool:
     """The HTTP session to the upstreams and what each one has loaded; one per gateway."""
 
     def __init__(self, api_key: str, timeout_s: float) -> None:
-        self._api_key = api_key
+        self.api_key = api_key  # sent as the bearer and scrubbed from upstream messages; never shown
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5.0)
         self._session: aiohttp.ClientSession | None = None
         self.loaded: set[tuple[str, str]] = set()  # (upstream root, adapter name)
@@ -62,7 +62,7 @@ class VllmPool:
             await self._session.close()
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     async def ensure_adapter(self, deployment: registry_pb2.Deployment, again: bool = False) -> None:
         root = upstream_root(deployment.upstream)
@@ -78,8 +78,9 @@ class VllmPool:
             async with _calling(deployment, "load its adapter"), posted as r:
                 text = await r.text()
             if r.status >= 400 and "already" not in text.lower():
+                said = _short(text, self.api_key)
                 raise ApiError(502, f"the vLLM deployment of {deployment.model_id} could not load its adapter "
-                               f"({r.status}): {_short(text)}", "server_error", None, "upstream_error")  # fmt: skip
+                               f"({r.status}): {said}", "server_error", None, "upstream_error")  # fmt: skip
             self.loaded.add(key)
 
     async def served_model(self, deployment: registry_pb2.Deployment) -> str:
@@ -107,11 +108,14 @@ async def _calling(deployment: registry_pb2.Deployment, what: str) -> AsyncItera
         ) from None  # fmt: skip
 
 
-def _short(text: str) -> str:
+def _short(text: str, secret: str = "") -> str:
+    """An upstream's message as it may be shown: its key and anything shaped like a key removed, cut short."""
+    if secret:
+        text = text.replace(secret, "[REDACTED]")
     return redact(text.strip())[:MAX_UPSTREAM_MESSAGE]
 
 
-def upstream_error(deployment: registry_pb2.Deployment, status: int, text: str) -> ApiError:
+def upstream_error(deployment: registry_pb2.Deployment, status: int, text: str, secret: str = "") -> ApiError:
     error: Any = {}
     try:
         error = json.loads(text)
@@ -122,8 +126,8 @@ def upstream_error(deployment: registry_pb2.Deployment, status: int, text: str) 
     message = str(error["message"]) if isinstance(error.get("message"), str) else text
     if status < 500:
         param = error.get("param") if isinstance(error.get("param"), str) else None
-        return ApiError(status, _short(message), "invalid_request_error", param)
-    return ApiError(502, f"the vLLM deployment of {deployment.model_id} failed ({status}): {_short(message)}",
+        return ApiError(status, _short(message, secret), "invalid_request_error", param)
+    return ApiError(502, f"the vLLM deployment of {deployment.model_id} failed ({status}): {_short(message, secret)}",
                     "server_error", None, "upstream_error")  # fmt: skip
 
 
@@ -164,7 +168,7 @@ class VllmEngine:
             if attempt == 0 and self.deployment.adapter_name and _model_missing(response.status, text):
                 await self.pool.ensure_adapter(self.deployment, again=True)
                 continue
-            raise upstream_error(self.deployment, response.status, text)
+            raise upstream_error(self.deployment, response.status, text, self.pool.api_key)
         raise AssertionError("unreachable")
 
     async def complete(self, call: ChatCall) -> Answer:
