@@ -160,6 +160,8 @@ def test_list_filters_by_tag_model_and_time_pages_and_is_tenant_scoped(services,
     assert listed(client_for(other)).records == []
     err = raised(lambda: listed(client_for(other), page={"page_token": page.page.next_page_token}))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # a token names one tenant's list only
+    err = raised(lambda: listed(client, since=timestamp_pb2.Timestamp(seconds=2**62)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and named_field(err) == "since"
 
 
 def test_from_traffic_makes_a_valid_pairs_dataset_with_the_captured_rows(

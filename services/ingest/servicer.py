@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -73,7 +73,7 @@ def traffic_pb(r: traffic.Record) -> ingest_pb2.TrafficRecord:
 
 
 def _since(request: Any) -> datetime | None:
-    return request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+    return traffic.check_since(request.since) if request.HasField("since") else None
 
 
 def outcome_pb(outcome: intake.Outcome) -> ingest_pb2.UploadDatasetResponse:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg import sql
@@ -87,6 +87,16 @@ def check_tags(tags: dict[str, str], field: str = "metadata") -> dict[str, str]:
         check_text(key, f"{field} tag name {key[:40]!r}", MAX_TAG_KEY_CHARS)
         check_text(value, f"{field}[{key[:40]}]", MAX_TAG_VALUE_CHARS)
     return dict(tags)
+
+
+def check_since(since: Any) -> datetime:
+    """A ``since`` Timestamp as a datetime, or INVALID_ARGUMENT when it is not a time from 1970 to 9999."""
+    try:
+        if since.seconds < 0 or not 0 <= since.nanos < 1_000_000_000:
+            raise ValueError
+        return since.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidArgument("since must be a time from 1970 to 9999 (UTC)", field="since") from None
 
 
 def check_model(model: str, field: str = "model") -> str:
