@@ -8,7 +8,6 @@ The models are tests/trained_models.py's tiny Llamas: the LoRA adapter answers Q
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import secrets
 import urllib.request
 from pathlib import Path
@@ -214,22 +213,65 @@ def test_export_refusals(services, make_tenant, client_for, service_registry_for
     assert raised(lambda: read(other, full.id, "merged", "README.md")).code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_gguf_export_runs_llama_cpps_converter(services, make_tenant, client_for, service_registry_for, artifacts):
-    """The converter is installed (`make setup`) and run; it refuses the tests' tokenizer, trained here (its
-    pre-tokenizer is none it knows), and says so — or, without sentencepiece, that it needs it."""
+def build_llama_with_smollm2_tokenizer(directory: Path) -> Path:
+    """tests/tiny_models.py's tiny Llama with a real tokenizer, SmolLM2's (from the demo's GGUF: no hub), which
+    llama.cpp's converter recognises (the tests' own tokenizer, trained here, it does not)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from distillery.demo_model import gguf_path
+
+    source = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def test_gguf_export_runs_llama_cpps_converter(
+    services, make_tenant, client_for, service_registry_for, artifacts, tmp_path
+):
+    """The converter, installed by `make setup`, turns a model with a tokenizer it knows into a GGUF that the gguf
+    package reads back with the model's tensors; a tokenizer it does not know is refused with its own words."""
+    import numpy
+    from gguf import GGUFReader
+    from safetensors.torch import load_file
+
     assert gguf_export.default_converter().is_file(), "run `make setup` (deploy/native/gguf_converter.sh)"
     tenant = make_tenant()
-    client = client_for(tenant)
-    model = registered(services, service_registry_for(tenant), tenant.tenant_id, artifacts, FULL)
-    err = refused(lambda: export(client, model.id, "gguf"), grpc.StatusCode.FAILED_PRECONDITION)
+    client, service = client_for(tenant), service_registry_for(tenant)
+    smol = build_llama_with_smollm2_tokenizer(tmp_path / "smol")
+    model = registered(services, service, tenant.tenant_id, {**artifacts, "full": smol}, FULL)
+
+    built = export(client, model.id, "gguf")
+    assert sorted(f.path for f in built.files) == ["README.md", "model.gguf"]
+    (tmp_path / "model.gguf").write_bytes(read(client, model.id, "gguf", "model.gguf"))
+    reader = GGUFReader(tmp_path / "model.gguf")
+    architecture = reader.fields["general.architecture"]
+    assert bytes(architecture.parts[architecture.data[0]]).decode() == "llama"
+    # The model's tensors, each one of them, with its values (in f16).
+    weights = load_file(smol / "model.safetensors")
+    tensors = {t.name: t for t in reader.tensors}
+    assert sorted(int(t.n_elements) for t in tensors.values()) == sorted(w.numel() for w in weights.values())
+    embedding = tensors["token_embd.weight"].data
+    assert embedding.shape == (49152, 64)
+    assert numpy.allclose(embedding, weights["model.embed_tokens.weight"].numpy(), atol=1e-3)
+    assert "llama.cpp" in read(client, model.id, "gguf", "README.md").decode()
+
+    # The tests' tokenizer, trained here: the converter does not recognise its pre-tokenizer, and says so.
+    refused_model = registered(services, service, tenant.tenant_id, artifacts, FULL)
+    err = refused(lambda: export(client, refused_model.id, "gguf"), grpc.StatusCode.FAILED_PRECONDITION)
     assert "GGUF converter refused this model" in err.details() and "--format merged" in err.details()
-    if importlib.util.find_spec("sentencepiece") is None:
-        assert "No module named 'sentencepiece'" in err.details(), err.details()
-    else:
-        assert "BPE pre-tokenizer was not recognized" in err.details(), err.details()
-    # Nothing half-built is served: the merged export it converted from is its own, and no gguf manifest exists.
-    assert not keys_under(services, f"tenants/{tenant.tenant_id}/exports/{model.id}/gguf/manifest.json")
+    assert "BPE pre-tokenizer was not recognized" in err.details(), err.details()
+    # Nothing half-built is served: no manifest, so reading is refused as unbuilt.
+    refused(lambda: read(client, refused_model.id, "gguf", "model.gguf"), grpc.StatusCode.FAILED_PRECONDITION)
 
     # Without the converter the format is refused, naming what installs it.
     with pytest.raises(FailedPrecondition, match="make setup"):
-        gguf_export.convert(Path("/nonexistent/convert_hf_to_gguf.py"), artifacts["full"], Path("/tmp/x"), 10)
+        gguf_export.convert(Path("/nonexistent/convert_hf_to_gguf.py"), smol, tmp_path / "out", 10)

@@ -4,7 +4,8 @@
 # where the registry's "gguf" exports find it (services/registry/gguf_export.py; DISTILLERY_GGUF_CONVERTER
 # points elsewhere). The converter is no package of its own: it ships in the llama-cpp-python sdist on PyPI,
 # the version pinned in pyproject.toml's platform-teacher extra, so the converter matches the teacher's
-# llama.cpp. `make setup` runs this script.
+# llama.cpp. It also installs the converter's one requirement the environment lacks (sentencepiece). `make
+# setup` runs this script.
 #
 # Idempotent and fast once cached: the sdist is downloaded once and only the converter's files are kept,
 # in ${XDG_CACHE_HOME:-~/.cache}/distillery/llama.cpp-convert-<version>/ (written to a temporary directory
@@ -34,6 +35,9 @@ if [[ ! -f "$CACHE/convert_hf_to_gguf.py" ]]; then
     "llama_cpp_python-$VERSION/vendor/llama.cpp/gguf-py" \
     "llama_cpp_python-$VERSION/vendor/llama.cpp/LICENSE"
   echo "$VERSION" >"$partial/files/VERSION"
+  tar -xzOf "$partial"/sdist/llama_cpp_python-"$VERSION".tar.gz \
+    "llama_cpp_python-$VERSION/vendor/llama.cpp/requirements/requirements-convert_legacy_llama.txt" \
+    >"$partial/files/requirements-convert.txt"
   rm -rf "$CACHE" && mv "$partial/files" "$CACHE"
 fi
 
@@ -41,5 +45,10 @@ if [[ "$(cat "$DEST/VERSION" 2>/dev/null || true)" != "$VERSION" ]]; then
   mkdir -p "$(dirname "$DEST")"
   rm -rf "$DEST.partial" && cp -r "$CACHE" "$DEST.partial"
   rm -rf "$DEST" && mv "$DEST.partial" "$DEST"
+fi
+# The one Python package the converter needs that the environment lacks: it imports sentencepiece before it
+# falls back to a tokenizer.json vocabulary (Llama, Qwen2, SmolLM2, ...). The range is the converter's own.
+if ! "$PYTHON" -c 'import sentencepiece' 2>/dev/null; then
+  "$PYTHON" -m pip install -q "$(grep -h '^sentencepiece' "$CACHE"/requirements-convert.txt)"
 fi
 echo "llama.cpp's GGUF converter ($VERSION): $DEST/convert_hf_to_gguf.py"
