@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import subprocess
 import urllib.error
 import urllib.request
@@ -25,7 +26,9 @@ from test_generate_tools import teach as teach_tool_call
 from tiny_models import build_qwen2
 from trained_models import LORA, QUESTION, build_artifacts, trained_model
 
+from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
+from distillery.teacher.v1 import teacher_pb2
 
 DEPLOY_TIMEOUT_S = 120
 
@@ -213,3 +216,50 @@ def test_requests_the_endpoint_refuses(services, make_tenant, client_for, servic
     huge = b'{"model": "' + b"x" * (31 * 1024 * 1024) + b'"}'
     assert_openai_error(post(services, "/v1/chat/completions", huge, key), 413)
     assert_openai_error(post(services, "/v1/nothing", b"{}", key), 404)
+
+
+def test_store_and_proxy_mode_capture_traffic_without_keys(
+    services, make_tenant, client_for, service_registry_for, artifacts, providers
+):
+    tenant = make_tenant()
+    client = client_for(tenant)
+    provider_key = "sk-test-" + secrets.token_urlsafe(24)
+    request = teacher_pb2.SetProviderKeyRequest(provider=teacher_pb2.PROVIDER_OPENAI, api_key=provider_key)
+    client.teacher.SetProviderKey(request)
+    openai_client = sdk(services, tenant.api_key)
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where is my parcel?"}]
+
+    # Proxy mode: the tenant's own provider key, used by the teacher, never seen by the gateway.
+    answer = openai_client.chat.completions.create(model="openai:gpt-4.1-mini", messages=messages, store=True,
+                                                   metadata={"task": "support"})  # fmt: skip
+    assert answer.choices[0].message.content == "Answer brief|Where is my parcel?"
+    assert answer.model == "openai:gpt-4.1-mini" and answer.usage.prompt_tokens > 0
+    assert providers["openai"].calls[-1].api_key == provider_key
+    streamed = openai_client.chat.completions.create(model="openai:gpt-4.1-mini", messages=messages, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer.choices[0].message.content
+
+    # A deployed model, by a key that stores its traffic (no "store" in the request).
+    model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, LORA)
+    deploy(client, model.id)
+    admin = [("authorization", f"Bearer {services.admin_token}")]
+    storing = client.registry.CreateApiKey(
+        registry_pb2.CreateApiKeyRequest(tenant_id=tenant.tenant_id, name="prod", store_traffic=True), metadata=admin
+    )
+    served = sdk(services, storing.secret).chat.completions.create(
+        model=model.id, messages=[{"role": "user", "content": QUESTION}], max_tokens=8
+    )
+    # Not stored: store=false on a plain key.
+    openai_client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "x"}], max_tokens=2)
+
+    records = list(client.ingest.ListTraffic(ingest_pb2.ListTrafficRequest()).records)
+    assert [(r.model, r.source) for r in records] == [(model.id, "endpoint"), ("openai:gpt-4.1-mini", "proxy")]
+    endpoint, proxy = records
+    assert dict(proxy.metadata) == {"task": "support"}
+    assert json.loads(proxy.request_json) == {"messages": messages, "tools": []}
+    assert json.loads(proxy.response_json) == {"role": "assistant", "content": "Answer brief|Where is my parcel?"}
+    assert json.loads(endpoint.response_json)["content"] == served.choices[0].message.content
+    assert (endpoint.prompt_tokens, endpoint.completion_tokens) == (served.usage.prompt_tokens,
+                                                                    served.usage.completion_tokens)  # fmt: skip
+    for record in records:
+        stored = record.SerializeToString().decode("utf-8", "replace")
+        assert provider_key not in stored and tenant.api_key not in stored and storing.secret not in stored
