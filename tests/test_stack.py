@@ -1,6 +1,6 @@
 """The local stack end to end: `distillery up`, `status`, `down` as real subprocesses.
 
-One test walks the whole life of a stack (starting all eight parts takes ~15 s
+One test walks the whole life of a stack (starting all nine parts takes ~15 s
 here, so the checks share starts): up; everything SERVING on 127.0.0.1 with
 reflection; the platform teacher (llama.cpp) answers and the teacher is told
 where it is; a killed platform teacher restarted alone; a second stack side by
@@ -34,7 +34,7 @@ from distillery.stack import health
 from distillery.stack.processes import tagged_processes
 from distillery.stack.servers import port_open
 
-PARTS = ["postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer"]
+PARTS = ["postgres", "s3", "ray", "registry", "ingest", "teacher", "platform", "trainer", "gateway"]
 SERVICE_NAMES = {
     "registry": "distillery.registry.v1.RegistryService",
     "ingest": "distillery.ingest.v1.IngestService",
