@@ -125,6 +125,7 @@ def test_records_over_their_bounds_or_malformed_are_refused_naming_the_field(ser
         ({"request_json": "not json"}, "record.request_json"),
         ({"request_json": json.dumps({"messages": []})}, "record.request_json"),
         ({"response_json": "[1]"}, "record.response_json"),
+        ({"response_json": '{"role": "assistant", "content": "\\ud800"}'}, "record.response_json"),
         ({"source": "elsewhere"}, "record.source"),
         ({"model": ""}, "record.model"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "record.metadata"),

@@ -113,6 +113,11 @@ def _object(text: str, field: str, limit: int, shape: str) -> dict[str, Any]:
         value = None
     if not isinstance(value, dict):
         raise InvalidArgument(f"{field} must be a JSON object, {shape}", field=field)
+    try:  # a lone surrogate escape ("\ud800") is JSON, but no text: no dataset row could hold it
+        json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{field} holds a \\u escape that is not a character (a lone surrogate): send "
+                              "valid Unicode text", field=field) from None  # fmt: skip
     return value
 
 
