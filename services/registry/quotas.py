@@ -55,7 +55,19 @@ async def get_quota(pool: AsyncConnectionPool, tenant_id: str) -> Quota:
 
 
 def full_error(quota: Quota) -> QuotaExceeded:
+    """RESOURCE_EXHAUSTED for a new run. An allowance lowered below the models held (``tenants.set_tier``) keeps
+    them all; new runs wait until the count is under it, and the message says how many to delete."""
     tier = TIER_NAMES.get(quota.tier, "unknown")
+    held = quota.used + quota.reserved
+    if quota.used > quota.allowance:
+        return QuotaExceeded(
+            f"you hold {quota.used} private models, over the allowance of {quota.allowance} of your {tier} tier "
+            f"({quota.reserved} more held by runs in progress): the models are kept, but new runs wait until "
+            f"you hold fewer than {quota.allowance}; delete {held - quota.allowance + 1} with "
+            "`distillery models delete ID`, or move to a higher tier",
+            subject=f"tenant:{quota.tenant_id}",
+            description=f"private models: allowance {quota.allowance}, used {quota.used}, reserved {quota.reserved}",
+        )
     return QuotaExceeded(
         f"the private-model allowance of your {tier} tier is full ({quota.used} models registered, "
         f"{quota.reserved} held by runs in progress, allowance {quota.allowance}): delete a model with "
