@@ -1,4 +1,5 @@
-"""distillery keys: your own teacher provider keys (stored encrypted, never shown again).
+"""distillery keys: your own teacher provider keys (stored encrypted, never shown again), and API keys for
+Distillery itself (``keys create``).
 
 ``keys set`` reads the key from a hidden prompt, or DISTILLERY_PROVIDER_KEY (``--key``
 works too, but leaves the key in the shell's history). The teacher service checks it
@@ -12,6 +13,7 @@ import click
 
 from distillery.cli.output import as_dict, console, json_option, print_json, print_table, rpc_errors
 from distillery.client import Client
+from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
 
 PROVIDERS = {
@@ -27,7 +29,7 @@ def provider_name(provider: int) -> str:
 
 @click.group("keys")
 def group() -> None:
-    """Bring your own OpenAI, Anthropic or Google AI keys for teacher models (usage not billed)."""
+    """Bring your own OpenAI, Anthropic or Google AI keys for teacher models (usage not billed); create API keys."""
 
 
 @group.command("set")
@@ -83,3 +85,27 @@ def delete(provider: str) -> None:
             teacher_pb2.DeleteProviderKeyRequest(provider=PROVIDERS[provider])
         )
     console.print(f"deleted the {provider} key")
+
+
+@group.command("create")
+@click.option("--name", default="default", show_default=True, help="A name to recognise the key by.")
+@click.option(
+    "--store-traffic", is_flag=True,
+    help="Store every request made with this key through the OpenAI-compatible endpoint as traffic, as if each "
+         "said \"store\": true (`distillery traffic list`, `datasets from-traffic`).",
+)  # fmt: skip
+@json_option
+def create(name: str, store_traffic: bool, as_json: bool) -> None:
+    """Create a Distillery API key for your tenant; its secret is shown once, here only."""
+    with rpc_errors():
+        made = Client.from_environment().registry.CreateApiKey(
+            registry_pb2.CreateApiKeyRequest(name=name, store_traffic=store_traffic)
+        )
+    if as_json:
+        print_json({"key": as_dict(made.key), "secret": made.secret})
+        return
+    stored = ", requests stored as traffic" if made.key.store_traffic else ""
+    console.print(f"created API key {made.key.id} ({made.key.name}{stored}); its secret, shown only now:",
+                  highlight=False)  # fmt: skip
+    click.echo(made.secret)
+    console.print("[dim]use it as DISTILLERY_API_KEY, or as the bearer token of the OpenAI-compatible endpoint[/dim]")
