@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -275,3 +276,49 @@ def test_gguf_export_runs_llama_cpps_converter(
     # Without the converter the format is refused, naming what installs it.
     with pytest.raises(FailedPrecondition, match="make setup"):
         gguf_export.convert(Path("/nonexistent/convert_hf_to_gguf.py"), smol, tmp_path / "out", 10)
+
+
+@pytest.mark.parametrize("kind", ["speech", "ocr"])
+def test_merged_export_of_speech_and_ocr_adapters(tmp_path, kind):
+    """A speech (Whisper) or OCR model's adapter merges as a text model's does: full weights with the processor,
+    equal to the adapter merged in memory."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import build_tiny_vlm, build_whisper
+    from transformers import AutoModelForImageTextToText, AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    from distillery.common.v1 import common_pb2
+    from services.registry import exports
+    from services.registry.models import Model
+
+    if kind == "speech":
+        base, auto, targets = build_whisper(tmp_path / "base"), AutoModelForSpeechSeq2Seq, ["q_proj", "v_proj"]
+        path = common_pb2.TRAINING_PATH_FINETUNE_ASR
+    else:
+        base, auto = build_tiny_vlm(tmp_path / "base"), AutoModelForImageTextToText
+        targets, path = r".*language_model.*\.(q_proj|v_proj)", common_pb2.TRAINING_PATH_FINETUNE_OCR
+    adapter = get_peft_model(auto.from_pretrained(base), LoraConfig(r=4, target_modules=targets))
+    torch.manual_seed(1)
+    with torch.no_grad():  # LoRA starts as a no-op: move it, so merging changes the weights
+        for name, parameter in adapter.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.02)
+    adapter.save_pretrained(tmp_path / "lora")
+    AutoProcessor.from_pretrained(base).save_pretrained(tmp_path / "lora")
+    expected = adapter.merge_and_unload().state_dict()
+
+    model = Model(
+        id="mdl_x", tenant_id="t", name="m", path=path, base_model=str(base), run_id="run_x", version=1,
+        artifact_kind=LORA, artifact_uri="tenants/t/runs/run_x/model/", created_at=datetime.now(UTC),
+    )  # fmt: skip
+    exports.merged_export(model, tmp_path / "lora", tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert {"processor_config.json", "tokenizer.json"} <= {p.name for p in (tmp_path / "merged").iterdir()}
+    AutoProcessor.from_pretrained(tmp_path / "merged")
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    loaded = auto.from_pretrained(tmp_path / "merged").state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in loaded.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+    base_weights = auto.from_pretrained(base).state_dict()
+    assert any(not torch.equal(base_weights[name], tensor) for name, tensor in loaded.items())  # merged, not the base
