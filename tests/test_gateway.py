@@ -263,3 +263,31 @@ def test_store_and_proxy_mode_capture_traffic_without_keys(
     for record in records:
         stored = record.SerializeToString().decode("utf-8", "replace")
         assert provider_key not in stored and tenant.api_key not in stored and storing.secret not in stored
+
+
+def test_a_speech_model_transcribes_through_the_openai_sdk(
+    services, make_tenant, client_for, service_registry_for, tmp_path
+):
+    from test_transcribe import CLIP, FULL, speech_model, transcribe
+
+    from tests.tiny_models import build_whisper
+
+    whispers = {"base": build_whisper(tmp_path / "base")}
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = speech_model(services, service_registry_for(tenant), tenant.tenant_id, whispers, FULL)
+    deploy(client, model.id)
+    expected = transcribe(client, model.id, CLIP.read_bytes(), language="fr")
+    audio = sdk(services, tenant.api_key).audio.transcriptions
+
+    with CLIP.open("rb") as clip:
+        said = audio.create(model=model.id, file=clip, language="fr")
+    assert said.text == expected.text and said.text
+    with CLIP.open("rb") as clip:
+        verbose = audio.create(model="speech", file=clip, language="fr", response_format="verbose_json")
+    assert (verbose.text, verbose.language, verbose.duration) == (expected.text, "fr", expected.duration_s)
+    with CLIP.open("rb") as clip:
+        assert audio.create(model=model.id, file=clip, language="fr", response_format="text").strip() == said.text
+    with CLIP.open("rb") as clip, pytest.raises(openai.BadRequestError) as refused:
+        audio.create(model=model.id, file=clip, response_format="srt")
+    assert refused.value.body["param"] == "response_format"

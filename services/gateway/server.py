@@ -36,7 +36,7 @@ async def start_http(app: web.Application, address: str) -> tuple[web.AppRunner,
     host, _, port = address.rpartition(":")
     runner = web.AppRunner(app, access_log=None)  # no access log: paths only would do, but headers never
     await runner.setup()
-    site = web.TCPSite(runner, host, int(port), reuse_address=False)
+    site = web.TCPSite(runner, host, int(port))  # SO_REUSEADDR (posix): a restart takes its port back at once
     try:
         await site.start()
     except OSError:
