@@ -165,6 +165,21 @@ def test_list_filters_by_tag_model_and_time_pages_and_is_tenant_scoped(services,
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and named_field(err) == "since"
 
 
+def test_a_page_of_large_records_stays_under_a_clients_message_limit(services, make_tenant, client_for, gateway_for):
+    tenant = make_tenant()
+    gateway = gateway_for(tenant)
+    big = {"request_json": json.dumps({"messages": [{"role": "user", "content": "x" * 2_000_000}]}),
+           "response_json": json.dumps({"role": "assistant", "content": "ok"})}  # fmt: skip
+    for _ in range(3):
+        gateway.capture(model="mdl_a", source="endpoint", metadata={"task": "big"}, **big)
+    client, seen, token = client_for(tenant), 0, ""
+    for _ in range(3):  # the default client takes messages of at most 4 MiB
+        page = listed(client, page={"page_size": 50, "page_token": token})
+        assert len(page.records) == 1 and page.ByteSize() < 4 * 1024 * 1024
+        seen, token = seen + 1, page.page.next_page_token
+    assert seen == 3 and token == ""
+
+
 def test_from_traffic_makes_a_valid_pairs_dataset_with_the_captured_rows(
     services, make_tenant, client_for, gateway_for
 ):
@@ -193,6 +208,10 @@ def test_from_traffic_makes_a_valid_pairs_dataset_with_the_captured_rows(
     assert client.ingest.GetDataset(ingest_pb2.GetDatasetRequest(id=dataset.id)).rows == 2  # stored as an upload
     again = from_traffic(client, metadata=tag, display_name="support from traffic")
     assert again.upload.dataset.id == dataset.id and again.upload.reused
+    newest = from_traffic(client, metadata=tag, limit=2)  # the two newest records: one pairs row, one tool call
+    assert (newest.records, newest.left_out_kind, newest.upload.report.rows) == (2, 1, 1)
+    [row] = canonical_rows(services, tenant, newest.upload.dataset.id)
+    assert row["messages"][1]["content"] == "where is my ORDER?"
 
 
 def test_from_traffic_makes_a_tool_calls_dataset(services, make_tenant, client_for, gateway_for):

@@ -11,7 +11,7 @@ Bounds, so one record always travels in one gRPC message: a request of at most
 ``MAX_REQUEST_CHARS``, an answer of at most ``MAX_RESPONSE_CHARS``, at most ``MAX_TAGS``
 tags of ``MAX_TAG_KEY_CHARS``/``MAX_TAG_VALUE_CHARS`` (OpenAI's stored-completion limits).
 
-``list_page`` and ``matching`` read a tenant's records newest first, filtered by tags (every
+``list_page`` reads a tenant's records newest first, ``oldest_first`` the newest N oldest first, filtered by tags (every
 given tag must match: ``metadata @>``, GIN-indexed), model and time. Content is the tenant's
 alone and is never logged.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -212,14 +213,20 @@ async def list_page(
     return page, page_token(TABLE, tenant_id, page[-1].id)
 
 
-async def matching(pool: AsyncConnectionPool, tenant_id: str, filters: Filters, limit: int) -> list[Record]:
-    """The newest ``limit`` records that match, newest first."""
+async def oldest_first(
+    pool: AsyncConnectionPool, tenant_id: str, filters: Filters, limit: int
+) -> AsyncGenerator[Record, None]:
+    """The newest ``limit`` records that match, oldest first, read through a server-side cursor (a
+    record may hold megabytes: they are never all in memory at once). Close it with ``aclosing``."""
     conditions, params = _where(tenant_id, filters)
     params["n"] = limit
-    query = sql.SQL("SELECT {} FROM traffic WHERE {} ORDER BY created_at DESC, id DESC LIMIT %(n)s").format(
-        _COLUMNS, sql.SQL(" AND ").join(conditions)
-    )
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=class_row(Record))
+    query = sql.SQL(
+        "SELECT * FROM (SELECT {} FROM traffic WHERE {} ORDER BY created_at DESC, id DESC LIMIT %(n)s) newest"
+        " ORDER BY created_at, id"
+    ).format(_COLUMNS, sql.SQL(" AND ").join(conditions))
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor("traffic_rows", row_factory=class_row(Record))
+        cur.itersize = 64
         await cur.execute(query, params)
-        return await cur.fetchall()
+        async for record in cur:
+            yield record

@@ -24,9 +24,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import tempfile
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -165,6 +168,15 @@ def check_request(tags: dict[str, str], kind: int, limit: int) -> tuple[int, int
     return kind, limit or DEFAULT_LIMIT
 
 
+@dataclass
+class _Tally:
+    records: int = 0
+    rows: int = 0
+    left_out_eval: int = 0
+    left_out_kind: int = 0
+    size: int = 0
+
+
 async def from_traffic(
     pool: AsyncConnectionPool,
     store: ObjectStore,
@@ -179,45 +191,55 @@ async def from_traffic(
     max_upload_bytes: int,
 ) -> FromTraffic:
     kind, limit = check_request(tags, kind, limit)
-    filters = traffic.Filters(tags, since=since)
-    records = await traffic.matching(pool, tenant_id, filters, limit)
     scope = " ".join(f"{k}={v}" for k, v in sorted(tags.items())) + (f" since {since:%Y-%m-%d %H:%M}" if since else "")
-    if not records:
+    in_eval = await eval_identities(pool, store, tenant_id, kind)
+    tally, digest = _Tally(), hashlib.sha256()
+    with tempfile.TemporaryDirectory(prefix="traffic-", dir=intake.work_dir) as folder:
+        path = Path(folder) / "traffic.jsonl"
+        with path.open("wb") as out:
+            records = traffic.oldest_first(pool, tenant_id, traffic.Filters(tags, since=since), limit)
+            async with aclosing(records):
+                async for record in records:
+                    tally.records += 1
+                    row = row_of(kind, record)
+                    if row is None:
+                        tally.left_out_kind += 1
+                        continue
+                    line = json.dumps(row, ensure_ascii=False)
+                    if in_eval and _identity(line) in in_eval:
+                        tally.left_out_eval += 1
+                        continue
+                    data = (line + "\n").encode()
+                    tally.rows, tally.size = tally.rows + 1, tally.size + len(data)
+                    if tally.size > max_upload_bytes:
+                        raise InvalidArgument(f"the rows come to more than the upload limit of {max_upload_bytes} "
+                                              "bytes: take fewer records (limit, since)", field="limit")  # fmt: skip
+                    digest.update(data)
+                    out.write(data)
+        _check_made(tally, kind, scope)
+        header = ingest_pb2.UploadHeader(
+            filename="traffic.jsonl", kind=ingest_pb2.DatasetKind.ValueType(kind),
+            format=ingest_pb2.FILE_FORMAT_JSONL, size_bytes=tally.size, sha256=digest.hexdigest(),
+            display_name=display_name or f"traffic {scope}"[:200],
+        )  # fmt: skip
+        outcome = await intake.upload(tenant_id, plan_of(header, max_upload_bytes), "", 0, _chunks(path))
+    return FromTraffic(outcome, tally.records, tally.left_out_eval, tally.left_out_kind)
+
+
+def _check_made(tally: _Tally, kind: int, scope: str) -> None:
+    """FAILED_PRECONDITION saying why, when no record matched or none made a row."""
+    if not tally.records:
         raise FailedPrecondition(
             f'no captured traffic matches {scope}: capture some with "store": true and these metadata tags, '
             "or check the tags with `distillery traffic list`",
             field="metadata",
         )
-    in_eval = await eval_identities(pool, store, tenant_id, kind)
-    lines: list[str] = []
-    left_out_kind = left_out_eval = 0
-    for record in reversed(records):  # oldest first
-        row = row_of(kind, record)
-        if row is None:
-            left_out_kind += 1
-            continue
-        line = json.dumps(row, ensure_ascii=False)
-        if in_eval and _identity(line) in in_eval:
-            left_out_eval += 1
-            continue
-        lines.append(line)
-    if not lines:
+    if not tally.rows:
         raise FailedPrecondition(
-            f"none of the {len(records)} records matching {scope} makes a {KINDS[kind]} row: {left_out_kind} do "
-            f"not fit the kind{_FIT[kind]} and {left_out_eval} are already in an eval set",
-            field="kind" if left_out_kind else "metadata",
+            f"none of the {tally.records} records matching {scope} makes a {KINDS[kind]} row: {tally.left_out_kind} "
+            f"do not fit the kind{_FIT[kind]} and {tally.left_out_eval} are already in an eval set",
+            field="kind" if tally.left_out_kind else "metadata",
         )
-    data = "".join(line + "\n" for line in lines).encode()
-    if len(data) > max_upload_bytes:
-        raise InvalidArgument(f"the rows come to {len(data)} bytes, over the upload limit of {max_upload_bytes}: "
-                              "take fewer records (limit, since)", field="limit")  # fmt: skip
-    header = ingest_pb2.UploadHeader(
-        filename="traffic.jsonl", kind=ingest_pb2.DatasetKind.ValueType(kind), format=ingest_pb2.FILE_FORMAT_JSONL,
-        size_bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), display_name=display_name or f"traffic {scope}"[:200],
-    )  # fmt: skip
-    outcome = await intake.upload(tenant_id, plan_of(header, max_upload_bytes), "", 0, _chunks(data))
-    return FromTraffic(outcome, len(records), left_out_eval, left_out_kind)
 
 
 _FIT: dict[int, str] = {
@@ -227,6 +249,7 @@ _FIT: dict[int, str] = {
 }
 
 
-async def _chunks(data: bytes) -> AsyncIterator[tuple[int, bytes]]:
-    for start in range(0, len(data), _CHUNK_BYTES):
-        yield 0, data[start : start + _CHUNK_BYTES]
+async def _chunks(path: Path) -> AsyncIterator[tuple[int, bytes]]:
+    with path.open("rb") as f:
+        while data := await asyncio.to_thread(f.read, _CHUNK_BYTES):
+            yield 0, data
