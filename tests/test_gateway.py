@@ -291,3 +291,25 @@ def test_a_speech_model_transcribes_through_the_openai_sdk(
     with CLIP.open("rb") as clip, pytest.raises(openai.BadRequestError) as refused:
         audio.create(model=model.id, file=clip, response_format="srt")
     assert refused.value.body["param"] == "response_format"
+
+
+def test_an_ocr_model_reads_an_image_content_part(services, make_tenant, client_for, service_registry_for, tmp_path):
+    from test_read_image import BUDGET, FULL, ocr_model, page, read
+
+    from tests.tiny_models import build_tiny_vlm
+
+    base = build_tiny_vlm(tmp_path / "base")
+    (base / "training_config.json").write_text(json.dumps({"decoding": {"max_new_tokens": BUDGET}}))
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = ocr_model(services, service_registry_for(tenant), tenant.tenant_id, {"base": base}, FULL)
+    deploy(client, model.id)
+    image = page()
+    expected = read(client, model.id, image).text
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+
+    completion = sdk(services, tenant.api_key).chat.completions.create(model=model.id, messages=messages)
+    assert completion.choices[0].message.content == expected and expected.strip()
+    chunks = list(sdk(services, tenant.api_key).chat.completions.create(model=model.id, messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
