@@ -42,10 +42,13 @@ def render(model: Model, export_format: str = "") -> str:
     picks the loading snippet."""
     config = model.training_config or {}
     weights = "LoRA adapter" if is_adapter(model) else "full weights"
+    trained = f"A {path_name(model.path)} model trained with Distillery from `{model.base_model}` ({weights})"
+    if is_adapter(model) and export_format in ("merged", "gguf"):
+        weights += ", merged into its base model in this export"
     lines = [
         f"# {model.name} (version {model.version})",
         "",
-        f"A {path_name(model.path)} model trained with Distillery from `{model.base_model}` ({weights}).",
+        trained + ".",
         "",
         "| | |",
         "| --- | --- |",
