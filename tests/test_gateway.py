@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import secrets
 import subprocess
 import urllib.error
@@ -21,6 +22,7 @@ from typing import Any
 
 import openai
 import pytest
+from conftest import SPANS
 from test_generate_tools import CALL, MEETING, REQUEST, TOOLS, register_tool_model, save_as_trained
 from test_generate_tools import teach as teach_tool_call
 from tiny_models import build_qwen2
@@ -80,8 +82,14 @@ def test_health_keys_and_the_models_list(services, make_tenant, service_registry
     tenant, other = make_tenant(), make_tenant()
     model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, LORA)
 
+    SPANS.clear()
     listed = sdk(services, tenant.api_key).models.list().data
     assert [m.id for m in listed] == [model.id] and listed[0].object == "model"
+    # One trace: the gateway's span of the request, and the registry's calls under it.
+    (span,) = [s for s in SPANS.get_finished_spans() if s.name == "GET /v1/models"]
+    assert span.attributes["http.response.status_code"] == 200
+    traced = [s.name for s in SPANS.get_finished_spans() if s.context.trace_id == span.context.trace_id]
+    assert any(name.endswith("RegistryService/ListModels") for name in traced), traced
     assert sdk(services, other.api_key).models.list().data == []
     assert sdk(services, tenant.api_key).models.retrieve(model.id).id == model.id
     with pytest.raises(openai.NotFoundError):
@@ -219,8 +227,9 @@ def test_requests_the_endpoint_refuses(services, make_tenant, client_for, servic
 
 
 def test_store_and_proxy_mode_capture_traffic_without_keys(
-    services, make_tenant, client_for, service_registry_for, artifacts, providers
+    services, make_tenant, client_for, service_registry_for, artifacts, providers, caplog
 ):
+    caplog.set_level(logging.DEBUG)
     tenant = make_tenant()
     client = client_for(tenant)
     provider_key = "sk-test-" + secrets.token_urlsafe(24)
@@ -263,6 +272,10 @@ def test_store_and_proxy_mode_capture_traffic_without_keys(
     for record in records:
         stored = record.SerializeToString().decode("utf-8", "replace")
         assert provider_key not in stored and tenant.api_key not in stored and storing.secret not in stored
+    # Nothing of it in the logs of any service: no key, no content (the logs are there: the captures are logged).
+    assert caplog.text.count("traffic captured") == 2
+    for secret in (provider_key, tenant.api_key, storing.secret, "Where is my parcel", QUESTION):
+        assert secret not in caplog.text
 
 
 def test_a_speech_model_transcribes_through_the_openai_sdk(

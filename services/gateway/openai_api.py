@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from opentelemetry import propagate, trace
 
 from distillery.common.v1 import common_pb2
 from distillery.registry.v1 import registry_pb2
@@ -31,6 +32,7 @@ from services.gateway.routing import deployment_of, resolve_model_id, route
 from services.gateway.vllm import VllmPool
 
 log = logging.getLogger("distillery.gateway")
+TRACER = trace.get_tracer("distillery.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json")
 
@@ -70,6 +72,17 @@ def _error_response(err: ApiError) -> web.Response:
 def _errors(limit: int) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # One span per request, continuing the caller's trace (traceparent); the services' spans nest under it.
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unknown"
+        with TRACER.start_as_current_span(f"{request.method} {route}", context=propagate.extract(request.headers),
+                                          kind=trace.SpanKind.SERVER) as span:  # fmt: skip
+            response = await _answer(request, handler)
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("http.route", route)
+            span.set_attribute("http.response.status_code", response.status)
+            return response
+
+    async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as err:
