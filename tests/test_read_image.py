@@ -196,12 +196,14 @@ def test_an_ocr_models_snippets_read_an_image(services, make_tenant, client_for,
     model = ocr_model(services, service_registry_for(tenant), tenant.tenant_id, vlms, FULL)
     served = dict(client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id)).snippets)
     assert served["cli"] == f"distillery models read {model.id} page.png"
-    assert "RegistryService/ReadImage" in served["grpcurl"] and "ReadImage(" in served["python"]
+    assert "RegistryService/ReadImage" in served["grpcurl"] and '"image_url"' in served["python"]
 
-    # Each runs where page.png is, and reads what a direct ReadImage call reads.
+    # Each runs where page.png is, and reads what a direct ReadImage call reads (python: the openai SDK against
+    # the gateway's endpoint, which serves the deployed model).
     (tmp_path / "page.png").write_bytes(page())
     expected = read(client, model.id, page()).text
     env = cli_env(services, tenant.api_key)
+    client.registry.DeployModel(registry_pb2.DeployModelRequest(model_id=model.id, engine="local"), timeout=TIMEOUT_S)
     ran = subprocess.run(
         [sys.executable, "-c", served["python"]], env={**os.environ, **env}, cwd=tmp_path, capture_output=True,
         text=True, timeout=TIMEOUT_S, check=False,

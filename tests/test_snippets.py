@@ -1,18 +1,23 @@
-"""GetSnippet: every snippet the registry serves is run against a running stack and answers
-as a direct Generate call does (greedy decoding, so the same text).
+"""GetSnippet: every snippet the registry serves is run against a running stack and answers as a direct
+Generate call does (greedy decoding, so the same text).
 
-- python: run as a script by this interpreter;
+- curl and python (the official ``openai`` SDK): the gateway's OpenAI-compatible endpoint, at the registry's
+  gateway_url, for a deployed model; run exactly as printed (a shell; this interpreter), the key only in
+  ``$DISTILLERY_API_KEY``;
 - cli: its words given to the real CLI;
 - grpcurl: run by a shell in which ``grpcurl`` records the words it was given; those words
   are then replayed as grpcurl replays them (the method found through the registry's server
   reflection, the ``-d`` JSON parsed against the reflected request type, the ``-H`` header
-  sent as metadata, plaintext). Where grpcurl itself is installed, it runs the snippet too.
+  sent as metadata, plaintext). Where grpcurl itself is installed, it runs the snippet too;
+- typescript: where node and the ``openai`` npm package are installed, run too; else its shape is checked.
 
-There is no curl snippet: the services speak gRPC only and no HTTP gateway stands in front.
+Speech and OCR snippets: what their curl sends (recorded by a stand-in ``curl`` in the shell) is the request
+the endpoint takes (a multipart clip; an image_url part holding the file as a base64 data: URL).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shlex
@@ -31,6 +36,7 @@ from trained_models import FULL, GENERATE_TIMEOUT_S, trained_model
 from distillery.cli.main import cli
 from distillery.cli.models import SNIPPET_LANGUAGES
 from distillery.registry.v1 import registry_pb2
+from services.registry import snippets
 
 artifacts = test_generate.artifacts  # the fixture: tiny trained models, as test_generate makes them
 RECORD_ARGS = (
@@ -79,23 +85,29 @@ def as_grpcurl_would(words: list[str]) -> str:
 
 
 def test_every_snippet_the_registry_serves_runs_against_the_stack(
-    services, make_tenant, client_for, service_registry_for, artifacts
+    services, make_tenant, client_for, service_registry_for, artifacts, tmp_path
 ):
     tenant = make_tenant()
     client = client_for(tenant)
     model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, FULL)
     served = dict(client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id)).snippets)
-    assert sorted(served) == sorted(SNIPPET_LANGUAGES), "the CLI's --language choices are what the registry serves"
+    assert sorted(served) == sorted(SNIPPET_LANGUAGES), "the CLI's --lang choices are what the registry serves"
     for language in SNIPPET_LANGUAGES:
         one = client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id, language=language))
         assert dict(one.snippets) == {language: served[language]}
+        assert tenant.api_key not in served[language]
+        assert (
+            language == "cli" or "$DISTILLERY_API_KEY" in served[language] or "DISTILLERY_API_KEY" in served[language]
+        )
+    for language in ("curl", "python", "typescript"):
+        assert f"{services.gateway_url}/v1" in served[language], served[language]
     refused = None
     try:
-        client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id, language="curl"))
+        client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=model.id, language="fortran"))
     except grpc.RpcError as err:
         refused = err
     assert refused is not None and refused.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "grpcurl, python, cli" in refused.details()
+    assert "curl, python, typescript, grpcurl, cli" in refused.details()
 
     # What every snippet asks: "Hello" in a user turn, up to 128 new tokens, greedy.
     expected = client.registry.Generate(
@@ -106,17 +118,38 @@ def test_every_snippet_the_registry_serves_runs_against_the_stack(
     ).message.content
     assert expected.strip()
     env = cli_env(services, tenant.api_key)
+    run_env = {**os.environ, **env}
 
+    # The endpoint serves deployed models: curl and the openai SDK, exactly as printed.
+    client.registry.DeployModel(registry_pb2.DeployModelRequest(model_id=model.id, engine="local"),
+                                timeout=GENERATE_TIMEOUT_S)  # fmt: skip
+    ran = subprocess.run(["bash", "-c", served["curl"]], env=run_env, capture_output=True, text=True,
+                         timeout=GENERATE_TIMEOUT_S, check=False)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["choices"][0]["message"]["content"] == expected, ran.stdout
     ran = subprocess.run(
-        [sys.executable, "-c", served["python"]], env={**os.environ, **env}, capture_output=True, text=True,
+        [sys.executable, "-c", served["python"]], env=run_env, capture_output=True, text=True,
         timeout=GENERATE_TIMEOUT_S, check=False,
     )  # fmt: skip
     assert (ran.returncode, ran.stdout) == (0, expected + "\n"), ran.stderr
+    if shutil.which("node") and subprocess.run(["node", "-e", "require.resolve('openai')"], capture_output=True,
+                                               cwd=tmp_path, check=False).returncode == 0:  # fmt: skip
+        (tmp_path / "snippet.mjs").write_text(served["typescript"])
+        ran = subprocess.run(["node", "snippet.mjs"], env=run_env, cwd=tmp_path, capture_output=True, text=True,
+                             timeout=GENERATE_TIMEOUT_S, check=False)  # fmt: skip
+        assert (ran.returncode, ran.stdout) == (0, expected + "\n"), ran.stderr
+    else:
+        assert (
+            'import OpenAI from "openai"' in served["typescript"]
+            and "process.env.DISTILLERY_API_KEY" in served["typescript"]
+        )
 
     words = shlex.split(served["cli"])
     assert words[0] == "distillery"
     said = CliRunner().invoke(cli, words[1:], env=env)
     assert (said.exit_code, said.output.strip()) == (0, expected.strip()), said.output
+    printed = CliRunner().invoke(cli, ["models", "snippet", model.id, "--lang", "curl"], env=env)
+    assert (printed.exit_code, printed.output) == (0, served["curl"] + "\n")
 
     words = grpcurl_words(served["grpcurl"], env)
     assert words[-2:] == [services.address("registry"), "distillery.registry.v1.RegistryService/Generate"]
@@ -129,3 +162,41 @@ def test_every_snippet_the_registry_serves_runs_against_the_stack(
         )  # fmt: skip
         assert ran.returncode == 0, ran.stderr
         assert json.loads(ran.stdout)["message"]["content"] == expected
+    client.registry.UndeployModel(registry_pb2.UndeployModelRequest(model_id=model.id))
+
+
+# A stand-in curl: its words, then what it read from stdin (for --data-binary @-), as JSON.
+_RECORDER = "import json, sys; print(json.dumps([sys.argv[1:], sys.stdin.read() if '@-' in sys.argv else '']))"
+RECORD_CURL = f'curl() {{ {shlex.quote(sys.executable)} -c {shlex.quote(_RECORDER)} "$@"; }}'
+
+
+def curl_sent(snippet: str, cwd) -> tuple[list[str], str]:
+    done = subprocess.run(
+        ["bash", "-c", f"{RECORD_CURL}\n{snippet}"], env={"PATH": os.environ["PATH"], "DISTILLERY_API_KEY": "dk_x"},
+        cwd=cwd, capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    words, body = json.loads(done.stdout)
+    return words, body
+
+
+def test_speech_and_ocr_snippets_send_what_the_endpoint_takes(tmp_path):
+    base = "http://gateway.test:8080"
+    speech = snippets.for_model("mdl_speech", gateway_url=base, speech=True)
+    words, _ = curl_sent(speech["curl"], tmp_path)
+    assert f"{base}/v1/audio/transcriptions" in words and "Authorization: Bearer dk_x" in words
+    assert words[-4:] == ["-F", "model=mdl_speech", "-F", "file=@clip.wav"]
+    assert "client.audio.transcriptions.create(" in speech["python"] and "/Transcribe" in speech["grpcurl"]
+
+    (tmp_path / "page.png").write_bytes(b"\x89PNG not really")
+    ocr = snippets.for_model("mdl_ocr", gateway_url=base, ocr=True)
+    words, body = curl_sent(ocr["curl"], tmp_path)
+    assert f"{base}/v1/chat/completions" in words
+    (part,) = json.loads(body)["messages"][0]["content"]
+    image = base64.b64encode(b"\x89PNG not really").decode()
+    assert part == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}}
+    assert '"image_url"' in ocr["python"] and "image_url" in ocr["typescript"]
+
+    # A registry that does not know the gateway's URL: the snippets read it when they run.
+    unknown = snippets.for_model("mdl_x")
+    assert '"$DISTILLERY_GATEWAY_URL/v1/chat/completions"' in unknown["curl"]
+    assert 'os.environ["DISTILLERY_GATEWAY_URL"] + "/v1"' in unknown["python"]

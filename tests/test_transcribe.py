@@ -147,7 +147,7 @@ def test_each_kind_of_model_refuses_the_other_rpc(services, make_tenant, client_
     # Snippets: a speech model's show transcription.
     snippets = client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=speech.id)).snippets
     assert snippets["cli"] == f"distillery models transcribe {speech.id} clip.wav"
-    assert "RegistryService/Transcribe" in snippets["grpcurl"] and "Transcribe(" in snippets["python"]
+    assert "RegistryService/Transcribe" in snippets["grpcurl"] and "audio.transcriptions.create(" in snippets["python"]
     text_snippets = client.registry.GetSnippet(registry_pb2.GetSnippetRequest(model_id=text.id)).snippets
     assert "models generate" in text_snippets["cli"] and "RegistryService/Generate" in text_snippets["grpcurl"]
 

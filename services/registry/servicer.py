@@ -263,7 +263,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
         return registry_pb2.Snippet(
-            snippets=snippets.for_model(model.id, request.language, speech=is_speech(model), ocr=is_ocr(model))
+            snippets=snippets.for_model(
+                model.id, request.language, gateway_url=self.gateway_url, speech=is_speech(model), ocr=is_ocr(model)
+            )
         )
 
     # --- export ---
