@@ -15,7 +15,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any, Protocol
 
 from distillery.registry.v1 import registry_pb2
@@ -34,7 +35,7 @@ class Engine(Protocol):
 
     async def complete(self, call: ChatCall) -> Answer: ...
 
-    def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]: ...
+    def stream(self, call: ChatCall) -> AsyncGenerator[StreamEvent, None]: ...
 
 
 def answer_of(reply: registry_pb2.GenerateResponse) -> Answer:
@@ -80,16 +81,17 @@ class LocalEngine:
             return await self._read_image(call)
         return answer_of(await self.peers.answer("Generate", self.request(call), self.api_key))
 
-    async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
+    async def stream(self, call: ChatCall) -> AsyncGenerator[StreamEvent, None]:
         if call.image is not None:
             yield await self._read_image(call)
             return
-        async for chunk in self.peers.generate_stream(self.request(call), self.api_key):
-            if chunk.HasField("final"):
-                yield answer_of(chunk.final)
-                return
-            if chunk.delta:
-                yield chunk.delta
+        async with aclosing(self.peers.generate_stream(self.request(call), self.api_key)) as chunks:
+            async for chunk in chunks:  # closed with this stream: a client gone cancels the registry's call
+                if chunk.HasField("final"):
+                    yield answer_of(chunk.final)
+                    return
+                if chunk.delta:
+                    yield chunk.delta
 
 
 class ProxyEngine:
@@ -113,7 +115,7 @@ class ProxyEngine:
         return Answer(reply.content, calls, reply.finish_reason or "stop", reply.prompt_tokens,
                       reply.completion_tokens)  # fmt: skip
 
-    async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
+    async def stream(self, call: ChatCall) -> AsyncGenerator[StreamEvent, None]:
         yield await self.complete(call)
 
 

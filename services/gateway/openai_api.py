@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,14 +169,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     chosen = await route(gateway.peers, gateway.pool, tenant.api_key, call.model, call.proxy_provider is not None)
     chosen.engine.check(call)
     reply = Reply(call.model)
+
+    async def capture_with(answer: Answer) -> None:
+        await capture(gateway.peers, tenant.api_key, tenant.tenant_id, call, chosen, answer)
+
     if not call.stream:
         answer = await chosen.engine.complete(call)
         if store:
-            await capture(gateway.peers, tenant.api_key, tenant.tenant_id, call, chosen, answer)
+            await capture_with(answer)
         return web.json_response(reply.completion(answer))
 
-    events = chosen.engine.stream(call).__aiter__()
-    first = await events.__anext__()  # errors before the first event are a plain error response
+    events = chosen.engine.stream(call)
+    try:
+        return await _stream(request, events, reply, call.include_usage, capture_with if store else None)
+    finally:
+        await events.aclose()  # a client gone stops the answer (the registry stops generating)
+
+
+async def _stream(
+    request: web.Request,
+    events: AsyncGenerator[str | Answer, None],
+    reply: Reply,
+    include_usage: bool,
+    store: Callable[[Answer], Awaitable[None]] | None,
+) -> web.StreamResponse:
+    """Server-sent events: a role chunk, the content deltas, the closing chunks, usage, ``[DONE]``."""
+    try:
+        event = await anext(events)  # errors before the first event are a plain error response
+    except StopAsyncIteration:
+        raise ApiError(502, "the engine ended the answer without one; try again", "server_error") from None
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
 
@@ -184,26 +205,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
         await response.write(f"data: {text}\n\n".encode())
 
-    await send(reply.chunk({"role": "assistant", "content": ""}))
     sent: list[str] = []
-    event: str | Answer = first
     try:
-        while isinstance(event, str):
-            sent.append(event)
-            await send(reply.chunk({"content": event}))
-            event = await events.__anext__()
-    except ApiError as err:  # the stream broke after it began: an error event, as OpenAI sends one
-        await send(json.loads(err.body()))
+        await send(reply.chunk({"role": "assistant", "content": ""}))
+        try:
+            while isinstance(event, str):
+                sent.append(event)
+                await send(reply.chunk({"content": event}))
+                event = await anext(events)
+        except (ApiError, StopAsyncIteration) as err:  # broken after it began: an error event, as OpenAI sends
+            error = err if isinstance(err, ApiError) else ApiError(502, "the answer ended early", "server_error")
+            await send(json.loads(error.body()))
+            await response.write_eof()
+            return response
+        for chunk in reply.closing_chunks(event, "".join(sent)):
+            await send(chunk)
+        if include_usage:
+            await send(reply.usage_chunk(event))
+        if store is not None:
+            await store(event)
+        await send("[DONE]")
         await response.write_eof()
-        return response
-    for chunk in reply.closing_chunks(event, "".join(sent)):
-        await send(chunk)
-    if call.include_usage:
-        await send(reply.usage_chunk(event))
-    if store:
-        await capture(gateway.peers, tenant.api_key, tenant.tenant_id, call, chosen, event)
-    await send("[DONE]")
-    await response.write_eof()
+    except ConnectionResetError:
+        log.info("the client went away during a streamed answer")
     return response
 
 

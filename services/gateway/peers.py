@@ -8,7 +8,7 @@ deadline: the settings' RPC timeout, or ``generate_timeout_s`` for an answer.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -74,7 +74,7 @@ class Peers:
 
     async def generate_stream(
         self, request: registry_pb2.GenerateRequest, api_key: str
-    ) -> AsyncIterator[registry_pb2.GenerateChunk]:
+    ) -> AsyncGenerator[registry_pb2.GenerateChunk, None]:
         call = self._generate.GenerateStream(request, metadata=key_metadata(api_key))
         try:
             async for chunk in call:

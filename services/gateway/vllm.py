@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -184,7 +184,7 @@ class VllmEngine:
         return Answer(message.get("content") or "", calls, choice.get("finish_reason") or "stop",
                       int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))  # fmt: skip
 
-    async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
+    async def stream(self, call: ChatCall) -> AsyncGenerator[StreamEvent, None]:
         response = await self._post(call, stream=True)
         content: list[str] = []
         calls: dict[int, dict[str, str]] = {}
