@@ -211,7 +211,10 @@ SNIPPET_LANGUAGES = ("curl", "python", "typescript", "grpcurl", "cli")
               help="One snippet, printed alone to run as printed (default: all, each under a heading).")  # fmt: skip
 @json_option
 def snippet(model_id: str, language: str | None, as_json: bool) -> None:
-    """Print API-ready request snippets for a model (the key is read from $DISTILLERY_API_KEY, never printed)."""
+    """Print API-ready request snippets for a model.
+
+    curl, python and typescript call the OpenAI-compatible endpoint (deploy the model first: `models deploy`);
+    each reads the key from $DISTILLERY_API_KEY and never holds it."""
     with rpc_errors():
         reply = Client.from_environment().registry.GetSnippet(
             registry_pb2.GetSnippetRequest(model_id=model_id, language=language or "")
