@@ -2,7 +2,8 @@
 
 A model's artifacts (a LoRA adapter or full weights, with the tokenizer and its chat
 template) are copied once from S3 into a local cache directory, loaded (an adapter is
-merged into its base model), and kept in a small LRU of loaded models. torch,
+merged into its base model), and kept in a small LRU of loaded models (``max_loaded``: the registry's
+DISTILLERY_MAX_LOADED_MODELS, default 2; a local deployment warms its model here, docs/serving.md). torch,
 transformers and peft are imported on first use, so the registry starts fast; loading
 and generating run in worker threads, with one lock per model so that concurrent
 requests load it once. Speech models (path TRAINING_PATH_FINETUNE_ASR) share the cache and

@@ -8,7 +8,9 @@ exactly as ``Generate`` reads it, so the final chunk equals what ``Generate`` re
 With tools offered, text that could still be the start of a tool call is held back (``ContentGate``):
 nothing streams until the answer is known not to begin with ``<tool_call>``, a tail that could be the
 start of the tag waits for the next piece, and nothing streams after the tag. A plain answer's deltas
-join to exactly its content; a tool call arrives whole in the final answer.
+join to exactly its content; a tool call arrives whole in the final answer. (A text that parses as no
+answer at all, a stray ``</tool_call>`` say, has streamed what came before it; its final answer, with no
+content and the invalid call, is what it said.)
 
 A client that goes away stops generation at the next token (a stopping criterion reads a flag).
 """
@@ -93,11 +95,11 @@ async def stream(
     budget = max_new_tokens or loaded.max_new_tokens
     started = time.perf_counter()
     prompt = await asyncio.to_thread(prompt_ids, loaded, messages, tools)
-    writing = _Writing(loaded, prompt, budget, temperature)
+    writing = _Writing(loaded, prompt, budget, temperature, asyncio.get_running_loop())
     gate = ContentGate(bool(tools))
     try:
         writing.thread.start()
-        while (piece := await asyncio.to_thread(next, writing.pieces, None)) is not None:
+        while (piece := await writing.pieces.get()) is not None:
             if delta := gate.feed(piece):
                 yield delta
         await asyncio.to_thread(writing.thread.join)
@@ -120,9 +122,18 @@ async def stream(
 
 
 class _Writing:
-    """``model.generate`` in a worker thread, its text read from a ``TextIteratorStreamer``."""
+    """``model.generate`` in a worker thread, its text handed to the event loop by a ``TextIteratorStreamer``
+    whose finished pieces go on an ``asyncio.Queue`` (None: the end), so no thread of the loop's executor waits
+    on a token."""
 
-    def __init__(self, loaded: Loaded, prompt: list[int], max_new_tokens: int, temperature: float) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        prompt: list[int],
+        max_new_tokens: int,
+        temperature: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         self.loaded = loaded
@@ -130,9 +141,20 @@ class _Writing:
         self.ends = decoding.end_ids(loaded.model, loaded.tokenizer)
         self.output: list[int] = []
         self.error: BaseException | None = None
-        self.streamer = TextIteratorStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.pieces = iter(self.streamer)
-        stop = self.stop
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        pieces, stop = self.pieces, self.stop
+
+        class Streamer(TextIteratorStreamer):  # type: ignore[misc]
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                try:
+                    if text:
+                        loop.call_soon_threadsafe(pieces.put_nowait, text)
+                    if stream_end:
+                        loop.call_soon_threadsafe(pieces.put_nowait, None)
+                except RuntimeError:  # the loop closed (the server stopped): no one is reading
+                    stop.set()
+
+        self.streamer = Streamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
 
         class Stopped(StoppingCriteria):  # type: ignore[misc]
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -161,4 +183,4 @@ class _Writing:
             self.output = output[0].tolist()
         except BaseException as err:  # handed to the caller, which raises it
             self.error = err
-            self.streamer.end()  # the reader must not wait for text that will not come
+            self.streamer.end()  # the reader must not wait for text that will not come (it ends with None)
