@@ -204,6 +204,8 @@ def test_requests_the_endpoint_refuses(services, make_tenant, client_for, servic
     bad = post(services, "/v1/chat/completions", b'{"model": "x", "messages": [', key)
     assert "not valid JSON" in assert_openai_error(bad, 400)["message"]
     assert_openai_error(chat(services, key, messages=messages), 400, "model")
+    refused = chat(services, key, model="acme:big-model", messages=messages)
+    assert "openai, anthropic, google, platform" in assert_openai_error(refused, 400, "model")["message"]
     assert_openai_error(chat(services, key, model=model.id, messages=[]), 400, "messages")
     assert_openai_error(chat(services, key, model=model.id, messages=messages, n=2), 400, "n")
     assert_openai_error(chat(services, key, model=model.id, messages=messages, temperature=3), 400, "temperature")

@@ -62,6 +62,10 @@ def parse_chat(body: Any) -> ChatCall:
     if not isinstance(model, str) or not model.strip():
         raise invalid("`model` is required: a model id (mdl_...), a model name, or provider:model", "model")
     call = ChatCall(model=model.strip(), body=body, messages=[])
+    provider, sep, _ = call.model.partition(":")
+    if sep and call.proxy_provider is None:
+        raise invalid(f"unknown provider {provider!r} in {call.model!r}: proxy mode takes {', '.join(PROVIDERS)} "
+                      "(e.g. openai:gpt-4.1-mini)", "model")  # fmt: skip
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise invalid("`messages` must be a non-empty list of chat messages", "messages")
