@@ -22,6 +22,7 @@ from conftest import VLLM_API_KEY
 from trained_models import LORA, QUESTION, register, upload
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
+from distillery.stack import servers
 from services.registry import server as registry_server
 
 
@@ -133,3 +134,19 @@ def test_upstream_errors_are_mapped(services, vllm, vllm_registry, make_tenant, 
     vllm.script({"status": 400, "message": "bad stop sequence"})
     with pytest.raises(openai.BadRequestError):
         list(client.chat.completions.create(model=model.id, messages=messages, stream=True))
+
+
+def test_an_unreachable_upstream_is_503_naming_the_deployment(services, make_tenant, service_registry_for, tmp_path):
+    dead = f"http://127.0.0.1:{servers.free_port()}/v1"
+    running = services.loop.run(registry_server.create(services.registry_settings(vllm_url=dead)))
+    try:
+        tenant = make_tenant()
+        model = adapter_model(services, service_registry_for(tenant), tenant.tenant_id, tmp_path)
+        deploy_on_vllm(running.address, tenant.api_key, model.id)
+    finally:
+        services.loop.run(running.stop(1.0))
+    messages = [{"role": "user", "content": QUESTION}]
+    with pytest.raises(openai.APIStatusError) as unreachable:
+        sdk(services, tenant.api_key).chat.completions.create(model=model.id, messages=messages)
+    assert unreachable.value.status_code == 503 and model.id in unreachable.value.message
+    assert "unreachable" in unreachable.value.message and unreachable.value.body["code"] == "upstream_unavailable"
