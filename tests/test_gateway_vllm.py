@@ -19,7 +19,7 @@ import grpc
 import openai
 import pytest
 from conftest import VLLM_API_KEY
-from trained_models import LORA, QUESTION, register, upload
+from trained_models import FULL, LORA, QUESTION, register, upload
 
 from distillery.registry.v1 import registry_pb2, registry_pb2_grpc
 from distillery.stack import servers
@@ -150,3 +150,28 @@ def test_an_unreachable_upstream_is_503_naming_the_deployment(services, make_ten
         sdk(services, tenant.api_key).chat.completions.create(model=model.id, messages=messages)
     assert unreachable.value.status_code == 503 and model.id in unreachable.value.message
     assert "unreachable" in unreachable.value.message and unreachable.value.body["code"] == "upstream_unavailable"
+
+
+def test_a_full_fine_tune_is_asked_as_its_dedicated_upstreams_model(
+    services, vllm, make_tenant, service_registry_for, tmp_path
+):
+    dedicated = services.vllm_url.removesuffix("/v1") + "/dedicated/{model_id}/v1"
+    settings = services.registry_settings(vllm_url=services.vllm_url, vllm_dedicated_url=dedicated)
+    running = services.loop.run(registry_server.create(settings))
+    try:
+        tenant = make_tenant()
+        directory = tmp_path / "full"
+        directory.mkdir()
+        (directory / "config.json").write_text("{}")
+        run_id = f"run_{secrets.token_hex(6)}"
+        uri = upload(services, directory, f"tenants/{tenant.tenant_id}/runs/{run_id}/model/")
+        model = register(service_registry_for(tenant), run_id, FULL, uri, "base-model")
+        deployment = deploy_on_vllm(running.address, tenant.api_key, model.id)
+    finally:
+        services.loop.run(running.stop(1.0))
+    assert deployment.adapter_name == "" and deployment.upstream == dedicated.replace("{model_id}", model.id)
+    messages = [{"role": "user", "content": QUESTION}]
+    answer = sdk(services, tenant.api_key).chat.completions.create(model=model.id, messages=messages)
+    assert answer.choices[0].message.content == f"{model.id}-served|{QUESTION}" and answer.model == model.id
+    prefix = f"/dedicated/{model.id}/v1"
+    assert vllm.paths() == [f"{prefix}/models", f"{prefix}/chat/completions"]  # no adapter to load

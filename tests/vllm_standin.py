@@ -6,6 +6,7 @@
     POST /v1/chat/completions        with "model" the served model or a loaded adapter's name, else 404
                                      NotFoundError "The model `x` does not exist." as vLLM answers; stream
                                      too (word chunks, then a usage chunk with stream_options.include_usage)
+    /dedicated/{name}/v1/...         a dedicated upstream (a full fine-tune's): it serves "{name}-served"
 
 It answers ``f"{model}|{last user text}"``, or the next ``script``ed behaviour:
 ``{"status": 400, "message": "..."}`` / ``{"status": 500}`` (vLLM's error body), ``{"answer": "text"}``,
@@ -85,6 +86,8 @@ class VllmStandin:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/load_lora_adapter", self._load)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/dedicated/{name}/v1/models", self._models)
+        app.router.add_post("/dedicated/{name}/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -97,7 +100,7 @@ class VllmStandin:
 
     async def _models(self, request: web.Request) -> web.Response:
         self._record(request, None)
-        return web.json_response({"object": "list", "data": [{"id": SERVED_MODEL, "object": "model"}]})
+        return web.json_response({"object": "list", "data": [{"id": _served(request), "object": "model"}]})
 
     async def _load(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -112,7 +115,7 @@ class VllmStandin:
         body = await request.json()
         self._record(request, body)
         model = body.get("model")
-        if model != SERVED_MODEL and model not in self.loaded:
+        if model != _served(request) and model not in self.loaded:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
         behaviour = self._script.popleft() if self._script else {}
         if "status" in behaviour:
@@ -159,6 +162,12 @@ class VllmStandin:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _served(request: web.Request) -> str:
+    """The base model this (pool or dedicated) upstream serves."""
+    name = request.match_info.get("name")
+    return f"{name}-served" if name else SERVED_MODEL
 
 
 def _error(status: int, message: str, kind: str) -> web.Response:
