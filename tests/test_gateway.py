@@ -23,10 +23,11 @@ from typing import Any
 import openai
 import pytest
 from conftest import SPANS
+from google.protobuf import struct_pb2
 from test_generate_tools import CALL, MEETING, REQUEST, TOOLS, register_tool_model, save_as_trained
 from test_generate_tools import teach as teach_tool_call
 from tiny_models import build_qwen2
-from trained_models import LORA, QUESTION, build_artifacts, trained_model
+from trained_models import LORA, QUESTION, build_artifacts, trained_model, upload
 
 from distillery.ingest.v1 import ingest_pb2
 from distillery.registry.v1 import registry_pb2
@@ -249,8 +250,17 @@ def test_store_and_proxy_mode_capture_traffic_without_keys(
     streamed = openai_client.chat.completions.create(model="openai:gpt-4.1-mini", messages=messages, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer.choices[0].message.content
 
-    # A deployed model, by a key that stores its traffic (no "store" in the request).
-    model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, LORA)
+    # A deployed model (registered with its system prompt), by a key that stores its traffic (no "store" sent).
+    run_id = f"run_{secrets.token_hex(6)}"
+    uri = upload(services, artifacts["lora"], f"tenants/{tenant.tenant_id}/runs/{run_id}/model/")
+    registry = service_registry_for(tenant)
+    registry.ReserveQuota(registry_pb2.ReserveQuotaRequest(run_id=run_id))
+    config = struct_pb2.Struct()
+    config.update({"system_prompt": "You translate colours."})
+    model = registry.RegisterModel(registry_pb2.RegisterModelRequest(
+        run_id=run_id, name="colours", path=3, base_model=str(artifacts["base"]), artifact_kind=LORA,
+        artifact_uri=uri, training_config=config,
+    ))  # fmt: skip
     deploy(client, model.id)
     admin = [("authorization", f"Bearer {services.admin_token}")]
     storing = client.registry.CreateApiKey(
@@ -269,6 +279,11 @@ def test_store_and_proxy_mode_capture_traffic_without_keys(
     assert json.loads(proxy.request_json) == {"messages": messages, "tools": []}
     assert json.loads(proxy.response_json) == {"role": "assistant", "content": "Answer brief|Where is my parcel?"}
     assert json.loads(endpoint.response_json)["content"] == served.choices[0].message.content
+    # What the model answered under: its system prompt first, then the messages as sent.
+    assert json.loads(endpoint.request_json)["messages"] == [
+        {"role": "system", "content": "You translate colours."},
+        {"role": "user", "content": QUESTION},
+    ]
     assert (endpoint.prompt_tokens, endpoint.completion_tokens) == (served.usage.prompt_tokens,
                                                                     served.usage.completion_tokens)  # fmt: skip
     for record in records:
