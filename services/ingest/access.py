@@ -31,7 +31,7 @@ ACCESS = AccessTable(
         "CreateDatasetFromTraffic": Access.TENANT,
     },
     why={
-        "CaptureTraffic": "traffic is captured by the gateway for requests that ask it (\"store\": true); "
+        "CaptureTraffic": 'traffic is captured by the gateway for requests that ask it ("store": true); '
         "send the request through the gateway's /v1/chat/completions with store set"
     },
 )
