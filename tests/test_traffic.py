@@ -258,6 +258,33 @@ def canonical_rows_at(services, key: str) -> list[str]:
     return ObjectStore(services.s3).get_bytes(key).decode().splitlines()
 
 
+def test_records_sent_without_a_system_message_take_the_given_instruction(
+    services, make_tenant, client_for, gateway_for
+):
+    tenant = make_tenant()
+    client, gateway = client_for(tenant), gateway_for(tenant)
+    tag = {"task": f"triage-{secrets.token_hex(3)}"}
+    bare = {
+        "request_json": json.dumps({"messages": [{"role": "user", "content": "My parcel never came."}]}),
+        "response_json": json.dumps({"role": "assistant", "content": '{"category": "shipping"}'}),
+    }
+    gateway.capture(model="mdl_a", source="endpoint", metadata=tag, **chat("Refund me.", "Done.", system="Be kind."))
+    gateway.capture(model="mdl_a", source="endpoint", metadata=tag, **bare)
+
+    without = from_traffic(client, metadata=tag)  # the bare record has no instruction: left out
+    assert (without.records, without.left_out_kind, without.upload.report.rows) == (2, 1, 1)
+    err = raised(lambda: from_traffic(client, metadata=tag, limit=1))  # the newest, the bare one, alone
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "--system-prompt" in err.details()
+
+    made = from_traffic(client, metadata=tag, system_prompt="Triage the message as JSON.")
+    assert (made.records, made.left_out_kind, made.upload.report.rows) == (2, 0, 2) and made.upload.report.valid
+    rows = canonical_rows(services, tenant, made.upload.dataset.id)
+    assert [r["messages"][0] for r in rows] == [  # oldest first
+        {"role": "system", "content": "Be kind."},  # a record with its own instruction keeps it
+        {"role": "system", "content": "Triage the message as JSON."},  # the bare record takes the given one
+    ]
+
+
 def test_from_traffic_refusals(services, make_tenant, client_for, gateway_for):
     tenant = make_tenant()
     client = client_for(tenant)

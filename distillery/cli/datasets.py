@@ -211,8 +211,15 @@ def show(dataset_id: str, as_json: bool) -> None:
     "--limit", type=click.IntRange(min=0), default=0, help="At most this many records, newest first (default 10,000)."
 )
 @click.option("--name", default="", help="A display name (default: traffic and the tags).")
+@click.option(
+    "--system-prompt",
+    default="",
+    help="pairs: the instruction of requests sent with no system message (a pairs row needs one).",
+)
 @json_option
-def from_traffic(tags: tuple[str, ...], kind: str, since: str, limit: int, name: str, as_json: bool) -> None:
+def from_traffic(
+    tags: tuple[str, ...], kind: str, since: str, limit: int, name: str, system_prompt: str, as_json: bool
+) -> None:
     """Build a dataset version from captured traffic, validated like an upload.
 
     Rows already in one of your eval sets (the eval side of a split) are left out, and
@@ -221,7 +228,7 @@ def from_traffic(tags: tuple[str, ...], kind: str, since: str, limit: int, name:
     """
     request = ingest_pb2.CreateDatasetFromTrafficRequest(
         metadata=parse_tags(tags), kind=KINDS[kind], since=since_stamp(parse_since(since)), limit=limit,
-        display_name=name,
+        display_name=name, system_prompt=system_prompt,
     )  # fmt: skip
     with rpc_errors():
         made = Client.from_environment(timeout=3600).ingest.CreateDatasetFromTraffic(request)

@@ -211,7 +211,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         made = await traffic_datasets.from_traffic(
             self.pool, self.store, self.intake, auth.current_caller().tenant_id, dict(request.metadata),
             kind=request.kind, since=_since(request), limit=request.limit, display_name=request.display_name,
-            max_upload_bytes=self.max_upload_bytes,
+            max_upload_bytes=self.max_upload_bytes, system_prompt=request.system_prompt,
         )  # fmt: skip
         return ingest_pb2.DatasetFromTraffic(
             upload=outcome_pb(made.outcome), records=made.records, left_out_eval=made.left_out_eval,

@@ -7,9 +7,10 @@ path, checks, near-duplicate warnings and storage as ``datasets upload``.
 
 - pairs (``docs/datasets.md``): ``{"messages": [system..., user, ..., assistant]}``, the
   conversation as sent (developer messages as system ones, text parts joined) with the
-  answer's text as the last assistant message. A record with a tool turn, an answer that
-  calls a tool or has no text, content that is not text, or no system message (a pairs row
-  needs one) does not fit: counted in ``left_out_kind``.
+  answer's text as the last assistant message. A record sent with no system message takes
+  the request's ``system_prompt`` (a pairs row needs one). A record with a tool turn, an
+  answer that calls a tool or has no text, content that is not text, or still no system
+  message does not fit: counted in ``left_out_kind``.
 - tool-calls (``tool_rows``): ``{"messages": [...], "tools": [...]}``, the answer (its text
   and ``tool_calls``) as the last assistant message. A record without tools does not fit.
 
@@ -69,14 +70,17 @@ def _role(message: Any) -> str:
     return "system" if role == "developer" else role if isinstance(role, str) else ""
 
 
-def pairs_row(request: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any] | None:
-    """The pairs row of one record, or None when it does not fit a pairs dataset."""
+def pairs_row(request: dict[str, Any], answer: dict[str, Any], system_prompt: str = "") -> dict[str, Any] | None:
+    """The pairs row of one record, or None when it does not fit a pairs dataset; ``system_prompt`` is the
+    instruction of a record sent without one."""
     messages = []
     for message in request.get("messages") or ():
         role, text = _role(message), _text(message.get("content")) if isinstance(message, dict) else None
         if role not in ("system", "user", "assistant") or text is None or message.get("tool_calls"):
             return None
         messages.append({"role": role, "content": text})
+    if system_prompt.strip() and not any(m["role"] == "system" for m in messages):
+        messages.insert(0, {"role": "system", "content": system_prompt})
     text = _text(answer.get("content"))
     if answer.get("tool_calls") or not text or not any(m["role"] == "system" for m in messages):
         return None
@@ -116,14 +120,16 @@ def tool_calls_row(request: dict[str, Any], answer: dict[str, Any]) -> dict[str,
     return {"messages": [*messages, last], "tools": [_tool(t) for t in tools]}
 
 
-def row_of(kind: int, record: traffic.Record) -> dict[str, Any] | None:
+def row_of(kind: int, record: traffic.Record, system_prompt: str = "") -> dict[str, Any] | None:
     try:
         request, answer = json.loads(record.request_json), json.loads(record.response_json)
     except (json.JSONDecodeError, RecursionError):
         return None
     if not isinstance(request, dict) or not isinstance(answer, dict):
         return None
-    return (pairs_row if kind == ingest_pb2.DATASET_KIND_PAIRS else tool_calls_row)(request, answer)
+    if kind == ingest_pb2.DATASET_KIND_PAIRS:
+        return pairs_row(request, answer, system_prompt)
+    return tool_calls_row(request, answer)
 
 
 def _identity(line: str) -> bytes | None:
@@ -189,6 +195,7 @@ async def from_traffic(
     limit: int,
     display_name: str,
     max_upload_bytes: int,
+    system_prompt: str = "",
 ) -> FromTraffic:
     kind, limit = check_request(tags, kind, limit)
     scope = " ".join(f"{k}={v}" for k, v in sorted(tags.items())) + (f" since {since:%Y-%m-%d %H:%M}" if since else "")
@@ -201,7 +208,7 @@ async def from_traffic(
             async with aclosing(records):
                 async for record in records:
                     tally.records += 1
-                    row = row_of(kind, record)
+                    row = row_of(kind, record, system_prompt)
                     if row is None:
                         tally.left_out_kind += 1
                         continue
@@ -243,8 +250,8 @@ def _check_made(tally: _Tally, kind: int, scope: str) -> None:
 
 
 _FIT: dict[int, str] = {
-    ingest_pb2.DATASET_KIND_PAIRS: " (a pairs row needs a system message, text turns and a text answer: try "
-    "--kind tool-calls for tool traffic)",
+    ingest_pb2.DATASET_KIND_PAIRS: " (a pairs row needs a system message, text turns and a text answer: give "
+    "requests sent without one an instruction with --system-prompt, or try --kind tool-calls for tool traffic)",
     ingest_pb2.DATASET_KIND_TOOL_CALLS: " (a tool-calls row needs the request's tools: try --kind pairs)",
 }
 

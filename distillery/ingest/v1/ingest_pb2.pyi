@@ -1101,11 +1101,16 @@ class CreateDatasetFromTrafficRequest(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
     kind: Global___DatasetKind.ValueType
     """DATASET_KIND_PAIRS (default) or DATASET_KIND_TOOL_CALLS."""
     limit: _builtins.int
     """At most this many records, newest first (0: 10,000)."""
     display_name: _builtins.str
+    system_prompt: _builtins.str
+    """Pairs: the instruction of records sent with no system message (a pairs
+    row needs one). Records that have one keep theirs.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Every tag must match; at least one is required."""
@@ -1120,10 +1125,11 @@ class CreateDatasetFromTrafficRequest(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         limit: _builtins.int = ...,
         display_name: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "kind", b"kind", "limit", b"limit", "metadata", b"metadata", "since", b"since"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "kind", b"kind", "limit", b"limit", "metadata", b"metadata", "since", b"since", "system_prompt", b"system_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
