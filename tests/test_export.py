@@ -98,7 +98,7 @@ def test_adapter_export_has_the_adapter_and_its_card(
         "ds_colours_eval",
         "120",
         "learning_rate: 0.0002",
-        "lora_r: 8",
+        "- lora_r: 8\n",  # a whole number as written, not 8.0
         "eval_loss_after",
         "0.25",
         "PeftModel.from_pretrained",

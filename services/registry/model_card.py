@@ -99,8 +99,15 @@ def settings_lines(config: dict[str, Any]) -> list[str]:
         if section == "sft" and values.get("full_finetune"):
             shown = [(n, v) for n, v in shown if not n.startswith("lora_")]
         if shown:
-            lines += [f"{section.upper()}:", "", *(f"- {name}: {value}" for name, value in shown), ""]
+            lines += [f"{section.upper()}:", "", *(f"- {name}: {setting(value)}" for name, value in shown), ""]
     return lines[:-1] if lines else ["Not recorded for this model."]
+
+
+def setting(value: Any) -> str:
+    """A setting as written: whole numbers (stored as floats in the training config's Struct) without ".0"."""
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return str(value)
 
 
 def metric_lines(metrics: dict[str, float]) -> list[str]:
