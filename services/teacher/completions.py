@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from services.common.canonical_tools import NAME
 from services.common.errors import DistilleryError, FailedPrecondition, InvalidArgument, Unavailable
 from services.teacher import engine, providers
-from services.teacher.keys import KeyStore, close_client
+from services.teacher.keys import KeyStore, close_client, refused_key
 from services.teacher.limits import Limiter
 from services.teacher.providers.base import Completion, Credentials, ProviderError, Request, scrub
 
@@ -221,13 +221,7 @@ def provider_error(provider: str, credentials: Credentials, err: ProviderError, 
     """What a provider's failure means for the caller, the key scrubbed out."""
     said = scrub(err.message, credentials.api_key)
     if err.kind == "auth":
-        if provider == "platform":
-            whose = "the deployment's key (DISTILLERY_PLATFORM_API_KEY) was refused by the platform endpoint"
-        elif credentials.billed:
-            whose = f"the deployment's {provider} key (DISTILLERY_{provider.upper()}_API_KEY) was refused"
-        else:
-            whose = f"your {provider} key was refused: set a new one with `distillery keys set {provider}`"
-        return FailedPrecondition(f"{whose} ({said})", field="model")
+        return FailedPrecondition(f"{refused_key(provider, credentials)} ({said})", field="model")
     if err.kind == "spend_limit":
         return FailedPrecondition(f"the {provider} account cannot pay for requests: {said}", field="model")
     if err.kind == "input_too_long":

@@ -211,6 +211,15 @@ def clean_key(provider: str, api_key: str) -> str:
     return key
 
 
+def refused_key(provider: str, credentials: Credentials) -> str:
+    """Whose key a provider refused when a call (not a key check) failed with "auth", and what to do."""
+    if provider == "platform":
+        return "the deployment's key (DISTILLERY_PLATFORM_API_KEY) was refused by the platform endpoint"
+    if credentials.billed:
+        return f"the deployment's {provider} key (DISTILLERY_{provider.upper()}_API_KEY) was refused"
+    return f"your {provider} key was refused: set a new one with `distillery keys set {provider}`"
+
+
 def check_error(provider: str, err: ProviderError, api_key: str) -> DistilleryError:
     """What a failed check call means for the person storing the key."""
     said = scrub(err.message, api_key)

@@ -32,7 +32,7 @@ from services.common.errors import DistilleryError, FailedPrecondition, InvalidA
 from services.common.reports import Report
 from services.common.tool_schemas import PLAIN_LANGUAGE
 from services.teacher import engine, providers
-from services.teacher.keys import KeyStore, close_client
+from services.teacher.keys import KeyStore, close_client, refused_key
 from services.teacher.limits import Limiter
 from services.teacher.providers.base import Completion, Credentials, ProviderError, Request, scrub
 
@@ -237,13 +237,7 @@ def _depth(value: Any) -> int:
 def _teacher_error(provider: str, credentials: Credentials, err: ProviderError) -> DistilleryError:
     said = scrub(err.message, credentials.api_key)
     if err.kind == "auth":
-        if provider == "platform":
-            whose = "the deployment's key (DISTILLERY_PLATFORM_API_KEY) was refused by the platform endpoint"
-        elif credentials.billed:
-            whose = f"the deployment's {provider} key (DISTILLERY_{provider.upper()}_API_KEY) was refused"
-        else:
-            whose = f"your {provider} key was refused: set a new one with `distillery keys set {provider}`"
-        return FailedPrecondition(f"{whose} ({said})", field="teacher")
+        return FailedPrecondition(f"{refused_key(provider, credentials)} ({said})", field="teacher")
     if err.kind == "spend_limit":
         return FailedPrecondition(f"the {provider} account cannot pay for requests: {said}", field="teacher")
     if err.kind == "input_too_long":
