@@ -8,7 +8,6 @@ a file whose sha256 matches is renamed into place, and one already there with th
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
@@ -18,13 +17,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from distillery.cli.output import console, fail, json_option, print_json, rpc_errors
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2
+from distillery.uploads import sha256_of
 
 FORMATS = ("adapter", "merged", "gguf")
 # Building an export (loading the base model, merging, converting) may take many minutes the first time.
 EXPORT_TIMEOUT_S = 3600.0
 # One file's stream; an interrupted one resumes where it stopped.
 READ_TIMEOUT_S = 6 * 3600.0
-BLOCK = 1024 * 1024
 
 
 @click.command("export")
@@ -70,14 +69,6 @@ def local_path(out: Path, path: str) -> Path:
     if relative.is_absolute() or not relative.parts or ".." in relative.parts:
         fail(f"the registry listed a file outside the export ({path!r}): not written")
     return out.joinpath(*relative.parts)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(client: Client, built: registry_pb2.Export, f: registry_pb2.ExportFile, out: Path) -> None:
