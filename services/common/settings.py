@@ -22,6 +22,24 @@ def env_str(name: str, default: str | None = None) -> str:
     return value
 
 
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from ``NAME``, or from the file that ``NAME_FILE`` names (a mounted Kubernetes Secret);
+    setting both is refused, as it is unclear which one holds. Surrounding whitespace is dropped."""
+    path = os.environ.get(name + "_FILE", "")
+    if path and os.environ.get(name):
+        raise InvalidArgument(f"set {name} or {name}_FILE, not both")
+    if not path:
+        return env_str(name, default)
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as err:
+        raise InvalidArgument(f"{name}_FILE={path}: cannot read it ({err.strerror}); mount the secret there") from None
+    if not value:
+        raise InvalidArgument(f"{name}_FILE={path} is empty: put the secret in it")
+    return value
+
+
 def env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
     if raw == "":

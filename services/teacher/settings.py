@@ -6,7 +6,15 @@ import os
 from dataclasses import dataclass, field
 
 from services.common.errors import InvalidArgument
-from services.common.settings import S3Settings, ServerSettings, database_url, env_float, env_str, registry_address
+from services.common.settings import (
+    S3Settings,
+    ServerSettings,
+    database_url,
+    env_float,
+    env_secret,
+    env_str,
+    registry_address,
+)
 
 PROVIDER_NAMES = ("openai", "anthropic", "google", "platform")
 
@@ -51,7 +59,8 @@ class Settings:
     database_url: str
     s3: S3Settings
     registry_address: str
-    # Base64 of 32 bytes: the key that wraps the tenants' provider keys (DISTILLERY_MASTER_KEY).
+    # Base64 of 32 bytes: the key that wraps the tenants' provider keys (DISTILLERY_MASTER_KEY, or the file
+    # DISTILLERY_MASTER_KEY_FILE names: a mounted Kubernetes Secret).
     master_key: str = field(default="", repr=False)
     # Where ingest listens: generated rows become datasets there.
     ingest_address: str = ""
@@ -78,7 +87,7 @@ class Settings:
             database_url=database_url(),
             s3=S3Settings.from_env(),
             registry_address=registry_address(),
-            master_key=env_str("DISTILLERY_MASTER_KEY", ""),
+            master_key=env_secret("DISTILLERY_MASTER_KEY"),
             ingest_address=env_str("DISTILLERY_INGEST_ADDRESS", ""),
             providers={p: ProviderSettings.from_env(p) for p in PROVIDER_NAMES},
             request_timeout_s=env_float("DISTILLERY_TEACHER_TIMEOUT_S", 120.0),
