@@ -189,7 +189,7 @@ def test_a_recipe_for_another_path_or_a_slot_is_refused_naming_recipe() -> None:
         assert err.value.field == "recipe"
 
 
-def test_a_checked_request_records_the_recipe_its_auto_fields_and_its_capped_compute() -> None:
+def test_a_checked_request_records_the_recipe_its_auto_fields_and_its_compute() -> None:
     request = pb.CreateRunRequest(dataset_id="ds_1", recipe="classify", sft=pb.SftSettings(epochs=2))
     request.auto_fields.append("seed")  # output only: a caller's is ignored
     stored = run_requests.checked(request, deployment=Deployment(workers=4))
@@ -197,11 +197,14 @@ def test_a_checked_request_records_the_recipe_its_auto_fields_and_its_capped_com
     assert stored["path"] == "TRAINING_PATH_FINETUNE_TEXT" and stored["sft"]["epochs"] == 2
     assert stored["auto_fields"] == ["max_seq_length", "max_steps", "eval_every_steps", "checkpoint_every_steps"]
     assert stored["auto_limits"] == {"max_seq_length": 512, "max_steps": 2000}
-    assert stored["compute"] == {"workers": 1, "cpus_per_worker": 4.0}  # no GPU here: neither GPUs nor a GPU type
+    # the recipe's compute is a preference, capped to the deployment's group (which declares no CPUs and no GPU)
+    assert stored["compute"] == {"workers": 1}
     on_gpus = run_requests.checked(request, deployment=Deployment(workers=2, use_gpu=True))
-    assert on_gpus["compute"] == {"workers": 1, "cpus_per_worker": 4.0, "gpus_per_worker": 1, "gpu_type": "L4"}
-    request.compute.workers = 16
-    assert run_requests.checked(request, deployment=Deployment(workers=2))["compute"]["workers"] == 2  # capped
+    assert on_gpus["compute"] == {"workers": 1, "gpus_per_worker": 1}  # its group names no GPU type: no "L4"
+    request.compute.workers = 16  # what the request asks is a requirement: refused, not capped
+    with pytest.raises(InvalidArgument, match="default: up to 2 workers") as err:
+        run_requests.checked(request, deployment=Deployment(workers=2))
+    assert err.value.field == "compute.workers"
     plain = run_requests.checked(pb.CreateRunRequest(path=FINETUNE_TEXT, dataset_id="ds_1", student_model="o/m"))
     assert "auto_fields" not in plain and plain["compute"] == {"workers": 1}  # the deployment's
     assert run_recipes.job_compute(stored, Deployment(workers=8, use_gpu=True)) == (1, False)  # recorded: no GPU

@@ -113,10 +113,14 @@ DEFAULT_RECIPE_PATHS = ("finetune-asr", "finetune-ocr")  # a run of these withou
 @click.option("--full-finetune", is_flag=True, help="Train every weight instead of a LoRA adapter.")
 @click.option("--lora-r", type=int, default=0, help="[default: 16]")
 @click.option("--seed", type=int, default=0)
-@click.option("--workers", type=int, default=0, help="Ray Train workers [default: the recipe's, else the deployment's; "
-              "at most the deployment's].")  # fmt: skip
-@click.option("--cpus-per-worker", type=float, default=0.0, help="A scheduling hint [default: the recipe's].")
-@click.option("--gpu-type", default="", help="A scheduling hint such as L4 or H100 [default: the recipe's].")
+@click.option("--workers", type=int, default=0, help="Ray Train workers [default: the recipe's, else the "
+              "deployment's]; the run is refused when no worker group of the deployment offers that many.")  # fmt: skip
+@click.option("--gpus-per-worker", type=int, default=0, help="GPUs each worker gets [default: the recipe's where "
+              "the deployment has GPU workers, else none]; refused when no worker group offers them.")  # fmt: skip
+@click.option("--cpus-per-worker", type=float, default=0.0, help="CPUs each worker gets [default: the recipe's, at "
+              "most its worker group's].")  # fmt: skip
+@click.option("--gpu-type", default="", help="The GPU to train on, as Ray names it (L4, A100, H100...) "
+              "[default: the recipe's where a worker group has it]; refused when no worker group has it.")  # fmt: skip
 @click.option(
     "--system-prompt",
     "system_prompts",
@@ -167,8 +171,8 @@ def create(
     recipe: str, path: str | None, dataset_id: str, student_model: str, eval_dataset_id: str, eval_fraction: float,
     model_name: str, system_prompts: tuple[str, ...], idempotency_key: str, follow_it: bool, as_json: bool,
     teacher: str, augment_count: int, temperature: float, max_output_tokens: int, max_failed_fraction: float,
-    estimate_only: bool, workers: int, cpus_per_worker: float, gpu_type: str, rubric: str, validate_only: bool,
-    language: str, train_vision: bool, image_mode: str, **options: Any,
+    estimate_only: bool, workers: int, gpus_per_worker: int, cpus_per_worker: float, gpu_type: str, rubric: str,
+    validate_only: bool, language: str, train_vision: bool, image_mode: str, **options: Any,
 ) -> None:  # fmt: skip
     """Start a training run; prints its id (and follows it with --watch)."""
     if not student_model and not recipe and path not in DEFAULT_RECIPE_PATHS:
@@ -185,7 +189,8 @@ def create(
         named.append(teacher_pb2.NamedSystemPrompt(name=name.strip(), text=text))
     request = pb.CreateRunRequest(
         path=PATHS.get(path, 0), recipe=recipe, dataset_id=dataset_id, student_model=student_model,
-        compute=pb.Compute(workers=workers, cpus_per_worker=cpus_per_worker, gpu_type=gpu_type),
+        compute=pb.Compute(workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                           gpu_type=gpu_type),
         eval_dataset_id=eval_dataset_id,
         eval_fraction=eval_fraction, model_name=model_name, idempotency_key=idempotency_key,
         sft=pb.SftSettings(**sft), system_prompts=named, teacher=teacher, augment_count=augment_count,

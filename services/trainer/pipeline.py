@@ -53,7 +53,6 @@ from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer import generation, job_access, pauses, ray_jobs, run_inputs, run_recipes, run_requests, runs
 from services.trainer.peers import Peers
-from services.trainer.ray_jobs import RayJobs
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.sft_settings import SftSettings
@@ -107,7 +106,7 @@ def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
         run_id=run.id, tenant_id=run.tenant_id, student_model=base_model(run),
         train_key=split["train_key"], eval_key=split["eval_key"], output_prefix=run_prefix(run),
         sft=SftSettings(**request["sft"]), grpo=GrpoSettings(**grpo) if grpo is not None else None,
-        num_workers=workers, use_gpu=use_gpu,
+        num_workers=workers, use_gpu=use_gpu, **run_recipes.job_resources(request),
         start_from=source.get("artifact_prefix", ""), start_kind=source.get("artifact_kind", ""),
         rubric=(run.rubric_validation or {}).get("definition"),  # the rubric the run checked (``rubric_runs``)
         language=request.get("language", ""), train_vision=bool(request.get("train_vision", False)),
@@ -138,9 +137,10 @@ class Pipeline:
     store: ObjectStore
     s3: S3Settings
     peers: Peers
-    jobs: RayJobs
+    jobs: ray_jobs.RayJobs
     train_workers: int = 1
     train_use_gpu: bool = False
+    worker_groups: tuple[run_recipes.WorkerGroup, ...] = ()  # what jobs may get (``worker_groups``)
     push_address: str = ""
     access: job_access.JobAccess = None  # type: ignore[assignment]  # default: built from store and s3
 
@@ -149,8 +149,8 @@ class Pipeline:
             self.access = job_access.JobAccess(self.store, self.s3)
 
     def deployment(self) -> run_recipes.Deployment:
-        """What this deployment gives a training job: the most workers (and the default), GPUs or none."""
-        return run_recipes.Deployment(self.train_workers, self.train_use_gpu)
+        """What this deployment gives a training job: its worker groups."""
+        return run_recipes.Deployment(self.train_workers, self.train_use_gpu, self.worker_groups)
 
     # --- driving ---
 

@@ -17,9 +17,9 @@ A recipe's sft fields in ``AUTO_FIELDS`` may be "auto": sized from the run's spl
 - ``eval_every_steps``: about ten evals a run (``ceil(steps / 10)``);
 - ``checkpoint_every_steps``: at every eval, so the best eval's checkpoint is there to keep.
 
-Compute: the request's, else the recipe's, else the deployment's (``DISTILLERY_TRAIN_WORKERS``,
-``DISTILLERY_TRAIN_USE_GPU``), capped by the deployment: at most its workers, and one GPU a worker where
-it has GPUs, none where it has not (``resolve_compute``; what the job gets, ``job_compute``).
+Compute: the request's, which a worker group of the deployment must offer (else CreateRun refuses it), else
+the recipe's, capped to the group the run gets, else the group's (``worker_groups``: ``resolve_compute``; what
+the job gets, ``job_compute`` and ``job_resources``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from minio.error import S3Error
@@ -45,6 +44,13 @@ from services.common.ids import check_text
 from services.common.objects import ObjectStore
 from services.trainer.recipes.grpo_settings import resolve_grpo
 from services.trainer.recipes.sft_settings import UPPER_BOUNDS, SftSettings, resolve_sft
+
+# The run's compute, re-exported: where the trainer's callers have always found it.
+from services.trainer.worker_groups import Deployment as Deployment
+from services.trainer.worker_groups import WorkerGroup as WorkerGroup
+from services.trainer.worker_groups import job_compute as job_compute
+from services.trainer.worker_groups import job_resources as job_resources
+from services.trainer.worker_groups import resolve_compute as resolve_compute
 
 DEFAULT_FILE = Path(__file__).with_name("run_recipes.toml")
 AUTO = "auto"
@@ -243,33 +249,6 @@ def apply(recipe: Recipe, request: pb.CreateRunRequest) -> tuple[pb.CreateRunReq
             if not getattr(message, key):
                 setattr(message, key, value)
     return out, [name for name in recipe.auto_fields if not getattr(request.sft, name)]
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """What the deployment gives a training job: ``DISTILLERY_TRAIN_WORKERS`` (the default and the most) and
-    ``DISTILLERY_TRAIN_USE_GPU``."""
-
-    workers: int = 1
-    use_gpu: bool = False
-
-
-def resolve_compute(asked: pb.Compute, deployment: Deployment) -> dict[str, Any]:
-    """The compute recorded on a run: what its job gets (workers, a GPU each or none) and the hints."""
-    gpus = int(deployment.use_gpu)
-    resolved = pb.Compute(workers=min(asked.workers or deployment.workers, deployment.workers),
-                          cpus_per_worker=asked.cpus_per_worker, gpus_per_worker=gpus,
-                          gpu_type=asked.gpu_type if gpus else "")  # fmt: skip
-    return json_format.MessageToDict(resolved, preserving_proto_field_name=True)
-
-
-def job_compute(request: dict[str, Any], deployment: Deployment) -> tuple[int, bool]:
-    """Workers and GPU use of a run's job: its recorded compute, capped by the deployment as it is now."""
-    if "compute" not in request:  # a run created before compute was recorded
-        return deployment.workers, deployment.use_gpu
-    compute = request["compute"]
-    workers = min(int(compute.get("workers") or deployment.workers), deployment.workers)
-    return max(workers, 1), deployment.use_gpu and int(compute.get("gpus_per_worker", 0)) > 0
 
 
 @dataclass(frozen=True)

@@ -133,14 +133,16 @@ def checked(
 ) -> dict[str, Any]:
     """The request as stored with the run (proto JSON, snake_case), defaults filled in: its recipe's values
     where it has none, the recipe's auto fields it left at 0 (``auto_fields``, sized later), and its compute as
-    the deployment gives it. ``students`` is where the deployment allows student models from (default: the hub
-    only), ``recipes`` the recipes it knows (default: the platform's), ``deployment`` what its jobs get."""
+    a worker group of the deployment gives it (a request no group can satisfy is refused: ``worker_groups``).
+    ``students`` is where the deployment allows student models from (default: the hub only), ``recipes`` the
+    recipes it knows (default: the platform's), ``deployment`` what its jobs get."""
     if request.path not in common_pb2.TrainingPath.values():
         raise InvalidArgument(f"path {request.path} is not a training path: give one of "
                               f"{', '.join(PATH_NAMES.values())}", field="path")  # fmt: skip
     auto: list[str] = []
     limits: dict[str, int] = {}
-    original_student = request.student_model
+    original_student, asked_compute = request.student_model, pb.Compute()
+    asked_compute.CopyFrom(request.compute)  # a requirement; what a recipe adds to it is a preference
     if not request.recipe and request.path in PATH_RECIPES:
         request = _with_default_recipe(request)
     if request.recipe:  # first: a recipe may give the path, the student and the settings checked below
@@ -186,7 +188,9 @@ def checked(
     stored.pop("auto_fields", None)  # output only: what the recipe leaves to sizing
     if auto:
         stored["auto_fields"], stored["auto_limits"] = auto, limits
-    stored["compute"] = run_recipes.resolve_compute(request.compute, deployment or run_recipes.Deployment())
+    stored["compute"] = run_recipes.resolve_compute(
+        asked_compute, deployment or run_recipes.Deployment(), request.compute
+    )
     rl = request.mode == common_pb2.TRAINING_MODE_SFT_RL
     stored["mode"] = common_pb2.TrainingMode.Name(
         common_pb2.TRAINING_MODE_SFT_RL if rl else common_pb2.TRAINING_MODE_SFT

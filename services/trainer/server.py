@@ -36,6 +36,7 @@ async def create(settings: Settings) -> RunningServer:
         pool=backends.pool, store=backends.store, s3=settings.s3, peers=peers,
         jobs=RayJobs(settings.ray_address, settings.ray_token()),
         train_workers=settings.train_workers, train_use_gpu=settings.train_use_gpu,
+        worker_groups=settings.worker_groups,
         access=JobAccess(
             backends.store, settings.s3, settings.job_s3_access, settings.run_token_lifetime_s,
             settings.job_secrets_url_s, settings.job_cache_dir,

@@ -16,7 +16,9 @@ from services.common.settings import (
     env_str,
     registry_address,
 )
+from services.trainer import worker_groups
 from services.trainer.students import StudentSources
+from services.trainer.worker_groups import WorkerGroup
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,13 @@ class Settings:
     ray_address: str
     # A file holding the Ray head's auth token ("" when the cluster has token auth off).
     ray_token_file: str = ""
-    # Ray Train workers per run, and whether each takes a GPU.
+    # Ray Train workers per run, and whether each takes a GPU: the one worker group of a deployment that
+    # declares none (``worker_groups``).
     train_workers: int = 1
     train_use_gpu: bool = False
+    # The kinds of Ray worker the deployment's cluster offers training jobs (DISTILLERY_WORKER_GROUPS, a JSON
+    # list; services/trainer/worker_groups.py); () = one group from train_workers and train_use_gpu.
+    worker_groups: tuple[WorkerGroup, ...] = ()
     # Where training jobs reach this service to push progress; "" = the address it listens on.
     push_address: str = ""
     # A run's driver renews its lease this often (s); another instance takes over after 3 misses.
@@ -85,6 +91,7 @@ class Settings:
             ray_token_file=env_str("DISTILLERY_RAY_TOKEN_FILE", ""),
             train_workers=int(workers),
             train_use_gpu=env_bool("DISTILLERY_TRAIN_USE_GPU", False),
+            worker_groups=worker_groups.parse(env_str(worker_groups.VARIABLE, "")),
             push_address=env_str("DISTILLERY_TRAINER_PUSH_ADDRESS", ""),
             lease_s=env_float("DISTILLERY_RUN_LEASE_S", 5.0),
             job_s3_access=env_str("DISTILLERY_JOB_S3_ACCESS", cls.job_s3_access),

@@ -209,7 +209,7 @@ def train_on_ray(
     trainer = TorchTrainer(
         loop,
         train_loop_config={"spec": spec.to_json(), "secrets": secrets_for_workers()},
-        scaling_config=scaling(workers, spec.use_gpu),
+        scaling_config=scaling(spec, workers),
         run_config=RunConfig(
             name=spec.run_id, storage_path=f"{s3.bucket}/{spec.output_prefix}/ray",
             storage_filesystem=checkpoint_storage(s3), failure_config=FailureConfig(max_failures=max_failures),
@@ -259,17 +259,27 @@ def start_ray() -> None:
         ray.init(address="local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
 
 
-def scaling(workers: int, use_gpu: bool) -> Any:
-    """The workers a job asks Ray for. Ray gives a worker one CPU unless told otherwise, and sets its torch
-    to one thread to match; a CPU job asks instead for the CPUs of the largest node, shared among its workers
-    (so two CPU jobs on one node take turns rather than share it). A GPU worker asks for one GPU."""
+def scaling(spec: JobSpec, workers: int) -> Any:
+    """The workers a job asks Ray for: the run's compute (``spec.cpus_per_worker``, ``gpus_per_worker``,
+    ``gpu_type``, recorded from a worker group of the deployment: ``services/trainer/worker_groups.py``).
+    A GPU worker asks for its GPUs (one when the spec says 0), on nodes of ``gpu_type`` when it names one.
+    A CPU worker asks for its CPUs; where the run records none, for the CPUs of the largest node shared among
+    its workers (so two CPU jobs on one node take turns rather than share it). Ray sets a worker's torch
+    threads to its whole CPUs (at least one)."""
     import ray
     from ray.train import ScalingConfig
 
-    if use_gpu:
-        return ScalingConfig(num_workers=workers, use_gpu=True)
-    node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]), default=1)
-    return ScalingConfig(num_workers=workers, resources_per_worker={"CPU": max(1, node_cpus // workers)})
+    if spec.use_gpu:
+        resources: dict[str, float] = {"GPU": spec.gpus_per_worker or 1}
+        if spec.cpus_per_worker:
+            resources["CPU"] = spec.cpus_per_worker
+        return ScalingConfig(num_workers=workers, use_gpu=True, resources_per_worker=resources,
+                             accelerator_type=spec.gpu_type or None)  # fmt: skip
+    cpus = spec.cpus_per_worker
+    if not cpus:
+        node_cpus = max((int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]), default=1)
+        cpus = max(1, node_cpus // workers)
+    return ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus})
 
 
 def checkpoint_storage(s3: S3Settings) -> Any:

@@ -50,8 +50,15 @@ class JobSpec:
     num_workers: int = field(
         default=1, metadata={"help": "Ray Train workers; a recipe that must run on one says so in its log."}
     )
-    use_gpu: bool = field(
-        default=False, metadata={"help": "Give each worker one GPU (and train in bf16 where it can)."}
+    use_gpu: bool = field(default=False, metadata={"help": "Give each worker GPUs (and train in bf16 where it can)."})
+    cpus_per_worker: float = field(
+        default=0.0,
+        metadata={"help": "CPUs each worker asks Ray for; 0: a CPU job shares the largest node's CPUs among its "
+                  "workers, a GPU job takes Ray's default."},
+    )  # fmt: skip
+    gpus_per_worker: int = field(default=0, metadata={"help": "GPUs each worker asks Ray for when use_gpu (0: one)."})
+    gpu_type: str = field(
+        default="", metadata={"help": "Ray's accelerator type the workers must run on (L4, A100...); empty: any."}
     )
     start_from: str = field(
         default="",
@@ -149,6 +156,13 @@ class JobSpec:
         if not isinstance(self.image_mode, str):
             raise InvalidArgument(f"spec.image_mode must be a mode's name or empty, not {self.image_mode!r}",
                                   field="spec.image_mode")  # fmt: skip
+        cpus, gpus = self.cpus_per_worker, self.gpus_per_worker
+        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or not 0 <= cpus < float("inf"):
+            raise InvalidArgument(f"spec.cpus_per_worker must be a number >= 0, not {cpus!r}",
+                                  field="spec.cpus_per_worker")  # fmt: skip
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0 or not isinstance(self.gpu_type, str):
+            raise InvalidArgument(f"spec.gpus_per_worker ({gpus!r}) must be a whole number >= 0 and spec.gpu_type "
+                                  f"({self.gpu_type!r}) a string", field="spec.gpus_per_worker")  # fmt: skip
         if not isinstance(self.use_gpu, bool):
             raise InvalidArgument(f"spec.use_gpu must be true or false, not {self.use_gpu!r}", field="spec.use_gpu")
 
