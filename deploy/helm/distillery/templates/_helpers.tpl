@@ -207,3 +207,67 @@ seccompProfile:
       name: {{ include "distillery.fullname" (index . 1) }}-config
       key: {{ index . 0 }}
 {{- end -}}
+
+{{/* What every Ray container gets: token auth (as KubeRay's authOptions sets it) and writable places
+on a read-only root filesystem. Call with (dict "root" $ "secret" "<token Secret>"). */}}
+{{- define "distillery.rayEnv" -}}
+- name: RAY_AUTH_MODE
+  value: token
+{{ include "distillery.secretEnv" (list "RAY_AUTH_TOKEN" .secret "auth_token" false) }}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+- name: HOME
+  value: /home/distillery
+{{- end -}}
+
+{{- define "distillery.rayVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home
+  mountPath: /home/distillery
+- name: shm
+  mountPath: /dev/shm
+- name: job-cache
+  mountPath: {{ .Values.ray.jobCacheDir }}
+{{- end -}}
+
+{{/* Call with (dict "root" $ "shm" "2Gi"). */}}
+{{- define "distillery.rayVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 10Gi
+- name: home
+  emptyDir:
+    sizeLimit: 1Gi
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shm }}
+- name: job-cache
+  emptyDir:
+    sizeLimit: {{ .root.Values.ray.jobCacheSize }}
+{{- end -}}
+
+{{/* A CPU quantity as a number ("500m" -> 0.5, "2" -> 2); 0 when not given. */}}
+{{- define "distillery.cpus" -}}
+{{- $q := toString (default "0" .) -}}
+{{- if hasSuffix "m" $q -}}{{- divf (trimSuffix "m" $q | float64) 1000 -}}{{- else -}}{{- $q | float64 -}}{{- end -}}
+{{- end -}}
+
+{{/* DISTILLERY_WORKER_GROUPS (services/trainer/worker_groups.py): the RayCluster's worker groups as the
+trainer offers them to runs; "" without the chart's RayCluster (one group from DISTILLERY_TRAIN_WORKERS). */}}
+{{- define "distillery.workerGroups" -}}
+{{- if .Values.ray.enabled -}}
+{{- $groups := list -}}
+{{- $cpu := .Values.ray.cpuWorkers -}}
+{{- if $cpu.enabled -}}
+{{- $cpus := include "distillery.cpus" (coalesce (($cpu.resources.limits | default dict).cpu) (($cpu.resources.requests | default dict).cpu) "0") | float64 -}}
+{{- $groups = append $groups (dict "name" $cpu.groupName "max_workers" (int $cpu.maxReplicas) "gpus_per_worker" 0 "cpus_per_worker" $cpus) -}}
+{{- end -}}
+{{- range .Values.ray.gpuWorkerGroups -}}
+{{- $cpus := include "distillery.cpus" (coalesce ((.resources.limits | default dict).cpu) ((.resources.requests | default dict).cpu) "0") | float64 -}}
+{{- $groups = append $groups (dict "name" .name "max_workers" (int .maxReplicas) "gpus_per_worker" (int .gpusPerWorker) "cpus_per_worker" $cpus "gpu_type" (.gpuType | default "")) -}}
+{{- end -}}
+{{- toJson $groups -}}
+{{- end -}}
+{{- end -}}
