@@ -271,3 +271,27 @@ trainer offers them to runs; "" without the chart's RayCluster (one group from D
 {{- toJson $groups -}}
 {{- end -}}
 {{- end -}}
+
+{{/* NetworkPolicy pieces: a selector of release pods by component; egress rules to CIDRs and ports. */}}
+{{- define "distillery.np.components" -}}
+matchLabels:
+  app.kubernetes.io/instance: {{ .instance }}
+matchExpressions:
+  - key: app.kubernetes.io/component
+    operator: In
+    values: {{ toJson .components }}
+{{- end -}}
+{{- define "distillery.np.external" -}}
+{{- range . }}
+- to:
+    {{- range .cidrs }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  ports:
+    {{- range .ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end -}}
