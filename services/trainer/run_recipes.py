@@ -94,7 +94,7 @@ class Recipe:
                                    f"{', '.join(DEFAULT_LIMITS)}; else {DEFAULT_LIMITS})."})  # fmt: skip
     grpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "GRPO settings, for SFT + RL runs."})
     compute: dict[str, Any] = field(default_factory=dict, metadata={"help": "workers, cpus_per_worker, "
-                                    "gpus_per_worker, gpu_type (such as \"L4\"): capped to the run's worker group."})  # fmt: skip
+                                    "gpus_per_worker, gpu_type (\"L4\"); capped to the run's group."})  # fmt: skip
     source: str = field(default="", metadata={"help": "The file it came from, named in its errors."})
 
     def _bad(self, where: str, problem: str) -> InvalidArgument:
