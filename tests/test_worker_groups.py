@@ -3,6 +3,7 @@ a requirement (refused naming the field when no group offers it), a recipe's is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -92,6 +93,8 @@ def test_a_recipes_compute_is_a_preference_capped_to_the_group() -> None:
         "gpus_per_worker": 1,
         "gpu_type": "H100",
     }
+    gpu_default = dataclasses.replace(CLUSTER, use_gpu=True)  # DISTILLERY_TRAIN_USE_GPU: a GPU group first
+    assert compute_of(gpu_default, workers=2) == {"workers": 2, "gpus_per_worker": 1, "gpu_type": "L4"}
     cpu_only = Deployment(groups=(WorkerGroup("cpu", 2, cpus_per_worker=2),))
     assert compute_of(cpu_only, recipe="classify") == {"workers": 1, "cpus_per_worker": 2.0}  # no GPU here
     with pytest.raises(InvalidArgument) as err:  # but a GPU the request asks for is refused

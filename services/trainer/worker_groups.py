@@ -5,7 +5,8 @@ A worker group is a kind of Ray worker the deployment's Ray cluster can give a j
 RayCluster's worker groups): at most ``max_workers`` workers, each with ``gpus_per_worker`` GPUs of
 ``gpu_type`` (Ray's accelerator name: L4, A100, H100, ...) and ``cpus_per_worker`` CPUs (0: not declared).
 Without ``DISTILLERY_WORKER_GROUPS`` the deployment has one group, ``default``, made from
-``DISTILLERY_TRAIN_WORKERS`` (its most workers, and a run's default) and ``DISTILLERY_TRAIN_USE_GPU``.
+``DISTILLERY_TRAIN_WORKERS`` (its most workers, and a run's default) and ``DISTILLERY_TRAIN_USE_GPU``; with it,
+``DISTILLERY_TRAIN_USE_GPU`` sends a run that names no GPU to a GPU group where one fits.
 
 A run's compute (``resolve_compute``): what the request asks (``runs create --workers --gpus-per-worker
 --gpu-type --cpus-per-worker``) is a requirement: a group must offer at least that, else CreateRun refuses it
@@ -122,9 +123,12 @@ def _group(i: int, item: Any) -> WorkerGroup:
                        min(whole["default_workers"], whole["max_workers"]))  # fmt: skip
 
 
-def choose(asked: pb.Compute, preferred: pb.Compute, groups: tuple[WorkerGroup, ...]) -> WorkerGroup:
+def choose(
+    asked: pb.Compute, preferred: pb.Compute, groups: tuple[WorkerGroup, ...], gpu_default: bool = False
+) -> WorkerGroup:
     """The first group that gives everything ``asked`` asks, preferring one with the GPUs (and type) that
-    ``preferred`` names; INVALID_ARGUMENT naming a field of ``asked`` and listing the groups when none can."""
+    ``preferred`` names (with ``gpu_default``, ``DISTILLERY_TRAIN_USE_GPU``, one with GPUs when it names none);
+    INVALID_ARGUMENT naming a field of ``asked`` and listing the groups when none can."""
     fitting = [group for group in groups if not group.misfits(asked)]
     if not fitting:
         # the field that the nearest group lacks: the fewest misfits, the GPU's kind before the numbers
@@ -137,7 +141,7 @@ def choose(asked: pb.Compute, preferred: pb.Compute, groups: tuple[WorkerGroup, 
             f"{offered}): ask for what a group offers, or ask the operator for such a group ({VARIABLE})",
             field=f"compute.{field}",
         )
-    wants_gpu, wants_type = preferred.gpus_per_worker > 0, preferred.gpu_type.lower()
+    wants_gpu, wants_type = preferred.gpus_per_worker > 0 or gpu_default, preferred.gpu_type.lower()
     return min(fitting, key=lambda g: ((g.gpus_per_worker > 0) != wants_gpu,
                                        bool(wants_type) and g.gpu_type.lower() != wants_type))  # fmt: skip
 
@@ -146,7 +150,7 @@ def resolve_compute(asked: pb.Compute, deployment: Deployment, preferred: pb.Com
     """The compute recorded on a run: ``asked`` (the request's own) where it asks, else ``preferred`` (the
     request with its recipe's values) capped to the chosen group, else the group's."""
     preferred = asked if preferred is None else preferred
-    group = choose(asked, preferred, deployment.worker_groups())
+    group = choose(asked, preferred, deployment.worker_groups(), deployment.use_gpu)
     gpus = asked.gpus_per_worker or (min(preferred.gpus_per_worker or 1, group.gpus_per_worker)
                                      if group.gpus_per_worker else 0)  # fmt: skip
     cpus = asked.cpus_per_worker or min(preferred.cpus_per_worker, group.cpus_per_worker)
