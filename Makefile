@@ -22,6 +22,7 @@ help:
 	@echo "make finetune-ocr - start the local stack and teach a small DeepSeek-OCR 2 (built from a config) to read rendered text lines (CER before -> after)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make test-fast - only the tests that start no service and run quickly (under a minute)"
+	@echo "make helm-check - render, lint and validate the Helm chart, and start every service from its rendered Deployments"
 	@echo "make lint   - ruff, mypy, the import contracts (.importlinter), and a check that generated stubs match protos/"
 	@echo "make protos - regenerate the gRPC stubs from protos/"
 	@echo "make bench  - run the benchmarks under bench/"
@@ -69,6 +70,12 @@ down: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The Helm chart (deploy/helm/distillery): rendered and linted with Helm's Go SDK, validated against Kubernetes'
+# and KubeRay's schemas, and smoke-tested by starting every service from its rendered command and environment.
+.PHONY: helm-check
+helm-check: setup
+	$(BIN)/python -m pytest tests/test_helm_chart.py tests/test_helm_smoke.py -q
 
 # Marks come from tests/conftest.py: `stack` for tests whose fixtures start a service, `slow` for long runs.
 test-fast: setup

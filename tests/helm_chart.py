@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
@@ -23,7 +24,9 @@ import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CHART_DIR = ROOT / "deploy" / "helm" / "distillery"
+# The chart under test; DISTILLERY_HELM_CHART_DIR points the same checks at another copy (a modified one, to see
+# `make helm-check` fail).
+CHART_DIR = Path(os.environ.get("DISTILLERY_HELM_CHART_DIR") or ROOT / "deploy" / "helm" / "distillery")
 # The release and namespace every test renders with: a release name without "distillery" in it, so the chart's
 # fullname rule (`<release>-distillery`) is exercised.
 RELEASE = "dst"
@@ -100,7 +103,7 @@ class Rendered:
             elif doc["kind"] == "Pod":
                 yield where, spec
             elif doc["kind"] == "RayCluster":
-                yield f"{where}/head", spec["headGroupSpec"]["template"]["spec"]
+                yield f"{where}/headgroup", spec["headGroupSpec"]["template"]["spec"]
                 for group in spec.get("workerGroupSpecs") or []:
                     yield f"{where}/{group['groupName']}", group["template"]["spec"]
 
@@ -201,11 +204,11 @@ class Sources:
     rendered: Rendered
     existing_secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
-    def secret(self, name: str) -> dict[str, str]:
+    def secret(self, name: str) -> Mapping[str, str]:
         data = self.rendered.secret(name)
         if data is None:
             assert name in self.existing_secrets, f"Secret {name} is neither rendered nor supplied by the test"
-            data = dict(self.existing_secrets[name])
+            return self.existing_secrets[name]
         return data
 
     def config_map(self, name: str) -> dict[str, str]:
