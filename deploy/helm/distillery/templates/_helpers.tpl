@@ -295,3 +295,24 @@ matchExpressions:
     {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Probes of the Ray containers: the dashboard agent's public health endpoint (raylet, and on the head the
+GCS too; Ray 2.53+). Given explicitly so that KubeRay does not add its wget-based ones (the images have no wget). */}}
+{{- define "distillery.rayProbes" -}}
+readinessProbe:
+  httpGet:
+    path: /api/healthz
+    port: 52365
+  initialDelaySeconds: 10
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: 10
+livenessProbe:
+  httpGet:
+    path: /api/healthz
+    port: 52365
+  initialDelaySeconds: 30
+  periodSeconds: 5
+  timeoutSeconds: 5
+  failureThreshold: 120
+{{- end -}}
