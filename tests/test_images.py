@@ -85,6 +85,7 @@ def test_an_image_is_pinned_multi_stage_and_runs_as_a_numeric_non_root_user(path
     # the layout the chart and the trainer's Ray jobs rely on: the venv first on PATH, caches under $HOME/.cache
     assert "PATH=/opt/distillery/venv/bin:${PATH}" in runtime and "WORKDIR /opt/distillery/app" in runtime
     assert "XDG_CACHE_HOME=/home/distillery/.cache" in runtime and "HF_HOME=/home/distillery/.cache/" in runtime
+    assert "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" in runtime  # TLS roots on a base without a CA bundle
     assert not re.search(r"(?i)(password|secret|token|api_key)\s*=", text)  # nothing secret baked in
 
 

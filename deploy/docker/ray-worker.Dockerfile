@@ -54,7 +54,14 @@ RUN groupadd --system --gid "${UID}" distillery \
        --shell /usr/sbin/nologin distillery
 COPY --from=builder /opt/distillery /opt/distillery
 # Login shells (`bash -l`, as KubeRay starts Ray) reset PATH from /etc/profile: put the venv back on it there too.
-RUN echo "export PATH=/opt/distillery/venv/bin:\${PATH}" >/etc/profile.d/distillery-venv.sh
+# TLS roots without distribution packages: where the base has no CA bundle (Debian slim), the one certifi ships
+# (Mozilla's, from pyproject's pins) at the path OpenSSL, urllib3 and pyarrow's S3 client look in. Mount your own
+# bundle there, or point SSL_CERT_FILE at it, for an object store or API behind a private CA.
+RUN echo "export PATH=/opt/distillery/venv/bin:\${PATH}" >/etc/profile.d/distillery-venv.sh \
+    && if [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
+         mkdir -p /etc/ssl/certs \
+         && ln -s /opt/distillery/venv/lib/python3.11/site-packages/certifi/cacert.pem /etc/ssl/certs/ca-certificates.crt; \
+       fi
 ENV PATH=/opt/distillery/venv/bin:${PATH} \
     VIRTUAL_ENV=/opt/distillery/venv \
     HOME=/home/distillery \
@@ -64,7 +71,8 @@ ENV PATH=/opt/distillery/venv/bin:${PATH} \
     TMPDIR=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    RAY_USAGE_STATS_ENABLED=0
+    RAY_USAGE_STATS_ENABLED=0 \
+    SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /opt/distillery/app
 USER ${UID}:${UID}
 # KubeRay gives the command (`ray start ...`); alone, the image says what Ray it has.
