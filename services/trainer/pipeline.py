@@ -114,18 +114,6 @@ def job_spec(run: runs.Run, workers: int, use_gpu: bool) -> JobSpec:
     )  # fmt: skip
 
 
-def made_from(run: runs.Run) -> dict[str, Any]:
-    """What the model card says a model was made from, beside the recipe's training_config: the recipe and
-    the data (dataset ids, the teacher and its generation job, the split)."""
-    split, generation = run.split or {}, run.generation or {}
-    data = {
-        "dataset_id": run.request.get("dataset_id", ""), "eval_dataset_id": run.request.get("eval_dataset_id", ""),
-        "teacher": run.request.get("teacher", ""), "generation_job_id": generation.get("job_id", ""),
-        "split_id": split.get("id", ""),
-    }  # fmt: skip
-    return {"recipe": run.request.get("recipe", ""), "data": {k: v for k, v in data.items() if v}}
-
-
 def base_model(run: runs.Run) -> str:
     """The model the run's weights grow from: its student, or the base of the registered model it continues."""
     return str((run.request.get("student_source") or {}).get("base_model") or run.request["student_model"])
@@ -365,7 +353,7 @@ class Pipeline:
             "artifact_uri": result.get("artifact_uri", ""),
             "metrics": numbers(result), "tools_json": list(result.get("tools_json") or []),
         }  # fmt: skip
-        config = {**result.get("training_config", {}), **made_from(run)}
+        config = {**result.get("training_config", {}), **run_inputs.made_from(run)}
         model_id = await self.peers.register(run.tenant_id, model, config)
         await runs.save(self.pool, run.id, model_id=model_id)
 

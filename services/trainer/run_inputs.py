@@ -7,6 +7,7 @@ Each refusal ends the run FAILED with a ``RunFailed`` a user can act on, naming 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
@@ -136,3 +137,15 @@ def media_keys(store: ObjectStore, run: runs.Run) -> list[str]:
                                 "names no upload of yours: upload the dataset again", "dataset_id")  # fmt: skip
             keys.add(key)
     return sorted(keys)
+
+
+def made_from(run: runs.Run) -> dict[str, Any]:
+    """What the model card says a model was made from, beside the recipe's training_config: the recipe and
+    the data (dataset ids, the teacher and its generation job, the split)."""
+    split, generation = run.split or {}, run.generation or {}
+    data = {
+        "dataset_id": run.request.get("dataset_id", ""), "eval_dataset_id": run.request.get("eval_dataset_id", ""),
+        "teacher": run.request.get("teacher", ""), "generation_job_id": generation.get("job_id", ""),
+        "split_id": split.get("id", ""),
+    }  # fmt: skip
+    return {"recipe": run.request.get("recipe", ""), "data": {k: v for k, v in data.items() if v}}
