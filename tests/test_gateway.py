@@ -24,6 +24,7 @@ import openai
 import pytest
 from conftest import SPANS
 from google.protobuf import struct_pb2
+from test_datasets_cli import canonical_rows
 from test_generate_tools import CALL, MEETING, REQUEST, TOOLS, register_tool_model, save_as_trained
 from test_generate_tools import teach as teach_tool_call
 from tiny_models import build_qwen2
@@ -293,6 +294,15 @@ def test_store_and_proxy_mode_capture_traffic_without_keys(
     assert caplog.text.count("traffic captured") == 2
     for secret in (provider_key, tenant.api_key, storing.secret, "Where is my parcel", QUESTION):
         assert secret not in caplog.text
+
+    # The tagged request becomes the next dataset: a pairs row, validated like an upload, keys nowhere in it.
+    made = client.ingest.CreateDatasetFromTraffic(
+        ingest_pb2.CreateDatasetFromTrafficRequest(metadata={"task": "support"}, display_name="support traffic")
+    )
+    assert (made.records, made.upload.report.rows, made.upload.report.valid) == (1, 1, True)
+    [row] = canonical_rows(services, tenant, made.upload.dataset.id)
+    assert row["messages"] == [*messages, {"role": "assistant", "content": "Answer brief|Where is my parcel?"}]
+    assert provider_key not in json.dumps(row) and tenant.api_key not in json.dumps(row)
 
 
 def test_a_speech_model_transcribes_through_the_openai_sdk(
