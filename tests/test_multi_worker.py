@@ -81,6 +81,16 @@ def test_a_two_worker_cpu_run_shards_its_data_reports_from_rank_0_and_registers_
     steps_per_epoch = math.ceil(math.ceil(train_rows / WORKERS) / QUICK.batch_size)
     assert progress[-1].epoch == pytest.approx(QUICK.max_steps / steps_per_epoch, rel=0.02), (train_rows, progress[-1])
 
+    # the checkpoints (every 12 steps): rank 0's weights and trainer state, and each rank's RNG state, in one
+    # checkpoint per save (Ray Train merges the ranks' files)
+    saved: dict[str, set[str]] = {}
+    for item in s3.list_objects(services.s3.bucket, f"{prefix}/ray/{run.id}/", recursive=True):
+        directory, _, name = item.object_name.removeprefix(f"{prefix}/ray/{run.id}/").partition("/checkpoint/")
+        if name:
+            saved.setdefault(directory, set()).add(name)
+    assert saved and all(files >= {"adapter_model.safetensors", "trainer_state.json"} for files in saved.values())
+    assert all({f for f in files if f.startswith("rng_state")} == {"rng_state_0.pth", "rng_state_1.pth"}
+               for files in saved.values()), saved  # fmt: skip
     config = json.loads(s3.get_object(services.s3.bucket, f"{prefix}/model/training_config.json").read())
     assert config["num_workers"] == WORKERS
     models = client.registry.ListModels(registry_pb2.ListModelsRequest()).models
