@@ -101,7 +101,7 @@ def _wiring(chart: Rendered) -> list[tuple[Pod, Pod, int, str]]:
     head = [p for p in ray_pods if p.labels["ray.io/node-type"] == "head"]
     targets: dict[str, list[tuple[Pod, int]]] = {}  # "<host>:<port>" -> backends and their port
     for service in chart.of_kind("Service"):
-        backends = [
+        selected = [
             p
             for p in everyone
             if p.where.split("/")[0] != "Job" and selects({"matchLabels": service["spec"]["selector"]}, p.labels)
@@ -110,7 +110,7 @@ def _wiring(chart: Rendered) -> list[tuple[Pod, Pod, int, str]]:
             target = port.get("targetPort", port["port"])
             for name in (service["metadata"]["name"], f"{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local"):
                 targets[f"{name}:{port['port']}"] = [
-                    (b, b.ports[target] if isinstance(target, str) else target) for b in backends
+                    (b, b.ports[target] if isinstance(target, str) else target) for b in selected
                 ]
     head_service = f"{chart.raycluster()['metadata']['name']}-head-svc"
     for port in (6379, 8265, 10001):
@@ -129,9 +129,9 @@ def _wiring(chart: Rendered) -> list[tuple[Pod, Pod, int, str]]:
             said = " ".join(
                 [*(v for k, v in env.items() if k not in NOT_CALLED), *box.get("command", []), *box.get("args", [])]
             )
-            for address, backends in targets.items():
+            for address, reached in targets.items():
                 if re.search(rf"(?<![\w.-]){re.escape(address)}(?!\d)", said):
-                    edges += [(me, b, port, f"{where} is given {address}") for b, port in backends]
+                    edges += [(me, b, port, f"{where} is given {address}") for b, port in reached]
     for given in ("DISTILLERY_TRAINER_PUSH_ADDRESS", "DISTILLERY_S3_ENDPOINT"):
         for b, port in targets.get(trainer_env.get(given, ""), []):
             edges += [(r, b, port, f"Ray jobs are given the trainer's {given}") for r in ray_pods]

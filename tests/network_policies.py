@@ -87,8 +87,8 @@ def _port_matches(rule_ports: list[Doc] | None, port: int, destination: Pod) -> 
         wanted = entry.get("port")
         if wanted is None:
             return True
-        number = destination.ports.get(wanted) if isinstance(wanted, str) else wanted
-        if number is not None and (number == port or number <= port <= entry.get("endPort", number)):
+        number = destination.ports.get(wanted) if isinstance(wanted, str) else int(wanted)
+        if number is not None and number <= port <= int(entry.get("endPort") or number):
             return True
     return False
 
