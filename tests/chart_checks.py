@@ -115,7 +115,7 @@ def _wiring(chart: Rendered) -> list[tuple[Pod, Pod, int, str]]:
     head_service = f"{chart.raycluster()['metadata']['name']}-head-svc"
     for port in (6379, 8265, 10001):
         targets[f"{head_service}:{port}"] = [(h, port) for h in head]
-    sources = Sources(chart, _AnySecret())
+    sources = Sources(chart, UnknownSecrets())
     edges = []
     trainer_env: dict[str, str] = {}
     for where, pod in chart.pod_specs():
@@ -149,17 +149,17 @@ def _first_address(service: Doc) -> str:
     return f"{service['metadata']['name']}:{service['spec']['ports'][-1]['port']}"
 
 
-class _AnySecret(dict[str, dict[str, str]]):
+class UnknownSecrets(dict[str, dict[str, str]]):
     """An operator's existing Secret: its values are not known to the render ("secret:<name>/<key>")."""
 
     def __missing__(self, name: str) -> dict[str, str]:
-        return _SecretKeys(name)
+        return UnknownSecretKeys(name)
 
     def __contains__(self, name: object) -> bool:
         return True
 
 
-class _SecretKeys(dict[str, str]):
+class UnknownSecretKeys(dict[str, str]):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name

@@ -24,6 +24,7 @@ import pytest
 import settings_env
 from chart_checks import (
     LEFT_TO_DEFAULTS,
+    UnknownSecrets,
     connection_problems,
     env_problems,
     probe_problems,
@@ -44,6 +45,7 @@ from helm_chart import (
     raycluster_errors,
     render,
     resolved_env,
+    secret_mounts,
     values_file,
 )
 from network_policies import selects
@@ -165,6 +167,34 @@ def test_the_raycluster_has_token_auth_and_autoscaling(value_set: str) -> None:
     assert spec["enableInTreeAutoscaling"] is True
     cpu = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "cpu"]
     assert cpu and cpu[0]["minReplicas"] == 0
+
+
+@pytest.mark.parametrize("value_set", ["defaults", "production"])
+def test_the_trainer_and_every_ray_process_share_the_clusters_token(value_set: str) -> None:
+    """The Secret KubeRay's token auth uses is the one the trainer reads its token file from, and the one each Ray
+    container (head, workers, autoscaler) takes RAY_AUTH_TOKEN from."""
+    chart = rendered(value_set)
+    spec = chart.raycluster()["spec"]
+    name = spec["authOptions"]["secretName"]
+    existing = UnknownSecrets()  # the operator's Secrets, when not rendered: this one with a known token
+    existing[name] = {"auth_token": "the-token"}
+    sources = Sources(chart, existing)
+    token = sources.secret(name)["auth_token"]
+    pod = chart.deployment("trainer")["spec"]["template"]["spec"]
+    trainer = container(pod, "trainer")
+    path = resolved_env(trainer, sources)["DISTILLERY_RAY_TOKEN_FILE"]
+    mounted = {
+        f"{mount.rstrip('/')}/{file}": content
+        for mount, files in secret_mounts(pod, trainer, sources).items()
+        for file, content in files.items()
+    }
+    assert mounted.get(path) == token
+    ray_containers = [
+        box for where, p in chart.pod_specs() if where.startswith("RayCluster/") for box in p["containers"]
+    ]
+    for box in [*ray_containers, {"name": "autoscaler", **spec["autoscalerOptions"]}]:
+        env = resolved_env(box, sources)
+        assert (env.get("RAY_AUTH_MODE"), env.get("RAY_AUTH_TOKEN")) == ("token", token), box["name"]
 
 
 def test_gpu_groups_request_gpus_where_values_say_and_scale_from_zero() -> None:
