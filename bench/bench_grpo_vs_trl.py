@@ -135,15 +135,16 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"student: {args.model} ({parameters:,} parameters{', LoRA r 16' if lora else ', full fine-tune'}), fp32, "
           f"CPU, {torch.get_num_threads()} threads")  # fmt: skip
-    print(f"GRPO: {args.steps} steps, {settings.prompts_per_step} prompts x {settings.num_generations} completions "
-          f"of up to {settings.max_completion_length} tokens a step; {args.rounds} alternating runs a side")  # fmt: skip
-    print(f"  {'':<10} {'generation s/step':>18} {'training s/step':>16} {'run wall s':>11}")
-    for side, name in (("platform", "platform"), ("trl", "plain TRL")):
-        print(f"  {name:<10} {mean(side, 0):18.2f} {mean(side, 1):16.2f} {mean(side, 2):11.1f}")
-    ratios = [mean("trl", k) / mean("platform", k) if mean("platform", k) else float("nan") for k in range(3)]
     print(
-        f"  {'TRL / platform':<10} {ratios[0]:14.2f}x {ratios[1]:15.2f}x {ratios[2]:10.2f}x   (above 1: platform faster)"
+        f"GRPO: {args.steps} steps, {settings.prompts_per_step} prompts x {settings.num_generations} completions "
+        f"of up to {settings.max_completion_length} tokens a step; {args.rounds} alternating runs a side"
     )
+    print(f"  {'':<14} {'generation s/step':>18} {'training s/step':>16} {'run wall s':>11}")
+    for side, name in (("platform", "platform"), ("trl", "plain TRL")):
+        print(f"  {name:<14} {mean(side, 0):18.2f} {mean(side, 1):16.2f} {mean(side, 2):11.1f}")
+    ratios = [mean("trl", k) / mean("platform", k) if mean("platform", k) else float("nan") for k in range(3)]
+    ratio = " ".join(f"{r:{w}.2f}x" for r, w in zip(ratios, (17, 15, 10), strict=True))
+    print(f"  {'TRL / platform':<14} {ratio}   (above 1: the platform is faster)")
 
 
 if __name__ == "__main__":
