@@ -104,6 +104,33 @@ def sample_shared_prefix(
     return cut_at_stop(out[:, longest:].cpu(), stops)
 
 
+def sample_texts(
+    model: Any, tokenizer: Any, prompts: list[str], per_prompt: int, max_new_tokens: int, temperature: float
+) -> list[str]:
+    """``per_prompt`` completions of each prompt text (in order) as GRPO samples them: tokenized as trl does, each
+    prompt prefilled once, sampled at ``temperature`` (``decoding.sampling``), cut and decoded as ``Generate`` does
+    (``decoding``); the model in eval mode for the call. The reward dry run's sampling."""
+    from transformers import GenerationConfig
+
+    from services.common import decoding
+
+    ends = decoding.end_ids(model, tokenizer)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=ends,
+        **decoding.sampling(temperature),
+    )  # fmt: skip
+    rollout = SharedPrefixRollout(tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        rows = sample_shared_prefix(
+            model, [rollout.prompt_ids(p) for p in prompts], [per_prompt] * len(prompts), config, tokenizer.pad_token_id
+        )
+    finally:
+        model.train(was_training)
+    return [decoding.completion(tokenizer, row, ends)[0] for row in rows]
+
+
 class SharedPrefixRollout:
     """trl's ``rollout_func`` (``GRPOTrainer(rollout_func=...)``) for text prompts: the module docstring."""
 

@@ -27,7 +27,6 @@ from transformers import TrainerCallback
 from services.trainer.recipes import failures, grpo_generation, tool_rewards, trl_configs
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
-from services.trainer.recipes.tool_eval import generate
 from services.trainer.recipes.watch import Watch
 
 log = logging.getLogger("distillery.recipes.tool_calling")
@@ -69,9 +68,9 @@ def reward_dry_run(
 
     picked = random.Random(seed).sample(rows, min(DRY_RUN_PROMPTS, len(rows)))
     torch.manual_seed(seed)
-    completions = generate(
-        model, tokenizer, [r["prompt"] for r in picked], max_new_tokens=settings.max_completion_length,
-        temperature=settings.temperature, per_prompt=settings.num_generations,
+    completions = grpo_generation.sample_texts(
+        model, tokenizer, [r["prompt"] for r in picked], settings.num_generations, settings.max_completion_length,
+        settings.temperature,
     )  # fmt: skip
     expanded = [row for row in picked for _ in range(settings.num_generations)]
     totals = total_rewards(expanded, completions)
