@@ -60,3 +60,30 @@ def test_the_last_steps_eval_is_reused_and_without_one_a_pass_runs(student: Path
     off_last = trained(student, tmp_path / "b", steps=3, every=0, patience=0)
     assert measured_loss(off_last) is None  # the only eval was before training (step 0), the weights are step 3's
     assert eval_loss(off_last) == pytest.approx(off_last.evaluate()["eval_loss"], rel=1e-5)
+
+
+def test_the_base_answers_are_the_same_with_an_untrained_adapter_off(student: Path) -> None:
+    """An adapter not trained yet adds exactly zero: ``answers.evaluate`` turns it off and answers the same; a
+    trained one (a lora_B not zero) stays on."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from services.trainer.recipes import answers
+
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(student), trl_configs.lora_config(SftSettings()))
+    model.eval()
+    ends = answers.decoding.end_ids(model, tokenizer)
+    through = [answers.answer(model, tokenizer, row["prompt"], 12, ends)[0] for row in ROWS[:3]]
+    _, evaluated = answers.evaluate(model, tokenizer, ROWS[:3], 12, "base")
+    assert [a["answer"] for a in evaluated] == through
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).fill_(0.5)
+        trained = model(ids).logits
+        with model.disable_adapter():
+            base = model(ids).logits
+        with answers.adapter_off(model):
+            kept = model(ids).logits
+    assert not torch.equal(trained, base) and torch.equal(kept, trained)
