@@ -38,11 +38,18 @@ def varlen_sdpa(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     bounds = kwargs.pop("cu_seq_lens_q", None)
-    for name in ("cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx", "position_ids"):
+    positions = kwargs.pop("position_ids", None)
+    for name in ("cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"):
         kwargs.pop(name, None)
-    if bounds is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+    one_sequence = query.shape[0] == 1 and query.shape[2] == key.shape[2] and attention_mask is None
+    if bounds is None and one_sequence and positions is not None:  # rows packed by position ids alone
+        starts = (positions.reshape(-1) == 0).nonzero().flatten()
+        bounds = torch.cat([starts, starts.new_tensor([query.shape[2]])])
+    if bounds is None or not one_sequence:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, **kwargs)
     edges = bounds.tolist()
+    if edges[0] != 0:
+        edges.insert(0, 0)
     outputs = [
         sdpa_attention_forward(
             module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None,
@@ -53,13 +60,20 @@ def varlen_sdpa(
     return torch.cat(outputs, dim=1), None
 
 
+def varlen_mask(**kwargs: Any) -> Any:
+    """``VARLEN``'s mask: none without padding (no mask of the whole packed sequence squared), SDPA's with it."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if kwargs.get("attention_mask") is None else sdpa_mask(**kwargs)
+
+
 def register() -> None:
-    """Make ``VARLEN`` an attention implementation transformers knows (its mask: SDPA's)."""
+    """Make ``VARLEN`` an attention implementation transformers knows."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(VARLEN, varlen_sdpa)
-    AttentionMaskInterface.register(VARLEN, sdpa_mask)
+    AttentionMaskInterface.register(VARLEN, varlen_mask)
 
 
 def flash_attention_available(use_gpu: bool) -> bool:
