@@ -114,3 +114,26 @@ def test_the_rollout_tokenizes_each_prompt_once_as_trl_does(student: tuple) -> N
     for row in rows + rows:
         assert rollout.prompt_ids(row["prompt"]) == tokenizer(text=[row["prompt"]])["input_ids"][0]
     assert len(rollout._ids) == len({row["prompt"] for row in rows})
+
+
+def test_a_merged_lora_adapter_samples_the_same_policy_and_leaves_the_base_weights_bit_for_bit(student: tuple) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    path, tokenizer, rows = student
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path), LoraConfig(r=4, target_modules="all-linear"))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # a trained adapter, not peft's zero start
+            torch.nn.init.normal_(parameter, std=0.5)
+    model.eval()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.tensor([tokenizer(rows[0]["prompt"])["input_ids"]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with grpo_generation.merged_lora(model):
+            assert all(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+            merged = model(input_ids=ids).logits
+    assert torch.allclose(merged, unmerged, atol=1e-4)
+    assert not any(m.merged for m in model.modules() if hasattr(m, "merged_adapters"))
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())

@@ -13,6 +13,10 @@ prefill is a large share of a step on CPU. ``SharedPrefixRollout`` (trl's ``roll
   keeps only the last position's logits, copies each prompt's KV cache to its ``num_generations`` rows,
   and samples all of the step's completions in one ``generate`` from that cache, with trl's
   ``GenerationConfig`` (temperature, top-p/k, stop tokens, ``max_completion_length``), the KV cache on;
+- with LoRA (in float32: CPU), merges the adapter into the base weights for the call (``merged_lora``: a
+  third of the matrix products of a layer per token; the base weights restored exactly afterwards). trl
+  samples with the model as training leaves it, train mode and LoRA dropout included; merged, the dropout
+  is off, as in vLLM's copy of the weights: the completions are sampled from the policy being trained;
 - cuts each completion after its first stop token as trl does, and hands trl the ids: trl decodes them,
   so the rewards see the same text in the same columns as without it.
 
@@ -25,6 +29,8 @@ colocated vLLM engine generates instead (``vllm_settings``); the engine is recor
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 VLLM, TRANSFORMERS = "vllm", "transformers"
@@ -131,6 +137,33 @@ def sample_texts(
     return [decoding.completion(tokenizer, row, ends)[0] for row in rows]
 
 
+@contextmanager
+def merged_lora(model: Any) -> Iterator[None]:
+    """A LoRA model's adapter merged into its base weights for the block (one matrix product a layer per token
+    instead of three), then taken out again with the base weights restored bit for bit (kept aside meanwhile:
+    ``W + BA - BA`` would round). A model without LoRA layers, or not in float32, is left as it is (a bf16 copy
+    would cost GPU memory that vLLM's engine already saves)."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    bases = [layer.get_base_layer() for layer in layers]
+    if not layers or any(base.weight.dtype != torch.float32 for base in bases):
+        yield
+        return
+    with torch.no_grad():
+        kept = [base.weight.detach().clone() for base in bases]
+        for layer in layers:
+            layer.merge()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, base, weight in zip(layers, bases, kept, strict=True):
+                layer.unmerge()
+                base.weight.copy_(weight)
+
+
 class SharedPrefixRollout:
     """trl's ``rollout_func`` (``GRPOTrainer(rollout_func=...)``) for text prompts: the module docstring."""
 
@@ -152,7 +185,7 @@ class SharedPrefixRollout:
         with unwrap_model_for_generation(
             trainer.model_wrapped, trainer.accelerator, generation_kwargs=trainer.generation_kwargs,
             gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs,
-        ) as model:  # fmt: skip
+        ) as model, merged_lora(model):  # fmt: skip
             completion_ids = sample_shared_prefix(
                 model, distinct_ids, counts, trainer.generation_config, self.tokenizer.pad_token_id
             )
