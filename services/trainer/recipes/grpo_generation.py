@@ -146,7 +146,7 @@ def merged_lora(model: Any) -> Iterator[None]:
     import torch
     from peft.tuners.lora import LoraLayer
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
+    layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
     bases = [layer.get_base_layer() for layer in layers]
     if not layers or any(base.weight.dtype != torch.float32 for base in bases):
         yield
