@@ -28,6 +28,7 @@ medians. Tokens per second are real tokens (prompt and completion, no padding) o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(prog="python -m bench.bench_sft_vs_trl", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=["small", "smollm2", "0.5b"], default="0.5b" if cuda else "small")
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-seq-length", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each, alternating")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each, alternating")
     args = parser.parse_args(argv)
     settings = SftSettings(
         batch_size=args.batch_size, max_seq_length=args.max_seq_length, max_steps=args.steps, seed=0
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict]] = {"platform": [], "plain": []}
     with tempfile.TemporaryDirectory() as tmp:
         student = build_student(args.size, Path(tmp) / "student")
+        for run in (platform, plain_trl):  # a step of each first, untimed: the process's first steps are slow
+            run(student, data, dataclasses.replace(settings, max_steps=1), Path(tmp) / "warmup", cuda)
         for round_ in range(args.rounds):
             order = ("platform", "plain") if round_ % 2 == 0 else ("plain", "platform")
             for name in order:
