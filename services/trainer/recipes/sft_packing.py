@@ -85,12 +85,16 @@ def flash_attention_available(use_gpu: bool) -> bool:
 def attention(model: Any, use_gpu: bool) -> str:
     """Switch ``model`` to the attention packed batches use; returns its name (the model's own one is kept in
     ``model._distillery_attention`` for ``restore``)."""
-    name = "flash_attention_2" if flash_attention_available(use_gpu) else VARLEN
-    if name == VARLEN:
-        register()
     model._distillery_attention = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    return name
+    if flash_attention_available(use_gpu):
+        try:
+            model.set_attn_implementation("flash_attention_2")
+            return "flash_attention_2"
+        except (ImportError, ValueError, RuntimeError) as err:  # a flash_attn build this GPU or dtype cannot use
+            log.warning("flash_attention_2 is not usable here (%s): attention per row with SDPA", err)
+    register()
+    model.set_attn_implementation(VARLEN)
+    return VARLEN
 
 
 def restore(model: Any) -> None:
