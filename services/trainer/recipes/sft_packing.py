@@ -10,8 +10,9 @@ Packed rows must not see each other. The attention used for a packed batch (``at
 - ``flash_attention_2`` where ``flash_attn`` imports (CUDA): its varlen kernel reads the ``cu_seq_lens``;
 - otherwise ``VARLEN``, registered here: PyTorch's SDPA run once per row of the sequence (the slices the
   ``cu_seq_lens`` give) with a plain causal mask, so attention costs what each row alone costs (a
-  block-diagonal mask over the whole sequence would cost the square of its length); without ``cu_seq_lens``
-  (generation, an unpacked batch) it is plain SDPA.
+  block-diagonal mask over the whole sequence would cost the square of its length); rows are found from the
+  ``cu_seq_lens``, else from where the position ids start again; with padding or a cache (generation) it is
+  plain SDPA.
 
 ``is_exact`` checks it on the model itself before training: a few rows run one by one and packed must give the
 same logits; where they do not (a model whose attention ignores the row boundaries), the recipe pads instead
