@@ -10,8 +10,9 @@ temperature, learning rate, seed and steps:
 - plain TRL: ``GRPOConfig`` + ``GRPOTrainer`` as a user's script would write them, nothing else set.
 
 Each side's step time is split the same way (``tool_grpo.StepTimes``: the time in trl's sampling call, and the
-rest). The runs alternate (platform, TRL, TRL, platform, ... for ``--rounds``) so that a busy shared machine
-weighs on both alike; the figures are the means over the rounds, and the ratios are TRL's seconds over the
+rest). After one untimed step of each (the process's first trainer pays for lazy set-up), the runs alternate
+(platform, TRL, TRL, platform, ... for ``--rounds``) so that a busy shared machine weighs on both alike; the
+figures are the means over the rounds, and the ratios are TRL's seconds over the
 platform's (above 1: the platform is faster).
 
 - ``--model tiny`` (the default, and ``make bench``): the tests' tiny Qwen2 with the tool template,
@@ -26,6 +27,7 @@ platform's (above 1: the platform is faster).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -122,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         rows = tool_data.grpo_rows(canonical_rows(), tool_format.detect(tokenizer), tokenizer)
+        warm = dataclasses.replace(settings, max_steps=1)  # the process's first trainer pays for lazy set-up
+        for run in (platform, plain_trl):
+            run(load(path, lora), tokenizer, rows, warm, Path(scratch) / f"warm-{run.__name__}")
         order = [("platform", "trl") if i % 2 == 0 else ("trl", "platform") for i in range(args.rounds)]
         for i, pair in enumerate(order):
             for side in pair:
