@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                 torch.manual_seed(0)
                 run = platform if side == "platform" else plain_trl
                 figures[side].append(run(load(path, lora), tokenizer, rows, settings, Path(scratch) / f"{side}-{i}"))
+                print(f"  run {i + 1} {side}: " + ", ".join(f"{x:.2f}" for x in figures[side][-1]), flush=True)
         parameters = sum(p.numel() for p in load(path, lora).parameters())
 
     def mean(side: str, k: int) -> float:
