@@ -87,8 +87,8 @@ async def hold(
             return  # resumed or cancelled meanwhile
         await revoke(run)
         step = (await runs.get(pool, run.tenant_id, run.id)).progress.get("step", 0)
-        await runs.note(pool, run.id, f"paused after step {step}: the training job saved a checkpoint and stopped, "
-                        f"its compute is free and the allowance slot is kept; `distillery runs resume {run.id}` "
-                        "goes on from there")  # fmt: skip
+        said = (f"paused after step {step}: the training job saved a checkpoint and stopped, its compute is free "
+                f"and the allowance slot is kept; `distillery runs resume {run.id}` goes on from there")  # fmt: skip
+        await runs.note_once(pool, run.id, said)  # once, even if a second driver of the run got here too
     while await still_paused():
         await asyncio.sleep(POLL_S)

@@ -252,6 +252,18 @@ async def note(pool: AsyncConnectionPool, run_id: str, text: str) -> None:
     await report(pool, run_id, [{"log": {"text": text}}])
 
 
+async def note_once(pool: AsyncConnectionPool, run_id: str, text: str) -> None:
+    """``note``, unless the run already has this very line: for a step that two drivers of one run may both take
+    (a lease that lapsed on a busy machine hands the run to another driver before the first one notices)."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (run_id,))  # one writer at a time
+        cur = await conn.execute(
+            "SELECT 1 FROM run_events WHERE run_id = %s AND event -> 'log' ->> 'text' = %s LIMIT 1", (run_id, text)
+        )
+        if await cur.fetchone() is None:
+            await _append(conn, run_id, {"log": {"text": text}})
+
+
 # --- leases: which trainer instance drives a run ---
 
 
