@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 if cuda:
                     result["gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 results[name].append(result)
+                print(f"round {round_ + 1} {name}: {result['tokens_per_second']:.0f} real tokens/s", flush=True)
     ours = statistics.median(r["tokens_per_second"] for r in results["platform"])
     theirs = statistics.median(r["tokens_per_second"] for r in results["plain"])
     choices = results["platform"][0]
