@@ -894,6 +894,10 @@ class GenerateRequest(_message.Message):
     TOOLS_JSON_FIELD_NUMBER: _builtins.int
     MODEL_TOOLS_FIELD_NUMBER: _builtins.int
     RETURN_PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    NO_VECTORS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     max_new_tokens: _builtins.int
     """0: the model's own default: the token budget its run's evaluation
@@ -907,6 +911,12 @@ class GenerateRequest(_message.Message):
     """
     return_prompt_token_ids: _builtins.bool
     """Return the prompt's token ids (to check what the model was asked)."""
+    profile: _builtins.str
+    """The profile to apply: "" the model's "default" profile when it has one,
+    "none" no profile, else a profile's name (NOT_FOUND when missing).
+    """
+    no_vectors: _builtins.bool
+    """With vectors empty: attach none (the profile's sampling still applies)."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     @_builtins.property
@@ -914,6 +924,16 @@ class GenerateRequest(_message.Message):
         """Tools the model may call: canonical tools ({name, description,
         parameters}), each as JSON text, rendered exactly as written.
         """
+
+    @_builtins.property
+    def sampling(self) -> Global___Sampling:
+        """Sampling settings over the profile's: each field set wins. temperature
+        (field 4) above 0 also wins; a greedy override is sampling.strategy.
+        """
+
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttachedVector]:
+        """Vectors for this request only: with any set, they replace the profile's."""
 
     def __init__(
         self,
@@ -925,10 +945,14 @@ class GenerateRequest(_message.Message):
         tools_json: _abc.Iterable[_builtins.str] | None = ...,
         model_tools: _builtins.bool = ...,
         return_prompt_token_ids: _builtins.bool = ...,
+        profile: _builtins.str = ...,
+        sampling: Global___Sampling | None = ...,
+        vectors: _abc.Iterable[Global___AttachedVector] | None = ...,
+        no_vectors: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_new_tokens", b"max_new_tokens", "messages", b"messages", "model_id", b"model_id", "model_tools", b"model_tools", "return_prompt_token_ids", b"return_prompt_token_ids", "temperature", b"temperature", "tools_json", b"tools_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_new_tokens", b"max_new_tokens", "messages", b"messages", "model_id", b"model_id", "model_tools", b"model_tools", "no_vectors", b"no_vectors", "profile", b"profile", "return_prompt_token_ids", b"return_prompt_token_ids", "sampling", b"sampling", "temperature", b"temperature", "tools_json", b"tools_json", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -973,6 +997,9 @@ class GenerateResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     INVALID_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     completion_tokens: _builtins.int
     latency_ms: _builtins.float
@@ -980,6 +1007,8 @@ class GenerateResponse(_message.Message):
     """"stop" (the model ended its answer), "length" (max_new_tokens ran out) or
     "tool_calls" (its answer is message.tool_calls).
     """
+    profile: _builtins.str
+    """The profile applied ("" none), and the settings the answer was made with."""
     @_builtins.property
     def message(self) -> Global___ChatMessage: ...
     @_builtins.property
@@ -988,6 +1017,10 @@ class GenerateResponse(_message.Message):
     def prompt_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """With return_prompt_token_ids: the prompt as token ids."""
 
+    @_builtins.property
+    def sampling(self) -> Global___Sampling: ...
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttachedVector]: ...
     def __init__(
         self,
         *,
@@ -998,10 +1031,13 @@ class GenerateResponse(_message.Message):
         finish_reason: _builtins.str = ...,
         invalid_tool_calls: _abc.Iterable[Global___InvalidToolCall] | None = ...,
         prompt_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        profile: _builtins.str = ...,
+        sampling: Global___Sampling | None = ...,
+        vectors: _abc.Iterable[Global___AttachedVector] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "finish_reason", b"finish_reason", "invalid_tool_calls", b"invalid_tool_calls", "latency_ms", b"latency_ms", "message", b"message", "prompt_token_ids", b"prompt_token_ids", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "finish_reason", b"finish_reason", "invalid_tool_calls", b"invalid_tool_calls", "latency_ms", b"latency_ms", "message", b"message", "profile", b"profile", "prompt_token_ids", b"prompt_token_ids", "prompt_tokens", b"prompt_tokens", "sampling", b"sampling", "vectors", b"vectors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1145,20 +1181,38 @@ class GetSnippetRequest(_message.Message):
 
     MODEL_ID_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    INLINE_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     language: _builtins.str
     """"curl", "python", "typescript" (the gateway's OpenAI-compatible endpoint),
     "grpcurl" or "cli"; empty returns all.
+    """
+    profile: _builtins.str
+    """The profile the snippet's request uses: "" the model's default profile
+    (when it has one), else a profile's name.
+    """
+    inline: _builtins.bool
+    """true: the profile's settings written into the request as parameters;
+    false: the request names the profile (by reference).
+    """
+    custom: _builtins.bool
+    """true: placeholders (YOUR_API_KEY, the gateway URL) instead of the key
+    from the environment.
     """
     def __init__(
         self,
         *,
         model_id: _builtins.str = ...,
         language: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        inline: _builtins.bool = ...,
+        custom: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "model_id", b"model_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom", b"custom", "inline", b"inline", "language", b"language", "model_id", b"model_id", "profile", b"profile"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1533,3 +1587,603 @@ class ExportChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportChunk: _TypeAlias = ExportChunk  # noqa: Y015
+
+@_typing.final
+class ContrastivePair(_message.Message):
+    """--- optimization ---
+
+    Two texts that differ in the wanted behaviour. With prompt set, positive and
+    negative are assistant answers to it (rendered with the model's chat
+    template); without, they are plain texts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITIVE_FIELD_NUMBER: _builtins.int
+    NEGATIVE_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    positive: _builtins.str
+    negative: _builtins.str
+    prompt: _builtins.str
+    def __init__(
+        self,
+        *,
+        positive: _builtins.str = ...,
+        negative: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["negative", b"negative", "positive", b"positive", "prompt", b"prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContrastivePair: _TypeAlias = ContrastivePair  # noqa: Y015
+
+@_typing.final
+class Vector(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    BASE_MODEL_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    LAYER_COUNT_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    PAIR_COUNT_FIELD_NUMBER: _builtins.int
+    BUILT_IN_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    SUGGESTED_STRENGTH_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """"vec_..."; private to the tenant."""
+    tenant_id: _builtins.str
+    name: _builtins.str
+    base_model: _builtins.str
+    """The base model (hub id or path) whose hidden space it lives in; it fits
+    every model trained from that base.
+    """
+    hidden_size: _builtins.int
+    """The family's shape: config.hidden_size and num_hidden_layers."""
+    layer_count: _builtins.int
+    method: _builtins.str
+    """"mean_diff", "pca" or "imported"."""
+    pair_count: _builtins.int
+    built_in: _builtins.bool
+    """Created by the platform from examples/steering/ (the built-in library)."""
+    description: _builtins.str
+    suggested_strength: _builtins.float
+    """Decoding strengths that moved the model without breaking it, when known
+    (the built-in library records the one it was checked at).
+    """
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Decoder layers (0-based) it holds a direction for."""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        base_model: _builtins.str = ...,
+        hidden_size: _builtins.int = ...,
+        layer_count: _builtins.int = ...,
+        layers: _abc.Iterable[_builtins.int] | None = ...,
+        method: _builtins.str = ...,
+        pair_count: _builtins.int = ...,
+        built_in: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        suggested_strength: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "built_in", b"built_in", "created_at", b"created_at", "description", b"description", "hidden_size", b"hidden_size", "id", b"id", "layer_count", b"layer_count", "layers", b"layers", "method", b"method", "name", b"name", "pair_count", b"pair_count", "suggested_strength", b"suggested_strength", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Vector: _TypeAlias = Vector  # noqa: Y015
+
+@_typing.final
+class CreateVectorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    LAYERS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    model_id: _builtins.str
+    """A model of the tenant's: the vector is made in its base model's space."""
+    method: _builtins.str
+    """"mean_diff" (default) or "pca"."""
+    description: _builtins.str
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContrastivePair]: ...
+    @_builtins.property
+    def layers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Decoder layers (0-based); empty: the middle third of the model's layers."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        pairs: _abc.Iterable[Global___ContrastivePair] | None = ...,
+        layers: _abc.Iterable[_builtins.int] | None = ...,
+        method: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "layers", b"layers", "method", b"method", "model_id", b"model_id", "name", b"name", "pairs", b"pairs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVectorRequest: _TypeAlias = CreateVectorRequest  # noqa: Y015
+
+@_typing.final
+class ImportVectorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    model_id: _builtins.str
+    """A model of the tenant's whose base model the vector was made for."""
+    format: _builtins.str
+    """"safetensors" or "gguf"; empty: told by the file's magic bytes."""
+    data: _builtins.bytes
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "description", b"description", "format", b"format", "model_id", b"model_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportVectorRequest: _TypeAlias = ImportVectorRequest  # noqa: Y015
+
+@_typing.final
+class ListVectorsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVectorsRequest: _TypeAlias = ListVectorsRequest  # noqa: Y015
+
+@_typing.final
+class ListVectorsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTORS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vector]: ...
+    def __init__(
+        self,
+        *,
+        vectors: _abc.Iterable[Global___Vector] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVectorsResponse: _TypeAlias = ListVectorsResponse  # noqa: Y015
+
+@_typing.final
+class GetVectorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTOR_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    vector_id: _builtins.str
+    """An id, or a name with model_id to say which base model's."""
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        vector_id: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "vector_id", b"vector_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetVectorRequest: _TypeAlias = GetVectorRequest  # noqa: Y015
+
+@_typing.final
+class DeleteVectorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTOR_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    vector_id: _builtins.str
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        vector_id: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "vector_id", b"vector_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVectorRequest: _TypeAlias = DeleteVectorRequest  # noqa: Y015
+
+@_typing.final
+class DeleteVectorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVectorResponse: _TypeAlias = DeleteVectorResponse  # noqa: Y015
+
+@_typing.final
+class ExportVectorRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTOR_ID_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    vector_id: _builtins.str
+    model_id: _builtins.str
+    format: _builtins.str
+    """"safetensors" (default) or "gguf" (llama.cpp's control vector)."""
+    def __init__(
+        self,
+        *,
+        vector_id: _builtins.str = ...,
+        model_id: _builtins.str = ...,
+        format: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "model_id", b"model_id", "vector_id", b"vector_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportVectorRequest: _TypeAlias = ExportVectorRequest  # noqa: Y015
+
+@_typing.final
+class ExportVectorResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    FILENAME_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    filename: _builtins.str
+    """A file name for it: "<name>.safetensors" or "<name>.gguf"."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        filename: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "filename", b"filename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportVectorResponse: _TypeAlias = ExportVectorResponse  # noqa: Y015
+
+@_typing.final
+class AttachedVector(_message.Message):
+    """A vector attached to a model with a strength (its direction times strength
+    is added to each named layer's output; negative steers away).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VECTOR_ID_FIELD_NUMBER: _builtins.int
+    VECTOR_NAME_FIELD_NUMBER: _builtins.int
+    STRENGTH_FIELD_NUMBER: _builtins.int
+    FIRST_LAYER_FIELD_NUMBER: _builtins.int
+    LAST_LAYER_FIELD_NUMBER: _builtins.int
+    vector_id: _builtins.str
+    """On input an id or a name (of the model's base model); on output the id."""
+    vector_name: _builtins.str
+    strength: _builtins.float
+    first_layer: _builtins.int
+    """Decoder layers it is applied at (0-based, inclusive); both 0: all of the
+    vector's layers.
+    """
+    last_layer: _builtins.int
+    def __init__(
+        self,
+        *,
+        vector_id: _builtins.str = ...,
+        vector_name: _builtins.str = ...,
+        strength: _builtins.float = ...,
+        first_layer: _builtins.int = ...,
+        last_layer: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_layer", b"first_layer", "last_layer", b"last_layer", "strength", b"strength", "vector_id", b"vector_id", "vector_name", b"vector_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachedVector: _TypeAlias = AttachedVector  # noqa: Y015
+
+@_typing.final
+class Sampling(_message.Message):
+    """Decoding settings. In a request each field that is set overrides the
+    profile's; unset fields keep it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    MIN_P_FIELD_NUMBER: _builtins.int
+    REPETITION_PENALTY_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    STOP_FIELD_NUMBER: _builtins.int
+    strategy: _builtins.str
+    """"greedy" or "sample" (temperature with the filters below)."""
+    temperature: _builtins.float
+    top_p: _builtins.float
+    top_k: _builtins.int
+    min_p: _builtins.float
+    repetition_penalty: _builtins.float
+    max_tokens: _builtins.int
+    @_builtins.property
+    def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Text that ends the answer (not included); at most 4."""
+
+    def __init__(
+        self,
+        *,
+        strategy: _builtins.str | None = ...,
+        temperature: _builtins.float | None = ...,
+        top_p: _builtins.float | None = ...,
+        top_k: _builtins.int | None = ...,
+        min_p: _builtins.float | None = ...,
+        repetition_penalty: _builtins.float | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        stop: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_strategy", b"_strategy", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_min_p", b"_min_p", "_repetition_penalty", b"_repetition_penalty", "_strategy", b"_strategy", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "max_tokens", b"max_tokens", "min_p", b"min_p", "repetition_penalty", b"repetition_penalty", "stop", b"stop", "strategy", b"strategy", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__min_p: _TypeAlias = _typing.Literal["min_p"]  # noqa: Y015
+    _WhichOneofArgType__min_p: _TypeAlias = _typing.Literal["_min_p", b"_min_p"]  # noqa: Y015
+    _WhichOneofReturnType__repetition_penalty: _TypeAlias = _typing.Literal["repetition_penalty"]  # noqa: Y015
+    _WhichOneofArgType__repetition_penalty: _TypeAlias = _typing.Literal["_repetition_penalty", b"_repetition_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__strategy: _TypeAlias = _typing.Literal["strategy"]  # noqa: Y015
+    _WhichOneofArgType__strategy: _TypeAlias = _typing.Literal["_strategy", b"_strategy"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_p) -> _WhichOneofReturnType__min_p | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__repetition_penalty) -> _WhichOneofReturnType__repetition_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strategy) -> _WhichOneofReturnType__strategy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
+
+Global___Sampling: _TypeAlias = Sampling  # noqa: Y015
+
+@_typing.final
+class Profile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    name: _builtins.str
+    """"default" is the one applied unless a request says otherwise."""
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttachedVector]: ...
+    @_builtins.property
+    def sampling(self) -> Global___Sampling: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        vectors: _abc.Iterable[Global___AttachedVector] | None = ...,
+        sampling: Global___Sampling | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "name", b"name", "sampling", b"sampling", "updated_at", b"updated_at", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Profile: _TypeAlias = Profile  # noqa: Y015
+
+@_typing.final
+class SetProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VECTORS_FIELD_NUMBER: _builtins.int
+    SAMPLING_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    name: _builtins.str
+    """Empty: "default"."""
+    @_builtins.property
+    def vectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttachedVector]: ...
+    @_builtins.property
+    def sampling(self) -> Global___Sampling: ...
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        vectors: _abc.Iterable[Global___AttachedVector] | None = ...,
+        sampling: Global___Sampling | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "name", b"name", "sampling", b"sampling", "vectors", b"vectors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProfileRequest: _TypeAlias = SetProfileRequest  # noqa: Y015
+
+@_typing.final
+class GetProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProfileRequest: _TypeAlias = GetProfileRequest  # noqa: Y015
+
+@_typing.final
+class ListProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesRequest: _TypeAlias = ListProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ListProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___Profile]: ...
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[Global___Profile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesResponse: _TypeAlias = ListProfilesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteProfileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_id", b"model_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProfileRequest: _TypeAlias = DeleteProfileRequest  # noqa: Y015
+
+@_typing.final
+class DeleteProfileResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProfileResponse: _TypeAlias = DeleteProfileResponse  # noqa: Y015

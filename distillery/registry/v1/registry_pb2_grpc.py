@@ -164,6 +164,56 @@ class RegistryServiceStub:
                 request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadExportFileRequest.SerializeToString,
                 response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.CreateVector = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/CreateVector',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.CreateVectorRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.FromString,
+                _registered_method=True)
+        self.ImportVector = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ImportVector',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ImportVectorRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.FromString,
+                _registered_method=True)
+        self.ListVectors = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ListVectors',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListVectorsRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListVectorsResponse.FromString,
+                _registered_method=True)
+        self.GetVector = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/GetVector',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetVectorRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.FromString,
+                _registered_method=True)
+        self.DeleteVector = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/DeleteVector',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteVectorRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteVectorResponse.FromString,
+                _registered_method=True)
+        self.ExportVector = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ExportVector',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportVectorRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportVectorResponse.FromString,
+                _registered_method=True)
+        self.SetProfile = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/SetProfile',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.SetProfileRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Profile.FromString,
+                _registered_method=True)
+        self.GetProfile = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/GetProfile',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetProfileRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Profile.FromString,
+                _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/ListProfiles',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
+        self.DeleteProfile = channel.unary_unary(
+                '/distillery.registry.v1.RegistryService/DeleteProfile',
+                request_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteProfileRequest.SerializeToString,
+                response_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteProfileResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -375,6 +425,80 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVector(self, request, context):
+        """--- optimization (docs/optimization.md): steering vectors and profiles ---
+        Compute a steering vector from contrastive pairs in the hidden space of a
+        model's base model (mean activation difference, or PCA of the
+        differences), in the registry's serving process. Names are unique per
+        tenant and base model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportVector(self, request, context):
+        """Import a vector file (safetensors as ExportVector writes it, or llama.cpp's
+        control-vector GGUF) for a base model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVectors(self, request, context):
+        """The tenant's vectors (with model_id: those that fit that model, the
+        built-in library created for its base model on first use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVector(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVector(self, request, context):
+        """Refused while a profile attaches the vector (naming the profiles).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportVector(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProfile(self, request, context):
+        """Set (replace) one of a model's profiles: attached vectors and sampling.
+        Generate, GenerateStream and the gateway apply the model's "default"
+        profile unless a request names another or "none", or overrides fields.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProfile(self, request, context):
+        """NOT_FOUND when the model has no profile of that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProfiles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProfile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -507,6 +631,56 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ReadExportFile,
                     request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ReadExportFileRequest.FromString,
                     response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportChunk.SerializeToString,
+            ),
+            'CreateVector': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVector,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.CreateVectorRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.SerializeToString,
+            ),
+            'ImportVector': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportVector,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ImportVectorRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.SerializeToString,
+            ),
+            'ListVectors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVectors,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListVectorsRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListVectorsResponse.SerializeToString,
+            ),
+            'GetVector': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVector,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetVectorRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.SerializeToString,
+            ),
+            'DeleteVector': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVector,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteVectorRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteVectorResponse.SerializeToString,
+            ),
+            'ExportVector': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportVector,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportVectorRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ExportVectorResponse.SerializeToString,
+            ),
+            'SetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProfile,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.SetProfileRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Profile.SerializeToString,
+            ),
+            'GetProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfile,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.GetProfileRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.Profile.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListProfilesRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.ListProfilesResponse.SerializeToString,
+            ),
+            'DeleteProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProfile,
+                    request_deserializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteProfileRequest.FromString,
+                    response_serializer=distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1211,6 +1385,276 @@ class RegistryService:
             '/distillery.registry.v1.RegistryService/ReadExportFile',
             distillery_dot_registry_dot_v1_dot_registry__pb2.ReadExportFileRequest.SerializeToString,
             distillery_dot_registry_dot_v1_dot_registry__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/CreateVector',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.CreateVectorRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ImportVector',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ImportVectorRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVectors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ListVectors',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ListVectorsRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ListVectorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/GetVector',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.GetVectorRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Vector.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/DeleteVector',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteVectorRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteVectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportVector(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ExportVector',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ExportVectorRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ExportVectorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/SetProfile',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.SetProfileRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/GetProfile',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.GetProfileRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.Profile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/ListProfiles',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ListProfilesRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.ListProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.registry.v1.RegistryService/DeleteProfile',
+            distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteProfileRequest.SerializeToString,
+            distillery_dot_registry_dot_v1_dot_registry__pb2.DeleteProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -130,6 +130,34 @@ class RegistryServiceStub:
     """
     ReadExportFile: _grpc.UnaryStreamMultiCallable[_registry_pb2.ReadExportFileRequest, _registry_pb2.ExportChunk]
     """One file of a built export as a stream of chunks from offset (to resume)."""
+    CreateVector: _grpc.UnaryUnaryMultiCallable[_registry_pb2.CreateVectorRequest, _registry_pb2.Vector]
+    """--- optimization (docs/optimization.md): steering vectors and profiles ---
+    Compute a steering vector from contrastive pairs in the hidden space of a
+    model's base model (mean activation difference, or PCA of the
+    differences), in the registry's serving process. Names are unique per
+    tenant and base model.
+    """
+    ImportVector: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ImportVectorRequest, _registry_pb2.Vector]
+    """Import a vector file (safetensors as ExportVector writes it, or llama.cpp's
+    control-vector GGUF) for a base model.
+    """
+    ListVectors: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListVectorsRequest, _registry_pb2.ListVectorsResponse]
+    """The tenant's vectors (with model_id: those that fit that model, the
+    built-in library created for its base model on first use).
+    """
+    GetVector: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetVectorRequest, _registry_pb2.Vector]
+    DeleteVector: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteVectorRequest, _registry_pb2.DeleteVectorResponse]
+    """Refused while a profile attaches the vector (naming the profiles)."""
+    ExportVector: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ExportVectorRequest, _registry_pb2.ExportVectorResponse]
+    SetProfile: _grpc.UnaryUnaryMultiCallable[_registry_pb2.SetProfileRequest, _registry_pb2.Profile]
+    """Set (replace) one of a model's profiles: attached vectors and sampling.
+    Generate, GenerateStream and the gateway apply the model's "default"
+    profile unless a request names another or "none", or overrides fields.
+    """
+    GetProfile: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetProfileRequest, _registry_pb2.Profile]
+    """NOT_FOUND when the model has no profile of that name."""
+    ListProfiles: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListProfilesRequest, _registry_pb2.ListProfilesResponse]
+    DeleteProfile: _grpc.UnaryUnaryMultiCallable[_registry_pb2.DeleteProfileRequest, _registry_pb2.DeleteProfileResponse]
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -222,6 +250,34 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     ReadExportFile: _aio.UnaryStreamMultiCallable[_registry_pb2.ReadExportFileRequest, _registry_pb2.ExportChunk]  # type: ignore[assignment]
     """One file of a built export as a stream of chunks from offset (to resume)."""
+    CreateVector: _aio.UnaryUnaryMultiCallable[_registry_pb2.CreateVectorRequest, _registry_pb2.Vector]  # type: ignore[assignment]
+    """--- optimization (docs/optimization.md): steering vectors and profiles ---
+    Compute a steering vector from contrastive pairs in the hidden space of a
+    model's base model (mean activation difference, or PCA of the
+    differences), in the registry's serving process. Names are unique per
+    tenant and base model.
+    """
+    ImportVector: _aio.UnaryUnaryMultiCallable[_registry_pb2.ImportVectorRequest, _registry_pb2.Vector]  # type: ignore[assignment]
+    """Import a vector file (safetensors as ExportVector writes it, or llama.cpp's
+    control-vector GGUF) for a base model.
+    """
+    ListVectors: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListVectorsRequest, _registry_pb2.ListVectorsResponse]  # type: ignore[assignment]
+    """The tenant's vectors (with model_id: those that fit that model, the
+    built-in library created for its base model on first use).
+    """
+    GetVector: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetVectorRequest, _registry_pb2.Vector]  # type: ignore[assignment]
+    DeleteVector: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteVectorRequest, _registry_pb2.DeleteVectorResponse]  # type: ignore[assignment]
+    """Refused while a profile attaches the vector (naming the profiles)."""
+    ExportVector: _aio.UnaryUnaryMultiCallable[_registry_pb2.ExportVectorRequest, _registry_pb2.ExportVectorResponse]  # type: ignore[assignment]
+    SetProfile: _aio.UnaryUnaryMultiCallable[_registry_pb2.SetProfileRequest, _registry_pb2.Profile]  # type: ignore[assignment]
+    """Set (replace) one of a model's profiles: attached vectors and sampling.
+    Generate, GenerateStream and the gateway apply the model's "default"
+    profile unless a request names another or "none", or overrides fields.
+    """
+    GetProfile: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetProfileRequest, _registry_pb2.Profile]  # type: ignore[assignment]
+    """NOT_FOUND when the model has no profile of that name."""
+    ListProfiles: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListProfilesRequest, _registry_pb2.ListProfilesResponse]  # type: ignore[assignment]
+    DeleteProfile: _aio.UnaryUnaryMultiCallable[_registry_pb2.DeleteProfileRequest, _registry_pb2.DeleteProfileResponse]  # type: ignore[assignment]
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -467,5 +523,93 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_registry_pb2.ExportChunk], _abc.AsyncIterator[_registry_pb2.ExportChunk]]:
         """One file of a built export as a stream of chunks from offset (to resume)."""
+
+    @_abc_1.abstractmethod
+    def CreateVector(
+        self,
+        request: _registry_pb2.CreateVectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Vector, _abc.Awaitable[_registry_pb2.Vector]]:
+        """--- optimization (docs/optimization.md): steering vectors and profiles ---
+        Compute a steering vector from contrastive pairs in the hidden space of a
+        model's base model (mean activation difference, or PCA of the
+        differences), in the registry's serving process. Names are unique per
+        tenant and base model.
+        """
+
+    @_abc_1.abstractmethod
+    def ImportVector(
+        self,
+        request: _registry_pb2.ImportVectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Vector, _abc.Awaitable[_registry_pb2.Vector]]:
+        """Import a vector file (safetensors as ExportVector writes it, or llama.cpp's
+        control-vector GGUF) for a base model.
+        """
+
+    @_abc_1.abstractmethod
+    def ListVectors(
+        self,
+        request: _registry_pb2.ListVectorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListVectorsResponse, _abc.Awaitable[_registry_pb2.ListVectorsResponse]]:
+        """The tenant's vectors (with model_id: those that fit that model, the
+        built-in library created for its base model on first use).
+        """
+
+    @_abc_1.abstractmethod
+    def GetVector(
+        self,
+        request: _registry_pb2.GetVectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Vector, _abc.Awaitable[_registry_pb2.Vector]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteVector(
+        self,
+        request: _registry_pb2.DeleteVectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteVectorResponse, _abc.Awaitable[_registry_pb2.DeleteVectorResponse]]:
+        """Refused while a profile attaches the vector (naming the profiles)."""
+
+    @_abc_1.abstractmethod
+    def ExportVector(
+        self,
+        request: _registry_pb2.ExportVectorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ExportVectorResponse, _abc.Awaitable[_registry_pb2.ExportVectorResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SetProfile(
+        self,
+        request: _registry_pb2.SetProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Profile, _abc.Awaitable[_registry_pb2.Profile]]:
+        """Set (replace) one of a model's profiles: attached vectors and sampling.
+        Generate, GenerateStream and the gateway apply the model's "default"
+        profile unless a request names another or "none", or overrides fields.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProfile(
+        self,
+        request: _registry_pb2.GetProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.Profile, _abc.Awaitable[_registry_pb2.Profile]]:
+        """NOT_FOUND when the model has no profile of that name."""
+
+    @_abc_1.abstractmethod
+    def ListProfiles(
+        self,
+        request: _registry_pb2.ListProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListProfilesResponse, _abc.Awaitable[_registry_pb2.ListProfilesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteProfile(
+        self,
+        request: _registry_pb2.DeleteProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.DeleteProfileResponse, _abc.Awaitable[_registry_pb2.DeleteProfileResponse]]: ...
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
