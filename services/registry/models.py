@@ -153,6 +153,8 @@ async def delete(pool: AsyncConnectionPool, tenant_id: str, model_id: str, force
                     field="id",
                 )
             await conn.execute("DELETE FROM deployments WHERE model_id = %s AND tenant_id = %s", (model_id, tenant_id))
+        # Its optimization profiles go with it (profiles.py).
+        await conn.execute("DELETE FROM profiles WHERE model_id = %s AND tenant_id = %s", (model_id, tenant_id))
         rows = conn.cursor(row_factory=class_row(Model))
         await rows.execute("DELETE FROM models WHERE id = %s AND tenant_id = %s RETURNING *", (model_id, tenant_id))
         model = await rows.fetchone()
