@@ -13,7 +13,7 @@ import pytest
 from minio import Minio
 from rpc_refusals import assert_refused
 from test_services import upload
-from test_training import QUICK, ROWS, run_request, watch
+from test_training import FINAL, QUICK, ROWS, run_request, watch
 from test_training import student as student  # a fixture
 
 from distillery.client import Client
@@ -61,7 +61,11 @@ def test_a_two_worker_cpu_run_shards_its_data_reports_from_rank_0_and_registers_
     compute = pb.Compute(workers=WORKERS, cpus_per_worker=0.5)
     run = client.trainer.CreateRun(run_request(dataset.id, student, model_name="colours-2w", compute=compute))
     assert (run.request.compute.workers, run.request.compute.cpus_per_worker) == (WORKERS, 0.5)
-    events = watch(client, run.id)
+    try:
+        events = watch(client, run.id)
+    finally:  # a run left going would hold both workers, and the session's later runs would wait for them
+        if client.trainer.GetRun(pb.GetRunRequest(id=run.id)).state not in FINAL:
+            client.trainer.CancelRun(pb.CancelRunRequest(id=run.id))
     done = client.trainer.GetRun(pb.GetRunRequest(id=run.id))
     assert done.state == pb.RUN_STATE_SUCCEEDED, done.error
 

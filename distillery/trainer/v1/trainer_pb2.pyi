@@ -83,6 +83,7 @@ class SftSettings(_message.Message):
     LORA_DROPOUT_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     MAX_STEPS_FIELD_NUMBER: _builtins.int
+    DISABLE_PACKING_FIELD_NUMBER: _builtins.int
     epochs: _builtins.int
     learning_rate: _builtins.float
     batch_size: _builtins.int
@@ -101,6 +102,10 @@ class SftSettings(_message.Message):
     lora_dropout: _builtins.float
     seed: _builtins.int
     max_steps: _builtins.int
+    disable_packing: _builtins.bool
+    """Pad each batch to its longest row instead of packing its rows into one
+    padding-free sequence (the default where the model keeps packed rows apart).
+    """
     def __init__(
         self,
         *,
@@ -118,10 +123,11 @@ class SftSettings(_message.Message):
         lora_dropout: _builtins.float = ...,
         seed: _builtins.int = ...,
         max_steps: _builtins.int = ...,
+        disable_packing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "checkpoint_every_steps", b"checkpoint_every_steps", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "full_finetune", b"full_finetune", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "lora_alpha", b"lora_alpha", "lora_dropout", b"lora_dropout", "lora_r", b"lora_r", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "checkpoint_every_steps", b"checkpoint_every_steps", "disable_packing", b"disable_packing", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "full_finetune", b"full_finetune", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "lora_alpha", b"lora_alpha", "lora_dropout", b"lora_dropout", "lora_r", b"lora_r", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,6 +13,10 @@ exactly as ``Generate`` does, one prompt at a time:
   ``training_config.json`` (``"decoding": {"max_new_tokens": N, "temperature": 0.0}``) so that
   ``Generate`` asked with ``max_new_tokens=0`` (the model's default) answers within the same.
 
+The base stage asks the student as training starts from it: a LoRA adapter not trained yet (every ``lora_B``
+zero) adds exactly zero to each layer's output, so its answers are generated with the adapter off
+(``adapter_off``): the same tokens, without the adapter layers' work at every generated token.
+
 The final stage asks the model as users get it: reloaded from the directory that is uploaded
 by ``Generate``'s own loader (``services.common.served_models.load``: a LoRA adapter merged into
 its base).
@@ -27,10 +31,12 @@ in its model directory as ``eval_answers.json``, for anyone to ask ``Generate`` 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +72,29 @@ def evaluate(
     ends = decoding.end_ids(model, tokenizer)
     answers = []
     try:
-        for row in rows[:limit]:
-            text, finish = answer(model, tokenizer, row["prompt"], max_new_tokens, ends)
-            answers.append({"messages": row["prompt"], "answer": text, "reference": reference(row),
-                            "finish_reason": finish})  # fmt: skip
+        with adapter_off(model):
+            for row in rows[:limit]:
+                text, finish = answer(model, tokenizer, row["prompt"], max_new_tokens, ends)
+                answers.append({"messages": row["prompt"], "answer": text, "reference": reference(row),
+                                "finish_reason": finish})  # fmt: skip
     finally:
         model.train(was_training)
     metrics = {**score(answers, stage), "answer_eval_prompts": float(len(answers))}
     log.info("%s answers (%.1f s): %s; first: %r", stage, time.monotonic() - started, metrics, answers[:1])
     return metrics, answers
+
+
+@contextlib.contextmanager
+def adapter_off(model: Any) -> Iterator[None]:
+    """With the adapter of a PEFT model off while its adapter adds nothing (every ``lora_B`` zero, no DoRA: an
+    adapter not trained yet), else as it is: the same outputs either way (module docstring)."""
+    lora_b = [p for name, p in getattr(model, "named_parameters", list)() if "lora_B" in name]
+    dora = any(getattr(config, "use_dora", False) for config in (getattr(model, "peft_config", None) or {}).values())
+    if lora_b and not dora and hasattr(model, "disable_adapter") and all(not p.count_nonzero() for p in lora_b):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
 
 
 def answer(

@@ -50,8 +50,9 @@ from typing import Any
 
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
-from services.trainer.recipes import answers, evals, failures, job, rubric_evals, start_model, trl_configs
+from services.trainer.recipes import answers, evals, failures, job, rubric_evals, sft_packing, start_model, trl_configs
 from services.trainer.recipes.job_spec import JobSpec
+from services.trainer.recipes.sft_settings import SftSettings
 from services.trainer.recipes.splits import prompt_completion, split_lines
 from services.trainer.recipes.watch import Watch, eval_loss
 
@@ -78,10 +79,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     import ray.train
-    from datasets import Dataset
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
     from transformers import AutoTokenizer
-    from trl import SFTTrainer
 
     from services.trainer.recipes.progress import ProgressPush, stage_log
 
@@ -97,20 +96,14 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     model, peft_config = start_model.load(spec, start, dtype)
     every = evals.cadence(settings, evals.planned_steps(settings, len(train_rows), spec.num_workers))
     patience = evals.patience(settings, every)
-    config = trl_configs.sft_config(
-        settings, workdir / "out", use_gpu=spec.use_gpu, bf16=bf16, save_checkpoints=True, every=every,
-        patience=patience, count_tokens=True,
-    )  # fmt: skip
     rubric = rubric_evals.for_job(spec.rubric) if every else None  # a rubric: evals by its score, not the loss
-    if rubric:
-        rubric_evals.use(config)
     watch = Watch(failures.SFT)
     progress = ProgressPush.from_env(spec.run_id, rank=rank)
     scoring = [rubric_evals.RubricScore(rubric, tokenizer, eval_rows, max_new_tokens, progress)] if rubric else []
     callbacks: list[Any] = [RayTrainReportCallback(), watch, progress, *scoring, *trl_configs.early_stopping(patience)]
-    trainer = SFTTrainer(
-        model=model, args=config, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks,
-        train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
+    trainer, counter, speed = recipe_trainer(
+        settings, model, peft_config, tokenizer, train_rows, eval_rows, workdir / "out", use_gpu=spec.use_gpu,
+        bf16=bf16, every=every, patience=patience, callbacks=callbacks, rubric=rubric is not None,
     )  # fmt: skip
     prepare_trainer(trainer)  # swaps the class in place
 
@@ -147,6 +140,7 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
 
     # --- save: the model, its answers as Generate serves it, then result.json (last: it says the run is done) ---
     model_dir = workdir / "model"
+    sft_packing.restore(trainer.model)  # the saved config names the model's own attention
     trainer.save_model(str(model_dir))
     if rank != 0:
         return
@@ -158,6 +152,7 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
         "train_rows": len(train_rows), "eval_rows": len(eval_rows),
         "train_rows_too_long": train_too_long, "eval_rows_too_long": eval_too_long,
         "decoding": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
+        "speed": {**speed, "non_padding_fraction": counter.non_padding_fraction},
     }  # fmt: skip
     (model_dir / "training_config.json").write_text(json.dumps(training_config, indent=2))
     answer_metrics = answers.evaluate_served(
@@ -171,7 +166,9 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
         "train_loss": float(output.training_loss), "train_runtime_s": runtime, "steps": trainer.state.global_step,
         "evals": len(history), "eval_every_steps": every, "early_stopping_patience": patience,
         "train_rows": len(train_rows), "eval_rows": len(eval_rows), "train_tokens": tokens,
-        "tokens_per_second": (tokens - watch.tokens_at_begin) / runtime if runtime > 0 else 0.0, **answer_metrics,
+        "tokens_per_second": counter.real / runtime if runtime > 0 else 0.0, **answer_metrics,
+        "packing": speed["packing"], "non_padding_fraction": counter.non_padding_fraction, "bf16": speed["bf16"],
+        "liger": speed["liger"], "gradient_checkpointing": speed["gradient_checkpointing"],
     }  # fmt: skip
     result = {
         "metrics": metrics, "artifact_kind": settings.artifact_kind,
@@ -180,6 +177,43 @@ def train(spec: JobSpec, store: ObjectStore, rank: int, workdir: Path) -> None:
     }  # fmt: skip
     job.write_json(store, f"{prefix}/result.json", result)
     log.info("run %s: %s", spec.run_id, json.dumps(metrics))
+
+
+def recipe_trainer(
+    settings: SftSettings,
+    model: Any,
+    peft_config: Any,
+    tokenizer: Any,
+    train_rows: list[dict[str, Any]],
+    eval_rows: list[dict[str, Any]],
+    output_dir: Path,
+    *,
+    use_gpu: bool,
+    bf16: bool,
+    every: int = 0,
+    patience: int = 0,
+    callbacks: list[Any] | None = None,
+    rubric: bool = False,
+    save_checkpoints: bool = True,
+) -> tuple[Any, sft_packing.TokenCount, dict[str, Any]]:
+    """trl's ``SFTTrainer`` as the recipe trains (``sft_packing``: padding-free packing where it is exact on the
+    model, the attention, bf16, Liger, gradient checkpointing), the count of its training batches' tokens, and
+    the speed choices made (the run records them)."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    speed = sft_packing.choose(model, settings, use_gpu, bf16)
+    config = trl_configs.sft_config(
+        settings, output_dir, use_gpu=use_gpu, bf16=bf16, save_checkpoints=save_checkpoints, every=every,
+        patience=patience, count_tokens=True, **sft_packing.config_kwargs(speed),
+    )  # fmt: skip
+    if rubric:
+        rubric_evals.use(config)
+    trainer = SFTTrainer(
+        model=model, args=config, processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks or [],
+        train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
+    )  # fmt: skip
+    return trainer, sft_packing.count_tokens(trainer), speed
 
 
 # --- data: a split's rows as trl conversational prompt-completion rows ---

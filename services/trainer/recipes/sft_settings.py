@@ -80,6 +80,13 @@ class SftSettings:
     max_steps: int = field(
         default=0, metadata={"help": "Stop after this many optimizer steps; 0 = run all epochs. Up to 1,000,000."}
     )
+    disable_packing: bool = field(
+        default=False,
+        metadata={
+            "help": "Pad each batch to its longest row instead of packing its rows into one padding-free sequence "
+            "(the default wherever the model keeps packed rows apart: checked on the model before training)."
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -31,7 +31,9 @@ helpers are ``tool_data.py``, ``tool_eval.py``, ``tool_grpo.py`` and ``tool_resu
    columns ``tools`` and ``expected_calls``. LoRA goes on training the SFT adapter (with
    ``beta > 0`` trl keeps a frozen copy of it as the reference); a full fine-tune is saved
    and reloaded first so trl's reference model is the SFT model, not the base. Step time
-   is split into generation (trl's sampling call) and the rest; evals and early stopping as in SFT;
+   is split into generation (trl's sampling call) and the rest; completions come from ``grpo_generation``
+   (vLLM on a GPU worker where it imports, else one batched ``generate`` a step with each prompt prefilled
+   once; ``grpo_generation_engine`` in the training config); evals and early stopping as in SFT;
    evaluate -> ``grpo_<rate>``;
 6. upload the model (adapter or full weights, tokenizer, ``training_config.json`` with
    the ``tool_format``, its system prompt and the decoding its evaluation used: ``Generate``
@@ -70,6 +72,7 @@ from services.common import tool_format
 from services.common.objects import ObjectStore
 from services.common.settings import S3Settings
 from services.trainer.recipes import evals, failures, job, start_model, tool_resume, trl_configs
+from services.trainer.recipes.grpo_generation import TRANSFORMERS, VLLM
 from services.trainer.recipes.job_spec import JobSpec
 from services.trainer.recipes.progress import ProgressPush, StageProgress, stage_log
 from services.trainer.recipes.sft_settings import SftSettings
@@ -249,6 +252,7 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path, ray_train: bool = Fals
         "tool_format_detail": fmt.to_dict(),
         "train_rows": len(train_set), "eval_rows": len(eval_set), "system_prompt": shared_system_prompt(train_rows),
         "decoding": {"max_new_tokens": max_new_tokens, "temperature": 0.0},
+        "grpo_generation_engine": (VLLM if metrics.get("grpo_generation_vllm") else TRANSFORMERS) if grpo else None,
     }  # fmt: skip
     (model_dir / "training_config.json").write_text(json.dumps(training_config, indent=2))
     job.upload_dir(store, model_dir, f"{spec.output_prefix}/model")

@@ -3,7 +3,9 @@ that refuses rewards without variance, and trl's ``GRPOTrainer`` with ``tool_rew
 
 The rows are ``tool_data.grpo_rows``: text prompts (the tools rendered in: trl does not pass per-row
 tools to the template) with the reward columns ``tools`` and ``expected_calls``. Step time is split
-into generation (trl's sampling call) and the rest.
+into generation (trl's sampling call) and the rest. Completions come from ``grpo_generation``: trl's
+colocated vLLM on a GPU worker where ``vllm`` imports, else one batched ``generate`` a step with each prompt
+prefilled once for its ``num_generations`` samples (metric ``grpo_generation_vllm``: 1 or 0).
 
 GRPO saves no checkpoints (its steps are few): an attempt the Ray Train job retries during GRPO (a worker lost)
 starts GRPO over, reward dry run included, from the SFT model an earlier attempt kept (``tool_resume.keep``),
@@ -16,15 +18,15 @@ import logging
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
-from services.trainer.recipes import failures, tool_rewards, trl_configs
+from services.trainer.recipes import failures, grpo_generation, tool_rewards, trl_configs
 from services.trainer.recipes.failures import RunFailure
 from services.trainer.recipes.grpo_settings import GrpoSettings
-from services.trainer.recipes.tool_eval import generate
 from services.trainer.recipes.watch import Watch
 
 log = logging.getLogger("distillery.recipes.tool_calling")
@@ -66,9 +68,9 @@ def reward_dry_run(
 
     picked = random.Random(seed).sample(rows, min(DRY_RUN_PROMPTS, len(rows)))
     torch.manual_seed(seed)
-    completions = generate(
-        model, tokenizer, [r["prompt"] for r in picked], max_new_tokens=settings.max_completion_length,
-        temperature=settings.temperature, per_prompt=settings.num_generations,
+    completions = grpo_generation.sample_texts(
+        model, tokenizer, [r["prompt"] for r in picked], settings.num_generations, settings.max_completion_length,
+        settings.temperature,
     )  # fmt: skip
     expanded = [row for row in picked for _ in range(settings.num_generations)]
     totals = total_rewards(expanded, completions)
@@ -104,12 +106,19 @@ def grpo_train(
         settings, workdir / "grpo-out", seed=seed, use_gpu=use_gpu, bf16=bf16,
         reward_weights=list(tool_rewards.REWARD_WEIGHTS),
     )  # fmt: skip
+    engine = grpo_generation.engine(use_gpu)
+    if engine == grpo_generation.VLLM:
+        for name, value in grpo_generation.vllm_settings().items():
+            setattr(config, name, value)
     times = StepTimes()
     watch = Watch(failures.GRPO)
-    trainer = GRPOTrainer(
-        model=model, reward_funcs=list[Any](tool_rewards.REWARD_FUNCTIONS), args=config, processing_class=tokenizer,
-        train_dataset=Dataset.from_list(rows), callbacks=[times, watch, *callbacks],
-    )  # fmt: skip
+    with warnings.catch_warnings():  # trl calls rollout_func experimental
+        warnings.filterwarnings("ignore", message=".*rollout_func", category=UserWarning)
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=list[Any](tool_rewards.REWARD_FUNCTIONS), args=config,
+            processing_class=tokenizer, train_dataset=Dataset.from_list(rows), callbacks=[times, watch, *callbacks],
+            rollout_func=grpo_generation.SharedPrefixRollout(tokenizer) if engine != grpo_generation.VLLM else None,
+        )  # fmt: skip
     times.wrap(trainer)
     output = trainer.train()
     watch.check()
@@ -119,6 +128,7 @@ def grpo_train(
     generation = times.generation_s / steps
     metrics = {
         "grpo_steps": trainer.state.global_step, "grpo_runtime_s": float(output.metrics.get("train_runtime", 0.0)),
+        "grpo_generation_vllm": float(engine == grpo_generation.VLLM),
         "grpo_generation_s_per_step": generation,
         "grpo_training_s_per_step": max(sum(times.step_s) / steps - generation, 0.0),
         "grpo_reward_first": rewards[0] if rewards else math.nan,

@@ -27,13 +27,16 @@ def precision(use_gpu: bool) -> tuple[bool, Any]:
 
 def sft_config(
     settings: SftSettings, output_dir: Path, *, use_gpu: bool, bf16: bool, save_checkpoints: bool,
-    every: int = 0, patience: int = 0, count_tokens: bool = False,
+    every: int = 0, patience: int = 0, count_tokens: bool = False, padding_free: bool = False, liger: bool = False,
+    checkpointing: bool | None = None,
 ) -> Any:  # fmt: skip
     """trl's ``SFTConfig``: evals of the eval loss every ``every`` steps (0: none; ``evals.cadence``), a checkpoint
     every ``checkpoint_every_steps`` when ``save_checkpoints``, and with early stopping (``patience`` > 0) the
     best checkpoint by eval loss kept and loaded at the end (checkpoints then fall on evals: the cadence
     becomes ``every`` unless it is a multiple of it); ``count_tokens`` counts the input tokens seen (without
-    padding) for a tokens-per-second figure."""
+    padding) for a tokens-per-second figure. ``padding_free``: each batch's rows in one sequence, no padding
+    (``sft_packing``; rows longer than ``max_seq_length`` are left out beforehand, so nothing is truncated);
+    ``liger``: Liger's fused kernels; ``checkpointing``: gradient checkpointing (None: on a GPU)."""
     from trl import SFTConfig
 
     saves = save_checkpoints or patience > 0
@@ -42,11 +45,14 @@ def sft_config(
         save_steps = every
     extra: dict[str, Any] = {"include_num_input_tokens_seen": "non_padding"} if count_tokens else {}
     return SFTConfig(
-        output_dir=str(output_dir), use_cpu=not use_gpu, bf16=bf16, activation_checkpointing=use_gpu,
-        seed=settings.seed, data_seed=settings.seed, learning_rate=settings.learning_rate,
+        output_dir=str(output_dir), use_cpu=not use_gpu, bf16=bf16,
+        activation_checkpointing=use_gpu if checkpointing is None else checkpointing,
+        padding_free=padding_free, use_liger_kernel=liger, seed=settings.seed, data_seed=settings.seed,
+        learning_rate=settings.learning_rate,
         num_train_epochs=settings.epochs, max_steps=settings.max_steps or -1,
         per_device_train_batch_size=settings.batch_size, per_device_eval_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.gradient_accumulation_steps, max_length=settings.max_seq_length,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        max_length=None if padding_free else settings.max_seq_length,
         save_strategy="steps" if saves else "no", save_steps=save_steps, save_total_limit=2,
         eval_strategy="steps" if every else "no", eval_steps=every or None,
         load_best_model_at_end=patience > 0, metric_for_best_model="eval_loss",
