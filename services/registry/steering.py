@@ -22,10 +22,12 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+
+# The vector itself and its files (safetensors, llama.cpp's GGUF) live in vector_files; re-exported here.
+from services.registry.vector_files import SteeringVector, from_gguf, from_safetensors, to_gguf, to_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -40,19 +42,6 @@ _ACTIVE: ContextVar[dict[int, Any] | None] = ContextVar("distillery_steering", d
 _CAPTURE: ContextVar[tuple[set[int], dict[int, Any], int] | None] = ContextVar("distillery_capture", default=None)
 _INSTALL_LOCK = threading.Lock()
 _HOOKED = "_distillery_steering_hook"
-
-
-@dataclass(frozen=True)
-class SteeringVector:
-    directions: dict[int, torch.Tensor]  # decoder layer (0-based) -> (hidden_size,) float32 on CPU
-    hidden_size: int
-    layer_count: int
-    base_model: str
-    method: str  # "mean_diff" | "pca" | "imported"
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self.directions)
 
 
 def decoder_layers(model: Any) -> Sequence[Any]:
@@ -259,9 +248,6 @@ def compute_vector(
         directions[layer] = (component * projection).contiguous()  # sign and length from the mean difference
     return SteeringVector(directions, hidden_size(model), len(blocks), base_model, method)
 
-
-# The file formats live in vector_files; re-exported here as the steering API.
-from services.registry.vector_files import from_gguf, from_safetensors, to_gguf, to_safetensors  # noqa: E402
 
 __all__ = [
     "SteeringVector", "check_fits", "compute_vector", "decoder_layers", "default_layers", "from_gguf",

@@ -15,17 +15,31 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.common.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
-    from services.registry.steering import SteeringVector
+    import torch
 
 FORMAT = "distillery-steering-vector"
 SAFETENSORS, GGUF = "safetensors", "gguf"
 GGUF_MAGIC = b"GGUF"
 MAX_LAYERS = 1024
+
+
+@dataclass(frozen=True)
+class SteeringVector:
+    directions: dict[int, torch.Tensor]  # decoder layer (0-based) -> (hidden_size,) float32 on CPU
+    hidden_size: int
+    layer_count: int
+    base_model: str
+    method: str  # "mean_diff" | "pca" | "imported"
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.directions)
 
 
 def detect(data: bytes) -> str:
@@ -64,8 +78,6 @@ def _layer_of(name: str) -> int:
 
 
 def _vector(directions: dict[int, Any], layer_count: int, base_model: str, method: str) -> SteeringVector:
-    from services.registry.steering import SteeringVector
-
     if not directions:
         raise InvalidArgument("the file holds no direction tensors", field="data")
     sizes = {tuple(d.shape) for d in directions.values()}

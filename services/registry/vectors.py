@@ -23,8 +23,10 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from distillery.registry.v1 import registry_pb2
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.objects import ObjectStore, tenant_key
+from services.common.protoconv import timestamp
 from services.registry import vector_files
 from services.registry.generate import Generator, Loaded, is_ocr, is_speech, wrong_kind
 from services.registry.models import Model
@@ -70,6 +72,15 @@ class Vector:
     suggested_strength: float
     object_key: str
     created_at: datetime
+
+
+def vector_pb(v: Vector) -> registry_pb2.Vector:
+    """A vector as the RPCs return it."""
+    return registry_pb2.Vector(
+        id=v.id, tenant_id=v.tenant_id, name=v.name, base_model=v.base_model, hidden_size=v.hidden_size,
+        layer_count=v.layer_count, layers=v.layers, method=v.method, pair_count=v.pair_count, built_in=v.built_in,
+        description=v.description, created_at=timestamp(v.created_at), suggested_strength=v.suggested_strength,
+    )  # fmt: skip
 
 
 def read_pairs(path: Path) -> list[tuple[str, str, str]]:
@@ -314,13 +325,9 @@ class Vectors:
         await asyncio.to_thread(self.store.delete_prefix, row.object_key)
 
     async def _attached_by(self, conn: Any, tenant_id: str, vector_id: str) -> list[str]:
-        cur = await conn.execute("SELECT to_regclass('profiles') IS NOT NULL")
-        exists = await cur.fetchone()
-        if not exists or not exists[0]:
-            return []
         cur = await conn.execute(
-            "SELECT p.model_id || '/' || p.name FROM profiles p JOIN models m ON m.id = p.model_id"
-            " WHERE m.tenant_id = %s AND EXISTS (SELECT 1 FROM jsonb_array_elements(p.body->'vectors') v"
+            "SELECT p.model_id || '/' || p.name FROM profiles p WHERE p.tenant_id = %s AND EXISTS"
+            " (SELECT 1 FROM jsonb_array_elements(coalesce(p.body->'vectors', '[]'::jsonb)) v"
             " WHERE v->>'vector_id' = %s) ORDER BY 1",
             (tenant_id, vector_id),
         )
@@ -358,33 +365,48 @@ class Vectors:
                                        built_in.suggested_strength)  # fmt: skip
 
 
+async def attach(vectors: Vectors, tenant_id: str, model: Model, attached: Sequence[Any]) -> list[Any]:
+    """Attached vectors (``registry_pb2.AttachedVector``: an id or a name of ``model``'s base model, a strength, a
+    layer range) checked to fit ``model``, as ``registry_pb2.AttachedVector`` with the id and the name filled in.
+    NotFound names `distillery vectors list --model M`; a built-in's name creates the built-in library."""
+    return [(await _found(vectors, tenant_id, model, i, item))[1] for i, item in enumerate(attached)]
+
+
 async def resolve(
     vectors: Vectors, tenant_id: str, model: Model, attached: Sequence[Any]
 ) -> list[tuple[SteeringVector, float, int, int]]:
-    """Attached vectors (``registry_pb2.AttachedVector``: an id or a name of ``model``'s base model, a strength, a
-    layer range) as ``steering.steered`` takes them; NotFound naming `distillery vectors list --model M`."""
+    """Attached vectors (as ``attach`` takes them) as ``steering.steered`` takes them, the tensors loaded (and
+    kept in memory)."""
     resolved = []
     for i, item in enumerate(attached):
-        ref = item.vector_id or item.vector_name
-        strength = float(item.strength)
-        if not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
-            raise InvalidArgument(
-                f"vectors[{i}].strength is {strength}: use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g}",
-                field=f"vectors[{i}].strength",
-            )
-        row = await vectors.get(tenant_id, ref, model)
-        if row.base_model != model.base_model:
-            raise FailedPrecondition(
-                f"vector {row.name} ({row.id}) was made for base model {row.base_model}, not {model.base_model} "
-                f"(model {model.id}): see `distillery vectors list --model {model.id}`",
-                field=f"vectors[{i}]",
-            )
-        first, last = int(item.first_layer), int(item.last_layer)
-        if (first or last) and not 0 <= first <= last < row.layer_count:
-            raise InvalidArgument(
-                f"vectors[{i}] layers {first}-{last}: give 0 <= first_layer <= last_layer < {row.layer_count} "
-                "(both 0: all of the vector's layers)",
-                field=f"vectors[{i}].first_layer",
-            )
-        resolved.append((await vectors.load(row), strength, first, last))
+        row, checked = await _found(vectors, tenant_id, model, i, item)
+        resolved.append((await vectors.load(row), checked.strength, checked.first_layer, checked.last_layer))
     return resolved
+
+
+async def _found(vectors: Vectors, tenant_id: str, model: Model, i: int, item: Any) -> tuple[Vector, Any]:
+    ref = item.vector_id or item.vector_name
+    strength = float(item.strength)
+    if not math.isfinite(strength) or abs(strength) > MAX_STRENGTH:
+        raise InvalidArgument(
+            f"vectors[{i}].strength is {strength}: use -{MAX_STRENGTH:g} to {MAX_STRENGTH:g}",
+            field=f"vectors[{i}].strength",
+        )
+    row = await vectors.get(tenant_id, ref, model)
+    if row.base_model != model.base_model:
+        raise FailedPrecondition(
+            f"vector {row.name} ({row.id}) was made for base model {row.base_model}, not {model.base_model} "
+            f"(model {model.id}): see `distillery vectors list --model {model.id}`",
+            field=f"vectors[{i}]",
+        )
+    first, last = int(item.first_layer), int(item.last_layer)
+    if (first or last) and not 0 <= first <= last < row.layer_count:
+        raise InvalidArgument(
+            f"vectors[{i}] layers {first}-{last}: give 0 <= first_layer <= last_layer < {row.layer_count} "
+            "(both 0: all of the vector's layers)",
+            field=f"vectors[{i}].first_layer",
+        )
+    checked = registry_pb2.AttachedVector(
+        vector_id=row.id, vector_name=row.name, strength=strength, first_layer=first, last_layer=last
+    )
+    return row, checked
