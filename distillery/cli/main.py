@@ -22,6 +22,7 @@ from distillery.cli import (
     server_side,
     tools,
     traffic,
+    vectors,
 )
 
 
@@ -56,6 +57,7 @@ for group in (
     models.group,
     quota.command,
     traffic.group,
+    vectors.group,
 ):
     cli.add_command(group)
 
