@@ -51,6 +51,18 @@ ACCESS = AccessTable(
         "UndeployModel": Access.TENANT,
         "ListDeployments": Access.TENANT,
         "GetDeployment": Access.TENANT,
+        # steering vectors
+        "CreateVector": Access.TENANT,
+        "ImportVector": Access.TENANT,
+        "ListVectors": Access.TENANT,
+        "GetVector": Access.TENANT,
+        "DeleteVector": Access.TENANT,
+        "ExportVector": Access.TENANT,
+        # optimization profiles (the gateway reads one to apply it on a vLLM deployment)
+        "SetProfile": Access.TENANT,
+        "GetProfile": Access.TENANT,
+        "ListProfiles": Access.TENANT,
+        "DeleteProfile": Access.TENANT,
         # export
         "ExportModel": Access.TENANT,
         "ReadExportFile": Access.TENANT,

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,10 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.tool_format import ToolFormat
 from services.registry import read_image as ocr
+from services.registry import sampling as sampler
 from services.registry import transcribe as speech
 from services.registry.models import Model, check_tools_json
+from services.registry.profiles import Sampling
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -52,6 +55,8 @@ class Reply:
     completion_tokens: int
     latency_ms: float
     prompt_ids: list[int] = field(default_factory=list)
+    # The settings it was made with (sampling.reported: the strategy, temperature and token budget always).
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass(frozen=True)
@@ -126,12 +131,17 @@ class Generator:
         max_new_tokens: int = 0,
         temperature: float = 0.0,
         tools: Sequence[Mapping[str, Any]] = (),
+        settings: Sampling | None = None,
+        steering: Sequence[Any] = (),
     ) -> Reply:
         """Answer ``messages`` (chat-template dicts: role, content, ...) as the assistant; ``max_new_tokens``
-        0 is the model's default. ``tools`` are canonical tools, rendered as given (key order kept)."""
+        0 is the model's default. ``tools`` are canonical tools, rendered as given (key order kept).
+        ``settings``: a profile's sampling as applied (``profiles.applied``), over ``max_new_tokens`` and
+        ``temperature``; ``steering``: vectors to apply (``steering.steered``'s attachments)."""
         loaded = await self.text_model(model, messages, max_new_tokens, temperature)
-        budget = max_new_tokens or loaded.max_new_tokens
-        return await asyncio.to_thread(_generate, loaded, messages, budget, temperature, tools)
+        chosen = settings or plain_settings(max_new_tokens, temperature)
+        budget = chosen.max_tokens or loaded.max_new_tokens
+        return await asyncio.to_thread(_generate, loaded, messages, budget, chosen, tools, steering)
 
     async def text_model(
         self, model: Model, messages: Sequence[Mapping[str, Any]], max_new_tokens: int, temperature: float
@@ -251,6 +261,20 @@ def wrong_kind(model: Model, rpc: str) -> FailedPrecondition:
     return FailedPrecondition(f"model {model.id} is {kind} ({command}), not {rpc}", field="model_id")
 
 
+def plain_settings(max_new_tokens: int, temperature: float) -> Sampling:
+    """A request's own max_new_tokens and temperature as settings (no profile)."""
+    return Sampling(temperature=temperature, max_tokens=max_new_tokens or None)
+
+
+def steered(loaded: Loaded, steering: Sequence[Any]) -> AbstractContextManager[Any]:
+    """The steering vectors applied to generation in this thread (none: nothing changes)."""
+    if not steering:
+        return nullcontext()
+    from services.registry import steering as hooks
+
+    return hooks.steered(loaded.model, steering)
+
+
 def _load(model: Model, directory: Path) -> Loaded:
     adapter = model.artifact_kind == registry_pb2.ARTIFACT_KIND_LORA_ADAPTER or (
         model.artifact_kind == registry_pb2.ARTIFACT_KIND_UNSPECIFIED and (directory / "adapter_config.json").exists()
@@ -292,10 +316,11 @@ def _generate(
     loaded: Loaded,
     messages: Sequence[Mapping[str, Any]],
     max_new_tokens: int,
-    temperature: float,
+    settings: Sampling,
     tools: Sequence[Mapping[str, Any]],
+    steering: Sequence[Any] = (),
 ) -> Reply:
-    """One answer, decoded as the recipes' evaluations decode (``decoding``)."""
+    """One answer, decoded as the recipes' evaluations decode (``decoding``) under ``settings`` (``sampling``)."""
     import torch
 
     started = time.perf_counter()
@@ -303,13 +328,16 @@ def _generate(
     prompt = prompt_ids(loaded, messages, tools)
     ends = decoding.end_ids(loaded.model, tokenizer)
     input_ids = torch.tensor([prompt], device=loaded.model.device)
-    with torch.inference_mode():
+    stops = sampler.stop_criteria(tokenizer, len(prompt), settings.stop)
+    with steered(loaded, steering), torch.inference_mode():
         output = loaded.model.generate(
             input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            eos_token_id=ends, **decoding.sampling(temperature),
+            eos_token_id=ends, **sampler.generate_options(settings), **({"stopping_criteria": stops} if stops else {}),
         )  # fmt: skip
     text, finish, generated = decoding.completion(tokenizer, output[0, len(prompt) :].tolist(), ends)
+    text, stopped = sampler.cut(text, settings.stop)
+    finish = decoding.STOP if stopped else finish
     answer = decoding.tool_answer(text, finish) if tools else decoding.ToolAnswer(text, finish_reason=finish)
     return Reply(
         answer=answer,
@@ -317,4 +345,5 @@ def _generate(
         prompt_tokens=len(prompt),
         completion_tokens=generated,
         latency_ms=(time.perf_counter() - started) * 1000,
+        sampling=sampler.reported(settings, max_new_tokens),
     )

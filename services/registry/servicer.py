@@ -17,8 +17,12 @@ from services.common.errors import FailedPrecondition, InvalidArgument, Permissi
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, struct, timestamp
 from services.registry import deployments, exports, model_card, models, quotas, snippets, streaming, tenants
+from services.registry import profile_messages as profile_pb
 from services.registry.exports import Exporter
 from services.registry.generate import Generator, Reply, artifact_prefix, is_ocr, is_speech, offered_tools
+from services.registry.profile_vectors import for_request, vector_resolver
+from services.registry.profiles import MAX_STRENGTH, delete_profile, get_profile, list_profiles, set_profile
+from services.registry.vectors import Vector, Vectors, vector_pb
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +105,9 @@ BOUNDS = Bounds(
              "api_key": 8192},
     lists={"messages": 1_000, "tools_json": 256, "messages.tool_calls": 256},
     numbers={"temperature": (0.0, 2.0), "max_new_tokens": (0, 2048), "model_allowance": (0, 1_000_000),
-             "replicas": (0, deployments.MAX_REPLICAS)},
+             "replicas": (0, deployments.MAX_REPLICAS),
+             # optimization profiles (profiles.py checks the rest, naming the field)
+             "vectors.strength": (-MAX_STRENGTH, MAX_STRENGTH)},
 )  # fmt: skip
 
 
@@ -116,6 +122,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.pool = pool
         self.store = store
         self.generator = generator
+        # Steering vectors (vectors.py): rows, tensors in S3, loaded ones in memory; computed with generator's models.
+        self.vectors = Vectors(pool, store, generator)
         self.exporter = exporter or Exporter(store, generator.cache_dir / ".exports")
         self.deployments = deployer or deployments.Deployments(pool, generator)
         # The gateway's base URL: deployments' endpoint (+ "/v1") and the snippets name it.
@@ -219,18 +227,30 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.DeleteModelResponse()
 
     async def Generate(self, request: Any, context: Any) -> registry_pb2.GenerateResponse:
-        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id)
+        applied, steering = await for_request(
+            self.pool, self.vectors, tenant_id, model, profile_pb.overrides_of(request)
+        )
         reply = await self.generator.generate(
             model,
             [chat_message(m) for m in request.messages],
             max_new_tokens=request.max_new_tokens,
             temperature=request.temperature,
             tools=offered_tools(model, request.model_tools, request.tools_json),
+            settings=applied.sampling,
+            steering=steering,
         )
-        return generate_response_pb(reply, request.return_prompt_token_ids)
+        response = generate_response_pb(reply, request.return_prompt_token_ids)
+        profile_pb.applied_into(response, applied, reply.sampling)
+        return response
 
     async def GenerateStream(self, request: Any, context: Any) -> AsyncIterator[registry_pb2.GenerateChunk]:
-        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id)
+        applied, steering = await for_request(
+            self.pool, self.vectors, tenant_id, model, profile_pb.overrides_of(request)
+        )
         written = streaming.stream(
             self.generator,
             model,
@@ -238,12 +258,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             max_new_tokens=request.max_new_tokens,
             temperature=request.temperature,
             tools=offered_tools(model, request.model_tools, request.tools_json),
+            settings=applied.sampling,
+            steering=steering,
         )
         async for item in written:
             if isinstance(item, str):
                 yield registry_pb2.GenerateChunk(delta=item)
             else:
-                yield registry_pb2.GenerateChunk(final=generate_response_pb(item, request.return_prompt_token_ids))
+                final = generate_response_pb(item, request.return_prompt_token_ids)
+                profile_pb.applied_into(final, applied, item.sampling)
+                yield registry_pb2.GenerateChunk(final=final)
 
     async def Transcribe(self, request: Any, context: Any) -> registry_pb2.TranscribeResponse:
         model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
@@ -267,6 +291,70 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 model.id, request.language, gateway_url=self.gateway_url, speech=is_speech(model), ocr=is_ocr(model)
             )
         )
+
+    # --- steering vectors (vectors.py) ---
+
+    async def CreateVector(self, request: Any, context: Any) -> registry_pb2.Vector:
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id)
+        found = await self.vectors.create(
+            tenant_id, model, request.name, [(p.prompt, p.positive, p.negative) for p in request.pairs],
+            list(request.layers), request.method, request.description,
+        )  # fmt: skip
+        return vector_pb(found)
+
+    async def ImportVector(self, request: Any, context: Any) -> registry_pb2.Vector:
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id)
+        found = await self.vectors.import_file(
+            tenant_id, model, request.name, request.data, request.format, request.description
+        )
+        return vector_pb(found)
+
+    async def ListVectors(self, request: Any, context: Any) -> registry_pb2.ListVectorsResponse:
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id) if request.model_id else None
+        found = await self.vectors.list_for(tenant_id, model)
+        return registry_pb2.ListVectorsResponse(vectors=[vector_pb(v) for v in found])
+
+    async def _vector(self, request: Any) -> tuple[str, Vector]:
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id) if request.model_id else None
+        return tenant_id, await self.vectors.get(tenant_id, request.vector_id, model)
+
+    async def GetVector(self, request: Any, context: Any) -> registry_pb2.Vector:
+        return vector_pb((await self._vector(request))[1])
+
+    async def DeleteVector(self, request: Any, context: Any) -> registry_pb2.DeleteVectorResponse:
+        tenant_id, found = await self._vector(request)
+        await self.vectors.delete(tenant_id, found)
+        return registry_pb2.DeleteVectorResponse()
+
+    async def ExportVector(self, request: Any, context: Any) -> registry_pb2.ExportVectorResponse:
+        data, filename = await self.vectors.export((await self._vector(request))[1], request.format)
+        return registry_pb2.ExportVectorResponse(data=data, filename=filename)
+
+    # --- optimization profiles (profiles.py) ---
+
+    async def SetProfile(self, request: Any, context: Any) -> registry_pb2.Profile:
+        tenant_id = auth.current_caller().tenant_id
+        found = await set_profile(
+            self.pool, tenant_id, request.model_id, request.name, profile_pb.attached_of(request.vectors),
+            profile_pb.sampling_of(request.sampling), vector_resolver(self.vectors, tenant_id),
+        )  # fmt: skip
+        return profile_pb.profile_pb(found)
+
+    async def GetProfile(self, request: Any, context: Any) -> registry_pb2.Profile:
+        found = await get_profile(self.pool, auth.current_caller().tenant_id, request.model_id, request.name)
+        return profile_pb.profile_pb(found)
+
+    async def ListProfiles(self, request: Any, context: Any) -> registry_pb2.ListProfilesResponse:
+        found = await list_profiles(self.pool, auth.current_caller().tenant_id, request.model_id)
+        return registry_pb2.ListProfilesResponse(profiles=[profile_pb.profile_pb(p) for p in found])
+
+    async def DeleteProfile(self, request: Any, context: Any) -> registry_pb2.DeleteProfileResponse:
+        await delete_profile(self.pool, auth.current_caller().tenant_id, request.model_id, request.name)
+        return registry_pb2.DeleteProfileResponse()
 
     # --- export ---
 

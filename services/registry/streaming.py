@@ -12,7 +12,8 @@ join to exactly its content; a tool call arrives whole in the final answer. (A t
 answer at all, a stray ``</tool_call>`` say, has streamed what came before it; its final answer, with no
 content and the invalid call, is what it said.)
 
-A client that goes away stops generation at the next token (a stopping criterion reads a flag).
+A client that goes away stops generation at the next token (a stopping criterion reads a flag). A profile's
+stop strings (``sampling.StopGate``) hold back text that could begin one and end the stream before it.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import Any
 
 from services.common import decoding
 from services.common.tool_calls import OPEN
-from services.registry.generate import Generator, Loaded, Reply, prompt_ids
+from services.registry import sampling as sampler
+from services.registry.generate import Generator, Loaded, Reply, plain_settings, prompt_ids, steered
 from services.registry.models import Model
+from services.registry.profiles import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -89,24 +92,29 @@ async def stream(
     max_new_tokens: int = 0,
     temperature: float = 0.0,
     tools: Sequence[Mapping[str, Any]] = (),
+    settings: Sampling | None = None,
+    steering: Sequence[Any] = (),
 ) -> AsyncIterator[str | Reply]:
     """Content deltas (str) as the model writes them, then the whole answer (a ``Reply``), as ``Generate``."""
     loaded = await generator.text_model(model, messages, max_new_tokens, temperature)
-    budget = max_new_tokens or loaded.max_new_tokens
+    chosen = settings or plain_settings(max_new_tokens, temperature)
+    budget = chosen.max_tokens or loaded.max_new_tokens
     started = time.perf_counter()
     prompt = await asyncio.to_thread(prompt_ids, loaded, messages, tools)
-    writing = _Writing(loaded, prompt, budget, temperature, asyncio.get_running_loop())
-    gate = ContentGate(bool(tools))
+    writing = _Writing(loaded, prompt, budget, chosen, asyncio.get_running_loop(), steering)
+    gate, stops = ContentGate(bool(tools)), sampler.StopGate(chosen.stop)
     try:
         writing.thread.start()
         while (piece := await writing.pieces.get()) is not None:
-            if delta := gate.feed(piece):
+            if delta := gate.feed(stops.feed(piece)):
                 yield delta
         await asyncio.to_thread(writing.thread.join)
         if writing.error is not None:
             raise writing.error
         new_ids = writing.output[len(prompt) :]
         text, finish, generated = decoding.completion(loaded.tokenizer, new_ids, writing.ends)
+        text, stopped = sampler.cut(text, chosen.stop)
+        finish = decoding.STOP if stopped else finish
         answer = decoding.tool_answer(text, finish) if tools else decoding.ToolAnswer(text, finish_reason=finish)
         if tail := gate.finish(answer):
             yield tail
@@ -116,6 +124,7 @@ async def stream(
             prompt_tokens=len(prompt),
             completion_tokens=generated,
             latency_ms=(time.perf_counter() - started) * 1000,
+            sampling=sampler.reported(chosen, budget),
         )
     finally:
         writing.stop.set()  # the client went away, or it is done: stop at the next token
@@ -131,8 +140,9 @@ class _Writing:
         loaded: Loaded,
         prompt: list[int],
         max_new_tokens: int,
-        temperature: float,
+        settings: Sampling,
         loop: asyncio.AbstractEventLoop,
+        steering: Sequence[Any] = (),
     ) -> None:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -162,23 +172,26 @@ class _Writing:
 
                 return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
 
-        self.criteria = StoppingCriteriaList([Stopped()])
-        self.arguments = (prompt, max_new_tokens, temperature)
+        self.criteria = StoppingCriteriaList(
+            [Stopped(), *sampler.stop_criteria(loaded.tokenizer, len(prompt), settings.stop)]
+        )
+        self.arguments = (prompt, max_new_tokens, settings)
+        self.steering = steering
         self.thread = threading.Thread(target=self._run, name="generate-stream", daemon=True)
 
     def _run(self) -> None:
         import torch
 
-        prompt, max_new_tokens, temperature = self.arguments
+        prompt, max_new_tokens, settings = self.arguments
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         try:
             input_ids = torch.tensor([prompt], device=model.device)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            with torch.inference_mode():
+            with steered(self.loaded, self.steering), torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
                     pad_token_id=pad, eos_token_id=self.ends, streamer=self.streamer, stopping_criteria=self.criteria,
-                    **decoding.sampling(temperature),
+                    **sampler.generate_options(settings),
                 )  # fmt: skip
             self.output = output[0].tolist()
         except BaseException as err:  # handed to the caller, which raises it
