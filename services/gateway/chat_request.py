@@ -9,6 +9,12 @@ named function only that one), ``response_format``, ``temperature``, ``max_token
 ``max_completion_tokens``, ``n`` (1 only), ``stream`` and ``stream_options.include_usage``,
 ``store`` and ``metadata``; ``seed``, ``user`` and the other sampling fields are accepted and
 passed on to a vLLM upstream as sent. A problem is a 400 naming the field (``param``).
+
+Sampling (docs/optimization.md): ``temperature``, ``top_p``, ``stop`` (a string or up to 4), and the extra
+body parameters ``top_k``, ``min_p``, ``repetition_penalty`` go into ``ChatCall.sampling`` only when the
+request has them, so a model's profile keeps the rest (OpenAI's defaults never override it); ``profile``
+(a profile's name, or "none") and ``vectors`` (``[{"name" | "id", "strength", "first_layer", "last_layer"}]``;
+``[]`` attaches none) choose what the profile applies.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 PROVIDERS = ("openai", "anthropic", "google", "platform")
 MAX_TOKENS = 1_000_000
+MAX_STOP = 4
 
 
 @dataclass
@@ -43,6 +50,9 @@ class ChatCall:
     response_format: dict[str, Any] | None = None  # json_object or json_schema only
     image: bytes | None = None  # an image_url part's data (an OCR model reads it)
     image_prompt: str = ""  # the text of the message that holds the image
+    sampling: dict[str, Any] = field(default_factory=dict)  # registry Sampling fields the request sets
+    profile: str = ""  # "" the model's default profile, "none" no profile, else a profile's name
+    vectors: list[dict[str, Any]] | None = None  # AttachedVector fields; None: the profile's
 
     @property
     def proxy_provider(self) -> str | None:
@@ -87,7 +97,61 @@ def parse_chat(body: Any) -> ChatCall:
     call.store = _bool(body, "store")
     call.metadata = _metadata(body.get("metadata"))
     call.response_format = _response_format(body.get("response_format"))
+    call.sampling = _sampling(body, call.temperature)
+    call.profile = _profile(body.get("profile"))
+    call.vectors = _vectors(body.get("vectors"))
     return call
+
+
+def _sampling(body: dict[str, Any], temperature: float | None) -> dict[str, Any]:
+    """The registry's Sampling fields the request sets (none of OpenAI's defaults)."""
+    sampling: dict[str, Any] = {}
+    if temperature is not None:
+        sampling["temperature"] = temperature
+    for name, low, high in (("top_p", 0.0, 1.0), ("min_p", 0.0, 1.0), ("repetition_penalty", 0.0, 2.0)):
+        value = _number(body, name, low, high)
+        if value is not None:
+            sampling[name] = value
+    top_k = body.get("top_k")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1:
+            raise invalid("`top_k` must be a whole number: 0 (or -1) for no cut, else the tokens kept", "top_k")
+        sampling["top_k"] = max(top_k, 0)
+    stop = body.get("stop")
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or len(stops) > MAX_STOP or not all(isinstance(s, str) and s for s in stops):
+            raise invalid(f"`stop` must be a string or a list of at most {MAX_STOP} non-empty strings", "stop")
+        sampling["stop"] = stops
+    return sampling
+
+
+def _profile(raw: Any) -> str:
+    if raw is None:
+        return ""
+    if not isinstance(raw, str) or not raw.strip():
+        raise invalid('`profile` must be a profile\'s name, or "none" for no profile', "profile")
+    return raw.strip()
+
+
+def _vectors(raw: Any) -> list[dict[str, Any]] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        shape = '{"name" or "id", "strength", "first_layer", "last_layer"}'
+        raise invalid(f"`vectors` must be a list of {shape}", "vectors")
+    vectors = []
+    for i, item in enumerate(raw):
+        ref = item.get("id") or item.get("name") if isinstance(item, dict) else None
+        strength = item.get("strength", 1.0) if isinstance(item, dict) else None
+        if not isinstance(ref, str) or isinstance(strength, bool) or not isinstance(strength, int | float):
+            raise invalid(f'vectors[{i}] must be {{"name" or "id": ..., "strength": a number}}', f"vectors[{i}]")
+        layers = [item.get(k, 0) for k in ("first_layer", "last_layer")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers):
+            raise invalid(f"vectors[{i}].first_layer and last_layer must be layer numbers (0-based)", f"vectors[{i}]")
+        vectors.append({"vector_id": ref, "strength": float(strength), "first_layer": layers[0],
+                        "last_layer": layers[1]})  # fmt: skip
+    return vectors
 
 
 def _bool(body: dict[str, Any], name: str) -> bool:

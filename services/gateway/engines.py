@@ -65,9 +65,12 @@ class LocalEngine:
             )
             for m in call.messages
         ]  # fmt: skip
+        # Sampling: only what the request set, over the model's profile (temperature there too: 0 is greedy).
         return registry_pb2.GenerateRequest(
             model_id=self.model_id, messages=messages, max_new_tokens=call.max_tokens,
-            temperature=call.temperature or 0.0, tools_json=[json.dumps(t, ensure_ascii=False) for t in call.tools],
+            tools_json=[json.dumps(t, ensure_ascii=False) for t in call.tools], profile=call.profile,
+            sampling=registry_pb2.Sampling(**call.sampling), no_vectors=call.vectors == [],
+            vectors=[registry_pb2.AttachedVector(**v) for v in call.vectors or []],
         )  # fmt: skip
 
     async def _read_image(self, call: ChatCall) -> Answer:

@@ -29,7 +29,7 @@ from services.gateway.capture import capture
 from services.gateway.chat_request import parse_chat, too_large
 from services.gateway.peers import Peers
 from services.gateway.routing import deployment_of, resolve_model_id, route
-from services.gateway.vllm import VllmPool
+from services.gateway.vllm import VllmEngine, VllmPool
 
 log = logging.getLogger("distillery.gateway")
 TRACER = trace.get_tracer("distillery.gateway")
@@ -168,6 +168,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(503, "cannot store traffic: the gateway has no ingest address", "server_error")
     chosen = await route(gateway.peers, gateway.pool, tenant.api_key, call.model, call.proxy_provider is not None)
     chosen.engine.check(call)
+    if isinstance(chosen.engine, VllmEngine):  # the model's profile, read here (the local engine's registry applies it)
+        await chosen.engine.apply_profile(gateway.peers, tenant.api_key, call)
     reply = Reply(call.model)
 
     async def capture_with(answer: Answer) -> None:

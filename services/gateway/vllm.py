@@ -9,7 +9,11 @@ does not exist (it restarted). A full fine-tune has an upstream of its own (adap
 the request goes with the model that upstream serves (its ``/v1/models``).
 
 The body goes on as the client sent it (tools, tool_choice, response_format, seed, ...) less
-``store`` and ``metadata``. Upstream errors: a 4xx is passed on with the upstream's message and
+``store``, ``metadata``, ``profile`` and ``vectors``; the model's profile (``apply_profile``: the one the
+request names, else "default"; read with the registry's GetProfile) fills in the sampling parameters the
+request leaves out. vLLM cannot apply steering vectors: a request whose profile or own ``vectors`` attach
+any is refused (400 ``vectors_not_supported``, naming the local engine) rather than answered unsteered.
+Upstream errors: a 4xx is passed on with the upstream's message and
 status; a 5xx is 502 and an unreachable upstream 503, both naming the deployment. The upstream's
 key (DISTILLERY_VLLM_API_KEY) is sent as a bearer and never shown.
 """
@@ -30,8 +34,9 @@ from services.gateway.answers import Answer, ToolCallOut
 from services.gateway.api_errors import ApiError
 from services.gateway.chat_request import ChatCall
 from services.gateway.engines import StreamEvent
+from services.gateway.peers import Peers
 
-NOT_PASSED_ON = ("store", "metadata", "model")
+NOT_PASSED_ON = ("store", "metadata", "model", "profile", "vectors")
 MAX_UPSTREAM_MESSAGE = 500
 
 
@@ -138,9 +143,33 @@ def _model_missing(status: int, text: str) -> bool:
 class VllmEngine:
     def __init__(self, pool: VllmPool, deployment: registry_pb2.Deployment) -> None:
         self.pool, self.deployment = pool, deployment
+        self.defaults: dict[str, Any] = {}  # the profile's sampling, as vLLM's request parameters
 
     def check(self, call: ChatCall) -> None:
         pass
+
+    async def apply_profile(self, peers: Peers, api_key: str, call: ChatCall) -> None:
+        """Read the profile the request names ("" the model's default, when it has one; "none" no profile): its
+        sampling fills what the request leaves out; vectors (the profile's, or the request's) are refused."""
+        profile = None
+        if call.profile != "none":
+            request = registry_pb2.GetProfileRequest(model_id=self.deployment.model_id, name=call.profile or "default")
+            try:
+                profile = await peers.registry("GetProfile", request, api_key)
+            except ApiError as err:
+                if err.status != 404 or call.profile:
+                    raise
+        attached = call.vectors if call.vectors is not None else list(profile.vectors) if profile else []
+        if attached:
+            where = "the request's `vectors`" if call.vectors else f"profile {profile.name!r}" if profile else ""
+            raise ApiError(
+                400, f"{where} attaches steering vectors, which the vLLM engine cannot apply: deploy the model on "
+                f"the local engine (`distillery models deploy {self.deployment.model_id} --engine local`), or ask "
+                'with "vectors": [] (or another profile, or "profile": "none")',
+                "invalid_request_error", "vectors", "vectors_not_supported",
+            )  # fmt: skip
+        if profile is not None:
+            self.defaults = _vllm_sampling(profile.sampling)
 
     async def _body(self, call: ChatCall, stream: bool) -> dict[str, Any]:
         if self.deployment.adapter_name:
@@ -149,7 +178,8 @@ class VllmEngine:
         else:
             model = await self.pool.served_model(self.deployment)
         body = {k: v for k, v in call.body.items() if k not in NOT_PASSED_ON}
-        body = {"model": model, **body, "stream": stream}
+        budget = {"max_tokens"} if "max_completion_tokens" in body else set()
+        body = {**{k: v for k, v in self.defaults.items() if k not in budget}, "model": model, **body, "stream": stream}
         if stream:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -212,3 +242,17 @@ class VllmEngine:
                       for i, c in sorted(calls.items())]  # fmt: skip
         yield Answer("".join(content), tool_calls, finish, int(usage.get("prompt_tokens", 0)),
                      int(usage.get("completion_tokens", 0)))  # fmt: skip
+
+
+def _vllm_sampling(sampling: registry_pb2.Sampling) -> dict[str, Any]:
+    """A profile's sampling as vLLM's OpenAI request parameters (greedy: temperature 0)."""
+    out: dict[str, Any] = {
+        name: getattr(sampling, name)
+        for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens")
+        if sampling.HasField(name)
+    }
+    if sampling.HasField("strategy"):
+        out["temperature"] = 0.0 if sampling.strategy == "greedy" else out.get("temperature", 1.0)
+    if sampling.stop:
+        out["stop"] = list(sampling.stop)
+    return out
