@@ -85,16 +85,17 @@ def group() -> None:
 )
 @click.option("--pairs", "pairs_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='JSONL: {"prompt"?, "positive", "negative"} a line.')  # fmt: skip
-@click.option("--layers", default="", help="Decoder layers (0-based): 4-8 or 4,5,6. Default: the middle third.")
+@click.option("--layers", default="", callback=lambda ctx, param, value: parse_layers(value) if value else [],
+              help="Decoder layers (0-based): 4-8 or 4,5,6. Default: the middle third.")  # fmt: skip
 @click.option("--method", type=click.Choice(["mean_diff", "pca"]), default="mean_diff", show_default=True,
               help="Mean activation difference, or the first principal component of the differences.")  # fmt: skip
 @click.option("--description", default="", help="What the vector does.")
 @json_option
-def create(name: str, model_id: str, pairs_file: Path, layers: str, method: str, description: str,
+def create(name: str, model_id: str, pairs_file: Path, layers: list[int], method: str, description: str,
            as_json: bool) -> None:  # fmt: skip
     """Compute a steering vector NAME from contrastive pairs."""
     request = registry_pb2.CreateVectorRequest(
-        name=name, model_id=model_id, pairs=read_pairs(pairs_file), layers=parse_layers(layers) if layers else [],
+        name=name, model_id=model_id, pairs=read_pairs(pairs_file), layers=layers,
         method=method, description=description,
     )  # fmt: skip
     with rpc_errors():
@@ -141,11 +142,11 @@ def list_(model_id: str, as_json: bool) -> None:
         return
     rows = [
         (v.id, v.name, "yes" if v.built_in else "", v.method, len(v.layers), v.pair_count,
-         f"{v.suggested_strength:g}" if v.suggested_strength else "", v.base_model)
+         f"{v.suggested_strength:g}" if v.suggested_strength else "")
         for v in reply.vectors
     ]  # fmt: skip
-    print_table("Steering vectors", ["id", "name", "built-in", "method", "layers", "pairs", "strength", "base model"],
-                rows, whole=["id"])  # fmt: skip
+    print_table("Steering vectors", ["id", "name", "built-in", "method", "layers", "pairs", "strength"], rows,
+                whole=["id", "name"])  # fmt: skip
 
 
 @group.command("show")
