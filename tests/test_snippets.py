@@ -200,3 +200,56 @@ def test_speech_and_ocr_snippets_send_what_the_endpoint_takes(tmp_path):
     unknown = snippets.for_model("mdl_x")
     assert '"$DISTILLERY_GATEWAY_URL/v1/chat/completions"' in unknown["curl"]
     assert 'os.environ["DISTILLERY_GATEWAY_URL"] + "/v1"' in unknown["python"]
+
+
+def test_snippets_carry_the_profile_by_reference_and_inline(
+    services, make_tenant, client_for, service_registry_for, artifacts
+):
+    """The curl and python snippets of a model with a profile, run as printed (by reference and --inline), answer
+    as Generate does with that profile; --custom holds placeholders, not the key's variable."""
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, FULL)
+    sampling = registry_pb2.Sampling(strategy="greedy", stop=["ug"], max_tokens=24, repetition_penalty=1.0)
+    client.registry.SetProfile(registry_pb2.SetProfileRequest(model_id=model.id, name="terse", sampling=sampling))
+    hello = [registry_pb2.ChatMessage(role="user", content="Hello")]
+    expected = client.registry.Generate(
+        registry_pb2.GenerateRequest(model_id=model.id, messages=hello, profile="terse"), timeout=GENERATE_TIMEOUT_S
+    ).message.content
+    plain = client.registry.Generate(
+        registry_pb2.GenerateRequest(model_id=model.id, messages=hello, profile="none"), timeout=GENERATE_TIMEOUT_S
+    ).message.content
+    assert expected != plain and "ug" in plain, (expected, plain)  # the profile visibly changes this answer
+
+    client.registry.DeployModel(registry_pb2.DeployModelRequest(model_id=model.id, engine="local"),
+                                timeout=GENERATE_TIMEOUT_S)  # fmt: skip
+    run_env = {**os.environ, **cli_env(services, tenant.api_key)}
+    for inline in (False, True):
+        served = client.registry.GetSnippet(
+            registry_pb2.GetSnippetRequest(model_id=model.id, profile="terse", inline=inline)
+        ).snippets
+        if inline:
+            assert '"stop": ["ug"]' in served["curl"] and '"profile": "none"' in served["curl"]
+            assert 'extra_body={"repetition_penalty": 1.0, "profile": "none"}' in served["python"]
+        else:
+            assert '"profile": "terse"' in served["curl"] and 'extra_body={"profile": "terse"}' in served["python"]
+            assert "--profile terse" in served["cli"]
+        ran = subprocess.run(["bash", "-c", served["curl"]], env=run_env, capture_output=True, text=True,
+                             timeout=GENERATE_TIMEOUT_S, check=False)  # fmt: skip
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["choices"][0]["message"]["content"] == expected, (inline, ran.stdout)
+        ran = subprocess.run([sys.executable, "-c", served["python"]], env=run_env, capture_output=True, text=True,
+                             timeout=GENERATE_TIMEOUT_S, check=False)  # fmt: skip
+        assert (ran.returncode, ran.stdout) == (0, expected + "\n"), (inline, ran.stderr)
+    client.registry.UndeployModel(registry_pb2.UndeployModelRequest(model_id=model.id))
+
+    custom = client.registry.GetSnippet(
+        registry_pb2.GetSnippetRequest(model_id=model.id, profile="terse", custom=True)
+    ).snippets
+    assert "YOUR_API_KEY" in custom["curl"] and "DISTILLERY_API_KEY" not in custom["curl"] + custom["python"]
+    assert f"{services.gateway_url}/v1" in custom["python"]
+    printed = CliRunner().invoke(
+        cli, ["models", "snippet", model.id, "--lang", "python", "--profile", "terse", "--inline", "--custom"],
+        env=cli_env(services, tenant.api_key),
+    )  # fmt: skip
+    assert printed.exit_code == 0 and 'api_key="YOUR_API_KEY"' in printed.output and "stop=" in printed.output

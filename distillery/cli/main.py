@@ -15,6 +15,7 @@ from distillery.cli import (
     keys,
     model_exports,
     models,
+    optimize,
     quota,
     recipes,
     rubrics,
@@ -42,6 +43,10 @@ for command in stack_commands:
     cli.add_command(command)
 
 models.group.add_command(model_exports.export)
+# Optimization profiles: `models optimize`, `models profile`, `models try`.
+models.group.add_command(optimize.optimize)
+models.group.add_command(optimize.profile)
+models.group.add_command(optimize.try_)
 # Deployments: `models deploy` / `models undeploy`, `deployments list`; operators: `admin tenants set-tier`.
 models.group.add_command(deployments.deploy)
 models.group.add_command(deployments.undeploy)

@@ -110,10 +110,11 @@ def delete(model_id: str, yes: bool, force: bool) -> None:
     help="Offer the tools the model was trained with (in training order): a tool model answers with tool calls.",
 )  # fmt: skip
 @click.option("--tool", "tool_ids", multiple=True, metavar="ID", help="Offer this tool of yours (repeatable).")
+@click.option("--profile", default="", help='The profile to apply (default: the model\'s "default" one; "none": none).')
 @json_option
 def generate(
     model_id: str, prompt: str, system: str, max_new_tokens: int, with_tools: bool, tool_ids: tuple[str, ...],
-    as_json: bool,
+    profile: str, as_json: bool,
 ) -> None:  # fmt: skip
     """Ask a model one question (runtime testing)."""
     messages = [registry_pb2.ChatMessage(role="system", content=system)] if system else []
@@ -124,7 +125,7 @@ def generate(
         reply = client.registry.Generate(
             registry_pb2.GenerateRequest(
                 model_id=model_id, messages=messages, max_new_tokens=max_new_tokens, model_tools=with_tools,
-                tools_json=tools_json,
+                tools_json=tools_json, profile=profile,
             )
         )  # fmt: skip
     if as_json:
@@ -209,15 +210,21 @@ SNIPPET_LANGUAGES = ("curl", "python", "typescript", "grpcurl", "cli")
 @click.argument("model_id")
 @click.option("--lang", "--language", "language", type=click.Choice(SNIPPET_LANGUAGES), default=None,
               help="One snippet, printed alone to run as printed (default: all, each under a heading).")  # fmt: skip
+@click.option("--profile", default="", help="The profile the request uses (default: the model's default one).")
+@click.option("--inline", is_flag=True, help="Write the profile's settings into the request instead of naming it.")
+@click.option("--custom", is_flag=True, help="Placeholders (YOUR_API_KEY, the gateway URL), not $DISTILLERY_API_KEY.")
 @json_option
-def snippet(model_id: str, language: str | None, as_json: bool) -> None:
+def snippet(model_id: str, language: str | None, profile: str, inline: bool, custom: bool, as_json: bool) -> None:
     """Print API-ready request snippets for a model.
 
     curl, python and typescript call the OpenAI-compatible endpoint (deploy the model first: `models deploy`);
-    each reads the key from $DISTILLERY_API_KEY and never holds it."""
+    each reads the key from $DISTILLERY_API_KEY and never holds it. A text model's request carries its profile
+    (`models optimize`): by name, or with --inline as request parameters."""
     with rpc_errors():
         reply = Client.from_environment().registry.GetSnippet(
-            registry_pb2.GetSnippetRequest(model_id=model_id, language=language or "")
+            registry_pb2.GetSnippetRequest(
+                model_id=model_id, language=language or "", profile=profile, inline=inline, custom=custom
+            )
         )
     if as_json:
         print_json(dict(reply.snippets))

@@ -216,6 +216,13 @@ async def get_profile(pool: AsyncConnectionPool, tenant_id: str, model_id: str, 
     return found
 
 
+async def for_snippet(pool: AsyncConnectionPool, tenant_id: str, model: Model, name: str) -> Profile | None:
+    """The profile a snippet carries: the one named (NOT_FOUND when missing), else the default when there is one."""
+    if name:
+        return await get_profile(pool, tenant_id, model.id, name)
+    return await find(pool, tenant_id, model.id, DEFAULT)
+
+
 async def list_profiles(pool: AsyncConnectionPool, tenant_id: str, model_id: str) -> list[Profile]:
     model = await models.get(pool, tenant_id, model_id)
     async with pool.connection() as conn:

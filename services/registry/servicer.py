@@ -21,7 +21,14 @@ from services.registry import profile_messages as profile_pb
 from services.registry.exports import Exporter
 from services.registry.generate import Generator, Reply, artifact_prefix, is_ocr, is_speech, offered_tools
 from services.registry.profile_vectors import for_request, vector_resolver
-from services.registry.profiles import MAX_STRENGTH, delete_profile, get_profile, list_profiles, set_profile
+from services.registry.profiles import (
+    MAX_STRENGTH,
+    delete_profile,
+    for_snippet,
+    get_profile,
+    list_profiles,
+    set_profile,
+)
 from services.registry.vectors import Vector, Vectors, vector_pb
 
 log = logging.getLogger(__name__)
@@ -285,12 +292,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
 
     async def GetSnippet(self, request: Any, context: Any) -> registry_pb2.Snippet:
-        model = await models.get(self.pool, auth.current_caller().tenant_id, request.model_id)
-        return registry_pb2.Snippet(
-            snippets=snippets.for_model(
-                model.id, request.language, gateway_url=self.gateway_url, speech=is_speech(model), ocr=is_ocr(model)
-            )
-        )
+        tenant_id = auth.current_caller().tenant_id
+        model = await models.get(self.pool, tenant_id, request.model_id)
+        text = not (is_speech(model) or is_ocr(model))
+        profile = await for_snippet(self.pool, tenant_id, model, request.profile) if text else None
+        written = snippets.for_model(
+            model.id, request.language, gateway_url=self.gateway_url, speech=is_speech(model), ocr=is_ocr(model),
+            profile=profile, inline=request.inline, custom=request.custom,
+        )  # fmt: skip
+        return registry_pb2.Snippet(snippets=written)
 
     # --- steering vectors (vectors.py) ---
 

@@ -9,12 +9,23 @@
 - grpcurl: the registry's own runtime-testing RPC (Generate, Transcribe or ReadImage) through its reflection.
 - cli: the same through `distillery models generate|transcribe|read`.
 
-Every snippet reads the API key from ``$DISTILLERY_API_KEY``; none holds it. tests/test_snippets.py runs them.
+Every snippet reads the API key from ``$DISTILLERY_API_KEY``; none holds it (``custom``: the placeholder
+``YOUR_API_KEY`` instead, and ``YOUR_GATEWAY_URL`` where the registry does not know the gateway's URL).
+tests/test_snippets.py runs them.
+
+A text model's snippets carry its profile (docs/optimization.md "Snippets"): by reference (``"profile": NAME``
+in the body; the SDKs send it as an extra body parameter), or ``inline``: the profile's sampling as request
+parameters (top_k, min_p, repetition_penalty and the ``vectors`` extra parameters) and no profile named
+(``"profile": "none"``, so the model's default profile does not apply under them).
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from services.common.errors import InvalidArgument
+from services.registry.profiles import GREEDY, NONE, Profile
 
 LANGUAGES = ("curl", "python", "typescript", "grpcurl", "cli")
 
@@ -136,18 +147,110 @@ def base_urls(gateway_url: str) -> dict[str, str]:
 
 
 def for_model(
-    model_id: str, language: str = "", *, gateway_url: str = "", speech: bool = False, ocr: bool = False
-) -> dict[str, str]:
+    model_id: str, language: str = "", *, gateway_url: str = "", speech: bool = False, ocr: bool = False,
+    profile: Profile | None = None, inline: bool = False, custom: bool = False,
+) -> dict[str, str]:  # fmt: skip
     """The snippets for ``model_id`` (all, or the one ``language``); ``speech``: a speech model's; ``ocr``: an
-    OCR model's."""
+    OCR model's; a text model's carry ``profile`` (by reference, or ``inline``); ``custom``: placeholders."""
     if language and language not in LANGUAGES:
         raise InvalidArgument(f"no snippet for {language!r}: use one of {', '.join(LANGUAGES)}", field="language")
     templates = OCR if ocr else SPEECH if speech else TEXT
+    if custom and not gateway_url:
+        gateway_url = "https://YOUR_GATEWAY_URL"
     values = {"@MODEL@": model_id, **base_urls(gateway_url)}
+    carried = None if speech or ocr else Carried(profile, inline)
     snippets = {}
     for name in [language] if language else LANGUAGES:
-        code = templates[name]
+        code = templates[name] if carried is None else carried.text(name)
         for placeholder in ("@BASE_PY@", "@BASE_TS@", "@BASE@", "@MODEL@"):
             code = code.replace(placeholder, values[placeholder])
-        snippets[name] = code
+        snippets[name] = placeholders(code) if custom else code
     return snippets
+
+
+def placeholders(code: str) -> str:
+    """The key as a placeholder, not read from the environment."""
+    for env, placeholder in (
+        ('os.environ["DISTILLERY_API_KEY"]', '"YOUR_API_KEY"'), ("process.env.DISTILLERY_API_KEY", '"YOUR_API_KEY"'),
+        ("$DISTILLERY_API_KEY", "YOUR_API_KEY"),
+    ):  # fmt: skip
+        code = code.replace(env, placeholder)
+    return code
+
+
+# OpenAI's own chat completion parameters; the others go as extra body parameters (the SDKs' extra_body).
+_OPENAI_PARAMS = ("temperature", "top_p", "max_tokens", "stop")
+_DEFAULT_MAX_TOKENS = 128
+
+
+class Carried:
+    """A text model's request parameters for a profile: by reference or inline."""
+
+    def __init__(self, profile: Profile | None, inline: bool) -> None:
+        self.params: dict[str, Any] = {}
+        self.grpc: dict[str, Any] = {}
+        self.profile = profile
+        if profile is None:
+            self.params = {"max_tokens": _DEFAULT_MAX_TOKENS}
+            self.grpc = {"max_new_tokens": _DEFAULT_MAX_TOKENS}
+        elif not inline:  # by reference: the profile's settings (its max_tokens too) apply
+            self.params = {"profile": profile.name}
+            self.grpc = {"profile": profile.name}
+        else:
+            s = profile.sampling
+            given = {"temperature": 0.0 if s.strategy == GREEDY else s.temperature, "top_p": s.top_p,
+                     "max_tokens": s.max_tokens, "stop": list(s.stop) or None, "top_k": s.top_k, "min_p": s.min_p,
+                     "repetition_penalty": s.repetition_penalty}  # fmt: skip
+            vectors = [
+                {"id": v.vector_id, "strength": v.strength}
+                | ({"first_layer": v.first_layer, "last_layer": v.last_layer} if v.first_layer or v.last_layer else {})
+                for v in profile.vectors
+            ]
+            self.params = {k: v for k, v in given.items() if v is not None} | {"profile": NONE}
+            if vectors:
+                self.params["vectors"] = vectors
+            grpc_sampling = {k: v for k, v in given.items() if v is not None}
+            if s.strategy is not None:
+                grpc_sampling["strategy"] = s.strategy
+            self.grpc = {"profile": NONE, "sampling": grpc_sampling}
+            if vectors:
+                self.grpc["vectors"] = [
+                    {"vector_id": v.pop("id"), **v} for v in (dict(v) for v in vectors)
+                ]  # fmt: skip
+
+    def text(self, language: str) -> str:
+        messages = [{"role": "user", "content": "Hello"}]
+        standard = {k: v for k, v in self.params.items() if k in _OPENAI_PARAMS}
+        extra = {k: v for k, v in self.params.items() if k not in _OPENAI_PARAMS}
+        if language == "curl":
+            body = _shell_quoted(json.dumps({"model": "@MODEL@", "messages": messages, **self.params}))
+            return f"""curl -sS "@BASE@/chat/completions" \\
+  {_AUTH} \\
+  -H "Content-Type: application/json" \\
+  -d '{body}'"""
+        if language == "python":
+            lines = "".join(f"    {k}={json.dumps(v)},\n" for k, v in standard.items())
+            if extra:
+                lines += f"    extra_body={json.dumps(extra)},\n"
+            return (TEXT["python"].split("reply = ")[0] + "reply = client.chat.completions.create(\n"
+                    '    model="@MODEL@",\n    messages=[{"role": "user", "content": "Hello"}],\n' + lines
+                    + ")\nprint(reply.choices[0].message.content)")  # fmt: skip
+        if language == "typescript":
+            lines = "".join(f"  {k}: {json.dumps(v)},\n" for k, v in standard.items())
+            lines += "".join(
+                f"  // @ts-expect-error: a Distillery parameter\n  {k}: {json.dumps(v)},\n" for k, v in extra.items()
+            )
+            head = TEXT["typescript"].split("const reply = ")[0]
+            return (head + "const reply = await client.chat.completions.create({\n"
+                    '  model: "@MODEL@",\n  messages: [{ role: "user", content: "Hello" }],\n' + lines
+                    + "});\nconsole.log(reply.choices[0].message.content);")  # fmt: skip
+        if language == "grpcurl":
+            body = _shell_quoted(json.dumps({"model_id": "@MODEL@", "messages": messages, **self.grpc}))
+            return TEXT["grpcurl"].replace(TEXT["grpcurl"].split("'")[1], body)
+        named = f" --profile {self.profile.name}" if self.profile is not None else ""
+        return TEXT["cli"] + named
+
+
+def _shell_quoted(text: str) -> str:
+    """``text`` to stand inside a single-quoted shell word."""
+    return text.replace("'", "'\\''")
