@@ -259,8 +259,11 @@ def try_(model_id: str, prompts_file: Path, names: tuple[str, ...], limit: int, 
                     profile=name,
                 )))  # fmt: skip
         rubric = rubric_of(client, model)
-        scores = {c: judged(client, rubric, prompts, [r.message.content for r in results[c]]) for c in columns} if (
-            rubric) else {}  # fmt: skip
+        scores: dict[str, list[float]] = {}
+        for column in columns if rubric else []:
+            found = judged(client, rubric, prompts, [r.message.content for r in results[column]]) if rubric else None
+            if found is not None:
+                scores[column] = found
     if as_json:
         print_json([
             {"prompt": p, **{c: {"answer": results[c][i].message.content, "tokens": results[c][i].completion_tokens,
@@ -274,7 +277,7 @@ def try_(model_id: str, prompts_file: Path, names: tuple[str, ...], limit: int, 
         table.add_column(f"profile {column}", ratio=1, overflow="fold")
     for i, prompt in enumerate(prompts):
         table.add_row(*[f"[bold]{i + 1}. {_escape(prompt)}[/bold]"] + [""] * (len(columns) - 1))
-        table.add_row(*[_cell(results[c][i], (scores.get(c) or [None] * len(prompts))[i]) for c in columns])
+        table.add_row(*[_cell(results[c][i], scores[c][i] if c in scores else None) for c in columns])
     console.print(table)
     for column in columns:
         replies = results[column]

@@ -13,7 +13,7 @@ _OPTIONAL = ("strategy", "temperature", "top_p", "top_k", "min_p", "repetition_p
 
 def sampling_of(message: registry_pb2.Sampling) -> Sampling:
     """The fields set (``optional`` fields present; stop strings given)."""
-    given = {name: getattr(message, name) for name in _OPTIONAL if message.HasField(name)}
+    given = {name: getattr(message, name) for name in _OPTIONAL if message.HasField(name)}  # type: ignore[arg-type]
     return Sampling(**given, stop=tuple(message.stop))
 
 
@@ -25,8 +25,7 @@ def sampling_pb(s: Sampling) -> registry_pb2.Sampling:
 def attached_of(messages: Iterable[registry_pb2.AttachedVector]) -> tuple[Attached, ...]:
     """On input a vector is named by id or by name: either goes in ``vector_id`` until it is resolved."""
     return tuple(
-        Attached(m.vector_id or m.vector_name, m.strength, m.first_layer, m.last_layer, m.vector_name)
-        for m in messages
+        Attached(m.vector_id or m.vector_name, m.strength, m.first_layer, m.last_layer, m.vector_name) for m in messages
     )
 
 

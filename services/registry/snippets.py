@@ -198,7 +198,7 @@ class Carried:
             self.grpc = {"profile": profile.name}
         else:
             s = profile.sampling
-            given = {"temperature": 0.0 if s.strategy == GREEDY else s.temperature, "top_p": s.top_p,
+            given: dict[str, Any] = {"temperature": 0.0 if s.strategy == GREEDY else s.temperature, "top_p": s.top_p,
                      "max_tokens": s.max_tokens, "stop": list(s.stop) or None, "top_k": s.top_k, "min_p": s.min_p,
                      "repetition_penalty": s.repetition_penalty}  # fmt: skip
             vectors = [
