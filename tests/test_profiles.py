@@ -187,3 +187,47 @@ def test_the_stop_gate_sends_nothing_past_a_stop_string(pieces, stops, sent):
     gate = sampler.StopGate(stops)
     assert "".join(gate.feed(p) for p in pieces) + ("" if gate.closed else gate.text[gate.sent :]) == sent
     assert sampler.cut("one END two END", ["END"]) == ("one ", True)
+
+
+def test_a_profile_with_a_vector_steers_generate(services, make_tenant, client_for, service_registry_for, artifacts):
+    """A vector computed from contrastive pairs (vectors.py), attached by name: Generate with the profile answers
+    differently from "none" (greedy both), reports the vector applied, and the vector cannot be deleted while
+    the profile attaches it."""
+    tenant = make_tenant()
+    client = client_for(tenant)
+    model = babbler(services, service_registry_for(tenant), tenant.tenant_id, artifacts)
+    pairs = [
+        registry_pb2.ContrastivePair(prompt="Which pet?", positive="cats purr and nap", negative="dogs bark and run"),
+        registry_pb2.ContrastivePair(positive="a cat is a quiet friend", negative="a dog is a loyal friend"),
+    ]
+    vector = client.registry.CreateVector(
+        registry_pb2.CreateVectorRequest(name="cats", model_id=model.id, pairs=pairs), timeout=GENERATE_TIMEOUT_S
+    )
+    attached = registry_pb2.AttachedVector(vector_name="cats", strength=48.0)
+    made = set_profile(client, model.id, vectors=[attached], max_tokens=12)
+    assert [(v.vector_id, v.vector_name, v.strength) for v in made.vectors] == [(vector.id, "cats", 48.0)]
+
+    steered = client.registry.Generate(ask(model.id, "Tell me about the sea"), timeout=GENERATE_TIMEOUT_S)
+    plain = client.registry.Generate(
+        ask(model.id, "Tell me about the sea", profile="none", max_new_tokens=12), timeout=GENERATE_TIMEOUT_S
+    )
+    detached = client.registry.Generate(
+        ask(model.id, "Tell me about the sea", no_vectors=True), timeout=GENERATE_TIMEOUT_S
+    )
+    assert steered.message.content != plain.message.content, steered.message.content
+    assert detached.message.content == plain.message.content and not detached.vectors
+    assert [(v.vector_id, v.strength) for v in steered.vectors] == [(vector.id, 48.0)]
+    # The request's own vectors replace the profile's: a negative strength steers elsewhere.
+    away = client.registry.Generate(
+        ask(
+            model.id, "Tell me about the sea", vectors=[registry_pb2.AttachedVector(vector_id=vector.id, strength=-48)]
+        ),
+        timeout=GENERATE_TIMEOUT_S,
+    )
+    assert [v.strength for v in away.vectors] == [-48.0] and away.message.content != steered.message.content
+
+    err = refused(
+        lambda: client.registry.DeleteVector(registry_pb2.DeleteVectorRequest(vector_id=vector.id)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert "default" in err.details()
