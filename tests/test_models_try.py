@@ -1,7 +1,8 @@
 """The CLI's optimization commands against the running stack (docs/optimization.md): `models optimize` sets a
 profile and keeps the settings not given, `models profile` prints or deletes it, `models generate --profile`
 applies one, and `models try` answers the same prompts without and with a profile side by side, with each
-answer's length and latency and the means.
+answer's length and latency and the means (and, where the model's run had a rubric, each answer's score on
+its judge criteria through the teacher's JudgeAnswers).
 
 The model is the tiny fully fine-tuned Llama of tests/trained_models.py, which answers "rouge": a profile that
 stops at "ug" visibly cuts its answer to "ro".
@@ -13,10 +14,13 @@ import json
 
 import test_generate
 from click.testing import CliRunner
+from provider_servers import Answer
 from test_tracing_and_cli import cli_env
 from trained_models import FULL, QUESTION, trained_model
 
+from distillery.cli import optimize
 from distillery.cli.main import cli
+from distillery.trainer.v1 import trainer_pb2
 
 artifacts = test_generate.artifacts  # the fixture: tiny trained models, as test_generate makes them
 
@@ -57,3 +61,27 @@ def test_optimize_profile_and_try_through_the_cli(services, make_tenant, service
     assert "has no profile" in run("models", "profile", model.id)
     refused = runner.invoke(cli, ["models", "generate", model.id, QUESTION, "--profile", "short"], env=env)
     assert refused.exit_code == 1 and "no profile 'short'" in refused.output
+
+
+RUBRIC = """
+name: french-colours
+criteria:
+  - name: exact
+    kind: exact_match
+  - name: right_word
+    kind: judge
+    weight: 2
+    params: {judge: "platform:judge-model", scale: {min: 1, max: 5}, instructions: "The answer is the French word."}
+"""
+
+
+def test_try_scores_each_answer_on_the_rubrics_judge_criteria(services, make_tenant, client_for, providers):
+    """`models try`'s rubric scores: the rubric as stored (its judge prompt recorded), each answer judged through
+    the teacher's JudgeAnswers (a fake judge at the wire), on 0-1; criteria needing a reference are left out."""
+    client = client_for(make_tenant())
+    client.trainer.CreateRubric(trainer_pb2.CreateRubricRequest(text=RUBRIC))
+    rubric = client.trainer.GetRubric(trainer_pb2.GetRubricRequest(rubric="french-colours"))
+    replies = {"rouge": '{"score": 5}', "red": '{"score": 2}', "bleu": "no idea"}
+    providers["platform"].responder = lambda c: Answer(text=next(v for k, v in replies.items() if k in c.user_text))
+    scores = optimize.judged(client, rubric, ["blue?", "red?", "blue?"], ["rouge", "red", "bleu"])
+    assert scores == [1.0, 0.25, 0.0]  # (score - 1) / 4; a reply with no score counts 0
