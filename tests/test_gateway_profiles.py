@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
+import psycopg
 import pytest
 import test_gateway_vllm
 import test_generate
@@ -92,3 +95,21 @@ def test_a_vllm_deployment_gets_the_profiles_sampling_and_refuses_vectors(
     assert refused.value.body["code"] == "vectors_not_supported" and refused.value.body["param"] == "vectors"
     assert f"distillery models deploy {model.id} --engine local" in refused.value.body["message"]
     assert len(vllm.requests) == asked  # nothing went upstream
+
+    # A profile that attaches a vector (written as SetProfile stores one: the vector's id, here one that fits no
+    # model, as the stand-in's base model cannot be loaded to make a real one) is refused the same way.
+    attached = [{"vector_id": "vec_standin", "vector_name": "concise", "strength": 4.0, "first_layer": 0,
+                 "last_layer": 0}]  # fmt: skip
+    with psycopg.connect(services.postgres_url) as conn:
+        conn.execute(
+            "UPDATE registry.profiles SET body = jsonb_set(body, '{vectors}', %s::jsonb) WHERE model_id = %s",
+            (json.dumps(attached), model.id),
+        )
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(api, model.id)
+    assert (
+        refused.value.body["code"] == "vectors_not_supported" and "profile 'default'" in refused.value.body["message"]
+    )
+    assert len(vllm.requests) == asked
+    chat(api, model.id, extra_body={"vectors": []})  # without them, the profile's sampling still goes
+    assert vllm.requests[-1].body["top_k"] == 7 and "vectors" not in vllm.requests[-1].body
