@@ -46,9 +46,10 @@ def eval_loss(trainer: Any, phase: str = failures.SFT) -> float:
     """The eval loss of the trainer's model after training: the one an eval while training measured on the same
     weights (``measured_loss``), else ``trainer.evaluate()``'s; a non-finite one is the phase's
     ``training_diverged`` failure."""
-    loss = measured_loss(trainer)
-    if not _every_rank_agrees(loss is not None):  # evaluate() is a collective: all ranks run it, or none
-        loss = float(trainer.evaluate()["eval_loss"])
+    measured = measured_loss(trainer)
+    # evaluate() is a collective: all ranks run it, or none
+    reuse = _every_rank_agrees(measured is not None)
+    loss = measured if reuse and measured is not None else float(trainer.evaluate()["eval_loss"])
     if not math.isfinite(loss):
         raise failures.diverged(trainer.state.global_step, loss, phase=phase)
     return loss
