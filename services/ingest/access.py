@@ -22,6 +22,7 @@ ACCESS = AccessTable(
         "GetDataset": Access.TENANT,
         "ListDatasets": Access.TENANT,
         "SplitDataset": Access.TENANT,  # the trainer splits a run's dataset so
+        "ReadDatasetRows": Access.TENANT,
         "ImportTools": Access.TENANT,
         "ListTools": Access.TENANT,
         "DeleteTool": Access.TENANT,

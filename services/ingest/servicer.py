@@ -18,7 +18,7 @@ from services.common import auth
 from services.common.errors import InvalidArgument
 from services.common.objects import ObjectStore
 from services.common.protoconv import Bounds, bounded, page_size, timestamp
-from services.ingest import datasets, intake, splits, tool_list, tools, traffic, traffic_datasets, uploads
+from services.ingest import dataset_rows, datasets, intake, splits, tool_list, tools, traffic, traffic_datasets, uploads
 
 
 def _counts(counts: dict[str, int]) -> list[ingest_pb2.CodeCount]:
@@ -169,6 +169,15 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             eval_dataset_id=request.eval_dataset_id, eval_fraction=request.eval_fraction, seed=request.seed,
         )  # fmt: skip
         return split_pb(split)
+
+    async def ReadDatasetRows(self, request: Any, context: Any) -> ingest_pb2.ReadDatasetRowsResponse:
+        rows = await dataset_rows.read_rows(
+            self.pool, self.store, auth.current_caller().tenant_id, request.dataset_id, request.side, request.limit
+        )
+        return ingest_pb2.ReadDatasetRowsResponse(
+            rows_json=rows.lines, kind=rows.kind, split_id=rows.split_id, total_rows=rows.total,
+            truncated=rows.truncated,
+        )  # fmt: skip
 
     async def ImportTools(self, request: Any, context: Any) -> ingest_pb2.ImportToolsResponse:
         """Add the document's tools to the active list, or nothing when any of them is invalid."""

@@ -721,6 +721,79 @@ class Split(_message.Message):
 Global___Split: _TypeAlias = Split  # noqa: Y015
 
 @_typing.final
+class ReadDatasetRowsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_ID_FIELD_NUMBER: _builtins.int
+    SIDE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    dataset_id: _builtins.str
+    side: _builtins.str
+    """"eval" (default, "" too): the eval side of the newest split that has the
+    dataset as its training dataset or as its eval dataset (FAILED_PRECONDITION
+    when it has none: a training run splits its dataset). "all": the dataset's
+    canonical rows.
+    """
+    limit: _builtins.int
+    """At most this many rows, from the first (0: 100; at most 1,000). Rows stop
+    early where the answer would pass 3 MiB.
+    """
+    def __init__(
+        self,
+        *,
+        dataset_id: _builtins.str = ...,
+        side: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_id", b"dataset_id", "limit", b"limit", "side", b"side"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDatasetRowsRequest: _TypeAlias = ReadDatasetRowsRequest  # noqa: Y015
+
+@_typing.final
+class ReadDatasetRowsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_JSON_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SPLIT_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_ROWS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    kind: Global___DatasetKind.ValueType
+    split_id: _builtins.str
+    """The split whose eval side was read ("" for side "all")."""
+    total_rows: _builtins.int
+    """Rows on the side read, of which rows_json holds the first."""
+    truncated: _builtins.bool
+    """True when rows were left out (by limit or the size cap)."""
+    @_builtins.property
+    def rows_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Canonical rows, one JSON object each, in the side's order: {"messages":
+        [...]} (pairs: system, user, ..., assistant; inputs: the user turn), with
+        "tools" for tool-calls rows.
+        """
+
+    def __init__(
+        self,
+        *,
+        rows_json: _abc.Iterable[_builtins.str] | None = ...,
+        kind: Global___DatasetKind.ValueType = ...,
+        split_id: _builtins.str = ...,
+        total_rows: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "rows_json", b"rows_json", "split_id", b"split_id", "total_rows", b"total_rows", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadDatasetRowsResponse: _TypeAlias = ReadDatasetRowsResponse  # noqa: Y015
+
+@_typing.final
 class Tool(_message.Message):
     """A canonical typed tool schema."""
 

@@ -74,6 +74,11 @@ class IngestServiceStub:
                 request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.SplitDatasetRequest.SerializeToString,
                 response_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.Split.FromString,
                 _registered_method=True)
+        self.ReadDatasetRows = channel.unary_unary(
+                '/distillery.ingest.v1.IngestService/ReadDatasetRows',
+                request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ReadDatasetRowsRequest.SerializeToString,
+                response_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ReadDatasetRowsResponse.FromString,
+                _registered_method=True)
         self.ImportTools = channel.unary_unary(
                 '/distillery.ingest.v1.IngestService/ImportTools',
                 request_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ImportToolsRequest.SerializeToString,
@@ -170,6 +175,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReadDatasetRows(self, request, context):
+        """The first rows of a dataset as canonical JSON text, one row each: the eval
+        side of its newest split (`distillery models try --eval-dataset`), or all
+        of its rows. Text kinds only (pairs, inputs, tool-calls).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ImportTools(self, request, context):
         """Import tools (JSON Schema function definitions, OpenAPI 3.x JSON/YAML) into
         canonical typed tool schemas and add them to the tenant's active tool list.
@@ -258,6 +272,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.SplitDataset,
                     request_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.SplitDatasetRequest.FromString,
                     response_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.Split.SerializeToString,
+            ),
+            'ReadDatasetRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadDatasetRows,
+                    request_deserializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ReadDatasetRowsRequest.FromString,
+                    response_serializer=distillery_dot_ingest_dot_v1_dot_ingest__pb2.ReadDatasetRowsResponse.SerializeToString,
             ),
             'ImportTools': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportTools,
@@ -506,6 +525,33 @@ class IngestService:
             '/distillery.ingest.v1.IngestService/SplitDataset',
             distillery_dot_ingest_dot_v1_dot_ingest__pb2.SplitDatasetRequest.SerializeToString,
             distillery_dot_ingest_dot_v1_dot_ingest__pb2.Split.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadDatasetRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/distillery.ingest.v1.IngestService/ReadDatasetRows',
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.ReadDatasetRowsRequest.SerializeToString,
+            distillery_dot_ingest_dot_v1_dot_ingest__pb2.ReadDatasetRowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,11 @@ class IngestServiceStub:
     """Split a dataset into train and eval sides with no overlapping row, either
     a seeded held-out fraction or a user-given eval dataset.
     """
+    ReadDatasetRows: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ReadDatasetRowsRequest, _ingest_pb2.ReadDatasetRowsResponse]
+    """The first rows of a dataset as canonical JSON text, one row each: the eval
+    side of its newest split (`distillery models try --eval-dataset`), or all
+    of its rows. Text kinds only (pairs, inputs, tool-calls).
+    """
     ImportTools: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ImportToolsRequest, _ingest_pb2.ImportToolsResponse]
     """Import tools (JSON Schema function definitions, OpenAPI 3.x JSON/YAML) into
     canonical typed tool schemas and add them to the tenant's active tool list.
@@ -107,6 +112,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     SplitDataset: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SplitDatasetRequest, _ingest_pb2.Split]  # type: ignore[assignment]
     """Split a dataset into train and eval sides with no overlapping row, either
     a seeded held-out fraction or a user-given eval dataset.
+    """
+    ReadDatasetRows: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ReadDatasetRowsRequest, _ingest_pb2.ReadDatasetRowsResponse]  # type: ignore[assignment]
+    """The first rows of a dataset as canonical JSON text, one row each: the eval
+    side of its newest split (`distillery models try --eval-dataset`), or all
+    of its rows. Text kinds only (pairs, inputs, tool-calls).
     """
     ImportTools: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ImportToolsRequest, _ingest_pb2.ImportToolsResponse]  # type: ignore[assignment]
     """Import tools (JSON Schema function definitions, OpenAPI 3.x JSON/YAML) into
@@ -201,6 +211,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_ingest_pb2.Split, _abc.Awaitable[_ingest_pb2.Split]]:
         """Split a dataset into train and eval sides with no overlapping row, either
         a seeded held-out fraction or a user-given eval dataset.
+        """
+
+    @_abc_1.abstractmethod
+    def ReadDatasetRows(
+        self,
+        request: _ingest_pb2.ReadDatasetRowsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.ReadDatasetRowsResponse, _abc.Awaitable[_ingest_pb2.ReadDatasetRowsResponse]]:
+        """The first rows of a dataset as canonical JSON text, one row each: the eval
+        side of its newest split (`distillery models try --eval-dataset`), or all
+        of its rows. Text kinds only (pairs, inputs, tool-calls).
         """
 
     @_abc_1.abstractmethod
