@@ -15,17 +15,22 @@ import json
 import test_generate
 from click.testing import CliRunner
 from provider_servers import Answer
+from test_services import upload
+from test_splits import pairs_file, split
 from test_tracing_and_cli import cli_env
 from trained_models import FULL, QUESTION, trained_model
 
 from distillery.cli import optimize
 from distillery.cli.main import cli
+from distillery.cli.try_prompts import row_prompt
 from distillery.trainer.v1 import trainer_pb2
 
 artifacts = test_generate.artifacts  # the fixture: tiny trained models, as test_generate makes them
 
 
-def test_optimize_profile_and_try_through_the_cli(services, make_tenant, service_registry_for, artifacts, tmp_path):
+def test_optimize_profile_and_try_through_the_cli(
+    services, make_tenant, client_for, service_registry_for, artifacts, tmp_path
+):
     tenant = make_tenant()
     model = trained_model(services, service_registry_for(tenant), tenant.tenant_id, artifacts, FULL)
     env = cli_env(services, tenant.api_key)
@@ -57,6 +62,24 @@ def test_optimize_profile_and_try_through_the_cli(services, make_tenant, service
     assert (rows[0]["none"]["answer"].strip(), rows[0]["short"]["answer"].strip()) == ("rouge", "ro")
     assert rows[0]["short"]["tokens"] < rows[0]["none"]["tokens"] and rows[0]["none"]["latency_ms"] > 0
 
+    # The eval side of a dataset's split as the prompts: asked with the row's system prompt, shown with its answer.
+    client = client_for(tenant)
+    train = upload(client, pairs_file([("Say red", "rouge"), ("Say green", "vert")])).dataset
+    held = upload(client, pairs_file([(QUESTION, "bleu")]), name="eval.jsonl").dataset
+    split(client, dataset_id=train.id, eval_dataset_id=held.id)
+    rows = json.loads(run("models", "try", model.id, "--eval-dataset", train.id, "--profile", "short", "--json"))
+    assert [(r["prompt"], r["system"], r["reference"]) for r in rows] == [(QUESTION, "Be brief.", "bleu")]
+    assert rows[0]["none"]["tokens"] > 0 and rows[0]["short"]["latency_ms"] > 0
+    shown = run("models", "try", model.id, "--eval-dataset", train.id, "--all-rows", "--limit", "1")
+    assert "1. Say red" in shown and "reference: rouge" in shown and "Say green" not in shown
+    for words in (
+        ["--prompts", str(prompts), "--eval-dataset", train.id],
+        [],
+        ["--prompts", str(prompts), "--all-rows"],
+    ):
+        refused = runner.invoke(cli, ["models", "try", model.id, *words], env=env)
+        assert refused.exit_code == 2 and ("--eval-dataset" in refused.output), refused.output
+
     run("models", "profile", model.id, "--profile", "short", "--delete")
     assert "has no profile" in run("models", "profile", model.id)
     refused = runner.invoke(cli, ["models", "generate", model.id, QUESTION, "--profile", "short"], env=env)
@@ -85,3 +108,30 @@ def test_try_scores_each_answer_on_the_rubrics_judge_criteria(services, make_ten
     providers["platform"].responder = lambda c: Answer(text=next(v for k, v in replies.items() if k in c.user_text))
     scores = optimize.judged(client, rubric, ["blue?", "red?", "blue?"], ["rouge", "red", "bleu"])
     assert scores == [1.0, 0.25, 0.0]  # (score - 1) / 4; a reply with no score counts 0
+
+
+def test_a_dataset_row_is_asked_as_the_model_was_trained():
+    """A pairs row: every turn before its answer, system prompt included; the answer is the reference. A tool-calls
+    row: up to its first assistant turn, with the row's tools; an inputs row: its user turn, no reference."""
+    pairs = row_prompt(json.dumps({"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye now"},
+    ]}))  # fmt: skip
+    assert [(m.role, m.content) for m in pairs.messages] == [
+        ("system", "Be brief."), ("user", "Hi"), ("assistant", "Hello"), ("user", "Bye"),
+    ]  # fmt: skip
+    assert (pairs.text, pairs.reference, pairs.system, pairs.tools_json) == ("Bye", "Bye now", "Be brief.", [])
+
+    tool = {"name": "weather", "description": "The weather", "parameters": {"type": "object", "properties": {}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    calls = row_prompt(json.dumps({"tools": [tool], "messages": [
+        {"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "name": "weather", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    ]}))  # fmt: skip
+    assert [(m.role, m.content) for m in calls.messages] == [("user", "Weather in Paris?")]
+    assert calls.reference == 'weather({"city": "Paris"})' and json.loads(calls.tools_json[0]) == tool
+
+    alone = row_prompt(json.dumps({"messages": [{"role": "user", "content": "Hello"}]}))
+    assert (alone.text, alone.reference, alone.system, len(alone.messages)) == ("Hello", "", "", 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -13,6 +14,7 @@ from google.protobuf import json_format
 from rich.table import Table
 
 from distillery.cli.output import console, fail, json_option, print_json, rpc_errors
+from distillery.cli.try_prompts import Prompt, eval_prompts, read_prompts
 from distillery.client import Client
 from distillery.registry.v1 import registry_pb2
 from distillery.teacher.v1 import teacher_pb2
@@ -159,30 +161,6 @@ def profile(model_id: str, name: str, delete: bool, as_json: bool) -> None:
         print_profile(p)
 
 
-def read_prompts(path: Path) -> list[str]:
-    """Prompts from a file: JSONL rows with "prompt", "input" or "question" (or "messages": the last user turn),
-    else one prompt per non-empty line."""
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix != ".jsonl":
-            prompts.append(line.strip())
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise click.BadParameter(f"{path}:{number}: not JSON ({err})") from None
-        text = next((row.get(k) for k in ("prompt", "input", "question") if isinstance(row.get(k), str)), None)
-        if text is None and isinstance(row.get("messages"), list):
-            users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
-            text = users[-1] if users and isinstance(users[-1], str) else None
-        if not text:
-            raise click.BadParameter(f'{path}:{number}: give "prompt" (or "input", "question", "messages")')
-        prompts.append(text)
-    return prompts
-
-
 def rubric_of(client: Client, model: registry_pb2.Model) -> trainer_pb2.Rubric | None:
     """The rubric the model's run was made with, when it had one (and the run is still there)."""
     try:
@@ -198,9 +176,13 @@ def rubric_of(client: Client, model: registry_pb2.Model) -> trainer_pb2.Rubric |
         raise
 
 
-def judged(client: Client, rubric: trainer_pb2.Rubric, prompts: list[str], answers: list[str]) -> list[float] | None:
+def judged(
+    client: Client, rubric: trainer_pb2.Rubric, prompts: list[str], answers: list[str], references: Sequence[str] = ()
+) -> list[float] | None:  # fmt: skip
     """Each answer's score on [0, 1] on the rubric's judge criteria (weighted), through the teacher's JudgeAnswers
-    under the rubric's recorded prompts; None when the rubric has no judge criterion (the others need references)."""
+    under the rubric's recorded prompts (with each row's reference answer where there is one); None when the
+    rubric has no judge criterion (the other kinds are computed by the trainer's evaluation, not here)."""
+    references = list(references) or [""] * len(answers)
     criteria = [c for c in rubric.criteria if c.kind == "judge" and c.judge_prompt.system]
     if not criteria:
         return None
@@ -212,7 +194,8 @@ def judged(client: Client, rubric: trainer_pb2.Rubric, prompts: list[str], answe
         reply = client.teacher.JudgeAnswers(teacher_pb2.JudgeAnswersRequest(
             teacher=params.get("judge", ""), system_prompt=c.judge_prompt.system,
             user_template=c.judge_prompt.user_template, scale_min=int(low), scale_max=int(high),
-            rows=[teacher_pb2.JudgeRow(input=p, answer=a) for p, a in zip(prompts, answers, strict=True)],
+            rows=[teacher_pb2.JudgeRow(input=p, answer=a, reference=r)
+                  for p, a, r in zip(prompts, answers, references, strict=True)],
         ))  # fmt: skip
         weight = c.weight or 1.0
         weights += weight
@@ -224,7 +207,11 @@ def judged(client: Client, rubric: trainer_pb2.Rubric, prompts: list[str], answe
 @click.command("try")
 @click.argument("model_id")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              required=True, help='The prompts: JSONL rows with a "prompt" (or "input"), or one per line.')  # fmt: skip
+              help='The prompts: JSONL rows with a "prompt" (or "input"), or one per line.')  # fmt: skip
+@click.option("--eval-dataset", "dataset_id", default="", metavar="ID",
+              help="Instead of --prompts: the rows of the eval side of this dataset's newest split, asked as the "
+              "model was trained (system prompt included), each with its reference answer.")  # fmt: skip
+@click.option("--all-rows", is_flag=True, help="With --eval-dataset: the dataset's rows, not its eval side.")
 @click.option(
     "--profile",
     "names",
@@ -233,42 +220,55 @@ def judged(client: Client, rubric: trainer_pb2.Rubric, prompts: list[str], answe
 )
 @click.option("--limit", type=click.IntRange(1, 200), default=10, show_default=True, help="The first N prompts.")
 @json_option
-def try_(model_id: str, prompts_file: Path, names: tuple[str, ...], limit: int, as_json: bool) -> None:
+def try_(
+    model_id: str, prompts_file: Path | None, dataset_id: str, all_rows: bool, names: tuple[str, ...], limit: int,
+    as_json: bool,
+) -> None:  # fmt: skip
     """Answer the same prompts without the profile and with it (or with two profiles), side by side.
 
-    Each answer shows its length in tokens and its latency; the last line the means. Where the model's run had
-    a rubric with judge criteria, each answer is scored by its judge (the teacher's JudgeAnswers)."""
+    The prompts come from a file (--prompts) or a dataset's eval rows (--eval-dataset). Each answer shows its
+    length in tokens and its latency; the last line the means. Where the model's run had a rubric with judge
+    criteria, each answer is scored by its judge (the teacher's JudgeAnswers)."""
     if len(names) > 2:
         raise click.UsageError("give --profile at most twice")
+    if (prompts_file is None) == (not dataset_id):
+        raise click.UsageError("give either --prompts FILE or --eval-dataset ID (one of them, not both)")
+    if all_rows and not dataset_id:
+        raise click.UsageError("--all-rows goes with --eval-dataset")
     # (label, the request's profile): no profile vs the one named, or the default ("" applies it when there is one).
     asked = [("none", "none"), *[(n, n) for n in names]] if len(names) < 2 else [(n, n) for n in names]
     if len(asked) < 2:
         asked.append(("default", ""))
     columns = [label for label, _ in asked]
-    prompts = read_prompts(prompts_file)[:limit]
-    if not prompts:
-        fail(f"{prompts_file} holds no prompt")
     results: dict[str, list[registry_pb2.GenerateResponse]] = {c: [] for c in columns}
     with rpc_errors():
         client = Client.from_environment(timeout=600)
+        prompts: list[Prompt] = (
+            read_prompts(prompts_file)[:limit] if prompts_file else eval_prompts(client, dataset_id, all_rows, limit)
+        )
+        if not prompts:
+            fail(f"{prompts_file or dataset_id} holds no prompt")
         model = client.registry.GetModel(registry_pb2.GetModelRequest(id=model_id))
         for prompt in prompts:
             for column, name in asked:
                 results[column].append(client.registry.Generate(registry_pb2.GenerateRequest(
-                    model_id=model_id, messages=[registry_pb2.ChatMessage(role="user", content=prompt)],
-                    profile=name,
+                    model_id=model_id, messages=prompt.messages, tools_json=prompt.tools_json, profile=name,
                 )))  # fmt: skip
         rubric = rubric_of(client, model)
         scores: dict[str, list[float]] = {}
+        texts, references = [p.text for p in prompts], [p.reference for p in prompts]
         for column in columns if rubric else []:
-            found = judged(client, rubric, prompts, [r.message.content for r in results[column]]) if rubric else None
+            answers = [r.message.content for r in results[column]]
+            found = judged(client, rubric, texts, answers, references) if rubric else None
             if found is not None:
                 scores[column] = found
     if as_json:
         print_json([
-            {"prompt": p, **{c: {"answer": results[c][i].message.content, "tokens": results[c][i].completion_tokens,
-                                 "latency_ms": results[c][i].latency_ms,
-                                 **({"score": scores[c][i]} if scores.get(c) else {})} for c in columns}}
+            {"prompt": p.text, **({"system": p.system} if p.system else {}),
+             **({"reference": p.reference} if p.reference else {}),
+             **{c: {"answer": results[c][i].message.content, "tokens": results[c][i].completion_tokens,
+                    "latency_ms": results[c][i].latency_ms,
+                    **({"score": scores[c][i]} if scores.get(c) else {})} for c in columns}}
             for i, p in enumerate(prompts)
         ])  # fmt: skip
         return
@@ -276,7 +276,8 @@ def try_(model_id: str, prompts_file: Path, names: tuple[str, ...], limit: int, 
     for column in columns:
         table.add_column(f"profile {column}", ratio=1, overflow="fold")
     for i, prompt in enumerate(prompts):
-        table.add_row(*[f"[bold]{i + 1}. {_escape(prompt)}[/bold]"] + [""] * (len(columns) - 1))
+        reference = f"[dim]reference:[/dim] {_escape(prompt.reference)}" if prompt.reference else ""
+        table.add_row(f"[bold]{i + 1}. {_escape(prompt.text)}[/bold]", reference, *[""] * (len(columns) - 2))
         table.add_row(*[_cell(results[c][i], scores[c][i] if c in scores else None) for c in columns])
     console.print(table)
     for column in columns:
