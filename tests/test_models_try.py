@@ -2,7 +2,8 @@
 profile and keeps the settings not given, `models profile` prints or deletes it, `models generate --profile`
 applies one, and `models try` answers the same prompts without and with a profile side by side, with each
 answer's length and latency and the means (and, where the model's run had a rubric, each answer's score on
-its judge criteria through the teacher's JudgeAnswers).
+its judge criteria through the teacher's JudgeAnswers); `models try --eval-dataset` asks a split's eval rows
+(through ingest's ReadDatasetRows) with their system prompt and shows each row's reference.
 
 The model is the tiny fully fine-tuned Llama of tests/trained_models.py, which answers "rouge": a profile that
 stops at "ug" visibly cuts its answer to "ro".
