@@ -45,14 +45,15 @@ LIBRARY = Path(__file__).resolve().parents[2] / "examples" / "steering"
 class BuiltIn:
     name: str
     description: str
-    # The strength it was checked at on the demo model (SmolLM2-135M-Instruct, docs/optimization.md).
+    # The strength it was checked at on the demo model (SmolLM2-135M-Instruct, its default 10 layers): the
+    # directions are raw mean differences, so useful strengths are small (about 0.3 breaks that model).
     suggested_strength: float
 
 
 BUILT_INS = (
-    BuiltIn("concise", "Shorter, more direct answers (negative: longer, more elaborate ones).", 4.0),
-    BuiltIn("formal", "A formal, professional register (negative: casual).", 4.0),
-    BuiltIn("friendly", "A warm, friendly tone (negative: cold and curt).", 4.0),
+    BuiltIn("concise", "Shorter, more direct answers (negative: longer, more elaborate ones).", 0.15),
+    BuiltIn("formal", "A formal, professional register (negative: casual).", 0.15),
+    BuiltIn("friendly", "A warm, friendly tone (negative: cold and curt).", 0.15),
 )
 
 
@@ -195,7 +196,7 @@ class Vectors:
         return found
 
     async def list_for(self, tenant_id: str, model: Model | None = None) -> list[Vector]:
-        if model is not None:
+        if model is not None and not (is_speech(model) or is_ocr(model)):  # speech and OCR models have none
             await self.ensure_library(tenant_id, model)
         async with self.pool.connection() as conn:
             cur = conn.cursor(row_factory=class_row(Vector))
