@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -32,9 +31,8 @@ from services.registry.generate import Generator, Loaded, is_ocr, is_speech, wro
 from services.registry.models import Model
 from services.registry.steering import SteeringVector
 from services.registry.tenants import new_id
+from services.registry.vector_pairs import check_name, check_pairs, read_pairs
 
-MIN_PAIRS, MAX_PAIRS = 2, 1000
-MAX_TEXT_CHARS = 4000
 MAX_STRENGTH = 64.0
 MAX_FILE_BYTES = 64 * 1024 * 1024
 CACHE_SIZE = 256
@@ -82,60 +80,6 @@ def vector_pb(v: Vector) -> registry_pb2.Vector:
         layer_count=v.layer_count, layers=v.layers, method=v.method, pair_count=v.pair_count, built_in=v.built_in,
         description=v.description, created_at=timestamp(v.created_at), suggested_strength=v.suggested_strength,
     )  # fmt: skip
-
-
-def read_pairs(path: Path) -> list[tuple[str, str, str]]:
-    """Pairs from a JSONL file of {"prompt"?, "positive", "negative"} rows; InvalidArgument naming line and field."""
-    pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise InvalidArgument(f"{path.name} line {number} is not JSON ({err})", field="pairs") from None
-        if not isinstance(row, dict):
-            raise InvalidArgument(
-                f"{path.name} line {number}: give an object with positive and negative", field=f"pairs[{number}]"
-            )
-        for key in ("positive", "negative", "prompt"):
-            value = row.get(key, "")
-            if not isinstance(value, str) or (key != "prompt" and not value.strip()):
-                raise InvalidArgument(
-                    f"{path.name} line {number}: {key} must be a non-empty string", field=f"pairs[{number}].{key}"
-                )
-        pairs.append((row.get("prompt", ""), row["positive"], row["negative"]))
-    return pairs
-
-
-def check_pairs(pairs: Sequence[tuple[str, str, str]]) -> None:
-    if not MIN_PAIRS <= len(pairs) <= MAX_PAIRS:
-        raise InvalidArgument(
-            f"{len(pairs)} pairs given: give {MIN_PAIRS} to {MAX_PAIRS} contrastive pairs", field="pairs"
-        )
-    for i, (prompt, positive, negative) in enumerate(pairs):
-        for key, text in (("prompt", prompt), ("positive", positive), ("negative", negative)):
-            if key != "prompt" and not text.strip():
-                raise InvalidArgument(
-                    f"pairs[{i}].{key} is empty: give both texts of each pair", field=f"pairs[{i}].{key}"
-                )
-            if len(text) > MAX_TEXT_CHARS:
-                raise InvalidArgument(
-                    f"pairs[{i}].{key} has {len(text)} characters: keep each text to {MAX_TEXT_CHARS}",
-                    field=f"pairs[{i}].{key}",
-                )
-        if positive == negative:
-            raise InvalidArgument(f"pairs[{i}]: positive and negative are the same text: make them differ",
-                                  field=f"pairs[{i}]")  # fmt: skip
-
-
-def check_name(name: str) -> str:
-    name = name.strip()
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise InvalidArgument(f"vector name {name!r}: use 1-64 letters, digits, '-', '_' or '.'", field="name")
-    if name.startswith("vec_"):
-        raise InvalidArgument("a vector name cannot start with vec_ (ids do)", field="name")
-    return name
 
 
 def not_found(ref: str, model: Model | None) -> NotFound:
