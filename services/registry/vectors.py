@@ -50,8 +50,8 @@ class BuiltIn:
 
 BUILT_INS = (
     BuiltIn("concise", "Shorter, more direct answers (negative: longer, more elaborate ones).", 0.15),
-    BuiltIn("formal", "A formal, professional register (negative: casual).", 0.15),
-    BuiltIn("friendly", "A warm, friendly tone (negative: cold and curt).", 0.15),
+    BuiltIn("formal", "A formal, professional register (negative: casual).", 0.2),
+    BuiltIn("friendly", "A warm, friendly tone (negative: cold and curt).", 0.1),
 )
 
 
