@@ -37,6 +37,8 @@ COPY pyproject.toml README.md ./
 COPY deploy/native/ deploy/native/
 COPY distillery/ distillery/
 COPY services/ services/
+# The registry's built-in steering vectors are computed from these pairs on first use (docs/optimization.md).
+COPY examples/steering/ examples/steering/
 RUN deploy/native/install.sh /opt/distillery/venv/bin/python --extras server --torch-index "${TORCH_INDEX}" \
     && /opt/distillery/venv/bin/python -m compileall -q distillery services
 

@@ -31,7 +31,7 @@ def parse_vector(text: str) -> registry_pb2.AttachedVector:
     except ValueError:
         strength = None
     if found is None or strength is None:
-        raise click.BadParameter(f"{text!r}: give NAME=STRENGTH or NAME=STRENGTH@FIRST-LAST (e.g. concise=4@8-16)")
+        raise click.BadParameter(f"{text!r}: give NAME=STRENGTH or NAME=STRENGTH@FIRST-LAST (e.g. concise=0.15@12-16)")
     name = found["name"].strip()
     attached = registry_pb2.AttachedVector(strength=strength)
     if name.startswith("vec_"):
@@ -61,7 +61,7 @@ def current_profile(client: Client, model_id: str, name: str) -> registry_pb2.Pr
     "vectors",
     multiple=True,
     metavar="NAME=STRENGTH[@FIRST-LAST]",
-    help="Attach a vector (repeatable; replaces the attached ones), e.g. concise=4 or concise=4@8-16.",
+    help="Attach a vector (repeatable; replaces the attached ones), e.g. concise=0.15 or concise=0.15@12-16.",
 )
 @click.option("--no-vectors", is_flag=True, help="Attach no vectors.")
 @click.option("--greedy", is_flag=True, help="Decode greedily.")
