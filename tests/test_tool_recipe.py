@@ -812,3 +812,23 @@ def test_the_ray_job_trains_a_lora_adapter_through_grpo_and_pushes_progress(
     prompt = tool_format.prompt_text(tool_format.detect(tokenizer), tokenizer, evals[0]["messages"], TOOLS)
     output = tool_eval.generate(tuned, tokenizer, [prompt], max_new_tokens=48)[0]
     assert parse_output(output).calls, output
+
+    # The final stage's rates, and the SFT stage's, were not generated again: the evals at their last steps (6 and
+    # 8) had measured those very weights. Reused, they are what the saved models answer when asked again.
+    output_text = proc.stdout + proc.stderr
+    assert "sft eval: the mid-training eval of these same weights, reused" in output_text, output_text[-4000:]
+    assert "grpo eval: the mid-training eval of these same weights, reused" in output_text, output_text[-4000:]
+    examples = tool_data.eval_examples(evals, tool_format.detect(tokenizer), tokenizer)
+    budget = result["training_config"]["decoding"]["max_new_tokens"]
+    again = tool_eval.evaluate(tuned, tokenizer, examples, budget, "again")
+    assert {rate: again[f"again_{rate}"] for rate in tool_eval.RATES} == {
+        rate: metrics[f"grpo_{rate}"] for rate in tool_eval.RATES
+    }
+    kept_sft = full_run["model_dir"].parent / "sft-adapter"
+    for name in objects(store, f"{spec.output_prefix}/sft/model/"):
+        store.client.fget_object(store.bucket, f"{spec.output_prefix}/sft/model/{name}", str(kept_sft / name))
+    sft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(full_run["model_dir"]), kept_sft)
+    again = tool_eval.evaluate(sft_model, tokenizer, examples, budget, "again")
+    assert {rate: again[f"again_{rate}"] for rate in tool_eval.RATES} == {
+        rate: metrics[f"sft_{rate}"] for rate in tool_eval.RATES
+    }

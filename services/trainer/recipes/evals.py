@@ -137,6 +137,10 @@ class BestByMetric(TrainerCallback):
             if self.patience and self.since_best >= self.patience:
                 self.stopped_early = control.should_training_stop = True
 
+    def values_at(self, step: int) -> dict[str, float] | None:
+        """What the eval at run step ``step`` measured (None: no eval fell on that step)."""
+        return next((e["values"] for e in reversed(self.evals) if e["step"] == step), None)
+
     def restore(self, model: Any, final: dict[str, float]) -> bool:
         """Put the best weights back unless the final values (measured after training) rank at least as well;
         True when it did."""

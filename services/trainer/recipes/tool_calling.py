@@ -193,13 +193,16 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path, ray_train: bool = Fals
             del trainer  # its optimizer state
             gc.collect()
             stage_log(progress, "evaluating the SFT model")
-            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
+            # (a mid-training eval at the last step, or at the best step put back, already measured these weights)
+            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps,
+                                    best.values_at(sft_steps)))  # fmt: skip
             best_step = sft_steps
             if best.restore(
                 model, {"eval_correct_rate": metrics["sft_correct_rate"], "eval_loss": metrics["eval_loss_after"]}
             ):
                 stage_log(progress, f"keeping the best SFT checkpoint, step {best.best_step}; evaluating it")
-                metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps))
+                metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "sft", progress, sft_steps,
+                                        best.values_at(best.best_step)))  # fmt: skip
                 best_step = best.best_step
             if grpo is not None:  # for an attempt retried during GRPO
                 done = {"metrics": metrics, "steps": sft_steps, "evals": history, "stop": stop, "best_step": best_step}
@@ -228,11 +231,13 @@ def run(spec: JobSpec, store: ObjectStore, workdir: Path, ray_train: bool = Fals
             history += best.evals
             stop = {"reason": "early_stop" if best.stopped_early and done < total else "max_steps", "step": done}
             stage_log(progress, "evaluating the GRPO model")
-            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, done))
+            metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, done,
+                                    best.values_at(done)))  # fmt: skip
             best_step = done
             if best.restore(model, {"eval_correct_rate": metrics["grpo_correct_rate"]}):
                 stage_log(progress, f"keeping the best GRPO checkpoint, step {best.best_step}; evaluating it")
-                metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, done))
+                metrics.update(evaluate(model, tokenizer, examples, max_new_tokens, "grpo", progress, done,
+                                        best.values_at(best.best_step)))  # fmt: skip
                 best_step = best.best_step
     finally:
         progress.close()

@@ -56,9 +56,19 @@ def generate(
 
 def evaluate(
     model: Any, tokenizer: Any, examples: dict[str, list[Any]], max_new_tokens: int, stage: str,
-    progress: ProgressPush | None = None, step: int = 0,
+    progress: ProgressPush | None = None, step: int = 0, measured: dict[str, float] | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Greedy outputs on the eval prompts, scored: ``<stage>_<rate>`` for each rate of ``tool_rewards.score``."""
+    """Greedy outputs on the eval prompts, scored: ``<stage>_<rate>`` for each rate of ``tool_rewards.score``.
+
+    ``measured``: what a mid-training eval (``eval_<rate>``) already measured on these very weights (the stage's
+    last step, or its best step put back bit for bit by ``evals.BestByMetric.restore``). Greedy decoding answers
+    the same prompts with the same weights the same way, so its rates are renamed for ``stage`` instead of
+    generated a second time."""
+    if measured is not None:
+        rates = {f"{stage}_{name}": measured[f"eval_{name}"] for name in RATES}
+        log.info("%s eval: the mid-training eval of these same weights, reused: %s", stage, rates)
+        push_metrics(progress, step, rates)
+        return rates
     started = time.monotonic()
     outputs = generate(model, tokenizer, examples["prompts"], max_new_tokens=max_new_tokens)
     scores = tool_rewards.score(outputs, examples["expected"], examples["tools"])
