@@ -7,7 +7,11 @@ temperature, learning rate, seed and steps:
 
 - the platform: ``tool_grpo.grpo_train``, the tool-calling recipe's GRPO stage as a run calls it (its
   generation: ``grpo_generation``);
-- plain TRL: ``GRPOConfig`` + ``GRPOTrainer`` as a user's script would write them, nothing else set.
+- plain TRL: ``GRPOConfig`` + ``GRPOTrainer`` as a user's script would write them, at the recipe's precision
+  (``trl_configs.precision``: float32 on CPU), as ``bench_sft_vs_trl`` compares;
+- plain TRL, its defaults: the same script with nothing else set. trl's ``GRPOConfig`` turns ``bf16`` on by
+  default, which on a CPU means bf16 autocast: on a CPU with bf16 units (AMX, AVX512-BF16) its matrix products
+  run in bfloat16, at another precision than the recipe's float32.
 
 Each side's step time is split the same way (``tool_grpo.StepTimes``: the time in trl's sampling call, and the
 rest). After one untimed step of each (the process's first trainer pays for lazy set-up), the runs alternate
@@ -31,12 +35,14 @@ import dataclasses
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench.bench_grpo_step import canonical_rows
 from services.common import tool_format
-from services.trainer.recipes import tool_data, tool_grpo, tool_rewards
+from services.trainer.recipes import tool_data, tool_grpo, tool_rewards, trl_configs
 from services.trainer.recipes.grpo_settings import GrpoSettings
 from tests.tiny_models import build_qwen2
 
@@ -72,16 +78,21 @@ def platform(model: Any, tokenizer: Any, rows: list[dict[str, str]], settings: G
     return metrics["grpo_generation_s_per_step"], metrics["grpo_training_s_per_step"], wall
 
 
-def plain_trl(model: Any, tokenizer: Any, rows: list[dict[str, str]], settings: GrpoSettings, out: Path) -> tuple:
-    """What a user writes with trl alone: the same settings, trl's own generation."""
+def plain_trl(
+    model: Any, tokenizer: Any, rows: list[dict[str, str]], settings: GrpoSettings, out: Path,
+    trl_defaults: bool = False,
+) -> tuple:  # fmt: skip
+    """What a user writes with trl alone: the same settings, trl's own generation; at the recipe's precision, or
+    (``trl_defaults``) with trl's own (bf16 on)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
+    bf16 = None if trl_defaults else trl_configs.precision(use_gpu=False)[0]  # None: trl's default (on)
     config = GRPOConfig(
         output_dir=str(out), use_cpu=True, seed=0, learning_rate=settings.learning_rate, max_steps=settings.max_steps,
         per_device_train_batch_size=settings.completions_per_step, num_generations=settings.num_generations,
         max_completion_length=settings.max_completion_length, temperature=settings.temperature, beta=settings.beta,
-        reward_weights=list(tool_rewards.REWARD_WEIGHTS), save_strategy="no", report_to=[],
+        reward_weights=list(tool_rewards.REWARD_WEIGHTS), save_strategy="no", report_to=[], bf16=bf16,
     )  # fmt: skip
     times = tool_grpo.StepTimes()
     trainer = GRPOTrainer(
@@ -117,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         max_completion_length=args.max_completion, max_steps=args.steps, learning_rate=5e-5,
     )  # fmt: skip
     lora = args.model != "tiny"
-    figures: dict[str, list[tuple[float, float, float]]] = {"platform": [], "trl": []}
+    figures: dict[str, list[tuple[float, float, float]]] = {"platform": [], "trl": [], "trl defaults": []}
+    runs: dict[str, Callable[..., tuple]] = {
+        "platform": platform, "trl": plain_trl, "trl defaults": partial(plain_trl, trl_defaults=True),
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-grpo-trl-") as scratch:
         path = student(args.model, Path(scratch))
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -127,12 +141,13 @@ def main(argv: list[str] | None = None) -> None:
         warm = dataclasses.replace(settings, max_steps=1)  # the process's first trainer pays for lazy set-up
         for run in (platform, plain_trl):
             run(load(path, lora), tokenizer, rows, warm, Path(scratch) / f"warm-{run.__name__}")
-        order = [("platform", "trl") if i % 2 == 0 else ("trl", "platform") for i in range(args.rounds)]
-        for i, pair in enumerate(order):
-            for side in pair:
+        sides = list(runs)
+        order = [sides if i % 2 == 0 else sides[::-1] for i in range(args.rounds)]
+        for i, ordered in enumerate(order):
+            for side in ordered:
                 torch.manual_seed(0)
-                run = platform if side == "platform" else plain_trl
-                figures[side].append(run(load(path, lora), tokenizer, rows, settings, Path(scratch) / f"{side}-{i}"))
+                out = Path(scratch) / f"{side}-{i}".replace(" ", "-")
+                figures[side].append(runs[side](load(path, lora), tokenizer, rows, settings, out))
                 print(f"  run {i + 1} {side}: " + ", ".join(f"{x:.2f}" for x in figures[side][-1]), flush=True)
         parameters = sum(p.numel() for p in load(path, lora).parameters())
 
@@ -146,11 +161,26 @@ def main(argv: list[str] | None = None) -> None:
         f"of up to {settings.max_completion_length} tokens a step; {args.rounds} alternating runs a side"
     )
     print(f"  {'':<14} {'generation s/step':>18} {'training s/step':>16} {'run wall s':>11}")
-    for side, name in (("platform", "platform"), ("trl", "plain TRL")):
+    names = {"platform": "platform", "trl": "plain TRL", "trl defaults": "TRL, defaults"}
+    for side, name in names.items():
         print(f"  {name:<14} {mean(side, 0):18.2f} {mean(side, 1):16.2f} {mean(side, 2):11.1f}")
-    ratios = [mean("trl", k) / mean("platform", k) if mean("platform", k) else float("nan") for k in range(3)]
-    ratio = " ".join(f"{r:{w}.2f}x" for r, w in zip(ratios, (17, 15, 10), strict=True))
-    print(f"  {'TRL / platform':<14} {ratio}   (above 1: the platform is faster)")
+    for side, label, note in (
+        ("trl", "TRL / platform", "(above 1: the platform is faster; the same precision)"),
+        ("trl defaults", "defaults / pl.", f"(trl's defaults: bf16 autocast on this CPU, {bf16_units()})"),
+    ):
+        ratios = [mean(side, k) / mean("platform", k) if mean("platform", k) else float("nan") for k in range(3)]
+        ratio = " ".join(f"{r:{w}.2f}x" for r, w in zip(ratios, (17, 15, 10), strict=True))
+        print(f"  {label:<14} {ratio}   {note}")
+
+
+def bf16_units() -> str:
+    """Whether this CPU computes in bfloat16 natively (what trl's default ``bf16`` autocast gains from)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "CPU flags unknown"
+    units = [name for name in ("amx_bf16", "avx512_bf16") if name in flags.split()]
+    return "bf16 units: " + (", ".join(units) if units else "none")
 
 
 if __name__ == "__main__":
