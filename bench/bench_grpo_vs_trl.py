@@ -128,10 +128,10 @@ def main(argv: list[str] | None = None) -> None:
         max_completion_length=args.max_completion, max_steps=args.steps, learning_rate=5e-5,
     )  # fmt: skip
     lora = args.model != "tiny"
-    figures: dict[str, list[tuple[float, float, float]]] = {"platform": [], "trl": [], "trl defaults": []}
     runs: dict[str, Callable[..., tuple]] = {
         "platform": platform, "trl": plain_trl, "trl defaults": partial(plain_trl, trl_defaults=True),
     }  # fmt: skip
+    figures: dict[str, list[tuple[float, float, float]]] = {side: [] for side in runs}
     with tempfile.TemporaryDirectory(prefix="bench-grpo-trl-") as scratch:
         path = student(args.model, Path(scratch))
         tokenizer = AutoTokenizer.from_pretrained(path)
